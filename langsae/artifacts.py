@@ -1,0 +1,90 @@
+"""Artifacts are the interface between stages: atomic writes, metadata, staleness.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+kill at any moment leaves either the old file or the new one, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from langsae.errors import UserError
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_json(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def save_text(text: str, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of a JSON-serialisable config, used to decide whether a result is stale."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of everything that can change a number, recorded in every artifact's metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import langsae
+
+    out = {"python": platform.python_version(), "langsae": langsae.__version__}
+    for name in ("torch", "transformers", "sae-lens", "tokenizers", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def require_file(path: Path, script: str, what: str) -> Path:
+    """Refuse a missing input with the command that makes it."""
+    if not Path(path).exists():
+        raise UserError(f"{what} not found at {path}; run `python {script}` with the same --model/--out-dir first")
+    return Path(path)

@@ -1,0 +1,224 @@
+"""Presets (model + SAE release) and the command line every stage shares.
+
+A preset names a model and an SAE release; `--model-id`, `--sae-release` and
+`--sae-id-template` override its parts. Each run's artifacts live under
+`sae_features/<run>/` and its figures under `output/<run>/`, where `<run>` names the
+preset (or the model and release of a custom run), so runs of different models never mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from langsae.data import PAPER_LANGUAGES, validate_languages
+from langsae.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FEATURES_ROOT = PROJECT_ROOT / "sae_features"
+OUTPUT_ROOT = PROJECT_ROOT / "output"
+TOY_ROOT = PROJECT_ROOT / "toy_model"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model and the SAE release that reads it.
+
+    `sae_converter` names a sae-lens loader for releases that are not in sae-lens's
+    directory (a bare repo id); `sae_hub_cache` is a local Hugging Face cache holding
+    the SAE files (the toy model's transcoders live in the project, not in ~/.cache).
+    `defaults` overrides the command line's defaults for this preset.
+    """
+
+    name: str
+    model_id: str
+    sae_release: str
+    sae_id_template: str
+    sae_converter: str | None = None
+    sae_hub_cache: Path | None = None
+    defaults: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "qwen3-0.6b": Preset(
+        "qwen3-0.6b", "Qwen/Qwen3-0.6B", "mwhanna-qwen3-0.6b-transcoders-lowl0", "layer_{layer}"
+    ),
+    "gemma-2-2b": Preset(
+        "gemma-2-2b", "google/gemma-2-2b", "gemma-scope-2b-pt-res-canonical", "layer_{layer}/width_16k/canonical"
+    ),
+    "toy": Preset(
+        "toy",
+        str(TOY_ROOT / "model"),
+        "langsae-local/toy-qwen3-transcoders",
+        "layer_{layer}.safetensors",
+        sae_converter="mwhanna_transcoder",
+        sae_hub_cache=TOY_ROOT / "hub",
+        defaults={"device": "cpu", "dtype": "float32", "batch_size": 16},
+    ),
+}
+PRESET_ALIASES = {"gemma-2b": "gemma-2-2b"}
+CUSTOM = "custom"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything common to every stage, resolved from the command line."""
+
+    preset: Preset
+    run_name: str
+    features_dir: Path
+    output_dir: Path
+    languages: tuple[str, ...]
+    layers: tuple[int, ...] | None  # None: every layer of the model
+    n_texts_per_lang: int
+    split: str
+    device: str
+    dtype: torch.dtype
+    batch_size: int
+    seed: int
+    force: bool
+
+    def sae_id(self, layer: int) -> str:
+        return self.preset.sae_id_template.format(layer=layer)
+
+    def describe(self) -> dict:
+        """The settings that identify a run, for metadata."""
+        return {
+            "preset": self.preset.name,
+            "model_id": self.preset.model_id,
+            "sae_release": self.preset.sae_release,
+            "sae_id_template": self.preset.sae_id_template,
+            "languages": list(self.languages),
+            "split": self.split,
+            "n_texts_per_lang": self.n_texts_per_lang,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """'all' or None -> None; '3,5,7' -> (3, 5, 7); '0-3' -> (0, 1, 2, 3)."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    layers: list[int] = []
+    for part in _comma_list(text):
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                layers.extend(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+        except ValueError:
+            raise UserError(f"--layers: cannot read {part!r}; give comma-separated integers such as 0,5,10 or a range 0-27") from None
+    return tuple(sorted(set(layers)))
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The parser every stage starts from; a stage adds only its own flags."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model and SAE")
+    g.add_argument(
+        "--model",
+        default="qwen3-0.6b",
+        help=f"preset: {', '.join(PRESETS)} (alias gemma-2b), or {CUSTOM} with --model-id/--sae-release/--sae-id-template",
+    )
+    g.add_argument("--model-id", help="Hugging Face model id or local folder; overrides the preset's model")
+    g.add_argument("--sae-release", help="sae-lens release name (or HF repo id); overrides the preset's release")
+    g.add_argument("--sae-id-template", help="SAE id for a layer, with {layer}, e.g. 'layer_{layer}'")
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--languages",
+        default=",".join(PAPER_LANGUAGES),
+        help="comma-separated FLORES+ codes; the paper's ten are bundled, others come from the gated hub dataset",
+    )
+    g.add_argument("--layers", default=None, help="comma-separated layers or ranges (0-27); default: every layer")
+    g.add_argument(
+        "--n-texts-per-lang", type=int, default=-1, help="first N texts of each language, in file order; -1 = all"
+    )
+    g.add_argument("--split", default="dev", choices=["dev", "devtest"], help="FLORES+ split (bundled data is dev)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out-dir", type=Path, help="the run's artifact folder; default sae_features/<run>/")
+    g.add_argument("--device", help="torch device; default cuda if present, else cpu (toy preset: cpu)")
+    g.add_argument("--dtype", choices=list(DTYPES), help="model and SAE dtype; default bfloat16 (toy preset: float32)")
+    g.add_argument("--batch-size", type=int, help="texts per forward pass; default 8 (toy preset: 16)")
+    g.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    g.add_argument("--force", action="store_true", help="recompute results even when cached ones match")
+    return p
+
+
+def resolve_preset(args: argparse.Namespace) -> Preset:
+    name = PRESET_ALIASES.get(args.model, args.model)
+    if name == CUSTOM:
+        missing = [f for f in ("model_id", "sae_release", "sae_id_template") if not getattr(args, f)]
+        if missing:
+            flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+            raise UserError(f"--model custom needs {flags}")
+        base = Preset(CUSTOM, args.model_id, args.sae_release, args.sae_id_template)
+    elif name in PRESETS:
+        base = PRESETS[name]
+    else:
+        raise UserError(f"unknown --model {args.model!r}; choose one of {', '.join([*PRESETS, CUSTOM])}")
+    overrides = {
+        "model_id": args.model_id or base.model_id,
+        "sae_release": args.sae_release or base.sae_release,
+        "sae_id_template": args.sae_id_template or base.sae_id_template,
+    }
+    if "{layer}" not in overrides["sae_id_template"]:
+        raise UserError("--sae-id-template must contain {layer}, e.g. 'layer_{layer}'")
+    changed = any(overrides[k] != getattr(base, k) for k in overrides)
+    if changed:
+        # A preset with a swapped model or SAE is a different run: give it its own name.
+        return Preset(CUSTOM, **overrides, sae_converter=base.sae_converter, sae_hub_cache=base.sae_hub_cache)
+    return base
+
+
+def run_name_for(preset: Preset) -> str:
+    if preset.name != CUSTOM:
+        return preset.name
+    return f"{_slug(Path(preset.model_id).name if Path(preset.model_id).exists() else preset.model_id)}__{_slug(preset.sae_release)}"
+
+
+def resolve(args: argparse.Namespace) -> RunConfig:
+    """Turn parsed arguments into a RunConfig, validating everything that can be checked offline."""
+    preset = resolve_preset(args)
+    d = preset.defaults
+    device = args.device or d.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype or d.get("dtype", "bfloat16")]
+    batch_size = args.batch_size or d.get("batch_size", 8)
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if args.n_texts_per_lang == 0 or args.n_texts_per_lang < -1:
+        raise UserError("--n-texts-per-lang must be a positive number, or -1 for all")
+    run_name = run_name_for(preset)
+    features_dir = Path(args.out_dir) if args.out_dir else FEATURES_ROOT / run_name
+    if args.out_dir:
+        run_name = Path(args.out_dir).resolve().name
+    return RunConfig(
+        preset=preset,
+        run_name=run_name,
+        features_dir=features_dir,
+        output_dir=OUTPUT_ROOT / run_name,
+        languages=tuple(validate_languages(_comma_list(args.languages))),
+        layers=parse_layers(args.layers),
+        n_texts_per_lang=args.n_texts_per_lang,
+        split=args.split,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        seed=args.seed,
+        force=args.force,
+    )

@@ -1,0 +1,202 @@
+"""Model and SAE loading, and the mapping of sae-lens hook names onto HF modules.
+
+We run plain `transformers` models with forward hooks. A transcoder says where it reads
+and writes through its own metadata (`hook_name`, `hook_name_out`), in TransformerLens
+names; `hook_point` maps them onto the HF module whose input or output they are.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from langsae.config import Preset
+from langsae.errors import UserError
+from langsae.hub import hf_token, hub_error_message, local_hub_cache
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- hook points
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """Where an SAE reads or writes: the input or output of a layer's MLP or of the whole block."""
+
+    layer: int
+    module: str  # "mlp" (model.model.layers[L].mlp) or "block" (model.model.layers[L])
+    io: str  # "input" (first positional argument) or "output"
+
+
+_HOOK_PATTERNS = {
+    r"blocks\.(\d+)\.mlp\.hook_in": ("mlp", "input"),  # = post_attention_layernorm output, after its gain
+    r"blocks\.(\d+)\.hook_mlp_out": ("mlp", "output"),
+    r"blocks\.(\d+)\.hook_resid_post": ("block", "output"),
+}
+
+
+def hook_point(hook_name: str) -> HookPoint:
+    """Map a TransformerLens hook name to a HookPoint; an unknown name is an error, not a guess."""
+    for pattern, (module, io) in _HOOK_PATTERNS.items():
+        m = re.fullmatch(pattern, hook_name)
+        if m:
+            return HookPoint(int(m.group(1)), module, io)
+    raise UserError(
+        f"SAE hook {hook_name!r} is not supported; known: blocks.L.mlp.hook_in, blocks.L.hook_mlp_out, blocks.L.hook_resid_post"
+    )
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    return model.model.layers
+
+
+def hook_module(model: PreTrainedModel, hp: HookPoint) -> torch.nn.Module:
+    layer = decoder_layers(model)[hp.layer]
+    return layer.mlp if hp.module == "mlp" else layer
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _hub_kwargs() -> dict:
+    token = hf_token()
+    return {"token": token} if token else {}
+
+
+def _ensure_built(preset: Preset) -> None:
+    if preset.name == "toy" or preset.sae_hub_cache is not None:
+        from langsae import toy
+
+        toy.ensure_built()
+
+
+def model_config(preset: Preset):
+    """The model's config alone (no weights): enough to validate layers before heavy work."""
+    from transformers import AutoConfig
+
+    _ensure_built(preset)
+    try:
+        return AutoConfig.from_pretrained(preset.model_id, **_hub_kwargs())
+    except (OSError, ValueError) as e:
+        raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
+
+
+def check_layers(layers: tuple[int, ...] | None, n_layers: int) -> tuple[int, ...]:
+    """Every layer if None; otherwise each must lie in [0, n_layers)."""
+    if layers is None:
+        return tuple(range(n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise UserError(f"layer(s) {bad} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+    return layers
+
+
+def load_model(preset: Preset, device: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The HF causal LM (eval mode) and its tokenizer, right-padded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _ensure_built(preset)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(preset.model_id, **_hub_kwargs())
+        model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
+    except (OSError, ValueError) as e:
+        raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- SAEs
+
+
+def _directory():
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    return get_pretrained_saes_directory()
+
+
+def _converter_name(preset: Preset) -> str:
+    from sae_lens.loading.pretrained_sae_loaders import get_conversion_loader_name
+
+    return preset.sae_converter or get_conversion_loader_name(preset.sae_release)
+
+
+def check_sae_ids(preset: Preset, layers: tuple[int, ...]) -> None:
+    """Refuse a release or id that sae-lens does not know, before any heavy work."""
+    directory = _directory()
+    release = preset.sae_release
+    if release not in directory:
+        if "/" in release:  # a bare HF repo id: sae-lens loads it with the named converter
+            return
+        close = difflib.get_close_matches(release, list(directory), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"SAE release {release!r} is not known to sae-lens{hint}")
+    known = directory[release].saes_map
+    for layer in layers:
+        sae_id = preset.sae_id_template.format(layer=layer)
+        if sae_id not in known:
+            example = next(iter(known), "")
+            raise UserError(
+                f"SAE id {sae_id!r} (layer {layer}) is not in release {release!r}; ids look like {example!r} "
+                "(check --sae-id-template and --layers)"
+            )
+
+
+def sae_config(preset: Preset, layer: int) -> dict:
+    """The SAE's config dict (hook names, widths) without its weights."""
+    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_CONFIG_GETTERS
+    from sae_lens.loading.pretrained_saes_directory import get_config_overrides, get_repo_id_and_folder_name
+
+    sae_id = preset.sae_id_template.format(layer=layer)
+    repo_id, folder = get_repo_id_and_folder_name(preset.sae_release, sae_id)
+    getter = NAMED_PRETRAINED_SAE_CONFIG_GETTERS[_converter_name(preset)]
+    try:
+        with local_hub_cache(preset.sae_hub_cache):
+            return getter(repo_id, folder, "cpu", False, get_config_overrides(preset.sae_release, sae_id))
+    except Exception as e:  # hub / file errors come in many types
+        raise UserError(hub_error_message(f"SAE {preset.sae_release}/{sae_id}", e)) from e
+
+
+def sae_hook_points(cfg: dict) -> tuple[HookPoint, HookPoint]:
+    """(where the SAE reads, where it writes); a residual SAE reads and writes the same place."""
+    read = hook_point(cfg["hook_name"])
+    write = hook_point(cfg.get("hook_name_out") or cfg["hook_name"])
+    return read, write
+
+
+def load_sae(preset: Preset, layer: int, device: str, dtype: torch.dtype) -> SAE:
+    """One layer's SAE or transcoder through sae-lens's own loader for the release."""
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
+
+    sae_id = preset.sae_id_template.format(layer=layer)
+    converter = NAMED_PRETRAINED_SAE_LOADERS[preset.sae_converter] if preset.sae_converter else None
+    log.info("loading SAE %s / %s", preset.sae_release, sae_id)
+    try:
+        with local_hub_cache(preset.sae_hub_cache):
+            sae = SAE.from_pretrained(
+                preset.sae_release, sae_id, device=device, dtype=str(dtype).removeprefix("torch."), converter=converter
+            )
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(hub_error_message(f"SAE {preset.sae_release}/{sae_id}", e)) from e
+    return sae.eval()
+
+
+def neuronpedia_id(preset: Preset, layer: int) -> str | None:
+    info = _directory().get(preset.sae_release)
+    if info is None or info.neuronpedia_id is None:
+        return None
+    return info.neuronpedia_id.get(preset.sae_id_template.format(layer=layer))
