@@ -9,6 +9,7 @@ preset (or the model and release of a custom run), so runs of different models n
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from langsae.errors import UserError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURES_ROOT = PROJECT_ROOT / "sae_features"
 OUTPUT_ROOT = PROJECT_ROOT / "output"
-TOY_ROOT = PROJECT_ROOT / "toy_model"
+# Where the toy model is built; LANGSAE_TOY_DIR moves it (the tests build a small one elsewhere).
+TOY_ROOT = Path(os.environ.get("LANGSAE_TOY_DIR", PROJECT_ROOT / "toy_model"))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -168,11 +169,24 @@ def sae_config(preset: Preset, layer: int) -> dict:
         raise UserError(hub_error_message(f"SAE {preset.sae_release}/{sae_id}", e)) from e
 
 
-def sae_hook_points(cfg: dict) -> tuple[HookPoint, HookPoint]:
-    """(where the SAE reads, where it writes); a residual SAE reads and writes the same place."""
-    read = hook_point(cfg["hook_name"])
-    write = hook_point(cfg.get("hook_name_out") or cfg["hook_name"])
+def sae_hook_names(cfg: dict) -> tuple[str, str]:
+    """(where the SAE reads, where it writes), as TransformerLens hook names.
+
+    Loaders put `hook_name` at the top of the config (mwhanna, Gemma Scope) or under
+    `metadata` (sae-lens's own format); a residual SAE reads and writes the same place.
+    """
+    meta = cfg.get("metadata") or {}
+    read = cfg.get("hook_name") or meta.get("hook_name")
+    if not read:
+        raise UserError("the SAE's config names no hook_name; cannot tell where it reads")
+    write = cfg.get("hook_name_out") or meta.get("hook_name_out") or read
     return read, write
+
+
+def sae_hook_points(cfg: dict) -> tuple[HookPoint, HookPoint]:
+    """HookPoints of `sae_hook_names`."""
+    read, write = sae_hook_names(cfg)
+    return hook_point(read), hook_point(write)
 
 
 def load_sae(preset: Preset, layer: int, device: str, dtype: torch.dtype) -> SAE:
@@ -184,7 +198,9 @@ def load_sae(preset: Preset, layer: int, device: str, dtype: torch.dtype) -> SAE
     converter = NAMED_PRETRAINED_SAE_LOADERS[preset.sae_converter] if preset.sae_converter else None
     log.info("loading SAE %s / %s", preset.sae_release, sae_id)
     try:
-        with local_hub_cache(preset.sae_hub_cache):
+        with local_hub_cache(preset.sae_hub_cache), warnings.catch_warnings():
+            # sae-lens suggests TransformerLens kwargs; we run plain transformers.
+            warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs.*")
             sae = SAE.from_pretrained(
                 preset.sae_release, sae_id, device=device, dtype=str(dtype).removeprefix("torch."), converter=converter
             )

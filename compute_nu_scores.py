@@ -1,0 +1,93 @@
+"""Stage 1: the nu-score of every SAE feature, for every language and layer.
+
+Writes to sae_features/<run>/, per layer L:
+  layer_L_indices.pt, layer_L_values.pt  [K_languages, d_sae], features sorted by nu descending
+  layer_L_mean_acts.pt                   [K_languages, d_sae], mu (mean activation per language)
+  layer_L_top20.json                     readable top-20 per language (nu, mu, Neuronpedia id)
+  layer_L_directions.pt                  decoder rows / encoder columns of each language's top-k
+                                         features and of a pool of random live control features
+  layer_L_done.json                      completion marker with the config hash
+and meta.json (languages, layers, model, SAE, data, token counts, versions).
+Finished layers with a matching config are skipped (--force recomputes).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from langsae import nu
+from langsae.artifacts import config_hash
+from langsae.cli import run_main
+from langsae.config import build_parser, resolve
+from langsae.data import load_texts
+from langsae.forward import tokenize
+from langsae.model import check_layers, check_sae_ids, load_model, load_sae, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
+
+
+def parse_args(argv):
+    p = build_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--top-k", type=int, default=5, help="top features per language whose directions are saved for ablation")
+    p.add_argument("--control-pool", type=int, default=64, help="random live features per layer saved for control ablations")
+    p.add_argument("--weighting", choices=["token", "text"], default="token", help="mu as a mean over tokens (paper) or over texts")
+    p.add_argument("--cache-gb", type=float, default=8.0, help="memory for cached SAE inputs; layers beyond it take another model pass")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = resolve(args)
+    layers = check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
+    check_sae_ids(cfg.preset, layers)
+    texts = load_texts(cfg.languages, "selection", cfg.n_texts_per_lang, cfg.split)
+    flat_texts, lang_ids = texts.flat()
+    settings = {
+        **cfg.describe(), "texts_sha": config_hash({"t": flat_texts}), "data_source": texts.source,
+        "weighting": args.weighting, "position_0": nu.POSITION_0_RULE, "top_k": args.top_k,
+        "control_pool": args.control_pool, "seed": cfg.seed,
+    }  # fmt: skip
+    chash = config_hash(settings)
+    pending = [L for L in layers if cfg.force or not nu.layer_done(cfg.features_dir, L, chash)]
+    print(f"run {cfg.run_name}: {len(layers) - len(pending)} of {len(layers)} layers already done -> {cfg.features_dir}")
+
+    if pending:
+        sae_cfgs = {L: sae_config(cfg.preset, L) for L in pending}  # hook names, without the weights
+        model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype)
+        token_ids = tokenize(tokenizer, flat_texts)
+        bytes_per_layer = nu.count_statistic_tokens(token_ids) * model.config.hidden_size * cfg.dtype.itemsize
+        per_pass = max(1, int(args.cache_gb * 2**30 // max(bytes_per_layer, 1)))
+        for start in range(0, len(pending), per_pass):
+            group = pending[start : start + per_pass]
+            reads = {L: sae_hook_points(sae_cfgs[L])[0] for L in group}
+            inputs = nu.collect_sae_inputs(model, token_ids, lang_ids, reads, cfg.batch_size, tokenizer.pad_token_id)
+            weights = nu.token_weights(inputs.token_lang, inputs.token_text, len(cfg.languages), args.weighting)
+            for L in group:
+                t0 = time.time()
+                sae = load_sae(cfg.preset, L, cfg.device, cfg.dtype)  # once per layer per run
+                mu = nu.mean_activations(sae, inputs.by_layer.pop(L), weights)
+                values, indices = nu.rank_features(nu.nu_scores(mu))
+                top = indices[:, : args.top_k]
+                controls = nu.control_pool(mu, top.flatten(), args.control_pool, seed=cfg.seed + L)
+                hooks = sae_hook_names(sae_cfgs[L])
+                directions = {"layer": L, "languages": list(cfg.languages), **nu.feature_directions(sae, top, controls, *hooks)}
+                del sae
+                top20 = nu.top_table(values, indices, mu, list(cfg.languages), 20, neuronpedia_id(cfg.preset, L))
+                shared = nu.shared_top_k(indices, 5)
+                done = {"config_hash": chash, "layer": L, "sae_id": cfg.sae_id(L), "d_sae": int(mu.shape[1]),
+                        "token_counts": dict(zip(cfg.languages, inputs.token_lang.bincount(minlength=len(cfg.languages)).tolist())),
+                        "shared_top5": dict(zip(cfg.languages, shared)),
+                        "exclusive_top1": dict(zip(cfg.languages, nu.exclusive_top1(indices, 5)))}  # fmt: skip
+                results = {"indices": indices, "values": values, "mean_acts": mu, "directions": directions}
+                nu.save_layer(cfg.features_dir, L, results, top20, done)
+                print(f"layer {L}: done in {time.time() - t0:.1f}s; top-5 shared with another language: {shared}")
+            del inputs
+
+    meta = nu.write_meta(cfg.features_dir, settings, chash, texts)
+    print(f"meta.json: {len(meta['layers'])} layers; top-1 in no other language's top-5, per layer:")
+    for L in meta["layers"]:
+        excl = meta["exclusive_top1"][str(L)]
+        print(f"  layer {L:>2}: {sum(excl.values())}/{len(excl)}  shared top-5 {list(meta['shared_top5'][str(L)].values())}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,263 @@
+"""Activation statistics and nu-scores.
+
+For layer L, feature f and language l among K languages:
+    mu_l(f) = mean activation of f over l's selection tokens (padding and position 0 excluded)
+    nu_l(f) = mu_l(f) - mean_{l' != l} mu_l'(f)
+Features are ranked by nu, descending, per language.
+
+The model runs once over the selection texts and the SAE inputs of the statistic tokens
+are cached ([n_tokens, d_in] per layer, small next to the [n_tokens, d_sae] feature
+activations, which are never held whole). Each layer's SAE is then loaded once and the
+cached inputs stream through it in chunks, adding into per-language sums.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import time
+
+from langsae.artifacts import load_json, package_versions, save_json, save_torch
+from langsae.data import Texts
+from langsae.forward import capture, make_batches, run_through_layer
+from langsae.model import HookPoint
+
+log = logging.getLogger(__name__)
+
+ENCODE_CHUNK_ELEMENTS = 2**27  # tokens per encode chunk = this / d_sae (~0.5 GB of fp32 activations)
+POSITION_0_RULE = "excluded (first token of every text is the attention sink; Qwen3 adds no BOS)"
+
+
+# ----------------------------------------------------------------------------- SAE inputs
+
+
+@dataclass
+class SaeInputs:
+    """The SAE inputs of every statistic token (not padding, not position 0), for several layers.
+
+    by_layer[L]: [n_tokens, d_in] in the model's dtype, on the CPU.
+    token_lang, token_text: [n_tokens] language index and text index of each token.
+    """
+
+    by_layer: dict[int, torch.Tensor]
+    token_lang: torch.Tensor
+    token_text: torch.Tensor
+
+
+def count_statistic_tokens(token_ids: list[list[int]]) -> int:
+    return sum(max(len(t) - 1, 0) for t in token_ids)
+
+
+@torch.no_grad()
+def collect_sae_inputs(
+    model,
+    token_ids: list[list[int]],
+    lang_ids: list[int],
+    points: dict[int, HookPoint],
+    batch_size: int,
+    pad_id: int,
+) -> SaeInputs:
+    """One forward pass over the texts (stopping after the deepest layer needed), keeping the
+    statistic tokens' activations at each layer's SAE read point."""
+    device = next(model.parameters()).device
+    last = max(hp.layer for hp in points.values())
+    kept: dict[int, list[torch.Tensor]] = {L: [] for L in points}
+    langs, text_idx = [], []
+    lang_of = torch.tensor(lang_ids)
+    with capture(model, {str(L): hp for L, hp in points.items()}) as store:
+        for batch in tqdm(make_batches(token_ids, batch_size, pad_id), desc="forward (selection texts)", unit="batch"):
+            run_through_layer(model, batch.to(device), last)
+            mask = batch.statistic_mask()
+            for L in points:
+                kept[L].append(store[str(L)][mask.to(device)].cpu())
+            rows = torch.tensor(batch.indices)[:, None].expand_as(mask)[mask]
+            text_idx.append(rows)
+            langs.append(lang_of[rows])
+    return SaeInputs({L: torch.cat(v) for L, v in kept.items()}, torch.cat(langs), torch.cat(text_idx))
+
+
+def token_weights(token_lang: torch.Tensor, token_text: torch.Tensor, n_langs: int, weighting: str) -> torch.Tensor:
+    """[n_tokens, K] weights such that weights.T @ activations gives per-language means.
+
+    "token": every token of a language counts equally (the paper).
+    "text": every text counts equally; a text's tokens share its weight.
+    """
+    n = token_lang.shape[0]
+    w = torch.zeros(n, n_langs, dtype=torch.float32)
+    if weighting == "token":
+        per_lang = torch.bincount(token_lang, minlength=n_langs).float()
+        w[torch.arange(n), token_lang] = 1.0 / per_lang[token_lang]
+    elif weighting == "text":
+        tokens_per_text = torch.bincount(token_text)
+        lang_of_text = torch.zeros_like(tokens_per_text).scatter_(0, token_text, token_lang)
+        texts_per_lang = torch.bincount(lang_of_text[tokens_per_text > 0], minlength=n_langs).float()
+        w[torch.arange(n), token_lang] = 1.0 / (tokens_per_text[token_text].float() * texts_per_lang[token_lang])
+    else:
+        raise ValueError(weighting)
+    return w
+
+
+@torch.no_grad()
+def mean_activations(sae, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[K, d_sae] fp32: weights.T @ sae.encode(inputs), streamed in chunks of tokens.
+
+    inputs: [n_tokens, d_in]; weights: [n_tokens, K] (see token_weights).
+    """
+    device = sae.W_enc.device
+    d_sae = sae.cfg.d_sae
+    chunk = max(16, ENCODE_CHUNK_ELEMENTS // d_sae)
+    mu = torch.zeros(weights.shape[1], d_sae, dtype=torch.float32, device=device)
+    for start in range(0, inputs.shape[0], chunk):
+        acts = sae.encode(inputs[start : start + chunk].to(device, sae.dtype)).float()
+        mu += weights[start : start + chunk].to(device).T @ acts
+    return mu.cpu()
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def nu_scores(mu: torch.Tensor) -> torch.Tensor:
+    """[K, d_sae]: each language's mean minus the mean of the other languages' means."""
+    k = mu.shape[0]
+    if k < 2:
+        raise ValueError("nu-scores need at least two languages")
+    return mu - (mu.sum(0, keepdim=True) - mu) / (k - 1)
+
+
+def rank_features(nu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices), each [K, d_sae], sorted by nu descending (stable, so ties keep index order)."""
+    values, indices = torch.sort(nu, dim=1, descending=True, stable=True)
+    return values, indices
+
+
+def shared_top_k(indices: torch.Tensor, k: int) -> list[int]:
+    """For each language, how many of its top-k features are also in another language's top-k."""
+    tops = [set(row[:k].tolist()) for row in indices]
+    return [len(t & set().union(*(o for j, o in enumerate(tops) if j != i))) for i, t in enumerate(tops)]
+
+
+def exclusive_top1(indices: torch.Tensor, k: int = 5) -> list[bool]:
+    """For each language, whether its top-1 feature is in no other language's top-k."""
+    return [
+        all(int(indices[i, 0]) not in indices[j, :k].tolist() for j in range(indices.shape[0]) if j != i)
+        for i in range(indices.shape[0])
+    ]
+
+
+def control_pool(mu: torch.Tensor, exclude: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Up to `size` random live features (active somewhere in the selection data), none in `exclude`."""
+    live = mu.sum(0) > 0
+    live[exclude] = False
+    candidates = torch.nonzero(live).flatten()
+    g = torch.Generator().manual_seed(seed)
+    return candidates[torch.randperm(len(candidates), generator=g)[:size]].sort().values
+
+
+def feature_directions(sae, top_indices: torch.Tensor, controls: torch.Tensor, hook_name: str, hook_name_out: str) -> dict:
+    """The compact per-feature weights later stages ablate with, so they never reload a full SAE.
+
+    top_indices: [K, k]; controls: [P]. Rows of W_dec/W_enc/b_enc follow `feature_indices`.
+    """
+    feats = torch.unique(torch.cat([top_indices.flatten(), controls]))  # sorted
+    dev = sae.W_dec.device
+    threshold = getattr(sae, "threshold", None)
+    return {
+        "hook_name": hook_name,
+        "hook_name_out": hook_name_out,
+        "d_sae": int(sae.cfg.d_sae),
+        "top_indices": top_indices.clone(),
+        "control_indices": controls.clone(),
+        "feature_indices": feats,
+        "W_dec": sae.W_dec[feats.to(dev)].float().cpu(),
+        "W_enc": sae.W_enc[:, feats.to(dev)].T.float().cpu().contiguous(),
+        "b_enc": sae.b_enc[feats.to(dev)].float().cpu(),
+        "threshold": None if threshold is None else threshold[feats.to(dev)].float().cpu(),
+        # subtracted from the input before encoding (sae-lens's apply_b_dec_to_input); None if not
+        "input_bias": sae.b_dec.float().cpu() if getattr(sae.cfg, "apply_b_dec_to_input", False) else None,
+    }
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def layer_files(out_dir: Path, layer: int) -> dict[str, Path]:
+    names = ["indices.pt", "values.pt", "mean_acts.pt", "directions.pt", "top20.json", "done.json"]
+    return {n.split(".")[0]: Path(out_dir) / f"layer_{layer}_{n}" for n in names}
+
+
+def layer_done(out_dir: Path, layer: int, config_hash: str) -> bool:
+    """True when every file of the layer exists and was made with this config."""
+    files = layer_files(out_dir, layer)
+    if not all(p.exists() for p in files.values()):
+        return False
+    return load_json(files["done"]).get("config_hash") == config_hash
+
+
+def save_layer(out_dir: Path, layer: int, results: dict, top20: dict, done: dict) -> None:
+    """Write a layer's files, each atomically; the done marker goes last, so a layer whose
+    writing was interrupted is recomputed on the next run."""
+    files = layer_files(out_dir, layer)
+    for key in ("indices", "values", "mean_acts", "directions"):
+        save_torch(results[key], files[key])
+    save_json(top20, files["top20"])
+    save_json(done, files["done"])
+
+
+def top_table(
+    values: torch.Tensor, indices: torch.Tensor, mu: torch.Tensor, languages: list[str], n: int, neuronpedia: str | None
+) -> dict:
+    """Readable top-n per language: feature, nu, and mu in every language."""
+    out = {}
+    for i, lang in enumerate(languages):
+        rows = []
+        for r in range(min(n, indices.shape[1])):
+            f = int(indices[i, r])
+            row = {"rank": r + 1, "feature": f, "nu": float(values[i, r])}
+            row["mu"] = {other: float(mu[j, f]) for j, other in enumerate(languages)}
+            if neuronpedia:
+                row["neuronpedia"] = f"{neuronpedia}/{f}"
+            rows.append(row)
+        out[lang] = rows
+    return out
+
+
+def finished_layers(out_dir: Path, config_hash: str) -> list[int]:
+    """Layers whose files are complete and were made with this config."""
+    layers = [int(p.name.split("_")[1]) for p in Path(out_dir).glob("layer_*_done.json")]
+    return sorted(L for L in layers if layer_done(out_dir, L, config_hash))
+
+
+def write_meta(out_dir: Path, settings: dict, config_hash: str, texts: Texts) -> dict:
+    """meta.json: what made this run's nu-scores; lists only the layers made with this config."""
+    layers = finished_layers(out_dir, config_hash)
+    done = {L: load_json(layer_files(out_dir, L)["done"]) for L in layers}
+    any_done = next(iter(done.values()), {})
+    meta = {
+        "stage": "compute_nu_scores",
+        "config": settings,
+        "config_hash": config_hash,
+        "languages": list(texts.languages),
+        "layers": layers,
+        "model_id": settings["model_id"],
+        "sae_release": settings["sae_release"],
+        "sae_ids": {str(L): d["sae_id"] for L, d in done.items()},
+        "d_sae": any_done.get("d_sae"),
+        "top_k_saved": settings["top_k"],
+        "dtype": settings["dtype"],
+        "position_0": POSITION_0_RULE,
+        "weighting": settings["weighting"],
+        "data_source": texts.source,
+        "n_texts": {lang: len(t) for lang, t in texts.by_language.items()},
+        "token_counts": any_done.get("token_counts"),
+        "shared_top5": {str(L): d["shared_top5"] for L, d in done.items()},
+        "exclusive_top1": {str(L): d["exclusive_top1"] for L, d in done.items()},
+        "versions": package_versions(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    save_json(meta, Path(out_dir) / "meta.json")
+    return meta

@@ -1,0 +1,85 @@
+"""Offline fixtures: a tiny Qwen3 with its own tokenizer, and tiny transcoders in the mwhanna layout.
+
+HF_HOME and HF_HUB_OFFLINE are set here, before anything imports huggingface_hub, so the
+real `SAE.from_pretrained("mwhanna-qwen3-0.6b-transcoders-lowl0", "layer_L")` code path
+runs on files these fixtures write into a temporary Hugging Face cache.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+_HF_HOME = tempfile.mkdtemp(prefix="langsae-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ.setdefault("LANGSAE_TOY_DIR", str(Path(tempfile.mkdtemp(prefix="langsae-toy-")) / "toy_model"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+HUB_CACHE = Path(_HF_HOME) / "hub"
+MWHANNA_REPO = "mwhanna/qwen3-0.6b-transcoders-lowl0"
+TINY = dict(hidden=32, intermediate=64, layers=3, heads=4, kv_heads=2, head_dim=8, d_sae=96)
+
+
+def _corpus() -> list[str]:
+    from langsae.data import PAPER_LANGUAGES, load_texts
+
+    return load_texts(PAPER_LANGUAGES, "selection", 30).flat()[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random tiny Qwen3ForCausalLM and a byte-level BPE tokenizer (no BOS), saved with save_pretrained."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from langsae.toy import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_qwen3")
+    tok = train_tokenizer(_corpus(), vocab_size=400)
+    tok.save_pretrained(out)
+    cfg = Qwen3Config(
+        vocab_size=len(tok), hidden_size=TINY["hidden"], intermediate_size=TINY["intermediate"],
+        num_hidden_layers=TINY["layers"], num_attention_heads=TINY["heads"], num_key_value_heads=TINY["kv_heads"],
+        head_dim=TINY["head_dim"], tie_word_embeddings=True, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(cfg)
+    # Random layernorm gains make "after the gain" distinguishable from "before it" in the hook test.
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.post_attention_layernorm.weight.uniform_(0.5, 2.0)
+    model.save_pretrained(out)
+    return out
+
+
+def random_transcoder(d_in: int, d_sae: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random transcoder weights as stored on the hub (W_enc [d_sae, d_in]), with a bias that keeps
+    a mix of active and inactive features."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "W_enc": torch.randn(d_sae, d_in, generator=g) / d_in**0.5,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) / d_sae**0.5,
+        "b_enc": torch.randn(d_sae, generator=g) * 0.3 - 0.2,
+        "b_dec": torch.randn(d_in, generator=g) * 0.01,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_transcoders(tiny_model_dir) -> dict[int, dict[str, torch.Tensor]]:
+    """Tiny transcoders for every layer, written into the HF cache as the mwhanna release."""
+    from langsae.toy import write_mwhanna_release
+
+    layers = {L: random_transcoder(TINY["hidden"], TINY["d_sae"], seed=100 + L) for L in range(TINY["layers"])}
+    write_mwhanna_release(HUB_CACHE, MWHANNA_REPO, layers, "Qwen/Qwen3-0.6B")
+    return layers
+
+
+@pytest.fixture(scope="session")
+def tiny_args(tiny_model_dir, tiny_transcoders) -> list[str]:
+    """Command-line flags that point the qwen3-0.6b preset at the tiny model (transcoders via the real release)."""
+    return ["--model", "qwen3-0.6b", "--model-id", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32"]
