@@ -138,3 +138,119 @@ def run_through_layer(model, batch: Batch, last_layer: int) -> None:
         pass
     finally:
         handle.remove()
+
+
+# ----------------------------------------------------------------------------- running from a layer
+#
+# An ablation at layer L cannot change anything below L, so the ablation engine computes the
+# input of layer L once per batch (`hidden_before_layer`) and then runs only layers L..end,
+# the final norm and the LM head for each condition (`run_from_layer`, `next_token_ce`),
+# with several conditions stacked along the batch dimension. Masks, rotary embeddings and
+# the final norm are the model's own, so this works for any HF decoder laid out like
+# Qwen3 / Gemma 2 (model.model.layers, .rotary_emb, .norm, model.lm_head).
+
+LOGIT_CHUNK_ELEMENTS = 2**26  # logits materialised at once (256 MB in fp32); bounds CE memory
+
+
+@torch.no_grad()
+def hidden_before_layer(model, batch: Batch, layer: int) -> torch.Tensor:
+    """The input of decoder layer `layer` (the scaled embeddings for layer 0): [B, T, d].
+
+    Runs layers 0..layer-1 only.
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(mod, args, kwargs):
+        store["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+        raise _StopForward
+
+    handle = decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return store["h"]
+
+
+def _layer_masks(model, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> list:
+    """The attention mask each decoder layer gets, made by transformers' own mask builder
+    (per layer type: full or sliding-window attention, as the model's forward does)."""
+    from transformers.masking_utils import create_masks_for_generate
+
+    config = model.config.get_text_config()
+    masks = create_masks_for_generate(
+        config=config, inputs_embeds=hidden, attention_mask=attention_mask, past_key_values=None, position_ids=position_ids
+    )
+    n = len(decoder_layers(model))
+    if isinstance(masks, dict):
+        return [masks[t] for t in config.layer_types[:n]]
+    if masks is attention_mask and getattr(config, "layer_types", None) is not None:
+        raise NotImplementedError(f"layer types {set(config.layer_types)} have no mask builder in transformers")
+    return [masks] * n
+
+
+@torch.no_grad()
+def run_from_layer(model, hidden: torch.Tensor, attention_mask: torch.Tensor, start_layer: int) -> torch.Tensor:
+    """Run decoder layers start_layer..end on `hidden` (the input of start_layer), then the final norm.
+
+    hidden: [R, T, d]; attention_mask: [R, T] (1 = real token, right padding).
+    Returns the final normalised hidden states [R, T, d], the LM head's input. Hooks on
+    the layers (e.g. `edit_output`) fire as in a full forward.
+    """
+    T = hidden.shape[1]
+    position_ids = torch.arange(T, device=hidden.device).unsqueeze(0)  # as the model's forward, right padding
+    position_embeddings = model.model.rotary_emb(hidden, position_ids)
+    masks = _layer_masks(model, hidden, attention_mask, position_ids)
+    layers = decoder_layers(model)
+    for i in range(start_layer, len(layers)):
+        out = layers[i](
+            hidden,
+            attention_mask=masks[i],
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+            past_key_values=None,
+            use_cache=False,
+        )
+        hidden = _first_tensor(out)
+    return model.model.norm(hidden)
+
+
+def logits_from_hidden(model, final_hidden: torch.Tensor) -> torch.Tensor:
+    """LM head plus the model's final logit soft-cap (Gemma 2), in fp32: [..., V]."""
+    logits = model.lm_head(final_hidden).float()
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+@torch.no_grad()
+def next_token_ce(
+    model, final_hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean next-token cross-entropy in fp32, padding masked.
+
+    final_hidden: [R, T, d] (from `run_from_layer` or the model's last_hidden_state);
+    input_ids, attention_mask: [R, T]. Position t predicts token t+1 when t+1 is a real token.
+    Only predicted positions go through the LM head, `chunk_tokens` at a time, so memory is
+    chunk_tokens x V whatever the batch and length. Returns (mean CE [R] fp32, n_predicted [R]);
+    a row with nothing to predict gets NaN.
+    """
+    R, T, _ = final_hidden.shape
+    vocab = model.lm_head.weight.shape[0]
+    chunk = chunk_tokens or max(1, LOGIT_CHUNK_ELEMENTS // vocab)
+    predicted = attention_mask[:, 1:].bool()  # [R, T-1]
+    rows = torch.arange(R, device=final_hidden.device).unsqueeze(1).expand(R, T - 1)[predicted]
+    h = final_hidden[:, :-1][predicted]  # [n, d]
+    targets = input_ids[:, 1:][predicted]
+    total = torch.zeros(R, dtype=torch.float32, device=final_hidden.device)
+    for s in range(0, h.shape[0], chunk):
+        logits = logits_from_hidden(model, h[s : s + chunk])
+        ce = torch.nn.functional.cross_entropy(logits, targets[s : s + chunk], reduction="none")
+        total.index_add_(0, rows[s : s + chunk], ce)
+    count = predicted.sum(1)
+    mean = total / count.clamp(min=1)
+    mean[count == 0] = float("nan")
+    return mean, count
