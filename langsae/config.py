@@ -200,7 +200,7 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     d = preset.defaults
     device = args.device or d.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype or d.get("dtype", "bfloat16")]
-    batch_size = args.batch_size or d.get("batch_size", 8)
+    batch_size = args.batch_size if args.batch_size is not None else d.get("batch_size", 8)
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     if args.n_texts_per_lang == 0 or args.n_texts_per_lang < -1:

@@ -200,7 +200,7 @@ def load_sae(preset: Preset, layer: int, device: str, dtype: torch.dtype) -> SAE
     try:
         with local_hub_cache(preset.sae_hub_cache), warnings.catch_warnings():
             # sae-lens suggests TransformerLens kwargs; we run plain transformers.
-            warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs.*")
+            warnings.filterwarnings("ignore", message="(?s).*model_from_pretrained_kwargs")
             sae = SAE.from_pretrained(
                 preset.sae_release, sae_id, device=device, dtype=str(dtype).removeprefix("torch."), converter=converter
             )

@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tiny matrices: MKL's thread wake-up costs far more than the work (16 ms a call with 2 threads here).
+torch.set_num_threads(1)
+
 HUB_CACHE = Path(_HF_HOME) / "hub"
 MWHANNA_REPO = "mwhanna/qwen3-0.6b-transcoders-lowl0"
 TINY = dict(hidden=32, intermediate=64, layers=3, heads=4, kv_heads=2, head_dim=8, d_sae=96)
@@ -83,3 +86,35 @@ def tiny_transcoders(tiny_model_dir) -> dict[int, dict[str, torch.Tensor]]:
 def tiny_args(tiny_model_dir, tiny_transcoders) -> list[str]:
     """Command-line flags that point the qwen3-0.6b preset at the tiny model (transcoders via the real release)."""
     return ["--model", "qwen3-0.6b", "--model-id", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32"]
+
+
+RESIDUAL_REPO = "test-org/tiny-res-sae"
+
+
+@pytest.fixture(scope="session")
+def tiny_residual_saes(tiny_model_dir) -> dict[int, object]:
+    """Tiny JumpReLU residual SAEs (Gemma Scope's kind, reading blocks.L.hook_resid_post), saved in
+    sae-lens's own format inside the HF cache as repo test-org/tiny-res-sae, ids layer_L/width_16k/canonical."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    repo = HUB_CACHE / f"models--{RESIDUAL_REPO.replace('/', '--')}"
+    saes = {}
+    for L in range(TINY["layers"]):
+        cfg = JumpReLUSAEConfig(
+            d_in=TINY["hidden"], d_sae=TINY["d_sae"], dtype="float32", device="cpu", apply_b_dec_to_input=True,
+            metadata=SAEMetadata(hook_name=f"blocks.{L}.hook_resid_post", model_name="tiny"),
+        )  # fmt: skip
+        sae = JumpReLUSAE(cfg)
+        g = torch.Generator().manual_seed(200 + L)
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(TINY["hidden"], TINY["d_sae"], generator=g) / TINY["hidden"] ** 0.5)
+            sae.W_dec.copy_(torch.randn(TINY["d_sae"], TINY["hidden"], generator=g))
+            sae.b_enc.copy_(torch.randn(TINY["d_sae"], generator=g) * 0.3)
+            sae.b_dec.copy_(torch.randn(TINY["hidden"], generator=g) * 0.1)
+            sae.threshold.copy_(torch.rand(TINY["d_sae"], generator=g) * 0.5)
+        sae.save_model(repo / "snapshots" / ("0" * 40) / f"layer_{L}" / "width_16k" / "canonical")
+        saes[L] = sae
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    return saes

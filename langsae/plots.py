@@ -1,0 +1,96 @@
+"""Figures. Each takes the rows a stage already saved (so a figure can be redrawn from its
+cached data) and writes PNG and PDF atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from langsae.artifacts import atomic_path  # noqa: E402
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    """stem.png and stem.pdf, each written atomically."""
+    paths = []
+    for fmt in ("png", "pdf"):
+        path = Path(f"{stem}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _grid(n: int, ncols: int = 5, size: tuple[float, float] = (3.2, 2.6)):
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, sharex=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _line(ax, rows: list[dict], label: str, **style) -> None:
+    rows = sorted(rows, key=lambda r: r["layer"])
+    if not rows:
+        return
+    x = [r["layer"] for r in rows]
+    ax.plot(x, [r["delta_ce"] for r in rows], label=label, marker="o" if len(x) == 1 else None, ms=3, **style)
+    ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.15, color=style.get("color"), lw=0)
+
+
+def _select(rows: Sequence[dict], **match) -> list[dict]:
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def figure5(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: str) -> list[Path]:
+    """ΔCE on the language itself vs the mean over the others, across layers, for top-1 and
+    top-1..k, with 95% bootstrap bands; controls dotted (random features, other languages' features)."""
+    fig, axes = _grid(len(languages))
+    sets = list(dict.fromkeys(r["features"] for r in rows))
+    colours = dict(zip(sets, ["tab:blue", "tab:red", "tab:purple"]))
+    for ax, lang in zip(axes, languages):
+        for fs in sets:
+            c = colours[fs]
+            _line(ax, _select(rows, language=lang, features=fs, series="self"), f"{fs} self", color=c, ls="-")
+            _line(ax, _select(rows, language=lang, features=fs, series="others"), f"{fs} others", color=c, ls="--")
+        last = sets[-1]
+        _line(ax, _select(rows, language=lang, features=last, series="random"), f"random k ({last} size)", color="grey", ls=":")
+        _line(ax, _select(rows, language=lang, features=last, series="other_lang_features"), f"other langs' {last}", color="tab:green", ls=":")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(lang, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("ΔCE (nats)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle(f"Figure 5: ablating a language's top features ({mode}) hurts that language more than others", fontsize=10)
+    fig.supxlabel("layer", fontsize=8)
+    return save_figure(fig, stem)
+
+
+def figure6(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: str) -> list[Path]:
+    """Top-1, top-2, top-1+2 (and synergy = Δ(1+2) − Δ(1) − Δ(2)) per language across layers,
+    on its own texts (solid) and on the other languages (dashed)."""
+    fig, axes = _grid(len(languages))
+    quantities = list(dict.fromkeys(r["quantity"] for r in rows))
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    colours = {q: ("black" if q == "synergy" else palette[i % len(palette)]) for i, q in enumerate(quantities)}
+    for ax, lang in zip(axes, languages):
+        for q in quantities:
+            for where, ls in (("self", "-"), ("others", "--")):
+                _line(ax, _select(rows, language=lang, quantity=q, eval=where), f"{q} {where}", color=colours[q], ls=ls)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(lang, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("ΔCE (nats)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle(f"Figure 6: single vs joint ablation of top features ({mode}); synergy in black", fontsize=10)
+    fig.supxlabel("layer", fontsize=8)
+    return save_figure(fig, stem)

@@ -1,0 +1,209 @@
+"""The nu stage against brute force, invariances, resume, and the real sae-lens loading path."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import compute_nu_scores
+from langsae import nu
+from langsae.cli import run_main
+from langsae.data import PAPER_LANGUAGES, load_texts
+
+N_TEXTS = 6  # per language; enough to exercise ranking, small enough to be fast
+
+
+def run_nu(args, out_dir, *extra):
+    return run_main(compute_nu_scores.main, [*args, "--out-dir", str(out_dir), "--n-texts-per-lang", str(N_TEXTS), *extra])
+
+
+def load_layer(out_dir, layer):
+    files = nu.layer_files(out_dir, layer)
+    return {k: torch.load(files[k], weights_only=False) for k in ("indices", "values", "mean_acts", "directions")}
+
+
+@pytest.fixture(scope="module")
+def nu_run(tiny_args, tmp_path_factory):
+    out = tmp_path_factory.mktemp("nu_run")
+    assert run_nu(tiny_args, out, "--batch-size", "4") == 0
+    return out
+
+
+def brute_force_mu(model_dir, hook, encode, weighting="token"):
+    """Per text, batch 1, a hand-written hook on the module itself; per-language means in float64."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    texts = load_texts(PAPER_LANGUAGES, "selection", N_TEXTS)
+    mus = []
+    for lang in PAPER_LANGUAGES:
+        per_text = []
+        for text in texts.by_language[lang]:
+            seen = {}
+            handle = hook(model, seen)
+            with torch.no_grad():
+                model(torch.tensor([tok(text)["input_ids"]]))
+            handle.remove()
+            acts = encode(seen["x"][0, 1:].double())  # position 0 dropped
+            per_text.append(acts)
+        if weighting == "token":
+            mus.append(torch.cat(per_text).mean(0))
+        else:
+            mus.append(torch.stack([a.mean(0) for a in per_text]).mean(0))
+    return torch.stack(mus)
+
+
+def transcoder_encode(weights):
+    return lambda x: torch.relu(x @ weights["W_enc"].double().T + weights["b_enc"].double())
+
+
+def mlp_input_hook(layer):
+    return lambda model, seen: model.model.layers[layer].mlp.register_forward_pre_hook(
+        lambda m, args: seen.__setitem__("x", args[0])
+    )
+
+
+def test_nu_matches_brute_force(nu_run, tiny_model_dir, tiny_transcoders):
+    for layer in (0, 2):
+        mu_ref = brute_force_mu(tiny_model_dir, mlp_input_hook(layer), transcoder_encode(tiny_transcoders[layer]))
+        got = load_layer(nu_run, layer)
+        torch.testing.assert_close(got["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
+        # nu by its definition, language by language
+        k = len(PAPER_LANGUAGES)
+        nu_ref = torch.stack([mu_ref[i] - (mu_ref.sum(0) - mu_ref[i]) / (k - 1) for i in range(k)])
+        ranked = torch.gather(nu_ref, 1, got["indices"])
+        torch.testing.assert_close(ranked.float(), got["values"], atol=1e-5, rtol=1e-4)
+        assert torch.all(got["values"][:, :-1] >= got["values"][:, 1:]), "not sorted descending"
+        assert sorted(got["indices"][0].tolist()) == list(range(got["indices"].shape[1])), "not a permutation"
+
+
+def test_text_weighting_matches_brute_force(tiny_args, tiny_model_dir, tiny_transcoders, tmp_path):
+    assert run_nu(tiny_args, tmp_path, "--layers", "1", "--weighting", "text") == 0
+    mu_ref = brute_force_mu(tiny_model_dir, mlp_input_hook(1), transcoder_encode(tiny_transcoders[1]), "text")
+    torch.testing.assert_close(load_layer(tmp_path, 1)["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_and_batch_size_do_not_change_nu(nu_run, tiny_args, tmp_path):
+    assert run_nu(tiny_args, tmp_path, "--batch-size", "1", "--layers", "0,2") == 0
+    for layer in (0, 2):
+        a, b = load_layer(nu_run, layer), load_layer(tmp_path, layer)
+        torch.testing.assert_close(a["mean_acts"], b["mean_acts"], atol=1e-6, rtol=1e-5)
+
+
+def test_position_zero_is_excluded():
+    from langsae.forward import make_batches
+
+    (batch,) = make_batches([[5, 6, 7], [8]], batch_size=2, pad_id=0)
+    assert batch.statistic_mask().tolist() == [[False, True, True], [False, False, False]]
+
+
+def test_hook_reads_post_attention_layernorm_output_after_gain(tiny_model_dir):
+    from langsae.forward import Batch, capture, run_through_layer
+    from langsae.model import HookPoint, hook_point
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    layer = model.model.layers[1]
+    seen = {}
+    h = layer.post_attention_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("ln", out))
+    h2 = layer.post_attention_layernorm.register_forward_pre_hook(lambda m, a: seen.__setitem__("resid", a[0]))
+    ids = torch.tensor([[3, 40, 41, 42, 7]])
+    with capture(model, {"x": hook_point("blocks.1.mlp.hook_in")}) as store:
+        run_through_layer(model, Batch(ids, torch.ones_like(ids), [0]), 1)
+    h.remove(), h2.remove()
+    assert hook_point("blocks.1.mlp.hook_in") == HookPoint(1, "mlp", "input")
+    assert torch.equal(store["x"], seen["ln"])
+    pre_gain = seen["ln"] / layer.post_attention_layernorm.weight
+    assert not torch.allclose(store["x"], pre_gain), "fixture gains must make pre- and post-gain differ"
+    assert not torch.allclose(store["x"], seen["resid"])
+
+
+def test_directions_hold_the_transcoders_rows(nu_run, tiny_transcoders):
+    d = load_layer(nu_run, 1)["directions"]
+    w = tiny_transcoders[1]
+    feats = d["feature_indices"]
+    assert set(d["top_indices"].flatten().tolist()) <= set(feats.tolist())
+    assert not set(d["control_indices"].tolist()) & set(d["top_indices"].flatten().tolist())
+    torch.testing.assert_close(d["W_dec"], w["W_dec"][feats])
+    torch.testing.assert_close(d["W_enc"], w["W_enc"][feats])  # hub layout is [d_sae, d_in]: rows
+    torch.testing.assert_close(d["b_enc"], w["b_enc"][feats])
+    assert d["hook_name"] == "blocks.1.mlp.hook_in" and d["hook_name_out"] == "blocks.1.hook_mlp_out"
+    assert torch.equal(d["top_indices"], load_layer(nu_run, 1)["indices"][:, :5])
+
+
+def test_meta_and_top20(nu_run):
+    meta = json.loads((nu_run / "meta.json").read_text())
+    assert meta["languages"] == list(PAPER_LANGUAGES) and meta["layers"] == [0, 1, 2]
+    assert meta["sae_release"] == "mwhanna-qwen3-0.6b-transcoders-lowl0" and meta["sae_ids"]["2"] == "layer_2"
+    assert "excluded" in meta["position_0"] and meta["n_texts"]["eng_Latn"] == N_TEXTS
+    assert all(v > 0 for v in meta["token_counts"].values())
+    top20 = json.loads((nu_run / "layer_2_top20.json").read_text())
+    first = top20["kor_Hang"][0]
+    assert first["neuronpedia"] == f"qwen3-0.6b/2-transcoder-hp-lowl0/{first['feature']}"
+    assert first["feature"] == int(load_layer(nu_run, 2)["indices"][4, 0])
+
+
+def test_each_transcoder_loaded_once_and_finished_layers_skipped(tiny_args, tmp_path, monkeypatch):
+    calls = []
+    real = compute_nu_scores.load_sae
+    monkeypatch.setattr(compute_nu_scores, "load_sae", lambda p, L, *a: calls.append(L) or real(p, L, *a))
+    assert run_nu(tiny_args, tmp_path) == 0
+    assert sorted(calls) == [0, 1, 2]
+    assert run_nu(tiny_args, tmp_path) == 0
+    assert sorted(calls) == [0, 1, 2], "a finished layer with a matching config must be skipped"
+    assert run_nu(tiny_args, tmp_path, "--layers", "1", "--force") == 0
+    assert sorted(calls) == [0, 1, 1, 2]
+    assert run_nu(tiny_args, tmp_path, "--layers", "1", "--languages", "eng_Latn,fra_Latn") == 0
+    assert sorted(calls) == [0, 1, 1, 1, 2], "another config must recompute"
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["layers"] == [1] and meta["languages"] == ["eng_Latn", "fra_Latn"]
+
+
+def test_interrupted_run_resumes_to_identical_files(tiny_args, nu_run, tmp_path, monkeypatch):
+    real = nu.save_layer
+
+    def dies_on_layer_1(out_dir, layer, *a):
+        if layer == 1:
+            raise KeyboardInterrupt  # as if killed while writing layer 1
+        real(out_dir, layer, *a)
+
+    monkeypatch.setattr(nu, "save_layer", dies_on_layer_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_nu(tiny_args, tmp_path, "--batch-size", "4")
+    assert nu.layer_files(tmp_path, 0)["done"].exists() and not nu.layer_files(tmp_path, 1)["done"].exists()
+    assert not list(tmp_path.glob(".*tmp")), "no temporary file may be left behind"
+    monkeypatch.setattr(nu, "save_layer", real)
+    assert run_nu(tiny_args, tmp_path, "--batch-size", "4") == 0
+    for layer in range(3):
+        for name, path in nu.layer_files(tmp_path, layer).items():
+            ref = nu.layer_files(nu_run, layer)[name]
+            if path.suffix == ".pt":
+                a, b = torch.load(path, weights_only=False), torch.load(ref, weights_only=False)
+                assert torch.equal(a["W_dec"], b["W_dec"]) if name == "directions" else torch.equal(a, b)
+            else:
+                assert json.loads(path.read_text()) == json.loads(ref.read_text())
+
+
+def test_residual_sae_path(tiny_model_dir, tiny_residual_saes, tmp_path):
+    args = [
+        "--model", "custom", "--model-id", str(tiny_model_dir), "--sae-release", "test-org/tiny-res-sae",
+        "--sae-id-template", "layer_{layer}/width_16k/canonical", "--device", "cpu", "--dtype", "float32",
+        "--layers", "1",
+    ]  # fmt: skip
+    assert run_nu(args, tmp_path) == 0
+    sae = tiny_residual_saes[1]
+
+    def encode(x):  # JumpReLU by hand, input shifted by b_dec (apply_b_dec_to_input)
+        pre = (x - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
+        return torch.relu(pre) * (pre > sae.threshold.double())
+
+    def block_output_hook(model, seen):
+        return model.model.layers[1].register_forward_hook(lambda m, a, out: seen.__setitem__("x", out))
+
+    mu_ref = brute_force_mu(tiny_model_dir, block_output_hook, encode)
+    got = load_layer(tmp_path, 1)
+    torch.testing.assert_close(got["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
+    assert got["directions"]["hook_name"] == got["directions"]["hook_name_out"] == "blocks.1.hook_resid_post"
+    torch.testing.assert_close(got["directions"]["threshold"], sae.threshold.detach()[got["directions"]["feature_indices"]])
