@@ -206,7 +206,7 @@ def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
     unit = (directions / norms).T  # [d, k]
     q, r = torch.linalg.qr(unit)
     diag = r.diagonal().abs()
-    if True:
+    if bool((diag > 1e-5).all()):
         return q
     u, s, _ = torch.linalg.svd(unit, full_matrices=False)
     return u[:, s > 1e-5 * s.max()]

@@ -40,7 +40,9 @@ def tiny(tiny_model_dir):
 def token_ids(tiny):
     _, tok = tiny
     texts, _ = load_texts(tuple(LANGS), "evaluation", 3).flat()
-    return [tok(t)["input_ids"][:40] for t in texts]  # 9 texts of different lengths
+    ids = [tok(t)["input_ids"][: 8 + 4 * i] for i, t in enumerate(texts)]  # 9 texts, 8..40 tokens
+    assert len({len(t) for t in ids}) == len(ids)  # different lengths, so batches have padding
+    return ids
 
 
 def _cfg(tiny_args, out_dir, languages=LANGS, extra=()):
