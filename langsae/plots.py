@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from langsae.artifacts import atomic_path  # noqa: E402
 
@@ -30,10 +31,24 @@ def save_figure(fig, stem: Path) -> list[Path]:
 def _grid(n: int, ncols: int = 5, size: tuple[float, float] = (3.2, 2.6)):
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows + 0.8), squeeze=False, sharex=True, layout="constrained"
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
+    for ax in axes.flat[:n]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_xlabel("layer", fontsize=7)
     return fig, list(axes.flat[:n])
+
+
+def _finish(fig, axes, title: str) -> None:
+    axes[0].set_ylabel("ΔCE (nats)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
 
 
 def _line(ax, rows: list[dict], label: str, **style) -> None:
@@ -61,16 +76,10 @@ def figure5(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: st
             _line(ax, _select(rows, language=lang, features=fs, series="self"), f"{fs} self", color=c, ls="-")
             _line(ax, _select(rows, language=lang, features=fs, series="others"), f"{fs} others", color=c, ls="--")
         last = sets[-1]
-        _line(ax, _select(rows, language=lang, features=last, series="random"), f"random k ({last} size)", color="grey", ls=":")
-        _line(ax, _select(rows, language=lang, features=last, series="other_lang_features"), f"other langs' {last}", color="tab:green", ls=":")
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_title(lang, fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[0].set_ylabel("ΔCE (nats)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.04))
-    fig.suptitle(f"Figure 5: ablating a language's top features ({mode}) hurts that language more than others", fontsize=10)
-    fig.supxlabel("layer", fontsize=8)
+        _line(ax, _select(rows, language=lang, features=last, series="random"), f"random, same k (control)", color="grey", ls=":")
+        _line(ax, _select(rows, language=lang, features=last, series="other_lang_features"), f"other languages' {last} (control)", color="tab:green", ls=":")
+        ax.set_title(f"ablate {lang}'s features", fontsize=9)
+    _finish(fig, axes, f"Figure 5 ({mode} ablation): ΔCE on the language's own texts (self) vs mean over the other languages, 95% CI")
     return save_figure(fig, stem)
 
 
@@ -85,12 +94,6 @@ def figure6(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: st
         for q in quantities:
             for where, ls in (("self", "-"), ("others", "--")):
                 _line(ax, _select(rows, language=lang, quantity=q, eval=where), f"{q} {where}", color=colours[q], ls=ls)
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_title(lang, fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[0].set_ylabel("ΔCE (nats)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.04))
-    fig.suptitle(f"Figure 6: single vs joint ablation of top features ({mode}); synergy in black", fontsize=10)
-    fig.supxlabel("layer", fontsize=8)
+        ax.set_title(f"ablate {lang}'s features", fontsize=9)
+    _finish(fig, axes, f"Figure 6 ({mode} ablation): single vs joint top features; synergy = Δ(joint) − ΣΔ(single), 95% CI")
     return save_figure(fig, stem)

@@ -60,6 +60,8 @@ def bootstrap(
     if not groups or any(len(g) == 0 for g in groups):
         return Estimate(math.nan, math.nan, math.nan)
     value = float(combine(np.array([[g.mean() for g in groups]]))[0])
+    if not np.isfinite(value):  # e.g. a ratio whose denominator is not positive: no interval either
+        return Estimate(value, math.nan, math.nan)
     means = np.stack([_resample_weights(len(g), n_boot, seed, j) @ g.astype(np.float32) for j, g in enumerate(groups)], axis=1)
     means = means.astype(np.float64)
     reps = np.asarray(combine(means), dtype=np.float64)
