@@ -7,6 +7,9 @@ One module per concern:
   model      model + SAE loading and the hook-point mapping onto HF modules
   forward    the one forward engine: batching, padding masks, capture hooks
   nu         activation statistics and nu-scores
+  ablation   directional / feature ablations and the ΔCE engine (cached, resumable sweeps)
+  stats      bootstrap confidence intervals; Section 5 figure data and summaries
+  plots      figures (PNG + PDF)
   artifacts  atomic writes, run metadata, staleness checks
   toy        the small offline Qwen3 model organism and its transcoders
 """
