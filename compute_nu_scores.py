@@ -21,6 +21,7 @@ from langsae.artifacts import config_hash
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.data import load_texts
+from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import check_layers, check_sae_ids, load_model, load_sae, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
 
@@ -37,6 +38,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    if len(cfg.languages) < 2:
+        raise UserError("nu-scores compare languages: give at least two in --languages")
     layers = check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
     check_sae_ids(cfg.preset, layers)
     texts = load_texts(cfg.languages, "selection", cfg.n_texts_per_lang, cfg.split)
@@ -64,7 +67,7 @@ def main(argv=None):
             for L in group:
                 t0 = time.time()
                 sae = load_sae(cfg.preset, L, cfg.device, cfg.dtype)  # once per layer per run
-                mu = nu.mean_activations(sae, inputs.by_layer.pop(L), weights)
+                mu = nu.mean_activations(sae, inputs.by_layer.pop(L), weights, desc=f"encode layer {L}")
                 values, indices = nu.rank_features(nu.nu_scores(mu))
                 top = indices[:, : args.top_k]
                 controls = nu.control_pool(mu, top.flatten(), args.control_pool, seed=cfg.seed + L)

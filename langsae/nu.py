@@ -103,7 +103,7 @@ def token_weights(token_lang: torch.Tensor, token_text: torch.Tensor, n_langs: i
 
 
 @torch.no_grad()
-def mean_activations(sae, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def mean_activations(sae, inputs: torch.Tensor, weights: torch.Tensor, desc: str = "encode") -> torch.Tensor:
     """[K, d_sae] fp32: weights.T @ sae.encode(inputs), streamed in chunks of tokens.
 
     inputs: [n_tokens, d_in]; weights: [n_tokens, K] (see token_weights).
@@ -112,7 +112,7 @@ def mean_activations(sae, inputs: torch.Tensor, weights: torch.Tensor) -> torch.
     d_sae = sae.cfg.d_sae
     chunk = max(16, ENCODE_CHUNK_ELEMENTS // d_sae)
     mu = torch.zeros(weights.shape[1], d_sae, dtype=torch.float32, device=device)
-    for start in range(0, inputs.shape[0], chunk):
+    for start in tqdm(range(0, inputs.shape[0], chunk), desc=desc, unit="chunk", leave=False):
         acts = sae.encode(inputs[start : start + chunk].to(device, sae.dtype)).float()
         mu += weights[start : start + chunk].to(device).T @ acts
     return mu.cpu()
