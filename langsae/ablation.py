@@ -77,6 +77,7 @@ class LayerFeatures:
     W_enc: torch.Tensor
     b_enc: torch.Tensor
     threshold: torch.Tensor | None
+    input_bias: torch.Tensor | None = None  # [d_in], subtracted before encoding (apply_b_dec_to_input)
 
     def top(self, language: str, ranks: Sequence[int]) -> tuple[int, ...]:
         """Feature ids of `language` at 1-based nu ranks."""
@@ -182,6 +183,7 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
             languages=tuple(d["languages"]), top_indices=d["top_indices"].long(), control_indices=d["control_indices"].long(),
             feature_indices=d["feature_indices"].long(), W_dec=d["W_dec"].float(), W_enc=d["W_enc"].float(),
             b_enc=d["b_enc"].float(), threshold=None if d.get("threshold") is None else d["threshold"].float(),
+            input_bias=None if d.get("input_bias") is None else d["input_bias"].float(),
         )  # fmt: skip
         if lf.languages != nu_langs or lf.top_indices.shape[1] < top_k:
             raise UserError(f"{path} does not match meta.json (languages or top-k); run `{nu_command(cfg, layers, top_k_saved)}`")
@@ -218,12 +220,20 @@ def project_out(h: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return (hf - (hf @ basis) @ basis.T).to(h.dtype)
 
 
-def feature_activations(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
-    """a_f(x) = ReLU(x W_enc[f] + b_enc[f]), zeroed below the JumpReLU threshold if there is one: [..., k] fp32.
+def feature_activations(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    threshold: torch.Tensor | None,
+    input_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """a_f(x) = ReLU((x - input_bias) W_enc[f] + b_enc[f]), zeroed below the JumpReLU threshold if any: [..., k] fp32.
 
-    x: [..., d_in]; W_enc: [k, d_in] (encoder columns as rows); b_enc, threshold: [k].
+    x: [..., d_in]; W_enc: [k, d_in] (encoder columns as rows); b_enc, threshold: [k];
+    input_bias: [d_in] for SAEs that subtract b_dec from their input (None for transcoders).
     """
-    pre = x.float() @ W_enc.T + b_enc
+    xf = x.float() if input_bias is None else x.float() - input_bias
+    pre = xf @ W_enc.T + b_enc
     acts = torch.relu(pre)
     return acts if threshold is None else acts * (pre > threshold)
 
@@ -244,6 +254,7 @@ class Ablation:
     W_enc: torch.Tensor | None = None
     b_enc: torch.Tensor | None = None
     threshold: torch.Tensor | None = None
+    input_bias: torch.Tensor | None = None
     reads_output: bool = False
 
     @property
@@ -257,7 +268,7 @@ class Ablation:
         if self.mode == "directional":
             return project_out(out, self.basis)
         x = out if self.reads_output else module_input
-        acts = feature_activations(x, self.W_enc, self.b_enc, self.threshold)
+        acts = feature_activations(x, self.W_enc, self.b_enc, self.threshold, self.input_bias)
         return (out.float() - acts @ self.W_dec).to(out.dtype)
 
 
@@ -281,6 +292,7 @@ def make_ablation(lf: LayerFeatures, features: Sequence[int], mode: str, device:
     return Ablation(
         write, mode, W_dec=lf.W_dec[rows].to(device), W_enc=lf.W_enc[rows].to(device),
         b_enc=lf.b_enc[rows].to(device), threshold=threshold, reads_output=reads_output,
+        input_bias=None if lf.input_bias is None else lf.input_bias.to(device),
     )  # fmt: skip
 
 

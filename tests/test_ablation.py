@@ -338,3 +338,25 @@ def test_languages_layers_and_top_k_are_checked(tmp_path, tiny_args, nu_run):
     (nu_run.features_dir / "layer_2_done.json").write_text('{"config_hash": "other"}')
     with pytest.raises(UserError, match="layer 2 .* stale"):
         ablation.load_nu_results(nu_run, None, 2)
+
+
+def test_feature_mode_on_a_residual_jumprelu_sae_matches_its_own_encoder(tiny_residual_saes):
+    """Feature mode with the compact weights the nu stage saves equals sae-lens's own encode
+    (input shifted by b_dec, JumpReLU threshold) for an SAE that reads the block output."""
+    from langsae import nu
+
+    sae = tiny_residual_saes[1]
+    top = torch.tensor([[3, 7], [11, 3]])
+    d = nu.feature_directions(sae, top, torch.tensor([20, 30]), "blocks.1.hook_resid_post", "blocks.1.hook_resid_post")
+    lf = LayerFeatures(
+        layer=1, hook_in=d["hook_name"], hook_out=d["hook_name_out"], d_sae=d["d_sae"], languages=("a", "b"),
+        top_indices=d["top_indices"], control_indices=d["control_indices"], feature_indices=d["feature_indices"],
+        W_dec=d["W_dec"], W_enc=d["W_enc"], b_enc=d["b_enc"], threshold=d["threshold"], input_bias=d["input_bias"],
+    )  # fmt: skip
+    ab = make_ablation(lf, [3, 7, 30], "feature")
+    h = torch.randn(2, 5, sae.cfg.d_in) * 2
+    with torch.no_grad():
+        acts = sae.encode(h)[..., [3, 7, 30]]
+        expected = h - acts @ sae.W_dec[[3, 7, 30]]
+    assert (acts > 0).any() and (acts == 0).any(), "the check needs both active and inactive features"
+    torch.testing.assert_close(ab.apply(h, torch.zeros_like(h)), expected, atol=1e-5, rtol=1e-5)
