@@ -150,3 +150,28 @@ def load_flores_plus(lang: str, split: str) -> list[str]:
     except Exception as e:  # datasets raises many types for network/auth problems
         raise UserError(hub_error_message(f"dataset {FLORES_PLUS_REPO} ({lang}, {split})", e)) from e
     return list(ds["text"])
+
+
+# NTREX-128 (news, translated from one English source): the toy model's training text.
+# FLORES is kept for selection and evaluation, so the toy never trains on what it is measured on.
+NTREX_DIR = DATA_DIR / "ntrex128"
+NTREX_NAMES = {
+    "eng_Latn": "eng-US", "spa_Latn": "spa", "fra_Latn": "fra", "por_Latn": "por-BR", "jpn_Jpan": "jpn",
+    "cmn_Hans": "zho-CN", "kor_Hang": "kor", "tha_Thai": "tha", "vie_Latn": "vie", "arb_Arab": "arb",
+}  # fmt: skip
+
+
+def ntrex_file(lang: str) -> Path:
+    """The bundled NTREX-128 file of a FLORES+ language code."""
+    if lang not in NTREX_NAMES:
+        raise UserError(f"no bundled NTREX-128 text for {lang}; bundled: {', '.join(NTREX_NAMES)}")
+    return NTREX_DIR / f"newstest2019-ref.{NTREX_NAMES[lang]}.txt.gz"
+
+
+def load_ntrex(languages) -> dict[str, list[str]]:
+    """NTREX-128 sentences per FLORES+ language code, in file order, blank lines dropped."""
+    out = {}
+    for lang in languages:
+        with gzip.open(ntrex_file(lang), "rt", encoding="utf-8") as f:
+            out[lang] = [line.strip() for line in f if line.strip()]
+    return out
