@@ -1,19 +1,43 @@
 """The offline model organism: a small Qwen3 trained here, with transcoders in the mwhanna layout.
 
+`build_toy` trains, from one seed, a byte-level BPE tokenizer, a small `Qwen3ForCausalLM` on
+NTREX-128 news text of the paper's ten languages, and one ReLU transcoder per layer (MLP
+input -> MLP output), and saves them where the `toy` preset looks: the model under
+`<root>/model`, the transcoders as an mwhanna-style release in a local Hugging Face cache
+under `<root>/hub`. Toy runs then load through exactly the code real runs use. FLORES
+(selection and evaluation sets) is never trained on; its evaluation set measures quality.
+
+    python -m langsae.toy [--force] [--seed N] [--scale full|small] [--root DIR]
+
 The pieces that write Hugging Face file layouts are also what the tests use to build
 their tiny fixtures, so toy runs, test runs and real runs share one loading path.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 
-from langsae.config import TOY_ROOT
+from langsae.artifacts import file_sha256, load_json, package_versions, save_json
+from langsae.config import PRESETS, TOY_ROOT
+from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, load_ntrex, load_texts, ntrex_file
+from langsae.errors import UserError
+from langsae.forward import Batch, capture, make_batches, run_through_layer, tokenize
+from langsae.model import HookPoint
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +103,494 @@ def write_mwhanna_release(
     return snap
 
 
-def ensure_built() -> None:
-    """Build the toy model and transcoders under toy_model/ unless a matching build exists."""
-    raise NotImplementedError("the toy build is not written yet")
+# ----------------------------------------------------------------------------- the build
+
+TOY_FORMAT = 1  # bump when the recipe changes in a way the hyper-parameters do not show
+TOY_MODEL_NAME = "langsae-local/toy-qwen3"
+PARTIAL_PREFIX = ".building-"  # work folders inside the root; a kill leaves one behind, the next build removes it
+
+
+@dataclass(frozen=True)
+class ToyScale:
+    """The hyper-parameters of one build; all of them are recorded in build.json."""
+
+    texts_per_language: int  # NTREX sentences per language for the tokenizer and the model (-1: all)
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_tokens: int  # training texts are truncated to this many tokens
+    lm_steps: int
+    lm_batch_size: int  # texts per step
+    lm_lr: float
+    lm_warmup_steps: int
+    lm_weight_decay: float
+    tc_expansion: int  # transcoder width = tc_expansion * hidden_size
+    tc_texts_per_language: int  # NTREX sentences whose activations train the transcoders
+    tc_steps: int
+    tc_batch_tokens: int
+    tc_lr: float
+    tc_l1: float  # sparsity coefficient on normalised activations, so one value fits every layer
+    eval_texts_per_language: int  # FLORES evaluation texts for quality.json
+
+
+SCALES = {
+    "full": ToyScale(
+        texts_per_language=-1, vocab_size=8192, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+        head_dim=32, intermediate_size=384, max_tokens=128, lm_steps=600, lm_batch_size=32, lm_lr=3e-3,
+        lm_warmup_steps=30, lm_weight_decay=0.1, tc_expansion=8, tc_texts_per_language=300, tc_steps=400,
+        tc_batch_tokens=2048, tc_lr=3e-3, tc_l1=0.1, eval_texts_per_language=100,
+    ),
+    # For the tests: builds in seconds and still has every part of the full build.
+    "small": ToyScale(
+        texts_per_language=80, vocab_size=600, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+        head_dim=16, intermediate_size=96, max_tokens=48, lm_steps=150, lm_batch_size=16, lm_lr=1e-2,
+        lm_warmup_steps=5, lm_weight_decay=0.1, tc_expansion=8, tc_texts_per_language=40, tc_steps=300,
+        tc_batch_tokens=512, tc_lr=3e-3, tc_l1=0.1, eval_texts_per_language=10,
+    ),
+}  # fmt: skip
+
+
+def _scale(name: str) -> ToyScale:
+    if name not in SCALES:
+        raise UserError(f"unknown toy scale {name!r}; choose one of {', '.join(SCALES)}")
+    return SCALES[name]
+
+
+def build_record(seed: int, scale: str) -> dict:
+    """What build.json holds for a build with this seed and scale: equal records mean an equal build."""
+    files = [ntrex_file(lang) for lang in PAPER_LANGUAGES] + [EVALUATION_FILE]
+    record = {
+        "format": TOY_FORMAT,
+        "seed": seed,
+        "scale": scale,
+        "hyperparameters": asdict(_scale(scale)),
+        "languages": list(PAPER_LANGUAGES),
+        "versions": package_versions(),
+        "data_sha256": {str(f.relative_to(DATA_DIR)): file_sha256(f) for f in files},
+    }
+    return json.loads(json.dumps(record))  # the form it has after a round trip through build.json
+
+
+def current_build(root: Path) -> dict | None:
+    """The build.json of a complete build in `root`, if a rebuild with its own seed and scale would record the same."""
+    root = Path(root)
+    path = root / "build.json"
+    if not (path.exists() and (root / "model" / "config.json").exists() and (root / "hub").is_dir()):
+        return None
+    try:
+        record = load_json(path)
+        expected = build_record(record["seed"], record["scale"])
+    except (ValueError, KeyError, TypeError, UserError):
+        return None
+    return record if record == expected else None
+
+
+def ensure_built(root: Path = TOY_ROOT) -> Path:
+    """Reuse the toy build in `root` if it is complete and current (any seed or scale); else build the default."""
+    if current_build(root) is not None:
+        return Path(root)
+    log.warning("no current toy build in %s: building the default (scale full, seed 0), several minutes", root)
+    start = time.perf_counter()
+    build_toy(root, seed=0, scale="full", force=True)
+    log.info("toy build finished in %.0f s", time.perf_counter() - start)
+    return Path(root)
+
+
+def build_toy(root: Path = TOY_ROOT, seed: int = 0, scale: str = "full", force: bool = False) -> Path:
+    """Train the toy tokenizer, model and transcoders from `seed` and save them under `root`.
+
+    Layout: `root/model` (save_pretrained), `root/hub` (the transcoders as an mwhanna
+    release in a Hugging Face cache), `root/quality.json`, and `root/build.json`, written
+    last: a folder without it is not a build. Everything is made in a work folder inside
+    `root` and renamed into place, so a killed build never looks complete. A call whose
+    seed, scale, versions and data match the existing build.json returns at once.
+    """
+    root = Path(root)
+    hp = _scale(scale)
+    record = build_record(seed, scale)
+    if not force and current_build(root) == record:
+        log.info("toy build in %s is current (seed %d, scale %s): reusing it", root, seed, scale)
+        return root
+    start = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_work(root)
+    work = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", dir=root))
+    saved_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(_build_threads(hp, saved_threads))
+        log.info("building the toy (seed %d, scale %s) with %d thread(s)", seed, scale, torch.get_num_threads())
+        with torch.random.fork_rng(devices=[]):  # seed the build without touching the caller's RNG
+            quality = _build_into(work, seed, hp)
+        quality["build_seconds"] = round(time.perf_counter() - start, 1)
+        save_json(quality, work / "quality.json")
+        # From here until build.json is back, root holds no complete build.
+        (root / "build.json").unlink(missing_ok=True)
+        for name in ("model", "hub", "quality.json"):
+            target = root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            (work / name).rename(target)
+        save_json(record, root / "build.json")
+    finally:
+        torch.set_num_threads(saved_threads)
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("toy build (seed %d, scale %s) written to %s in %.0f s", seed, scale, root, time.perf_counter() - start)
+    return root
+
+
+def _build_threads(hp: ToyScale, available: int) -> int:
+    """Threads for the build: the cores idle right now, at least one; one for builds too small to gain from more.
+
+    OpenMP threads spin while they wait, so asking for cores that other processes are
+    using makes training many times slower, not a little. The thread count does not
+    change the result (the same seed gives the same weights).
+    """
+    if hp.hidden_size < 64:
+        return 1
+    return max(1, min(available, round(_idle_cores())))
+
+
+def _idle_cores(interval: float = 0.5) -> float:
+    """How many cores were idle over the last `interval` seconds (/proc/stat; elsewhere the load average)."""
+
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields[:8])  # (idle + iowait, total), in ticks
+
+    n_cpu = os.cpu_count() or 1
+    try:
+        idle0, total0 = snapshot()
+        time.sleep(interval)
+        idle1, total1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return n_cpu - os.getloadavg()[0]
+    return n_cpu * (idle1 - idle0) / max(1, total1 - total0)
+
+
+def _remove_abandoned_work(root: Path) -> None:
+    """Delete work folders of builds whose process is gone."""
+    for path in root.glob(f"{PARTIAL_PREFIX}*"):
+        try:
+            pid = int(path.name.removeprefix(PARTIAL_PREFIX).split("-")[0])
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except (ValueError, ProcessLookupError):
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _build_into(out: Path, seed: int, hp: ToyScale) -> dict:
+    """Train everything and write `out/model` and `out/hub`; return the quality report."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    clock = _StageClock()
+    texts = load_ntrex(PAPER_LANGUAGES)
+    if hp.texts_per_language != -1:
+        texts = {lang: t[: hp.texts_per_language] for lang, t in texts.items()}
+    train_texts = [t for lang in PAPER_LANGUAGES for t in texts[lang]]
+    tokenizer = train_tokenizer(train_texts, hp.vocab_size)
+    train_ids = tokenize(tokenizer, train_texts, hp.max_tokens)
+    n_tokens = sum(map(len, train_ids))
+    log.info("tokenizer: vocabulary %d; %d training texts, %d tokens", len(tokenizer), len(train_texts), n_tokens)
+    clock.lap("tokenizer")
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=hp.hidden_size, intermediate_size=hp.intermediate_size,
+        num_hidden_layers=hp.num_layers, num_attention_heads=hp.num_heads, num_key_value_heads=hp.num_kv_heads,
+        head_dim=hp.head_dim, tie_word_embeddings=True, max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
+    model = Qwen3ForCausalLM(cfg)
+    n_params = model.num_parameters()
+    log.info("toy model: %.2fM parameters, %d layers, hidden %d", n_params / 1e6, hp.num_layers, hp.hidden_size)
+    train_model(model, make_batches(train_ids, hp.lm_batch_size, tokenizer.pad_token_id), hp, seed)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    clock.lap("model")
+
+    # Transcoders learn from fresh forward passes of the trained model on a seeded sample of its training text.
+    g = torch.Generator().manual_seed(seed + 1)
+    tc_texts = [t for lang in PAPER_LANGUAGES for t in _sample(texts[lang], hp.tc_texts_per_language, g)]
+    tc_batches = make_batches(tokenize(tokenizer, tc_texts, hp.max_tokens), 32, tokenizer.pad_token_id)
+    xs, ys = mlp_activations(model, tc_batches, range(hp.num_layers))
+    clock.lap("activations")
+    transcoders = {}
+    for L in range(hp.num_layers):
+        transcoders[L] = train_transcoder(
+            xs[L], ys[L], hp.tc_expansion * hp.hidden_size, hp.tc_steps, hp.tc_batch_tokens, hp.tc_lr, hp.tc_l1,
+            seed=seed * 1000 + L, desc=f"transcoder L{L}",
+        )  # fmt: skip
+    release = PRESETS["toy"].sae_release
+    write_mwhanna_release(out / "hub", release, transcoders, model_name=TOY_MODEL_NAME, context_size=hp.max_tokens)
+    clock.lap("transcoders")
+
+    unigram = torch.bincount(torch.tensor([t for ids in train_ids for t in ids]), minlength=len(tokenizer))
+    quality = measure_quality(model, tokenizer, transcoders, unigram, hp.eval_texts_per_language)
+    for L in range(hp.num_layers):
+        quality["transcoders"][L]["dead_fraction"] = dead_fraction(transcoders[L], xs[L])
+    quality["dead_fraction_tokens"] = int(xs[0].shape[0])
+    quality["model"] = {"parameters": n_params, "vocab_size": len(tokenizer), "train_tokens": n_tokens}
+    clock.lap("quality")
+    quality["stage_seconds"] = clock.laps
+    quality["threads"] = torch.get_num_threads()
+    log_quality(quality)
+    return quality
+
+
+class _StageClock:
+    """Wall time of each build stage, logged as it ends and kept for quality.json."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._last, 1)
+        self._last = now
+        log.info("%s done in %.1f s", stage, self.laps[stage])
+
+
+def _sample(items: list, n: int, g: torch.Generator) -> list:
+    if n >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(torch.randperm(len(items), generator=g)[:n].tolist())]
+
+
+def train_model(model, batches: list[Batch], hp: ToyScale, seed: int) -> None:
+    """Next-token training with AdamW: linear warm-up, cosine decay to a tenth; padding masked out of the loss.
+
+    Batches come from `make_batches` (texts of similar length together); their order is
+    reshuffled, seeded, every epoch.
+    """
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": hp.lm_weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=hp.lm_lr, betas=(0.9, 0.95),
+    )  # fmt: skip
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, hp.lm_warmup_steps, hp.lm_steps))
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    running = None
+    model.train()
+    bar = tqdm(range(hp.lm_steps), desc="toy model", unit="step")
+    for _ in bar:
+        if not order:
+            order = torch.randperm(len(batches), generator=g).tolist()
+        batch = batches[order.pop()]
+        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{running:.3f}")
+    model.eval()
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def mlp_activations(model, batches: list[Batch], layers) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """MLP inputs and outputs of every non-padding token: ({L: [N, d_in]}, {L: [N, d_out]}).
+
+    Position 0 is kept: transcoders must reconstruct every position an ablation may touch.
+    """
+    layers = list(layers)
+    points = {f"in{L}": HookPoint(L, "mlp", "input") for L in layers}
+    points |= {f"out{L}": HookPoint(L, "mlp", "output") for L in layers}
+    xs: dict[int, list] = {L: [] for L in layers}
+    ys: dict[int, list] = {L: [] for L in layers}
+    with capture(model, points) as store:
+        for batch in tqdm(batches, desc="activations", unit="batch"):
+            run_through_layer(model, batch, max(layers))
+            mask = batch.attention_mask.bool()
+            for L in layers:
+                xs[L].append(store[f"in{L}"][mask].float())
+                ys[L].append(store[f"out{L}"][mask].float())
+    return {L: torch.cat(v) for L, v in xs.items()}, {L: torch.cat(v) for L, v in ys.items()}
+
+
+def train_transcoder(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    d_sae: int,
+    steps: int,
+    batch_tokens: int,
+    lr: float,
+    l1: float,
+    seed: int,
+    desc: str = "transcoder",
+) -> dict[str, torch.Tensor]:
+    """A ReLU transcoder from MLP inputs x [N, d_in] to MLP outputs y [N, d_out].
+
+    encode(x) = relu(x @ W_enc.T + b_enc), decode(a) = a @ W_dec + b_dec. The loss is the
+    squared error plus `l1` times the activations weighted by their decoder norms (so the
+    penalty cannot be dodged by shrinking activations and growing decoder rows). Returns the
+    hub layout: W_enc [d_sae, d_in], W_dec [d_sae, d_out], b_enc [d_sae], b_dec [d_out].
+    """
+    g = torch.Generator().manual_seed(seed)
+    d_in, d_out = x.shape[1], y.shape[1]
+    # Train on unit-scale activations so that one l1 and one learning rate fit every layer;
+    # the two scales are folded back into the weights at the end.
+    sx = x.pow(2).mean().sqrt()
+    sy = (y - y.mean(0)).pow(2).mean().sqrt()
+    W_enc = (torch.randn(d_in, d_sae, generator=g) / d_in**0.5).requires_grad_()
+    # Unit-norm decoder rows: with small ones the decoder-norm-weighted penalty starts near
+    # zero and hundreds of weakly active features per token survive a short training.
+    W_dec = torch.randn(d_sae, d_out, generator=g)
+    W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).requires_grad_()
+    b_enc = torch.zeros(d_sae, requires_grad=True)
+    b_dec = (y.mean(0) / sy).requires_grad_()
+    opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=lr)
+    # l1 ramps up over the first tenth (fewer features die early); lr decays to 0 over the last fifth.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (steps - s) / max(1, steps // 5)))
+    bar = tqdm(range(steps), desc=desc, unit="step")
+    running = None
+    for step in bar:
+        idx = torch.randint(0, x.shape[0], (batch_tokens,), generator=g)
+        xb, yb = x[idx] / sx, y[idx] / sy
+        acts = torch.relu(xb @ W_enc + b_enc)
+        mse = (acts @ W_dec + b_dec - yb).pow(2).sum(-1).mean() / d_out
+        sparsity = (acts * W_dec.norm(dim=1)).sum(-1).mean() / d_out**0.5
+        loss = mse + l1 * min(1.0, step / max(1, steps // 10)) * sparsity
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        running = mse.item() if running is None else 0.9 * running + 0.1 * mse.item()
+        bar.set_postfix(mse=f"{running:.3f}", l0=f"{(acts > 0).float().sum(-1).mean().item():.0f}")
+    with torch.no_grad():
+        return {
+            "W_enc": (W_enc / sx).T.contiguous(),
+            "W_dec": (W_dec * sy).contiguous(),
+            "b_enc": b_enc.detach().clone(),
+            "b_dec": (b_dec * sy).contiguous(),
+        }
+
+
+def encode(tc: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Feature activations [N, d_sae] of hub-layout weights on inputs x [N, d_in]."""
+    return torch.relu(x @ tc["W_enc"].T + tc["b_enc"])
+
+
+def fraction_of_variance_explained(y: torch.Tensor, y_hat: torch.Tensor) -> float:
+    """1 - sum |y - y_hat|^2 / sum |y - mean(y)|^2 over tokens; y, y_hat [N, d]."""
+    return 1.0 - ((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item()
+
+
+@torch.no_grad()
+def dead_fraction(tc: dict[str, torch.Tensor], x: torch.Tensor, chunk: int = 8192) -> float:
+    """Fraction of features never active on any of the tokens x [N, d_in]."""
+    alive = torch.zeros(tc["W_enc"].shape[0], dtype=torch.bool)
+    for start in range(0, x.shape[0], chunk):
+        alive |= (encode(tc, x[start : start + chunk]) > 0).any(0)
+    return 1.0 - alive.float().mean().item()
+
+
+@torch.no_grad()
+def measure_quality(model, tokenizer, transcoders: dict[int, dict], unigram_counts: torch.Tensor, n_texts: int) -> dict:
+    """Per-language next-token CE on unseen FLORES evaluation texts, against an add-one unigram
+    of the training tokens on the same predicted tokens; per-layer transcoder FVE and L0 on those texts."""
+    texts = load_texts(PAPER_LANGUAGES, "evaluation", n_texts)
+    unigram_logp = torch.log((unigram_counts.double() + 1) / (unigram_counts.sum() + len(unigram_counts))).float()
+    layers = sorted(transcoders)
+    points = {f"in{L}": HookPoint(L, "mlp", "input") for L in layers}
+    points |= {f"out{L}": HookPoint(L, "mlp", "output") for L in layers}
+    xs: dict[int, list] = {L: [] for L in layers}
+    ys: dict[int, list] = {L: [] for L in layers}
+    ce: dict[str, dict] = {}
+    with capture(model, points) as store:
+        for lang in tqdm(PAPER_LANGUAGES, desc="quality", unit="language"):
+            model_nll, unigram_nll, n = 0.0, 0.0, 0
+            for batch in make_batches(tokenize(tokenizer, texts.by_language[lang]), 16, tokenizer.pad_token_id):
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+                targets = batch.input_ids[:, 1:]
+                predicted = batch.attention_mask[:, 1:].bool()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[..., None])[..., 0]
+                model_nll -= logp[predicted].sum().item()
+                unigram_nll -= unigram_logp[targets][predicted].sum().item()
+                n += int(predicted.sum())
+                mask = batch.attention_mask.bool()
+                for L in layers:
+                    xs[L].append(store[f"in{L}"][mask].float())
+                    ys[L].append(store[f"out{L}"][mask].float())
+            ce[lang] = {"model": model_nll / n, "unigram": unigram_nll / n, "predicted_tokens": n}
+    transcoder_quality = {}
+    for L in layers:
+        x, y = torch.cat(xs[L]), torch.cat(ys[L])
+        acts = encode(transcoders[L], x)
+        y_hat = acts @ transcoders[L]["W_dec"] + transcoders[L]["b_dec"]
+        transcoder_quality[L] = {
+            "fve": fraction_of_variance_explained(y, y_hat),
+            "l0": (acts > 0).float().sum(-1).mean().item(),
+            "d_sae": acts.shape[1],
+        }
+    return {
+        "eval_texts": texts.source,
+        "eval_texts_per_language": n_texts,
+        "cross_entropy": ce,
+        "transcoders": transcoder_quality,
+    }
+
+
+def log_quality(q: dict) -> None:
+    log.info("next-token cross-entropy (nats) on %d unseen FLORES texts per language:", q["eval_texts_per_language"])
+    log.info("  %-10s %8s %8s", "language", "model", "unigram")
+    for lang, row in q["cross_entropy"].items():
+        log.info("  %-10s %8.3f %8.3f", lang, row["model"], row["unigram"])
+    n = q["dead_fraction_tokens"]
+    log.info("transcoders (FVE, L0 on those texts; dead: never active on %d training tokens):", n)
+    log.info("  %-5s %6s %7s %6s", "layer", "FVE", "L0", "dead")
+    for L, row in q["transcoders"].items():
+        log.info("  %-5d %6.3f %7.1f %6.3f", L, row["fve"], row["l0"], row["dead_fraction"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m langsae.toy",
+        description="Build the offline toy model organism: a small Qwen3 trained on NTREX-128 text of the paper's "
+        "ten languages, and one transcoder per layer, in the layout the `toy` preset loads.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if the folder holds a current build")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice in the build")
+    p.add_argument(
+        "--scale",
+        choices=list(SCALES),
+        default="full",
+        help="full: the toy model (a few minutes on 2 cores); small: a build of seconds, for tests",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=TOY_ROOT,
+        help="folder to build into; the toy preset reads the default (toy_model/, or $LANGSAE_TOY_DIR when set)",
+    )
+    args = p.parse_args(argv)
+    build_toy(args.root, seed=args.seed, scale=args.scale, force=args.force)
+
+
+if __name__ == "__main__":
+    from langsae.cli import run_main
+
+    sys.exit(run_main(main))
