@@ -34,6 +34,24 @@ def _corpus() -> list[str]:
     return load_texts(PAPER_LANGUAGES, "selection", 30).flat()[0]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def figures_outside_the_repo(tmp_path_factory):
+    """Stages write figures to config.OUTPUT_ROOT/<run>; keep the tests' figures out of the repo."""
+    from langsae import config
+
+    config.OUTPUT_ROOT = tmp_path_factory.mktemp("output")
+
+
+@pytest.fixture(scope="session")
+def small_toy() -> Path:
+    """The toy model organism at its small scale (seconds), built into LANGSAE_TOY_DIR so that
+    `--model toy` finds and reuses it instead of starting the full build."""
+    from langsae import toy
+    from langsae.config import TOY_ROOT
+
+    return toy.build_toy(TOY_ROOT, seed=0, scale="small")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random tiny Qwen3ForCausalLM and a byte-level BPE tokenizer (no BOS), saved with save_pretrained."""

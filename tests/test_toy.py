@@ -1,7 +1,7 @@
 """The toy build: it loads through the real preset's functions, its transcoders reconstruct
 unseen activations, and a build is reused, forced, reproducible and never half-visible.
 
-One small build (seconds) into the session's LANGSAE_TOY_DIR serves every test.
+One small build (seconds) into the session's LANGSAE_TOY_DIR (conftest's `small_toy`) serves every test.
 """
 
 import json
@@ -18,11 +18,6 @@ from langsae.data import PAPER_LANGUAGES, load_texts
 from langsae.model import load_model, load_sae
 
 SMALL = toy.SCALES["small"]
-
-
-@pytest.fixture(scope="module")
-def small_toy() -> Path:
-    return toy.build_toy(TOY_ROOT, seed=0, scale="small")
 
 
 def _weights(root: Path) -> dict[str, bytes]:

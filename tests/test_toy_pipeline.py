@@ -1,0 +1,63 @@
+"""The stages end to end on the toy preset (small build), through the same code as real runs."""
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_bad_input import fails_cleanly
+from test_nu import N_TEXTS, brute_force_mu, load_layer, mlp_input_hook, run_nu, transcoder_encode
+
+import reproduce_figures_section5
+from langsae.cli import run_main
+from langsae.config import PRESETS
+
+TOY = ["--model", "toy"]
+
+
+@pytest.fixture(scope="module")
+def toy_nu(small_toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy_run")
+    assert run_nu(TOY, out) == 0
+    return out
+
+
+def test_nu_stage_on_toy_matches_brute_force(toy_nu, small_toy):
+    meta = json.loads((toy_nu / "meta.json").read_text())
+    n_layers = json.loads((small_toy / "model" / "config.json").read_text())["num_hidden_layers"]
+    assert meta["layers"] == list(range(n_layers))
+    assert meta["model_id"] == PRESETS["toy"].model_id and meta["sae_release"] == PRESETS["toy"].sae_release
+    layer = n_layers - 1
+    (weights_file,) = (small_toy / "hub").rglob(f"layer_{layer}.safetensors")
+    mu_ref = brute_force_mu(small_toy / "model", mlp_input_hook(layer), transcoder_encode(load_file(weights_file)))
+    torch.testing.assert_close(load_layer(toy_nu, layer)["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
+    assert N_TEXTS == meta["n_texts"]["eng_Latn"]
+
+
+def test_section5_on_toy(toy_nu):
+    from langsae import config
+
+    argv = [*TOY, "--out-dir", str(toy_nu), "--layers", "1", "--n-texts", "3", "--random-draws", "1"]
+    assert run_main(reproduce_figures_section5.main, argv) == 0
+    with open(toy_nu / "ablation_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["features"] for r in rows} >= {"top1", "top2", "top1+2", "random"}
+    assert len({r["eval_lang"] for r in rows}) == 10
+    figures = config.OUTPUT_ROOT / toy_nu.name
+    assert (figures / "figure5.png").exists() and (figures / "figure6.pdf").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--languages", "eng_Latn,kor_hang"], "kor_Hang"),
+        (["--layers", "99"], "out of range"),
+        (["--languages", "eng_Latn,deu_Latn"], "gated"),
+        (["--sae-id-template", "layer{layer}"], "could not load SAE"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_input_under_the_toy_preset(small_toy, flags, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("langsae.hub.SECRETS_FILE", tmp_path / "absent.ini")
+    assert expected in fails_cleanly([*TOY, *flags], tmp_path / "o", capsys)
