@@ -61,3 +61,14 @@ def test_section5_on_toy(toy_nu):
 def test_bad_input_under_the_toy_preset(small_toy, flags, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("langsae.hub.SECRETS_FILE", tmp_path / "absent.ini")
     assert expected in fails_cleanly([*TOY, *flags], tmp_path / "o", capsys)
+
+
+def test_run_pipeline_runs_every_stage(small_toy, tmp_path):
+    import run_pipeline
+    from langsae import config
+
+    out = tmp_path / "toy_all"
+    argv = [*TOY, "--layers", "2", "--n-texts-per-lang", "4", "--out-dir", str(out)]
+    assert run_main(run_pipeline.main, argv) == 0
+    assert (out / "layer_2_indices.pt").exists() and (out / "ablation_results.csv").exists()
+    assert (config.OUTPUT_ROOT / "toy_all" / "figure5.png").exists()
