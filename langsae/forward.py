@@ -120,6 +120,16 @@ class _StopForward(Exception):
     pass
 
 
+def _run_until_stopped(model, batch: Batch, handle) -> None:
+    """Run the decoder until a hook (registered as `handle`) raises _StopForward; remove the hook."""
+    try:
+        model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def run_through_layer(model, batch: Batch, last_layer: int) -> None:
     """Run the decoder on a batch up to and including `last_layer`, then stop.
@@ -131,13 +141,7 @@ def run_through_layer(model, batch: Batch, last_layer: int) -> None:
     def stop(mod, args, out):
         raise _StopForward
 
-    handle = decoder_layers(model)[last_layer].register_forward_hook(stop)
-    try:
-        model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
+    _run_until_stopped(model, batch, decoder_layers(model)[last_layer].register_forward_hook(stop))
 
 
 # ----------------------------------------------------------------------------- running from a layer
@@ -164,13 +168,7 @@ def hidden_before_layer(model, batch: Batch, layer: int) -> torch.Tensor:
         store["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
         raise _StopForward
 
-    handle = decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
+    _run_until_stopped(model, batch, decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True))
     return store["h"]
 
 
