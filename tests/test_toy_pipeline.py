@@ -68,7 +68,7 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path):
     from langsae import config
 
     out = tmp_path / "toy_all"
-    argv = [*TOY, "--layers", "2", "--n-texts-per-lang", "4", "--out-dir", str(out)]
+    argv = [*TOY, "--layers", "1", "--n-texts-per-lang", "4", "--out-dir", str(out)]
     assert run_main(run_pipeline.main, argv) == 0
-    assert (out / "layer_2_indices.pt").exists() and (out / "ablation_results.csv").exists()
+    assert (out / "layer_1_indices.pt").exists() and (out / "ablation_results.csv").exists()
     assert (config.OUTPUT_ROOT / "toy_all" / "figure5.png").exists()
