@@ -40,6 +40,8 @@ def main(argv=None):
     cfg = resolve(args)
     if len(cfg.languages) < 2:
         raise UserError("nu-scores compare languages: give at least two in --languages")
+    if args.top_k < 1 or args.control_pool < 0:
+        raise UserError("--top-k must be at least 1 and --control-pool at least 0")
     layers = check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
     check_sae_ids(cfg.preset, layers)
     texts = load_texts(cfg.languages, "selection", cfg.n_texts_per_lang, cfg.split)
@@ -67,22 +69,15 @@ def main(argv=None):
             for L in group:
                 t0 = time.time()
                 sae = load_sae(cfg.preset, L, cfg.device, cfg.dtype)  # once per layer per run
-                mu = nu.mean_activations(sae, inputs.by_layer.pop(L), weights, desc=f"encode layer {L}")
-                values, indices = nu.rank_features(nu.nu_scores(mu))
-                top = indices[:, : args.top_k]
-                controls = nu.control_pool(mu, top.flatten(), args.control_pool, seed=cfg.seed + L)
-                hooks = sae_hook_names(sae_cfgs[L])
-                directions = {"layer": L, "languages": list(cfg.languages), **nu.feature_directions(sae, top, controls, *hooks)}
+                layer = nu.score_layer(
+                    sae, inputs.by_layer.pop(L), weights, L, cfg.languages, args.top_k, args.control_pool,
+                    cfg.seed + L, sae_hook_names(sae_cfgs[L]), neuronpedia_id(cfg.preset, L),
+                )  # fmt: skip
                 del sae
-                top20 = nu.top_table(values, indices, mu, list(cfg.languages), 20, neuronpedia_id(cfg.preset, L))
-                shared = nu.shared_top_k(indices, 5)
-                done = {"config_hash": chash, "layer": L, "sae_id": cfg.sae_id(L), "d_sae": int(mu.shape[1]),
-                        "token_counts": dict(zip(cfg.languages, inputs.token_lang.bincount(minlength=len(cfg.languages)).tolist())),
-                        "shared_top5": dict(zip(cfg.languages, shared)),
-                        "exclusive_top1": dict(zip(cfg.languages, nu.exclusive_top1(indices, 5)))}  # fmt: skip
-                results = {"indices": indices, "values": values, "mean_acts": mu, "directions": directions}
-                nu.save_layer(cfg.features_dir, L, results, top20, done)
-                print(f"layer {L}: done in {time.time() - t0:.1f}s; top-5 shared with another language: {shared}")
+                done = {"config_hash": chash, "layer": L, "sae_id": cfg.sae_id(L), **layer.summary,
+                        "token_counts": dict(zip(cfg.languages, inputs.token_lang.bincount(minlength=len(cfg.languages)).tolist()))}  # fmt: skip
+                nu.save_layer(cfg.features_dir, L, layer.files, layer.top20, done)
+                print(f"layer {L}: done in {time.time() - t0:.1f}s; top-5 shared with another language: {list(layer.summary['shared_top5'].values())}")
             del inputs
 
     meta = nu.write_meta(cfg.features_dir, settings, chash, texts)

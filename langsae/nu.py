@@ -182,6 +182,46 @@ def feature_directions(sae, top_indices: torch.Tensor, controls: torch.Tensor, h
     }
 
 
+@dataclass
+class LayerScores:
+    """One layer's results: `files` (indices, values, mean_acts, directions), the readable
+    top-20 table, and a `summary` of top-5 overlap for the done marker and meta.json."""
+
+    files: dict
+    top20: dict
+    summary: dict
+
+
+def score_layer(
+    sae,
+    inputs: torch.Tensor,
+    weights: torch.Tensor,
+    layer: int,
+    languages: tuple[str, ...],
+    top_k: int,
+    pool_size: int,
+    seed: int,
+    hook_names: tuple[str, str],
+    neuronpedia: str | None,
+) -> LayerScores:
+    """mu, nu and ranking of every feature of one SAE, plus what later stages need of it.
+
+    inputs: [n_tokens, d_in] SAE inputs; weights: [n_tokens, K] from `token_weights`.
+    """
+    mu = mean_activations(sae, inputs, weights, desc=f"encode layer {layer}")
+    values, indices = rank_features(nu_scores(mu))
+    top = indices[:, :top_k]
+    controls = control_pool(mu, top.flatten(), pool_size, seed)
+    directions = {"layer": layer, "languages": list(languages), **feature_directions(sae, top, controls, *hook_names)}
+    summary = {
+        "d_sae": int(mu.shape[1]),
+        "shared_top5": dict(zip(languages, shared_top_k(indices, 5))),
+        "exclusive_top1": dict(zip(languages, exclusive_top1(indices, 5))),
+    }
+    files = {"indices": indices, "values": values, "mean_acts": mu, "directions": directions}
+    return LayerScores(files, top_table(values, indices, mu, list(languages), 20, neuronpedia), summary)
+
+
 # ----------------------------------------------------------------------------- artifacts
 
 

@@ -76,7 +76,7 @@ def figure5(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: st
             _line(ax, _select(rows, language=lang, features=fs, series="self"), f"{fs} self", color=c, ls="-")
             _line(ax, _select(rows, language=lang, features=fs, series="others"), f"{fs} others", color=c, ls="--")
         last = sets[-1]
-        _line(ax, _select(rows, language=lang, features=last, series="random"), f"random, same k (control)", color="grey", ls=":")
+        _line(ax, _select(rows, language=lang, features=last, series="random"), "random, same k (control)", color="grey", ls=":")
         _line(ax, _select(rows, language=lang, features=last, series="other_lang_features"), f"other languages' {last} (control)", color="tab:green", ls=":")
         ax.set_title(f"ablate {lang}'s features", fontsize=9)
     _finish(fig, axes, f"Figure 5 ({mode} ablation): ΔCE on the language's own texts (self) vs mean over the other languages, 95% CI")

@@ -1,7 +1,6 @@
 """The nu stage against brute force, invariances, resume, and the real sae-lens loading path."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
