@@ -149,7 +149,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     g.add_argument("--layers", default=None, help="comma-separated layers or ranges (0-27); default: every layer")
     g.add_argument(
-        "--n-texts-per-lang", type=int, default=-1, help="first N texts of each language, in file order; -1 = all"
+        "--n-texts-per-lang", type=int, default=-1,
+        help="first N selection texts of each language (the nu stage), in file order; -1 = all. Section 5 sets its evaluation texts with --n-texts",
     )
     g.add_argument("--split", default="dev", choices=["dev", "devtest"], help="FLORES+ split (bundled data is dev)")
     g = p.add_argument_group("run")

@@ -245,33 +245,10 @@ def build_toy(root: Path = TOY_ROOT, seed: int = 0, scale: str = "full", force: 
 
 
 def _build_threads(hp: ToyScale, available: int) -> int:
-    """Threads for the build: the cores idle right now, at least one; one for builds too small to gain from more.
-
-    OpenMP threads spin while they wait, so asking for cores that other processes are
-    using makes training many times slower, not a little. The thread count does not
-    change the result (the same seed gives the same weights).
-    """
-    if hp.hidden_size < 64:
-        return 1
-    return max(1, min(available, round(_idle_cores())))
-
-
-def _idle_cores(interval: float = 0.5) -> float:
-    """How many cores were idle over the last `interval` seconds (/proc/stat; elsewhere the load average)."""
-
-    def snapshot() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        return fields[3] + fields[4], sum(fields[:8])  # (idle + iowait, total), in ticks
-
-    n_cpu = os.cpu_count() or 1
-    try:
-        idle0, total0 = snapshot()
-        time.sleep(interval)
-        idle1, total1 = snapshot()
-    except (OSError, ValueError, IndexError):
-        return n_cpu - os.getloadavg()[0]
-    return n_cpu * (idle1 - idle0) / max(1, total1 - total0)
+    """One thread for builds too small to gain from more (MKL's thread wake-ups cost more than
+    the work on tiny matrices), torch's default otherwise. The thread count does not change
+    the result: the same seed gives the same weights."""
+    return 1 if hp.hidden_size < 64 else available
 
 
 def _remove_abandoned_work(root: Path) -> None:
