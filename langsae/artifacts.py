@@ -7,6 +7,7 @@ kill at any moment leaves either the old file or the new one, never a truncated 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -36,8 +37,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def save_torch(obj: Any, path: Path) -> None:
+    # Through a buffer: torch.save names its zip records after the file, and the temporary
+    # name is random; this keeps identical results byte-identical.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def save_json(obj: Any, path: Path) -> None:
