@@ -18,7 +18,6 @@ from typing import Any, Iterator
 
 import torch
 
-from langsae.errors import UserError
 
 
 @contextmanager
@@ -86,10 +85,3 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def require_file(path: Path, script: str, what: str) -> Path:
-    """Refuse a missing input with the command that makes it."""
-    if not Path(path).exists():
-        raise UserError(f"{what} not found at {path}; run `python {script}` with the same --model/--out-dir first")
-    return Path(path)
