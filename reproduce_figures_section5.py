@@ -18,13 +18,12 @@ import sys
 from langsae import ablation, plots, stats
 from langsae.artifacts import package_versions, save_json
 from langsae.cli import run_main
-from langsae.config import build_parser, resolve
+from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.model import check_layers, load_model, model_config
 
-DEFAULT_N_TEXTS = 500  # the paper's
-PRESET_N_TEXTS = {"toy": 40}  # the toy model is for quick runs
+DEFAULT_N_TEXTS = 500  # the paper's; a preset may set its own ("n_eval_texts")
 
 
 def parse_args(argv):
@@ -32,7 +31,7 @@ def parse_args(argv):
     g = p.add_argument_group("section 5")
     g.add_argument(
         "--n-texts", type=int, default=None,
-        help=f"evaluation texts per language (the first N of the evaluation set); default {DEFAULT_N_TEXTS} (paper), toy preset {PRESET_N_TEXTS['toy']}",
+        help=f"evaluation texts per language (the first N of the evaluation set); default {DEFAULT_N_TEXTS} (paper), toy preset {PRESETS['toy'].defaults['n_eval_texts']}",
     )  # fmt: skip
     g.add_argument(
         "--mode", choices=ablation.MODES, default="directional",
@@ -48,7 +47,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
-    n_texts = args.n_texts if args.n_texts is not None else PRESET_N_TEXTS.get(cfg.preset.name, DEFAULT_N_TEXTS)
+    n_texts = args.n_texts if args.n_texts is not None else cfg.preset.defaults.get("n_eval_texts", DEFAULT_N_TEXTS)
     for flag, value, low in (("--n-texts", n_texts, 1), ("--random-draws", args.random_draws, 0), ("--rows-per-forward", args.rows_per_forward, 1)):
         if value < low:
             raise UserError(f"{flag} must be at least {low}")

@@ -59,7 +59,8 @@ PRESETS: dict[str, Preset] = {
         "layer_{layer}.safetensors",
         sae_converter="mwhanna_transcoder",
         sae_hub_cache=TOY_ROOT / "hub",
-        defaults={"device": "cpu", "dtype": "float32", "batch_size": 16},
+        # CPU-sized: the whole toy pipeline runs in minutes (n_eval_texts: Section 5's --n-texts)
+        defaults={"device": "cpu", "dtype": "float32", "batch_size": 16, "n_eval_texts": 40},
     ),
 }
 PRESET_ALIASES = {"gemma-2b": "gemma-2-2b"}
