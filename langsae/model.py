@@ -75,7 +75,8 @@ def _hub_kwargs() -> dict:
 
 
 def _ensure_built(preset: Preset) -> None:
-    if preset.name == "toy" or preset.sae_hub_cache is not None:
+    """Presets whose SAE lives in a project-local cache (the toy, and runs derived from it) are built here."""
+    if preset.sae_hub_cache is not None:
         from langsae import toy
 
         toy.ensure_built()

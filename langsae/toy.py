@@ -36,7 +36,7 @@ from langsae.artifacts import file_sha256, load_json, package_versions, save_jso
 from langsae.config import PRESETS, TOY_ROOT
 from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, load_ntrex, load_texts, ntrex_file
 from langsae.errors import UserError
-from langsae.forward import Batch, capture, make_batches, run_through_layer, tokenize
+from langsae.forward import Batch, capture, make_batches, next_token_ce, run_through_layer, tokenize
 from langsae.model import HookPoint
 
 log = logging.getLogger(__name__)
@@ -490,35 +490,27 @@ def measure_quality(model, tokenizer, transcoders: dict[int, dict], unigram_coun
     of the training tokens on the same predicted tokens; per-layer transcoder FVE and L0 on those texts."""
     texts = load_texts(PAPER_LANGUAGES, "evaluation", n_texts)
     unigram_logp = torch.log((unigram_counts.double() + 1) / (unigram_counts.sum() + len(unigram_counts))).float()
-    layers = sorted(transcoders)
-    points = {f"in{L}": HookPoint(L, "mlp", "input") for L in layers}
-    points |= {f"out{L}": HookPoint(L, "mlp", "output") for L in layers}
-    xs: dict[int, list] = {L: [] for L in layers}
-    ys: dict[int, list] = {L: [] for L in layers}
     ce: dict[str, dict] = {}
-    with capture(model, points) as store:
-        for lang in tqdm(PAPER_LANGUAGES, desc="quality", unit="language"):
-            model_nll, unigram_nll, n = 0.0, 0.0, 0
-            for batch in make_batches(tokenize(tokenizer, texts.by_language[lang]), 16, tokenizer.pad_token_id):
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
-                targets = batch.input_ids[:, 1:]
-                predicted = batch.attention_mask[:, 1:].bool()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets[..., None])[..., 0]
-                model_nll -= logp[predicted].sum().item()
-                unigram_nll -= unigram_logp[targets][predicted].sum().item()
-                n += int(predicted.sum())
-                mask = batch.attention_mask.bool()
-                for L in layers:
-                    xs[L].append(store[f"in{L}"][mask].float())
-                    ys[L].append(store[f"out{L}"][mask].float())
-            ce[lang] = {"model": model_nll / n, "unigram": unigram_nll / n, "predicted_tokens": n}
+    all_batches: list[Batch] = []
+    for lang in tqdm(PAPER_LANGUAGES, desc="quality", unit="language"):
+        batches = make_batches(tokenize(tokenizer, texts.by_language[lang]), 16, tokenizer.pad_token_id)
+        all_batches += batches
+        model_nll, unigram_nll, n = 0.0, 0.0, 0
+        for batch in batches:
+            final = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            mean, count = next_token_ce(model, final, batch.input_ids, batch.attention_mask)
+            model_nll += (mean * count).nansum().item()  # a text with nothing to predict has mean NaN, count 0
+            predicted = batch.attention_mask[:, 1:].bool()
+            unigram_nll -= unigram_logp[batch.input_ids[:, 1:]][predicted].sum().item()
+            n += int(count.sum())
+        ce[lang] = {"model": model_nll / n, "unigram": unigram_nll / n, "predicted_tokens": n}
+    xs, ys = mlp_activations(model, all_batches, sorted(transcoders))
     transcoder_quality = {}
-    for L in layers:
-        x, y = torch.cat(xs[L]), torch.cat(ys[L])
-        acts = encode(transcoders[L], x)
-        y_hat = acts @ transcoders[L]["W_dec"] + transcoders[L]["b_dec"]
+    for L, tc in transcoders.items():
+        acts = encode(tc, xs[L])
+        y_hat = acts @ tc["W_dec"] + tc["b_dec"]
         transcoder_quality[L] = {
-            "fve": fraction_of_variance_explained(y, y_hat),
+            "fve": fraction_of_variance_explained(ys[L], y_hat),
             "l0": (acts > 0).float().sum(-1).mean().item(),
             "d_sae": acts.shape[1],
         }
