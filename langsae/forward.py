@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from langsae.model import HookPoint, decoder_layers, hook_module
 
@@ -142,6 +143,34 @@ def run_through_layer(model, batch: Batch, last_layer: int) -> None:
         raise _StopForward
 
     _run_until_stopped(model, batch, decoder_layers(model)[last_layer].register_forward_hook(stop))
+
+
+@torch.no_grad()
+def collect_tokens(
+    model,
+    batches: list[Batch],
+    points: dict[str, HookPoint],
+    keep: Callable[[Batch], torch.Tensor],
+    desc: str,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One forward pass per batch (stopping after the deepest layer needed), keeping the kept tokens'
+    activations at each hook point.
+
+    keep(batch) -> [B, T] bool (e.g. `Batch.statistic_mask`, or the attention mask).
+    Returns ({name: [n_kept, d]} on the CPU, in the model's dtype; [n_kept] text index of each token).
+    """
+    device = next(model.parameters()).device
+    last = max(hp.layer for hp in points.values())
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in points}
+    texts = []
+    with capture(model, points) as store:
+        for batch in tqdm(batches, desc=desc, unit="batch"):
+            run_through_layer(model, batch.to(device), last)
+            mask = keep(batch)
+            for name in points:
+                kept[name].append(store[name][mask.to(device)].cpu())
+            texts.append(torch.tensor(batch.indices)[:, None].expand_as(mask)[mask])
+    return {name: torch.cat(v) for name, v in kept.items()}, torch.cat(texts)
 
 
 # ----------------------------------------------------------------------------- running from a layer

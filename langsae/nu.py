@@ -24,7 +24,7 @@ import time
 
 from langsae.artifacts import load_json, package_versions, save_json, save_torch
 from langsae.data import Texts
-from langsae.forward import capture, make_batches, run_through_layer
+from langsae.forward import Batch, collect_tokens, make_batches
 from langsae.model import HookPoint
 
 log = logging.getLogger(__name__)
@@ -62,23 +62,12 @@ def collect_sae_inputs(
     batch_size: int,
     pad_id: int,
 ) -> SaeInputs:
-    """One forward pass over the texts (stopping after the deepest layer needed), keeping the
-    statistic tokens' activations at each layer's SAE read point."""
-    device = next(model.parameters()).device
-    last = max(hp.layer for hp in points.values())
-    kept: dict[int, list[torch.Tensor]] = {L: [] for L in points}
-    langs, text_idx = [], []
-    lang_of = torch.tensor(lang_ids)
-    with capture(model, {str(L): hp for L, hp in points.items()}) as store:
-        for batch in tqdm(make_batches(token_ids, batch_size, pad_id), desc="forward (selection texts)", unit="batch"):
-            run_through_layer(model, batch.to(device), last)
-            mask = batch.statistic_mask()
-            for L in points:
-                kept[L].append(store[str(L)][mask.to(device)].cpu())
-            rows = torch.tensor(batch.indices)[:, None].expand_as(mask)[mask]
-            text_idx.append(rows)
-            langs.append(lang_of[rows])
-    return SaeInputs({L: torch.cat(v) for L, v in kept.items()}, torch.cat(langs), torch.cat(text_idx))
+    """One forward pass over the texts, keeping the statistic tokens' activations at each layer's SAE read point."""
+    batches = make_batches(token_ids, batch_size, pad_id)
+    acts, token_text = collect_tokens(
+        model, batches, {str(L): hp for L, hp in points.items()}, Batch.statistic_mask, "forward (selection texts)"
+    )
+    return SaeInputs({L: acts[str(L)] for L in points}, torch.tensor(lang_ids)[token_text], token_text)
 
 
 def token_weights(token_lang: torch.Tensor, token_text: torch.Tensor, n_langs: int, weighting: str) -> torch.Tensor:

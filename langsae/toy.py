@@ -36,7 +36,7 @@ from langsae.artifacts import file_sha256, load_json, package_versions, save_jso
 from langsae.config import PRESETS, TOY_ROOT
 from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, load_ntrex, load_texts, ntrex_file
 from langsae.errors import UserError
-from langsae.forward import Batch, capture, make_batches, next_token_ce, run_through_layer, tokenize
+from langsae.forward import Batch, collect_tokens, make_batches, next_token_ce, tokenize
 from langsae.model import HookPoint
 
 log = logging.getLogger(__name__)
@@ -395,16 +395,8 @@ def mlp_activations(model, batches: list[Batch], layers) -> tuple[dict[int, torc
     layers = list(layers)
     points = {f"in{L}": HookPoint(L, "mlp", "input") for L in layers}
     points |= {f"out{L}": HookPoint(L, "mlp", "output") for L in layers}
-    xs: dict[int, list] = {L: [] for L in layers}
-    ys: dict[int, list] = {L: [] for L in layers}
-    with capture(model, points) as store:
-        for batch in tqdm(batches, desc="activations", unit="batch"):
-            run_through_layer(model, batch, max(layers))
-            mask = batch.attention_mask.bool()
-            for L in layers:
-                xs[L].append(store[f"in{L}"][mask].float())
-                ys[L].append(store[f"out{L}"][mask].float())
-    return {L: torch.cat(v) for L, v in xs.items()}, {L: torch.cat(v) for L, v in ys.items()}
+    acts, _ = collect_tokens(model, batches, points, lambda b: b.attention_mask.bool(), "activations")
+    return {L: acts[f"in{L}"].float() for L in layers}, {L: acts[f"out{L}"].float() for L in layers}
 
 
 def train_transcoder(

@@ -54,7 +54,7 @@ def test_out_of_memory_says_which_flag_to_lower(tiny_args, tmp_path, capsys, mon
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr("langsae.nu.run_through_layer", oom)
+    monkeypatch.setattr("langsae.forward.run_through_layer", oom)
     msg = fails_cleanly(tiny_args, tmp_path / "o", capsys)
     assert "--batch-size" in msg
 
