@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from langsae import ablation, plots, stats
-from langsae.artifacts import package_versions, save_json
+from langsae import ablation, features, plots, section5, stats, sweep
+from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
@@ -53,34 +53,34 @@ def main(argv=None):
             raise UserError(f"{flag} must be at least {low}")
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
-    nu = ablation.load_nu_results(cfg, cfg.layers, args.top_k)
+    nu = features.load_nu_results(cfg, cfg.layers, args.top_k)
     layers, languages = sorted(nu.layers), list(cfg.languages)
-    conditions = ablation.sweep_conditions(nu, languages, args.mode, args.top_k, args.random_draws, cfg.seed)
+    conditions = sweep.sweep_conditions(nu, languages, args.mode, args.top_k, args.random_draws, cfg.seed)
     texts = load_texts(cfg.languages, "evaluation", n_texts, cfg.split)
     print(f"run {cfg.run_name}: {len(conditions)} conditions ({args.mode}) at layers {layers} x {len(languages)} languages x {n_texts} texts")
 
     model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype)
-    evalset = ablation.build_eval_set(tokenizer, texts)
+    evalset = sweep.build_eval_set(tokenizer, texts)
     d = cfg.describe()
     settings = {
         "model_id": d["model_id"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
         "dtype": d["dtype"], "split": cfg.split, "nu_config_hash": nu.meta["config_hash"], "eval_texts": evalset.digest(),
     }  # fmt: skip
-    store = ablation.ConditionStore(cfg.features_dir / "ablation", settings)
-    result = ablation.run_sweep(
+    store = sweep.ConditionStore(cfg.features_dir / "ablation", settings)
+    result = sweep.run_sweep(
         model, evalset, nu, conditions, store, cfg.batch_size, tokenizer.pad_token_id, args.rows_per_forward, cfg.force
     )
 
     suffix = "" if args.mode == "directional" else f"_{args.mode}"
     fdir = cfg.features_dir
-    ablation.write_results(ablation.results_rows(result, cfg.seed), fdir / "ablation_results.csv", args.mode)
-    fig5 = stats.figure5_rows(result, languages, layers, args.top_k, cfg.seed)
-    fig6 = stats.figure6_rows(result, languages, layers, args.top_k, cfg.seed)
-    summary = stats.summary_rows(result, languages, layers, args.top_k, cfg.seed)
-    ablation.write_csv(fig5, fdir / f"figure5_data{suffix}.csv")
+    section5.write_results(section5.results_rows(result, cfg.seed), fdir / "ablation_results.csv", args.mode)
+    fig5 = section5.figure5_rows(result, languages, layers, args.top_k, cfg.seed)
+    fig6 = section5.figure6_rows(result, languages, layers, args.top_k, cfg.seed)
+    summary = section5.summary_rows(result, languages, layers, args.top_k, cfg.seed)
+    save_csv(fig5, fdir / f"figure5_data{suffix}.csv")
     if fig6:
-        ablation.write_csv(fig6, fdir / f"figure6_data{suffix}.csv")
-    ablation.write_csv(summary, fdir / f"section5_summary{suffix}.csv")
+        save_csv(fig6, fdir / f"figure6_data{suffix}.csv")
+    save_csv(summary, fdir / f"section5_summary{suffix}.csv")
     figures = plots.figure5(fig5, languages, cfg.output_dir / f"figure5{suffix}", args.mode)
     if fig6:
         figures += plots.figure6(fig6, languages, cfg.output_dir / f"figure6{suffix}", args.mode)
@@ -91,7 +91,7 @@ def main(argv=None):
          "figures": [str(f) for f in figures], "versions": package_versions()},
         fdir / f"section5_meta{suffix}.json",
     )  # fmt: skip
-    print(stats.format_summary(summary))
+    print(section5.format_summary(summary))
     print(f"results: {fdir / 'ablation_results.csv'}; figures: {cfg.output_dir}")
 
 

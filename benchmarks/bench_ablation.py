@@ -4,7 +4,7 @@ A random-weight Qwen3ForCausalLM of the exact Qwen3-0.6B shape (28 layers, hidde
 16 heads / 8 KV heads, head_dim 128, MLP 3072, vocab 151936, tied embeddings) and random
 token ids stand in for the real model and texts: speed does not depend on the weights.
 A Figure-5-style sweep (layers x languages x {top1, top1+2}, a few texts per language) runs
-  engine:  langsae.ablation.run_sweep (baseline once per text; layer L's input once per batch;
+  engine:  langsae.sweep.run_sweep (baseline once per text; layer L's input once per batch;
            layers L..end per condition, conditions stacked into one forward; chunked CE)
   naive:   per condition and text, a full forward at batch 1 with the hook and another
            without it for the baseline (recomputed each time), CE from the full logits
@@ -35,8 +35,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from langsae import ablation  # noqa: E402
-from langsae.ablation import ConditionStore, EvalSet, LayerFeatures, NuResults  # noqa: E402
+from langsae import ablation, sweep  # noqa: E402
+from langsae.features import LayerFeatures, NuResults  # noqa: E402
+from langsae.sweep import ConditionStore, EvalSet  # noqa: E402
 from langsae.artifacts import package_versions, save_json  # noqa: E402
 from langsae.forward import edit_output, make_batches, run_from_layer  # noqa: E402
 
@@ -134,7 +135,7 @@ def naive_sweep(model, nu, conditions, evalset) -> np.ndarray:
 def engine_sweep(model, nu, conditions, evalset, batch_size: int, max_rows: int) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:  # a fresh store: nothing cached
         store = ConditionStore(Path(tmp), {"bench": True})
-        result = ablation.run_sweep(model, evalset, nu, conditions, store, batch_size, pad_id=0, max_rows=max_rows)
+        result = sweep.run_sweep(model, evalset, nu, conditions, store, batch_size, pad_id=0, max_rows=max_rows)
     return result.ablated - result.baseline
 
 
@@ -175,7 +176,7 @@ def main(argv=None):
     model = qwen3_06b_shape()
     print(f"random Qwen3-0.6B-shaped model built in {time.perf_counter() - t0:.0f}s; {torch.get_num_threads()} threads")
     nu = fake_nu(layers, langs, model.config.hidden_size)
-    conditions = [c for c in ablation.sweep_conditions(nu, langs, "directional", 2, 0, 0) if c.features in ("top1", "top1+2")]
+    conditions = [c for c in sweep.sweep_conditions(nu, langs, "directional", 2, 0, 0) if c.features in ("top1", "top1+2")]
     g = torch.Generator().manual_seed(1)
     n_texts = len(langs) * args.texts_per_lang
     lengths = [lengths_cycle[i % len(lengths_cycle)] for i in range(n_texts)]

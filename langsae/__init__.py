@@ -7,8 +7,11 @@ One module per concern:
   model      model + SAE loading and the hook-point mapping onto HF modules
   forward    the one forward engine: batching, padding masks, capture hooks
   nu         activation statistics and nu-scores
-  ablation   directional / feature ablations and the ΔCE engine (cached, resumable sweeps)
-  stats      bootstrap confidence intervals; Section 5 figure data and summaries
+  features   the nu stage's saved features, read back (checked for staleness) by later stages
+  ablation   directional / feature ablations built from those features
+  sweep      conditions, the ΔCE sweep engine and its on-disk condition store (resumable)
+  stats      bootstrap confidence intervals
+  section5   Section 5 aggregation: results table, Figure 5/6 data, per-language summary
   plots      figures (PNG + PDF)
   artifacts  atomic writes, run metadata, staleness checks
   toy        the small offline Qwen3 model organism and its transcoders

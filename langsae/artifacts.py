@@ -6,6 +6,7 @@ kill at any moment leaves either the old file or the new one, never a truncated 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -14,11 +15,9 @@ import platform
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
-
-
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -52,6 +51,17 @@ def save_json(obj: Any, path: Path) -> None:
 def save_text(text: str, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_csv(rows: list[dict], path: Path, columns: Sequence[str] | None = None) -> None:
+    """Rows of dicts as CSV, written atomically; floats with 6 significant digits."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    save_text(buf.getvalue(), path)
 
 
 def load_json(path: Path) -> Any:

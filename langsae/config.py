@@ -13,17 +13,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from langsae.data import PAPER_LANGUAGES, validate_languages
 from langsae.errors import UserError
+from langsae.toy import TOY_RELEASE, TOY_ROOT, ensure_built
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURES_ROOT = PROJECT_ROOT / "sae_features"
 OUTPUT_ROOT = PROJECT_ROOT / "output"
-# Where the toy model is built; LANGSAE_TOY_DIR moves it (the tests build a small one elsewhere).
-TOY_ROOT = Path(os.environ.get("LANGSAE_TOY_DIR", PROJECT_ROOT / "toy_model"))
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ class Preset:
     `sae_converter` names a sae-lens loader for releases that are not in sae-lens's
     directory (a bare repo id); `sae_hub_cache` is a local Hugging Face cache holding
     the SAE files (the toy model's transcoders live in the project, not in ~/.cache).
-    `defaults` overrides the command line's defaults for this preset.
+    `defaults` overrides the command line's defaults for this preset. `prepare`, if set, is
+    called before the model or SAE is loaded (the toy builds itself there on first use).
     """
 
     name: str
@@ -43,6 +44,7 @@ class Preset:
     sae_converter: str | None = None
     sae_hub_cache: Path | None = None
     defaults: dict = field(default_factory=dict)
+    prepare: Callable[[], object] | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -55,12 +57,13 @@ PRESETS: dict[str, Preset] = {
     "toy": Preset(
         "toy",
         str(TOY_ROOT / "model"),
-        "langsae-local/toy-qwen3-transcoders",
+        TOY_RELEASE,
         "layer_{layer}.safetensors",
         sae_converter="mwhanna_transcoder",
         sae_hub_cache=TOY_ROOT / "hub",
         # CPU-sized: the whole toy pipeline runs in minutes (n_eval_texts: Section 5's --n-texts)
         defaults={"device": "cpu", "dtype": "float32", "batch_size": 16, "n_eval_texts": 40},
+        prepare=ensure_built,
     ),
 }
 PRESET_ALIASES = {"gemma-2b": "gemma-2-2b"}
@@ -186,7 +189,9 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
     changed = any(overrides[k] != getattr(base, k) for k in overrides)
     if changed:
         # A preset with a swapped model or SAE is a different run: give it its own name.
-        return Preset(CUSTOM, **overrides, sae_converter=base.sae_converter, sae_hub_cache=base.sae_hub_cache)
+        return Preset(
+            CUSTOM, **overrides, sae_converter=base.sae_converter, sae_hub_cache=base.sae_hub_cache, prepare=base.prepare
+        )
     return base
 
 

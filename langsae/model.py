@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from langsae.config import Preset
 from langsae.errors import UserError
 from langsae.hub import hf_token, hub_error_message, local_hub_cache
 
 if TYPE_CHECKING:
     from sae_lens import SAE
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from langsae.config import Preset
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +75,17 @@ def _hub_kwargs() -> dict:
     return {"token": token} if token else {}
 
 
-def _ensure_built(preset: Preset) -> None:
-    """Presets whose SAE lives in a project-local cache (the toy, and runs derived from it) are built here."""
-    if preset.sae_hub_cache is not None:
-        from langsae import toy
-
-        toy.ensure_built()
+def _prepare(preset: Preset) -> None:
+    """Let the preset make its files first (the toy builds itself on first use)."""
+    if preset.prepare is not None:
+        preset.prepare()
 
 
 def model_config(preset: Preset):
     """The model's config alone (no weights): enough to validate layers before heavy work."""
     from transformers import AutoConfig
 
-    _ensure_built(preset)
+    _prepare(preset)
     try:
         return AutoConfig.from_pretrained(preset.model_id, **_hub_kwargs())
     except (OSError, ValueError) as e:
@@ -107,7 +106,7 @@ def load_model(preset: Preset, device: str, dtype: torch.dtype) -> tuple[PreTrai
     """The HF causal LM (eval mode) and its tokenizer, right-padded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _ensure_built(preset)
+    _prepare(preset)
     try:
         tokenizer = AutoTokenizer.from_pretrained(preset.model_id, **_hub_kwargs())
         model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())

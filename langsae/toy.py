@@ -33,13 +33,16 @@ import yaml
 from tqdm.auto import tqdm
 
 from langsae.artifacts import file_sha256, load_json, package_versions, save_json
-from langsae.config import PRESETS, TOY_ROOT
 from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, load_ntrex, load_texts, ntrex_file
 from langsae.errors import UserError
 from langsae.forward import Batch, collect_tokens, make_batches, next_token_ce, tokenize
 from langsae.model import HookPoint
 
 log = logging.getLogger(__name__)
+
+# Where the toy is built; LANGSAE_TOY_DIR moves it (the tests build a small one elsewhere).
+TOY_ROOT = Path(os.environ.get("LANGSAE_TOY_DIR", Path(__file__).resolve().parent.parent / "toy_model"))
+TOY_RELEASE = "langsae-local/toy-qwen3-transcoders"  # the transcoders' repo id in the local HF cache
 
 PAD_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD_TOKEN, "<|im_start|>", EOS_TOKEN]
@@ -308,8 +311,7 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> dict:
             xs[L], ys[L], hp.tc_expansion * hp.hidden_size, hp.tc_steps, hp.tc_batch_tokens, hp.tc_lr, hp.tc_l1,
             seed=seed * 1000 + L, desc=f"transcoder L{L}",
         )  # fmt: skip
-    release = PRESETS["toy"].sae_release
-    write_mwhanna_release(out / "hub", release, transcoders, model_name=TOY_MODEL_NAME, context_size=hp.max_tokens)
+    write_mwhanna_release(out / "hub", TOY_RELEASE, transcoders, model_name=TOY_MODEL_NAME, context_size=hp.max_tokens)
     clock.lap("transcoders")
 
     unigram = torch.bincount(torch.tensor([t for ids in train_ids for t in ids]), minlength=len(tokenizer))

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from nu_artifacts import edit_meta, load_tiny, write_fake_nu
 
-from langsae import ablation
-from langsae.ablation import Condition, ConditionStore, LayerFeatures, make_ablation, orthonormal_basis, project_out
+from langsae import ablation, features, sweep
+from langsae.ablation import make_ablation, orthonormal_basis, project_out
+from langsae.features import LayerFeatures
+from langsae.sweep import Condition, ConditionStore
 from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
@@ -236,11 +238,11 @@ def test_engine_delta_ce_matches_batch1_reference(tiny, tiny_transcoders, token_
     model, tok = tiny
     feature_sets = [(4,), (4, 30), (61,)]
     batches = make_batches(token_ids, 4, tok.pad_token_id)
-    base, _ = ablation.baseline_ce(model, batches)
+    base, _ = sweep.baseline_ce(model, batches)
     for L in (0, 2):
         lf = _layer_features(tiny_transcoders, L)
         abls = [make_ablation(lf, fs, mode) for fs in feature_sets]
-        ce = ablation.ablated_ce(model, batches, L, abls, max_rows=8)  # 2 conditions per forward
+        ce = sweep.ablated_ce(model, batches, L, abls, max_rows=8)  # 2 conditions per forward
         for c, a in enumerate(abls):
             for i, ids in enumerate(token_ids):
                 ref_base, ref_abl = _reference_ce(model, ids), _reference_ce(model, ids, a)
@@ -256,18 +258,18 @@ def test_batch_size_padding_and_stacking_do_not_change_delta_ce(tiny, tiny_trans
     results = []
     for bs, sort, rows in [(1, True, 1), (3, False, 100), (9, True, 9), (4, False, 4)]:
         batches = make_batches(token_ids, bs, tok.pad_token_id, sort_by_length=sort)
-        base, _ = ablation.baseline_ce(model, batches)
-        results.append(ablation.ablated_ce(model, batches, 1, abls, max_rows=rows) - base)
+        base, _ = sweep.baseline_ce(model, batches)
+        results.append(sweep.ablated_ce(model, batches, 1, abls, max_rows=rows) - base)
     for r in results[1:]:
         assert torch.allclose(r, results[0], atol=1e-5)
 
 
 def _sweep(cfg, tiny, token_ids, conditions, force=False):
     model, tok = tiny
-    nu = ablation.load_nu_results(cfg, None, 2)
-    evalset = ablation.EvalSet(tuple(LANGS), token_ids, np.repeat(np.arange(3), 3), "test")
+    nu = features.load_nu_results(cfg, None, 2)
+    evalset = sweep.EvalSet(tuple(LANGS), token_ids, np.repeat(np.arange(3), 3), "test")
     store = ConditionStore(cfg.features_dir / "ablation", {"eval": evalset.digest()})
-    return ablation.run_sweep(model, evalset, nu, conditions, store, 4, tok.pad_token_id, force=force)
+    return sweep.run_sweep(model, evalset, nu, conditions, store, 4, tok.pad_token_id, force=force)
 
 
 def test_zero_features_give_zero_delta_exactly(nu_run, tiny, token_ids):
@@ -277,8 +279,8 @@ def test_zero_features_give_zero_delta_exactly(nu_run, tiny, token_ids):
 
 
 def test_sweep_resumes_from_cache_and_shares_identical_feature_sets(nu_run, tiny, token_ids, monkeypatch):
-    nu = ablation.load_nu_results(nu_run, None, 2)
-    conds = ablation.sweep_conditions(nu, LANGS, "directional", 2, random_draws=2, seed=0)
+    nu = features.load_nu_results(nu_run, None, 2)
+    conds = sweep.sweep_conditions(nu, LANGS, "directional", 2, random_draws=2, seed=0)
     assert len(conds) == 3 * (3 * 3 + 2 * 2)  # layers x (languages x {top1, top2, top1+2} + {k=1, k=2} x draws)
     first = _sweep(nu_run, tiny, token_ids, conds)
     assert np.isfinite(first.ablated).all()
@@ -286,8 +288,8 @@ def test_sweep_resumes_from_cache_and_shares_identical_feature_sets(nu_run, tiny
     def fail(*a, **k):
         raise AssertionError("a cached condition was recomputed")
 
-    monkeypatch.setattr(ablation, "ablated_ce", fail)
-    monkeypatch.setattr(ablation, "baseline_ce", fail)
+    monkeypatch.setattr(sweep, "ablated_ce", fail)
+    monkeypatch.setattr(sweep, "baseline_ce", fail)
     again = _sweep(nu_run, tiny, token_ids, conds)
     assert np.array_equal(again.ablated, first.ablated) and np.array_equal(again.baseline, first.baseline)
     with pytest.raises(AssertionError, match="recomputed"):
@@ -295,11 +297,11 @@ def test_sweep_resumes_from_cache_and_shares_identical_feature_sets(nu_run, tiny
 
 
 def test_random_draws_are_seeded_and_from_the_pool(nu_run):
-    nu = ablation.load_nu_results(nu_run, None, 2)
-    a = ablation.sweep_conditions(nu, LANGS, "directional", 2, random_draws=3, seed=5)
-    b = ablation.sweep_conditions(nu, LANGS, "directional", 2, random_draws=3, seed=5)
+    nu = features.load_nu_results(nu_run, None, 2)
+    a = sweep.sweep_conditions(nu, LANGS, "directional", 2, random_draws=3, seed=5)
+    b = sweep.sweep_conditions(nu, LANGS, "directional", 2, random_draws=3, seed=5)
     assert a == b
-    rand = [c for c in a if c.features == ablation.RANDOM]
+    rand = [c for c in a if c.features == sweep.RANDOM]
     assert {len(c.feature_ids) for c in rand} == {1, 2}
     for c in rand:
         assert set(c.feature_ids) <= set(nu.layers[c.layer].control_indices.tolist())
@@ -320,24 +322,24 @@ def test_feature_past_d_sae_and_unsaved_feature_are_one_line_errors(tiny_transco
 
 def test_missing_or_foreign_nu_results_are_refused(tmp_path, tiny_args, nu_run):
     with pytest.raises(UserError, match=r"no nu-score results.*python compute_nu_scores\.py"):
-        ablation.load_nu_results(_cfg(tiny_args, tmp_path / "empty"), None, 2)
+        features.load_nu_results(_cfg(tiny_args, tmp_path / "empty"), None, 2)
     edit_meta(nu_run.features_dir, config={**nu_run.describe(), "model_id": "Qwen/Qwen3-0.6B"})
     with pytest.raises(UserError, match=r"made with model_id 'Qwen/Qwen3-0.6B'.*python compute_nu_scores\.py"):
-        ablation.load_nu_results(nu_run, None, 2)
+        features.load_nu_results(nu_run, None, 2)
 
 
 def test_languages_layers_and_top_k_are_checked(tmp_path, tiny_args, nu_run):
     cfg = _cfg(tiny_args, nu_run.features_dir, [*LANGS, "kor_Hang"])
     with pytest.raises(UserError, match=r"not kor_Hang.*compute_nu_scores\.py.*--languages"):
-        ablation.load_nu_results(cfg, None, 2)
+        features.load_nu_results(cfg, None, 2)
     with pytest.raises(UserError, match=r"layer\(s\) \[5\].*computed: \[0, 1, 2\].*--layers 0,1,2,5"):
-        ablation.load_nu_results(nu_run, (1, 5), 2)
+        features.load_nu_results(nu_run, (1, 5), 2)
     with pytest.raises(UserError, match=r"--top-k 4 is out of range.*top 3"):
-        ablation.load_nu_results(nu_run, None, 4)
-    assert sorted(ablation.load_nu_results(_cfg(tiny_args, nu_run.features_dir, LANGS[:2]), (0, 2), 3).layers) == [0, 2]
+        features.load_nu_results(nu_run, None, 4)
+    assert sorted(features.load_nu_results(_cfg(tiny_args, nu_run.features_dir, LANGS[:2]), (0, 2), 3).layers) == [0, 2]
     (nu_run.features_dir / "layer_2_done.json").write_text('{"config_hash": "other"}')
     with pytest.raises(UserError, match="layer 2 .* stale"):
-        ablation.load_nu_results(nu_run, None, 2)
+        features.load_nu_results(nu_run, None, 2)
 
 
 def test_feature_mode_on_a_residual_jumprelu_sae_matches_its_own_encoder(tiny_residual_saes):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import compute_nu_scores
-import reproduce_figures_section5 as section5
-from langsae import ablation, config, stats
-from langsae.ablation import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
+import reproduce_figures_section5
+from langsae import config, section5, sweep
+from langsae.sweep import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
 from langsae.cli import run_main
 
 LANGS = ["eng_Latn", "fra_Latn", "jpn_Jpan"]
@@ -52,7 +52,7 @@ def _get(rows, **match):
 
 def test_figure5_rows_by_hand():
     r = _synthetic_result()
-    rows = stats.figure5_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)
+    rows = section5.figure5_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)
     assert math.isclose(_get(rows, language="eng_Latn", features="top1", series="self")["delta_ce"], 2.0)
     assert math.isclose(_get(rows, language="eng_Latn", features="top1", series="others")["delta_ce"], 0.1)
     assert math.isclose(_get(rows, language="eng_Latn", features="top1+2", series="self")["delta_ce"], 3.0)
@@ -66,7 +66,7 @@ def test_figure5_rows_by_hand():
 
 def test_figure6_synergy_is_paired_per_text():
     r = _synthetic_result()
-    rows = stats.figure6_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)
+    rows = section5.figure6_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)
     syn = _get(rows, language="eng_Latn", eval="self", quantity="synergy")
     # per text: 2-1-0 = 1 and 4-3-0 = 1: no spread, so a zero-width interval (an unpaired bootstrap would be wide)
     assert (syn["delta_ce"], syn["ci_low"], syn["ci_high"]) == (1.0, 1.0, 1.0)
@@ -76,13 +76,13 @@ def test_figure6_synergy_is_paired_per_text():
 
 def test_summary_peak_specificity_synergy_by_hand():
     r = _synthetic_result()
-    summary = {row["language"]: row for row in stats.summary_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)}
+    summary = {row["language"]: row for row in section5.summary_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)}
     eng = summary["eng_Latn"]
     assert eng["peak_layer"] == 4 and math.isclose(eng["self_delta_ce"], 3.0) and math.isclose(eng["others_delta_ce"], 0.4)
     assert math.isclose(eng["specificity"], 3.0 / 0.4)
     assert math.isclose(eng["synergy"], 1.0) and math.isclose(eng["random_delta_ce"], 0.3)
     assert math.isclose(eng["other_lang_features_delta_ce"], 0.5)
-    assert "shared_with" in eng and "Figure" not in stats.format_summary(list(summary.values()))
+    assert "shared_with" in eng and "Figure" not in section5.format_summary(list(summary.values()))
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -98,7 +98,7 @@ def nu_dir(tiny_args, tmp_path_factory):
 
 def _run(tiny_args, nu_dir, *extra):
     flags = ["--out-dir", str(nu_dir), "--languages", ",".join(LANGS), "--n-texts", "3", "--batch-size", "4", "--random-draws", "2"]
-    return run_main(section5.main, [*tiny_args, *flags, *extra])
+    return run_main(reproduce_figures_section5.main, [*tiny_args, *flags, *extra])
 
 
 def _read_csv(path):
@@ -112,7 +112,7 @@ def test_script_end_to_end_and_resume(tiny_args, nu_dir, tmp_path, monkeypatch, 
     rows = _read_csv(nu_dir / "ablation_results.csv")
     n_conditions = 2 * (3 * 3 + 2 * 2)  # layers x (languages x {top1, top2, top1+2} + {k=1, k=2} x draws)
     assert len(rows) == n_conditions * 3
-    assert list(rows[0])[:11] == ablation.RESULTS_COLUMNS[:11]
+    assert list(rows[0])[:11] == section5.RESULTS_COLUMNS[:11]
     assert {r["features"] for r in rows} == {"top1", "top2", "top1+2", "random"}
     assert {r["eval_lang"] for r in rows} == set(LANGS) and {r["n_texts"] for r in rows} == {"3"}
     for r in rows:
@@ -134,8 +134,8 @@ def test_script_end_to_end_and_resume(tiny_args, nu_dir, tmp_path, monkeypatch, 
     def fail(*a, **k):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(ablation, "ablated_ce", fail)
-    monkeypatch.setattr(ablation, "baseline_ce", fail)
+    monkeypatch.setattr(sweep, "ablated_ce", fail)
+    monkeypatch.setattr(sweep, "baseline_ce", fail)
     assert _run(tiny_args, nu_dir) == 0
     assert _read_csv(nu_dir / "ablation_results.csv") == rows
 

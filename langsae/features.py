@@ -1,0 +1,158 @@
+"""The nu stage's saved features, read back for the stages that ablate them.
+
+The nu stage (compute_nu_scores.py) leaves in sae_features/<run>/ a meta.json and, per layer,
+`layer_L_directions.pt`: the compact weights (decoder rows, encoder columns, biases,
+thresholds) of each language's top-k features and of a pool of random live control
+features. `load_nu_results` checks that they match the run and refuses anything missing or
+stale with the command that makes them; nothing downstream ever loads a full SAE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from langsae.artifacts import load_json
+from langsae.config import FEATURES_ROOT, RunConfig, run_name_for
+from langsae.errors import UserError
+
+NU_SCRIPT = "compute_nu_scores.py"
+
+
+@dataclass(frozen=True)
+class LayerFeatures:
+    """One layer's saved feature weights (from `layer_L_directions.pt`).
+
+    top_indices: [K, k] each language's top-k features by nu (rows follow `languages`);
+    control_indices: [P] random live features, in no language's top-k;
+    feature_indices: [F] sorted union of both; W_dec [F, d_out], W_enc [F, d_in],
+    b_enc [F], threshold [F] or None are that feature's rows, in feature_indices order.
+    """
+
+    layer: int
+    hook_in: str
+    hook_out: str
+    d_sae: int
+    languages: tuple[str, ...]
+    top_indices: torch.Tensor
+    control_indices: torch.Tensor
+    feature_indices: torch.Tensor
+    W_dec: torch.Tensor
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    threshold: torch.Tensor | None
+    input_bias: torch.Tensor | None = None  # [d_in], subtracted before encoding (apply_b_dec_to_input)
+
+    def top(self, language: str, ranks: Sequence[int]) -> tuple[int, ...]:
+        """Feature ids of `language` at 1-based nu ranks."""
+        row = self.top_indices[self.languages.index(language)]
+        return tuple(int(row[r - 1]) for r in ranks)
+
+    def rows(self, features: Sequence[int]) -> torch.Tensor:
+        """Positions of `features` in feature_indices (and so in W_dec, W_enc, ...): LongTensor [k]."""
+        bad = [f for f in features if not 0 <= f < self.d_sae]
+        if bad:
+            raise UserError(f"feature index {bad[0]} is out of range at layer {self.layer}: the SAE has d_sae = {self.d_sae}")
+        pos = torch.searchsorted(self.feature_indices, torch.tensor(list(features), dtype=torch.long))
+        pos = pos.clamp(max=len(self.feature_indices) - 1)
+        missing = [f for f, p in zip(features, pos.tolist()) if int(self.feature_indices[p]) != f]
+        if missing:
+            raise UserError(
+                f"feature {missing[0]} of layer {self.layer} has no saved weights (only each language's top-k and the "
+                f"control pool are saved); rerun `python {NU_SCRIPT}` with a larger --top-k or --control-pool"
+            )
+        return pos
+
+
+@dataclass(frozen=True)
+class NuResults:
+    """What the nu stage left in sae_features/<run>/: its metadata and each requested layer's features."""
+
+    meta: dict
+    languages: tuple[str, ...]  # the nu run's languages (features were ranked against all of them)
+    layers: dict[int, LayerFeatures]
+    top_k_saved: int
+
+
+def nu_command(cfg: RunConfig, layers: Sequence[int] | None = None, top_k: int | None = None) -> str:
+    """The command that makes nu results matching this run."""
+    p = cfg.preset
+    if p.name == "custom":
+        parts = ["--model custom", f"--model-id {p.model_id}", f"--sae-release {p.sae_release}", f"--sae-id-template '{p.sae_id_template}'"]
+    else:
+        parts = [f"--model {p.name}"]
+    if Path(cfg.features_dir).resolve() != (FEATURES_ROOT / run_name_for(p)).resolve():
+        parts.append(f"--out-dir {cfg.features_dir}")
+    parts.append(f"--languages {','.join(cfg.languages)}")
+    if layers is not None:
+        parts.append(f"--layers {','.join(map(str, layers))}")
+    if top_k is not None:
+        parts.append(f"--top-k {top_k}")
+    return f"python {NU_SCRIPT} " + " ".join(parts)
+
+
+def _layer_is_current(features_dir: Path, layer: int, nu_hash: str) -> bool:
+    done = Path(features_dir) / f"layer_{layer}_done.json"
+    return done.exists() and load_json(done).get("config_hash") == nu_hash
+
+
+def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) -> NuResults:
+    """Load and check the nu stage's output for these layers; refuse anything missing or stale.
+
+    layers: None = every layer the nu stage computed. `cfg.languages` must all be among the
+    nu run's languages, and the nu run must have used this model and SAE release.
+    """
+    fdir = Path(cfg.features_dir)
+    meta_path = fdir / "meta.json"
+    if not meta_path.exists():
+        raise UserError(f"no nu-score results in {fdir}; run `{nu_command(cfg, layers, max(top_k, 2))}` first")
+    meta = load_json(meta_path)
+    made, want = meta.get("config", {}), cfg.describe()
+    for key in ("model_id", "sae_release", "sae_id_template"):
+        if made.get(key) != want[key]:
+            raise UserError(
+                f"nu results in {fdir} were made with {key} {made.get(key)!r}, not {want[key]!r}; "
+                f"run `{nu_command(cfg, layers, max(top_k, 2))}` (or point --out-dir elsewhere)"
+            )
+    nu_langs = tuple(meta["languages"])
+    missing = [lang for lang in cfg.languages if lang not in nu_langs]
+    if missing:
+        raise UserError(
+            f"nu results in {fdir} cover {','.join(nu_langs)}, not {','.join(missing)}; "
+            f"run `{nu_command(cfg, layers, max(top_k, 2))}`"
+        )
+    computed = [int(L) for L in meta["layers"]]
+    if layers is None:
+        layers = computed
+    absent = [L for L in layers if L not in computed]
+    if not layers or absent:
+        raise UserError(
+            f"layer(s) {absent or 'any'} have no nu results in {fdir} (computed: {computed or 'none'}); "
+            f"run `{nu_command(cfg, sorted(set(computed) | set(absent)) or None, max(top_k, 2))}`"
+        )
+    top_k_saved = int(meta["top_k_saved"])
+    if top_k < 1 or top_k > top_k_saved:
+        raise UserError(
+            f"--top-k {top_k} is out of range: the nu stage saved the top {top_k_saved} features per language; "
+            f"use 1..{top_k_saved} or run `{nu_command(cfg, layers, top_k)}`"
+        )
+    loaded = {}
+    for L in layers:
+        path = fdir / f"layer_{L}_directions.pt"
+        if not path.exists() or not _layer_is_current(fdir, L, meta["config_hash"]):
+            raise UserError(f"nu results for layer {L} in {fdir} are missing or stale; run `{nu_command(cfg, layers, top_k_saved)}`")
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        lf = LayerFeatures(
+            layer=L, hook_in=d["hook_name"], hook_out=d.get("hook_name_out") or d["hook_name"], d_sae=int(d["d_sae"]),
+            languages=tuple(d["languages"]), top_indices=d["top_indices"].long(), control_indices=d["control_indices"].long(),
+            feature_indices=d["feature_indices"].long(), W_dec=d["W_dec"].float(), W_enc=d["W_enc"].float(),
+            b_enc=d["b_enc"].float(), threshold=None if d.get("threshold") is None else d["threshold"].float(),
+            input_bias=None if d.get("input_bias") is None else d["input_bias"].float(),
+        )  # fmt: skip
+        if lf.languages != nu_langs or lf.top_indices.shape[1] < top_k:
+            raise UserError(f"{path} does not match meta.json (languages or top-k); run `{nu_command(cfg, layers, top_k_saved)}`")
+        loaded[L] = lf
+    return NuResults(meta, nu_langs, loaded, top_k_saved)

@@ -1,0 +1,320 @@
+"""Conditions, the ΔCE sweep engine and its on-disk condition store.
+
+A condition is one ablation (layer, mode, feature ids) to measure on every evaluation text.
+ΔCE per text is the mean next-token cross-entropy (fp32, padding masked) under the
+ablation minus the same without it, paired on the same text. The engine computes each
+batch's input of layer L once and runs only layers L..end per condition, several
+conditions stacked along the batch (langsae.forward.run_from_layer). Baseline CEs are
+computed once per text and cached; per-text ablated CEs are cached per condition, keyed by
+a config hash, so an interrupted sweep resumes where it stopped and a later stage that
+needs the same condition reads it instead of recomputing it.
+
+A stage is: build its conditions, `run_sweep`, aggregate the SweepResult.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from langsae.ablation import Ablation, make_ablation, stacked
+from langsae.artifacts import config_hash, save_torch
+from langsae.data import Texts
+from langsae.errors import UserError
+from langsae.features import NU_SCRIPT, NuResults
+from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, tokenize
+
+log = logging.getLogger(__name__)
+
+RANDOM = "random"  # `features` of a random-feature control
+NO_LANGUAGE = "none"  # `ablated_lang` of a random-feature control
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def feature_set_name(ranks: Sequence[int]) -> str:
+    """(1,) -> 'top1'; (1, 2) -> 'top1+2'."""
+    return "top" + "+".join(map(str, ranks))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One ablation to measure on every evaluation text."""
+
+    layer: int
+    mode: str
+    ablated_lang: str  # FLORES+ code, or NO_LANGUAGE for random controls
+    features: str  # 'top1', 'top2', 'top1+2', ... or 'random'
+    feature_ids: tuple[int, ...]
+    draw: int | None = None  # which random draw (controls only)
+
+    def numbers_key(self) -> dict:
+        """What determines the numbers (two languages sharing features share one computation)."""
+        return {"layer": self.layer, "mode": self.mode, "feature_ids": sorted(self.feature_ids)}
+
+
+def feature_sets(top_k: int) -> list[tuple[int, ...]]:
+    """Each single top feature, then all of them together: top_k=2 -> (1,), (2,), (1, 2)."""
+    singles = [(r,) for r in range(1, top_k + 1)]
+    return singles + ([tuple(range(1, top_k + 1))] if top_k > 1 else [])
+
+
+def random_draw(pool: torch.Tensor, k: int, seed: int, layer: int, draw: int) -> tuple[int, ...]:
+    """k features from the control pool, seeded by (seed, layer, k, draw) so each draw is reproducible on its own."""
+    rng = np.random.default_rng([seed, layer, k, draw])
+    return tuple(sorted(int(pool[i]) for i in rng.choice(len(pool), size=k, replace=False)))
+
+
+def sweep_conditions(
+    nu: NuResults, languages: Sequence[str], mode: str, top_k: int, random_draws: int, seed: int
+) -> list[Condition]:
+    """Every condition of the Section 5 sweep: per layer, each language's top-1..top-k singly and
+    together, plus `random_draws` draws of k random live features for k = 1 and k = top_k."""
+    conditions = []
+    for L, lf in sorted(nu.layers.items()):
+        for lang in languages:
+            for ranks in feature_sets(top_k):
+                conditions.append(Condition(L, mode, lang, feature_set_name(ranks), lf.top(lang, ranks)))
+        for k in sorted({1, top_k}):
+            if random_draws and len(lf.control_indices) < k:
+                raise UserError(f"layer {L}'s control pool has {len(lf.control_indices)} features, fewer than {k}; rerun `python {NU_SCRIPT}` with a larger --control-pool")
+            for d in range(random_draws):
+                conditions.append(Condition(L, mode, NO_LANGUAGE, RANDOM, random_draw(lf.control_indices, k, seed, L, d), d))
+    return conditions
+
+
+# ----------------------------------------------------------------------------- evaluation texts
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Tokenised evaluation texts. lang_index[i] indexes `languages` for text i."""
+
+    languages: tuple[str, ...]
+    token_ids: list[list[int]]
+    lang_index: np.ndarray
+    source: str
+
+    def digest(self) -> str:
+        return config_hash({"languages": self.languages, "ids": self.token_ids})
+
+    def texts_of(self, language: str) -> np.ndarray:
+        return np.flatnonzero(self.lang_index == self.languages.index(language))
+
+
+def build_eval_set(tokenizer, texts: Texts) -> EvalSet:
+    """Tokenise; a text with fewer than 2 tokens predicts nothing and is dropped (logged)."""
+    flat, lang_ids = texts.flat()
+    ids = tokenize(tokenizer, flat)
+    keep = [i for i, t in enumerate(ids) if len(t) >= 2]
+    if len(keep) < len(ids):
+        log.warning("dropped %d evaluation texts shorter than 2 tokens", len(ids) - len(keep))
+    return EvalSet(texts.languages, [ids[i] for i in keep], np.array([lang_ids[i] for i in keep]), texts.source)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def baseline_ce(model, batches: list[Batch], chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-text mean CE without any ablation: ([N] fp32, n_predicted [N]), N = texts in `batches`."""
+    n = sum(len(b.indices) for b in batches)
+    ce, count = torch.full((n,), float("nan")), torch.zeros(n, dtype=torch.long)
+    dev = _device(model)
+    for batch in tqdm(batches, desc="baseline CE", unit="batch", leave=False):
+        b = batch.to(dev)
+        final = run_from_layer(model, hidden_before_layer(model, b, 0), b.attention_mask, 0)
+        c, k = next_token_ce(model, final, b.input_ids, b.attention_mask, chunk_tokens)
+        ce[batch.indices], count[batch.indices] = c.cpu(), k.cpu()
+    return ce, count
+
+
+@torch.no_grad()
+def ablated_ce(
+    model,
+    batches: list[Batch],
+    layer: int,
+    ablations: Sequence[Ablation],
+    max_rows: int = 64,
+    chunk_tokens: int | None = None,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """Per-text mean CE under each ablation at `layer`: [C, N] fp32.
+
+    Per batch, layer L's input is computed once; then up to max_rows // B conditions at a
+    time run layers L..end as one stacked forward. All ablations must act at one hook point.
+    Identity ablations are not run here (the caller fills them with the baseline).
+    """
+    if len({a.hook for a in ablations}) > 1:
+        raise ValueError("ablations in one call must share a hook point")
+    n = sum(len(b.indices) for b in batches)
+    out = torch.full((len(ablations), n), float("nan"))
+    if not ablations:
+        return out
+    dev = _device(model)
+    hook = ablations[0].hook
+    for batch in tqdm(batches, desc=desc or f"layer {layer}", unit="batch", leave=False):
+        b = batch.to(dev)
+        h = hidden_before_layer(model, b, layer)
+        rows = h.shape[0]
+        per_forward = max(1, max_rows // rows)
+        for s in range(0, len(ablations), per_forward):
+            group = ablations[s : s + per_forward]
+            g = len(group)
+            mask = b.attention_mask.repeat(g, 1)
+            with edit_output(model, hook, stacked(group, rows)):
+                final = run_from_layer(model, h.repeat(g, 1, 1), mask, layer)
+            ce, _ = next_token_ce(model, final, b.input_ids.repeat(g, 1), mask, chunk_tokens)
+            out[s : s + g][:, batch.indices] = ce.view(g, rows).cpu()
+    return out
+
+
+# ----------------------------------------------------------------------------- the sweep, cached
+
+
+@dataclass
+class SweepResult:
+    """Per-text CEs of every condition, paired with the baseline on the same texts.
+
+    baseline: [N]; n_tokens: [N] predicted tokens per text; ablated: [C, N] (row c = conditions[c]).
+    """
+
+    evalset: EvalSet
+    conditions: list[Condition]
+    baseline: np.ndarray
+    n_tokens: np.ndarray
+    ablated: np.ndarray
+    _index: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self._index = {self._key(c.layer, c.ablated_lang, c.features, c.draw, len(c.feature_ids)): i for i, c in enumerate(self.conditions)}
+
+    @staticmethod
+    def _key(layer, ablated_lang, features, draw, n_features):
+        # random controls of different sizes share the name "random": their size tells them apart
+        return (layer, ablated_lang, features, draw, n_features if features == RANDOM else None)
+
+    def delta(self, layer: int, ablated_lang: str, features: str, draw: int | None = None, n_features: int | None = None) -> np.ndarray:
+        """Per-text ΔCE [N] (ablated − baseline) of one condition on every evaluation text.
+
+        Random controls: ablated_lang=NO_LANGUAGE, features=RANDOM, with `draw` and `n_features`.
+        """
+        i = self._index.get(self._key(layer, ablated_lang, features, draw, n_features))
+        if i is None:
+            raise KeyError(f"no condition layer={layer} ablated_lang={ablated_lang} features={features} draw={draw} k={n_features}")
+        return self.ablated[i] - self.baseline
+
+    def random_draws(self, layer: int, n_features: int) -> list[int]:
+        """The draws of random k-feature controls measured at `layer`."""
+        return sorted(
+            c.draw for c in self.conditions if c.layer == layer and c.features == RANDOM and len(c.feature_ids) == n_features
+        )
+
+    def random_delta(self, layer: int, n_features: int) -> np.ndarray | None:
+        """Per-text ΔCE [N] of n_features random live features, averaged over draws; None without draws."""
+        draws = self.random_draws(layer, n_features)
+        if not draws:
+            return None
+        return np.mean([self.delta(layer, NO_LANGUAGE, RANDOM, d, n_features) for d in draws], axis=0)
+
+    def feature_ids(self, layer: int, ablated_lang: str, features: str) -> tuple[int, ...]:
+        return self.conditions[self._index[self._key(layer, ablated_lang, features, None, None)]].feature_ids
+
+
+class ConditionStore:
+    """Per-text CEs on disk under sae_features/<run>/ablation/: the baseline and one file per layer.
+
+    Entries are keyed by config_hash(run settings + what determines the numbers), so a
+    changed model, evaluation set or nu run never reuses old numbers, and a finished
+    condition is never recomputed. Every write is atomic.
+    """
+
+    def __init__(self, root: Path, settings: dict):
+        self.root = Path(root)
+        self.settings = settings
+
+    def key(self, what: dict) -> str:
+        return config_hash({**self.settings, **what})
+
+    def _file(self, name: str) -> Path:
+        return self.root / f"{name}.pt"
+
+    def read(self, name: str) -> dict:
+        path = self._file(name)
+        return torch.load(path, weights_only=False) if path.exists() else {}
+
+    def get(self, name: str, key: str):
+        return self.read(name).get(key)
+
+    def put(self, name: str, entries: dict) -> None:
+        data = self.read(name)
+        data.update(entries)
+        save_torch(data, self._file(name))
+
+
+def run_sweep(
+    model,
+    evalset: EvalSet,
+    nu: NuResults,
+    conditions: Sequence[Condition],
+    store: ConditionStore,
+    batch_size: int,
+    pad_id: int,
+    max_rows: int = 64,
+    force: bool = False,
+) -> SweepResult:
+    """Measure every condition on every evaluation text, reusing whatever the store already holds."""
+    batches = make_batches(evalset.token_ids, batch_size, pad_id)
+    base_key = store.key({"baseline": True})
+    cached = None if force else store.get("baseline", base_key)
+    if cached is None:
+        log.info("baseline CE on %d evaluation texts", len(evalset.token_ids))
+        ce, count = baseline_ce(model, batches)
+        cached = {"ce": ce, "n_tokens": count}
+        store.put("baseline", {base_key: cached})
+    baseline, n_tokens = cached["ce"].numpy(), cached["n_tokens"].numpy()
+
+    keys = [store.key(c.numbers_key()) for c in conditions]
+    by_layer: dict[int, list[int]] = {}
+    for i, c in enumerate(conditions):
+        by_layer.setdefault(c.layer, []).append(i)
+    ablated = np.full((len(conditions), len(baseline)), np.nan, dtype=np.float32)
+    dev = _device(model)
+    for L in tqdm(sorted(by_layer), desc="layers", unit="layer"):
+        name = f"layer_{L}"
+        have = {} if force else store.read(name)
+        todo: dict[str, Condition] = {}
+        for i in by_layer[L]:
+            c, k = conditions[i], keys[i]
+            if not c.feature_ids:  # ablating nothing is the baseline itself
+                ablated[i] = baseline
+            elif k in have:
+                ablated[i] = have[k]["ce"].numpy()
+            else:
+                todo.setdefault(k, c)
+        if todo:
+            by_mode: dict[str, list[str]] = {}
+            for k, c in todo.items():
+                by_mode.setdefault(c.mode, []).append(k)
+            new = {}
+            for mode, ks in by_mode.items():
+                abls = [make_ablation(nu.layers[L], todo[k].feature_ids, mode, dev) for k in ks]
+                ce = ablated_ce(model, batches, L, abls, max_rows, desc=f"layer {L} ({len(ks)} conditions)")
+                new.update({k: {"condition": todo[k].numbers_key(), "ce": ce[j]} for j, k in enumerate(ks)})
+            store.put(name, new)
+            for i in by_layer[L]:
+                if keys[i] in new:
+                    ablated[i] = new[keys[i]]["ce"].numpy()
+        log.info("layer %d: %d conditions computed, %d from cache", L, len(todo), len(by_layer[L]) - len(todo))
+    return SweepResult(evalset, list(conditions), baseline, n_tokens, ablated)
