@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,8 +109,9 @@ def write_mwhanna_release(
 
 # ----------------------------------------------------------------------------- the build
 
-TOY_FORMAT = 1  # bump when the recipe changes in a way the hyper-parameters do not show
+TOY_FORMAT = 2  # bump when the recipe changes in a way the hyper-parameters do not show
 TOY_MODEL_NAME = "langsae-local/toy-qwen3"
+BUILD_PARTS = ("model", "hub", "quality.json", "timings.json")  # build.json is written last, after these
 PARTIAL_PREFIX = ".building-"  # work folders inside the root; a kill leaves one behind, the next build removes it
 
 
@@ -222,17 +224,11 @@ def build_toy(root: Path = TOY_ROOT, seed: int = 0, scale: str = "full", force: 
     root.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_work(root)
     work = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}-", dir=root))
-    saved_threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(_build_threads(hp, saved_threads))
-        log.info("building the toy (seed %d, scale %s) with %d thread(s)", seed, scale, torch.get_num_threads())
-        with torch.random.fork_rng(devices=[]):  # seed the build without touching the caller's RNG
-            quality = _build_into(work, seed, hp)
-        quality["build_seconds"] = round(time.perf_counter() - start, 1)
-        save_json(quality, work / "quality.json")
+        _train_in_pinned_process(work, seed, scale)
         # From here until build.json is back, root holds no complete build.
         (root / "build.json").unlink(missing_ok=True)
-        for name in ("model", "hub", "quality.json"):
+        for name in BUILD_PARTS:
             target = root / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -241,17 +237,136 @@ def build_toy(root: Path = TOY_ROOT, seed: int = 0, scale: str = "full", force: 
             (work / name).rename(target)
         save_json(record, root / "build.json")
     finally:
-        torch.set_num_threads(saved_threads)
         shutil.rmtree(work, ignore_errors=True)
     log.info("toy build (seed %d, scale %s) written to %s in %.0f s", seed, scale, root, time.perf_counter() - start)
     return root
 
 
-def _build_threads(hp: ToyScale, available: int) -> int:
-    """One thread for builds too small to gain from more (MKL's thread wake-ups cost more than
-    the work on tiny matrices), torch's default otherwise. The thread count does not change
-    the result: the same seed gives the same weights."""
-    return 1 if hp.hidden_size < 64 else available
+# ----------------------------------------------------------------------------- fingerprints
+#
+# A fingerprint is what a build must reproduce: the SHA-256 of every file it writes and its
+# quality report. The fingerprints of the default seed at each scale are committed
+# (FINGERPRINT_FILE); `python -m langsae.toy --verify` rebuilds and compares, and the tests
+# compare their small build with the committed one on whatever machine they run.
+
+FINGERPRINT_FILE = Path(__file__).resolve().parent / "toy_fingerprint.json"
+_STAGE_ORDER = ("model/tokenizer", "model/", "hub/", "quality.json")  # the order the build makes them
+
+
+def _artifact_rank(name: str) -> tuple[int, str]:
+    return next(i for i, prefix in enumerate(_STAGE_ORDER) if name.startswith(prefix)), name
+
+
+def fingerprint(root: Path) -> dict:
+    """SHA-256 of every file of the build in `root` (in the order the build makes them) and its quality report."""
+    root = Path(root)
+    files = [p for part in ("model", "hub") for p in (root / part).rglob("*") if p.is_file()] + [root / "quality.json"]
+    names = sorted((str(p.relative_to(root)) for p in files), key=_artifact_rank)
+    return {"sha256": {name: file_sha256(root / name) for name in names}, "quality": load_json(root / "quality.json")}
+
+
+def first_difference(actual: dict, expected: dict) -> str | None:
+    """The first artifact, in build order, whose fingerprint differs (a missing or extra file counts); None if equal."""
+    names = sorted(set(actual["sha256"]) | set(expected["sha256"]), key=_artifact_rank)
+    for name in names:
+        if actual["sha256"].get(name) != expected["sha256"].get(name):
+            return name
+    return None if actual["quality"] == expected["quality"] else "quality.json"
+
+
+def committed_fingerprint(scale: str) -> dict | None:
+    """The committed fingerprint of the default seed at `scale`, with the package versions that made it."""
+    if not FINGERPRINT_FILE.exists():
+        return None
+    return load_json(FINGERPRINT_FILE).get(scale)
+
+
+def verify(scale: str, write: bool = False) -> bool:
+    """Build the default seed at `scale` into a temporary folder and compare it with the committed
+    fingerprint; print the verdict and the first artifact that differs. `write` records it instead."""
+    with tempfile.TemporaryDirectory(prefix="langsae-toy-verify-") as tmp:
+        root = build_toy(Path(tmp) / "toy", seed=0, scale=scale, force=True)
+        actual = {**fingerprint(root), "seed": 0, "versions": load_json(root / "build.json")["versions"]}
+    if write:
+        table = load_json(FINGERPRINT_FILE) if FINGERPRINT_FILE.exists() else {}
+        save_json({**table, scale: actual}, FINGERPRINT_FILE)
+        print(f"recorded the fingerprint of the {scale} build (seed 0) in {FINGERPRINT_FILE}")
+        return True
+    expected = committed_fingerprint(scale)
+    if expected is None:
+        raise UserError(f"no committed fingerprint for scale {scale!r} in {FINGERPRINT_FILE}")
+    differs = first_difference(actual, expected)
+    if differs is None:
+        print(f"OK: the {scale} build (seed 0) is identical to the committed fingerprint ({len(actual['sha256'])} files and quality.json)")
+        return True
+    print(f"DIFFERS: the {scale} build (seed 0) does not match the committed fingerprint; first differing artifact: {differs}")
+    if actual["versions"] != expected["versions"]:
+        changed = {k: (expected["versions"].get(k), v) for k, v in actual["versions"].items() if expected["versions"].get(k) != v}
+        print(f"package versions differ from the ones that made the fingerprint (committed, here): {changed}")
+    return False
+
+
+# ----------------------------------------------------------------------------- bit-for-bit across machines
+#
+# The same seed must give the same bytes on any x86-64 machine and any core count. Left to
+# themselves, torch and MKL pick kernels by the CPU's instruction set (AVX-512 here, AVX2
+# on another machine) and split reductions by the number of threads, and each choice rounds
+# differently; over hundreds of training steps those roundings grow into different
+# weights. So the build runs in a child process started with every kernel path pinned
+# (these variables are read once, when the libraries load, hence a fresh process) and a
+# fixed thread count that does not follow the machine.
+
+PINNED_KERNELS = {
+    "ATEN_CPU_CAPABILITY": "default",  # ATen's portable kernels, not its AVX2/AVX-512 builds
+    "MKL_CBWR": "COMPATIBLE",  # MKL's conditional numerical reproducibility: one code path on every x86-64
+    "MKL_DYNAMIC": "FALSE",  # MKL may not lower its thread count on its own
+    "ONEDNN_MAX_CPU_ISA": "SSE41",  # oneDNN's JIT kernels at the ISA every x86-64 machine has
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def build_threads(hp: ToyScale) -> int:
+    """Threads the build trains with, whatever the machine has: a reduction split over a
+    different number of threads rounds differently. One for builds too small to gain from
+    more (thread wake-ups cost more than the work on tiny matrices)."""
+    return 1 if hp.hidden_size < 64 else 2
+
+
+def build_environment(hp: ToyScale, kernels: dict[str, str] = PINNED_KERNELS) -> dict[str, str]:
+    """The environment of the build process: this one's, with `kernels` (pinned by default) and the thread count."""
+    threads = str(build_threads(hp))
+    env = {k: v for k, v in os.environ.items() if k not in PINNED_KERNELS}
+    env.update({**kernels, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    project = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+def _train_in_pinned_process(work: Path, seed: int, scale: str, kernels: dict[str, str] = PINNED_KERNELS) -> None:
+    """Run `_build_into` in a child process with pinned kernels (or others, to measure what rounding
+    does: benchmarks/toy_rounding.py); its progress bars and logs pass through."""
+    hp = _scale(scale)
+    log.info("building the toy (seed %d, scale %s) with %d thread(s), kernels %s", seed, scale, build_threads(hp), kernels)
+    code = "import sys; from langsae.toy import _build_worker; _build_worker(sys.argv[1:])"
+    done = subprocess.run([sys.executable, "-c", code, str(work), str(seed), scale], env=build_environment(hp, kernels))
+    if done.returncode != 0:
+        raise UserError(f"the toy build failed (exit code {done.returncode}); its log is above")
+
+
+def _build_worker(argv: list[str]) -> None:
+    """Entry point of the build process: `_build_into(work, seed, scale)` with the thread count pinned."""
+    from langsae.cli import setup_logging
+
+    setup_logging()
+    work, seed, scale = Path(argv[0]), int(argv[1]), argv[2]
+    hp = _scale(scale)
+    torch.set_num_threads(build_threads(hp))
+    torch.use_deterministic_algorithms(True)
+    start = time.perf_counter()
+    quality, laps = _build_into(work, seed, hp)
+    save_json(quality, work / "quality.json")
+    timings = {"stage_seconds": laps, "build_seconds": round(time.perf_counter() - start, 1)}
+    save_json({**timings, "threads": torch.get_num_threads(), "aten_kernels": torch.backends.cpu.get_cpu_capability()}, work / "timings.json")
 
 
 def _remove_abandoned_work(root: Path) -> None:
@@ -269,8 +384,9 @@ def _remove_abandoned_work(root: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _build_into(out: Path, seed: int, hp: ToyScale) -> dict:
-    """Train everything and write `out/model` and `out/hub`; return the quality report."""
+def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, float]]:
+    """Train everything and write `out/model` and `out/hub`; return the quality report and
+    each stage's wall time (kept apart: the report is part of the build's fingerprint)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     clock = _StageClock()
@@ -294,7 +410,7 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> dict:
     model = Qwen3ForCausalLM(cfg)
     n_params = model.num_parameters()
     log.info("toy model: %.2fM parameters, %d layers, hidden %d", n_params / 1e6, hp.num_layers, hp.hidden_size)
-    train_model(model, make_batches(train_ids, hp.lm_batch_size, tokenizer.pad_token_id), hp, seed)
+    train_model(model, train_ids, tokenizer.pad_token_id, hp, seed)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     clock.lap("model")
@@ -321,10 +437,9 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> dict:
     quality["dead_fraction_tokens"] = int(xs[0].shape[0])
     quality["model"] = {"parameters": n_params, "vocab_size": len(tokenizer), "train_tokens": n_tokens}
     clock.lap("quality")
-    quality["stage_seconds"] = clock.laps
     quality["threads"] = torch.get_num_threads()
     log_quality(quality)
-    return quality
+    return quality, clock.laps
 
 
 class _StageClock:
@@ -347,11 +462,13 @@ def _sample(items: list, n: int, g: torch.Generator) -> list:
     return [items[i] for i in sorted(torch.randperm(len(items), generator=g)[:n].tolist())]
 
 
-def train_model(model, batches: list[Batch], hp: ToyScale, seed: int) -> None:
-    """Next-token training with AdamW: linear warm-up, cosine decay to a tenth; padding masked out of the loss.
+def train_model(model, token_ids: list[list[int]], pad_id: int, hp: ToyScale, seed: int) -> None:
+    """Next-token training with AdamW: linear warm-up, cosine decay to zero; padding masked out of the loss.
 
-    Batches come from `make_batches` (texts of similar length together); their order is
-    reshuffled, seeded, every epoch.
+    Batches mix languages (`mixed_batches`) and the learning rate ends at zero, so the
+    weights do not depend on which language the last few batches happened to hold: with
+    one-language batches and a learning rate still high at the end, rounding alone moved a
+    language's CE by a third of a nat between builds.
     """
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -361,14 +478,14 @@ def train_model(model, batches: list[Batch], hp: ToyScale, seed: int) -> None:
     )  # fmt: skip
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, hp.lm_warmup_steps, hp.lm_steps))
     g = torch.Generator().manual_seed(seed)
-    order: list[int] = []
+    epoch: list[Batch] = []
     running = None
     model.train()
     bar = tqdm(range(hp.lm_steps), desc="toy model", unit="step")
     for _ in bar:
-        if not order:
-            order = torch.randperm(len(batches), generator=g).tolist()
-        batch = batches[order.pop()]
+        if not epoch:
+            epoch = mixed_batches(token_ids, hp.lm_batch_size, pad_id, g)
+        batch = epoch.pop()
         labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
         loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
         loss.backward()
@@ -381,11 +498,27 @@ def train_model(model, batches: list[Batch], hp: ToyScale, seed: int) -> None:
     model.eval()
 
 
+def mixed_batches(token_ids: list[list[int]], batch_size: int, pad_id: int, g: torch.Generator, window: int = 16) -> list[Batch]:
+    """One epoch of batches in a seeded random order, each a random mix of texts (and so of languages).
+
+    Texts are shuffled, then sorted by length only within windows of `window` batches, which
+    keeps padding small without grouping a language's (similar-length) texts together.
+    """
+    order = torch.randperm(len(token_ids), generator=g).tolist()
+    batches = []
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        for b in make_batches([token_ids[i] for i in chunk], batch_size, pad_id):
+            batches.append(Batch(b.input_ids, b.attention_mask, [chunk[i] for i in b.indices]))
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
@@ -549,7 +682,18 @@ def main(argv: list[str] | None = None) -> None:
         default=TOY_ROOT,
         help="folder to build into; the toy preset reads the default (toy_model/, or $LANGSAE_TOY_DIR when set)",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="build the default seed at --scale into a temporary folder and compare every file and the quality "
+        "report with the committed fingerprint (exit 1 naming the first artifact that differs)",
+    )
+    p.add_argument("--write-fingerprint", action="store_true", help="with --verify: record the build as the committed fingerprint")
     args = p.parse_args(argv)
+    if args.verify:
+        if not verify(args.scale, write=args.write_fingerprint):
+            raise SystemExit(1)
+        return
     build_toy(args.root, seed=args.seed, scale=args.scale, force=args.force)
 
 

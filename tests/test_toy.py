@@ -126,12 +126,12 @@ def test_a_failed_build_leaves_the_old_one_intact(small_toy, tmp_path, monkeypat
     shutil.copytree(small_toy, copy)
     before = _snapshot(copy)
 
-    def killed(out, seed, hp):
+    def killed(out, seed, scale):
         (out / "model").mkdir()
         (out / "model" / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(toy, "_build_into", killed)
+    monkeypatch.setattr(toy, "_train_in_pinned_process", killed)
     with pytest.raises(KeyboardInterrupt):
         toy.build_toy(copy, seed=0, scale="small", force=True)
     assert _snapshot(copy) == before
