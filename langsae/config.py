@@ -149,14 +149,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument(
         "--languages",
         default=",".join(PAPER_LANGUAGES),
-        help="comma-separated FLORES+ codes; the paper's ten are bundled, others come from the gated hub dataset",
+        help="comma-separated FLORES+ codes; bundled (offline): the paper's ten and the 205 SIB-200 languages "
+        "(e.g. glg_Latn, kas_Arab); others (e.g. wuu_Hans) come from the gated hub dataset",
     )
     g.add_argument("--layers", default=None, help="comma-separated layers or ranges (0-27); default: every layer")
     g.add_argument(
         "--n-texts-per-lang", type=int, default=-1,
         help="first N selection texts of each language (the nu stage), in file order; -1 = all. Section 5 sets its evaluation texts with --n-texts",
     )
-    g.add_argument("--split", default="dev", choices=["dev", "devtest"], help="FLORES+ split (bundled data is dev)")
+    g.add_argument("--split", default="dev", choices=["dev", "devtest"], help="FLORES split; on devtest the ten come from SIB-200 too")
     g = p.add_argument_group("run")
     g.add_argument("--out-dir", type=Path, help="the run's artifact folder; default sae_features/<run>/")
     g.add_argument("--device", help="torch device; default cuda if present, else cpu (toy preset: cpu)")
