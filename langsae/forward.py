@@ -70,26 +70,35 @@ def _first_tensor(x):
     return x[0] if isinstance(x, tuple) else x
 
 
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A module's first input, whether passed by position or (decoder layers) as `hidden_states=`."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
 @contextmanager
 def capture(model, points: dict[str, HookPoint]) -> Iterator[dict[str, torch.Tensor]]:
     """Record the tensor at each hook point on every forward; the dict holds the latest values.
 
-    Input points record the module's first positional argument (for `mlp` that is the
-    post_attention_layernorm output after its gain: what a transcoder reads).
+    Each point is hooked on the module `langsae.model.hook_module` names for it (for an MLP input,
+    the MLP module's first argument, after the pre-MLP norm's gain: what a transcoder reads;
+    for an MLP output, the post-MLP norm's output on models that have one).
     """
     store: dict[str, torch.Tensor] = {}
     handles = []
 
     def make(name: str, hp: HookPoint):
         if hp.io == "input":
-            return lambda mod, args: store.__setitem__(name, args[0].detach())
+            return lambda mod, args, kwargs: store.__setitem__(name, _first_input(args, kwargs).detach())
         return lambda mod, args, out: store.__setitem__(name, _first_tensor(out).detach())
 
     try:
         for name, hp in points.items():
             mod = hook_module(model, hp)
             fn = make(name, hp)
-            handles.append(mod.register_forward_pre_hook(fn) if hp.io == "input" else mod.register_forward_hook(fn))
+            if hp.io == "input":
+                handles.append(mod.register_forward_pre_hook(fn, with_kwargs=True))
+            else:
+                handles.append(mod.register_forward_hook(fn))
         yield store
     finally:
         for h in handles:
@@ -97,24 +106,41 @@ def capture(model, points: dict[str, HookPoint]) -> Iterator[dict[str, torch.Ten
 
 
 @contextmanager
-def edit_output(model, hp: HookPoint, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Replace the output of a hook point by fn(output, module_input) while the block runs.
+def edit_output(
+    model, hp: HookPoint, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], read: HookPoint | None = None
+) -> Iterator[None]:
+    """Replace the tensor at output hook point `hp` by fn(output, x) while the model runs.
 
-    `fn` gets the module's output [B, T, d] and its first input [B, T, d_in] (which a
-    transcoder-native ablation needs to recompute feature activations).
+    output: [B, T, d], the tensor at `hp`; x: [B, T, d_in], the tensor at hook point `read`
+    in the same forward, by default `hp.sublayer_input()` (for an MLP output that is the MLP
+    input, which a transcoder-native ablation needs to recompute feature activations); when
+    read == hp, x is the unedited output itself. x is captured at its own hook point rather
+    than taken from the hooked module's arguments because on Gemma 2 the module holding
+    hook_mlp_out is post_feedforward_layernorm, whose input is the raw MLP output.
     """
     if hp.io != "output":
         raise ValueError(f"can only edit outputs, got {hp}")
+    read = read or hp.sublayer_input()
+    own = read == hp
+    if not (own or read.precedes(hp)):
+        raise ValueError(f"{read} is computed after {hp}: it cannot be passed to an edit of {hp}")
 
     def hook(mod, args, out):
-        new = fn(_first_tensor(out), args[0])
+        o = _first_tensor(out)
+        # popped, so that a read point that did not run in this forward (e.g. run_from_layer started past
+        # it) is an error, never a tensor left over from an earlier forward
+        x = o if own else store.pop("x", None)
+        if x is None:
+            raise RuntimeError(f"{read} must be computed before {hp} in the same forward")
+        new = fn(o, x)
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
-    handle = hook_module(model, hp).register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    with capture(model, {} if own else {"x": read}) as store:
+        handle = hook_module(model, hp).register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 class _StopForward(Exception):
@@ -194,7 +220,7 @@ def hidden_before_layer(model, batch: Batch, layer: int) -> torch.Tensor:
     store: dict[str, torch.Tensor] = {}
 
     def grab(mod, args, kwargs):
-        store["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+        store["h"] = _first_input(args, kwargs).detach()
         raise _StopForward
 
     _run_until_stopped(model, batch, decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True))
