@@ -2,8 +2,9 @@
 
 Every stage (nu-scores, ablation, generation, the toy build) runs the model through
 these functions, so batching, padding and the position-0 rule are defined once.
-Texts are right-padded; position 0 is the first real token (Qwen3 adds no BOS, so it is
-a real token acting as the attention sink) and is excluded from activation statistics.
+Texts are right-padded; position 0 is excluded from activation statistics. It is the BOS
+token where the tokenizer adds one (Gemma), else the first real token, which acts as the
+attention sink (Qwen3); `langsae.nu.position_0_rule` says which in the metadata.
 """
 
 from __future__ import annotations

@@ -141,19 +141,34 @@ def check_layers(layers: tuple[int, ...] | None, n_layers: int) -> tuple[int, ..
     return layers
 
 
-def load_model(preset: Preset, device: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The HF causal LM (eval mode) and its tokenizer, right-padded."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(preset: Preset) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, right-padded (cheap: stages that must know about it before the weights load it first)."""
+    from transformers import AutoTokenizer
 
     _ensure_built(preset)
     try:
         tokenizer = AutoTokenizer.from_pretrained(preset.model_id, **_hub_kwargs())
-        model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
     except (OSError, ValueError) as e:
         raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
     tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    preset: Preset, device: str, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The HF causal LM (eval mode) and its tokenizer (`tokenizer` if already loaded, else `load_tokenizer`)."""
+    from transformers import AutoModelForCausalLM
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(preset)
+    _ensure_built(preset)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
+    except (OSError, ValueError) as e:
+        raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
     return model.to(device).eval(), tokenizer
 
 

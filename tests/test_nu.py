@@ -257,4 +257,15 @@ def test_mlp_output_sae_on_gemma2_reads_post_feedforward_layernorm(tiny_gemma2_d
     got = load_layer(tmp_path, 1)["mean_acts"].double()
     torch.testing.assert_close(got, brute_force_mu(tiny_gemma2_dir, post_norm_hook, encode), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got, brute_force_mu(tiny_gemma2_dir, raw_mlp_hook, encode), atol=1e-3)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert "BOS token" in meta["position_0"] and meta["config"]["position_0"] == meta["position_0"]
 
+
+def test_position_0_rule_follows_the_tokenizer(tiny_model_dir, tiny_gemma2_dir, nu_run):
+    from transformers import AutoTokenizer
+
+    no_bos = nu.position_0_rule(AutoTokenizer.from_pretrained(tiny_model_dir))
+    with_bos = nu.position_0_rule(AutoTokenizer.from_pretrained(tiny_gemma2_dir))
+    assert "adds no BOS" in no_bos and "attention sink" in no_bos
+    assert "BOS token" in with_bos and "attention sink" not in with_bos
+    assert json.loads((nu_run / "meta.json").read_text())["position_0"] == no_bos
