@@ -271,9 +271,33 @@ def run_from_layer(model, hidden: torch.Tensor, attention_mask: torch.Tensor, st
     return model.model.norm(hidden)
 
 
-def logits_from_hidden(model, final_hidden: torch.Tensor) -> torch.Tensor:
-    """LM head plus the model's final logit soft-cap (Gemma 2), in fp32: [..., V]."""
-    logits = model.lm_head(final_hidden).float()
+@dataclass(frozen=True)
+class Fp32Head:
+    """The LM head's weight [V, d] and bias [V] (or None) in fp32."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+def fp32_head(model) -> Fp32Head:
+    """The LM head in fp32. For a bf16 model this is a copy (V x d x 4 bytes: 0.6 GB for Qwen3-0.6B),
+    so callers make it once per pass over many chunks, not per chunk; for an fp32 model it is the weight itself."""
+    head = model.lm_head
+    bias = getattr(head, "bias", None)
+    return Fp32Head(head.weight.float(), None if bias is None else bias.float())
+
+
+def logits_from_hidden(model, final_hidden: torch.Tensor, head: Fp32Head | None = None) -> torch.Tensor:
+    """LM head plus the model's final logit soft-cap (Gemma 2), all in fp32: [..., V].
+
+    final_hidden: [..., d] in any dtype. The matmul itself runs in fp32: a bf16 head would
+    round every logit to bf16 (relative error up to 2^-8, so up to ~0.04 on a logit of 10),
+    noise of the size of the small ΔCEs we measure. head: `fp32_head(model)`, made here if None.
+    """
+    head = head or fp32_head(model)
+    logits = final_hidden.float() @ head.weight.T
+    if head.bias is not None:
+        logits = logits + head.bias
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -288,8 +312,9 @@ def next_token_ce(
 
     final_hidden: [R, T, d] (from `run_from_layer` or the model's last_hidden_state);
     input_ids, attention_mask: [R, T]. Position t predicts token t+1 when t+1 is a real token.
-    Only predicted positions go through the LM head, `chunk_tokens` at a time, so memory is
-    chunk_tokens x V whatever the batch and length. Returns (mean CE [R] fp32, n_predicted [R]);
+    Only predicted positions go through the LM head (in fp32, see `logits_from_hidden`),
+    `chunk_tokens` at a time, so memory is chunk_tokens x V (plus one fp32 copy of the head
+    for a bf16 model) whatever the batch and length. Returns (mean CE [R] fp32, n_predicted [R]);
     a row with nothing to predict gets NaN.
     """
     R, T, _ = final_hidden.shape
@@ -300,8 +325,9 @@ def next_token_ce(
     h = final_hidden[:, :-1][predicted]  # [n, d]
     targets = input_ids[:, 1:][predicted]
     total = torch.zeros(R, dtype=torch.float32, device=final_hidden.device)
+    head = fp32_head(model)  # once for all chunks
     for s in range(0, h.shape[0], chunk):
-        logits = logits_from_hidden(model, h[s : s + chunk])
+        logits = logits_from_hidden(model, h[s : s + chunk], head)
         ce = torch.nn.functional.cross_entropy(logits, targets[s : s + chunk], reduction="none")
         total.index_add_(0, rows[s : s + chunk], ce)
     count = predicted.sum(1)

@@ -341,6 +341,35 @@ def test_chunked_ce_matches_unchunked(tiny, token_ids):
     assert n.tolist() == [len(token_ids[i]) - 1 for i in batch.indices]
 
 
+def test_next_token_ce_of_a_bf16_model_runs_the_lm_head_in_fp32():
+    """From the same bf16 hidden states, CE equals a float64 head to ~1e-5; the old way (a bf16
+    head, logits upcast afterwards) is off by far more, so the test can tell them apart."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 1.0)  # logits of a few units, as in a trained model
+    model = model.to(torch.bfloat16)
+    ids = [torch.randint(0, 300, (n,)).tolist() for n in (12, 7, 10)]
+    batch = make_batches(ids, 3, 0)[0]
+    final = run_from_layer(model, hidden_before_layer(model, batch, 0), batch.attention_mask, 0)
+    assert final.dtype == torch.bfloat16
+    ce, n = next_token_ce(model, final, batch.input_ids, batch.attention_mask, chunk_tokens=4)  # several chunks
+    W = model.lm_head.weight.double()
+    for row, i in enumerate(batch.indices):
+        k = len(ids[i])
+        targets = batch.input_ids[row, 1:k]
+        exact = F.cross_entropy(final[row, : k - 1].double() @ W.T, targets).item()
+        rounded = F.cross_entropy(model.lm_head(final[row, : k - 1]).double(), targets).item()
+        assert abs(ce[row].item() - exact) < 1e-5
+        assert abs(rounded - exact) > 1e-3, "bf16 logits must be measurably off for this test to mean anything"
+
+
 # ----------------------------------------------------------------------------- ΔCE engine
 
 
