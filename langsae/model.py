@@ -42,7 +42,7 @@ class HookPoint:
 
     layer: int
     module: str  # "mlp" (the MLP sublayer of model.model.layers[L]) or "block" (model.model.layers[L])
-    io: str  # "input" (first positional argument) or "output"
+    io: str  # "input" (first argument) or "output"
 
     def sublayer_input(self) -> "HookPoint":
         """The input of the same sublayer: what a transcoder writing this point reads."""
