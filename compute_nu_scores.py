@@ -23,7 +23,7 @@ from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.forward import tokenize
-from langsae.model import check_layers, check_sae_ids, load_model, load_sae, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
+from langsae.model import check_layers, check_sae_ids, load_model, load_sae, load_tokenizer, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
 
 
 def parse_args(argv):
@@ -46,9 +46,10 @@ def main(argv=None):
     check_sae_ids(cfg.preset, layers)
     texts = load_texts(cfg.languages, "selection", cfg.n_texts_per_lang, cfg.split)
     flat_texts, lang_ids = texts.flat()
+    tokenizer = load_tokenizer(cfg.preset)  # before the weights: the position-0 rule depends on it and enters the hash
     settings = {
         **cfg.describe(), "texts_sha": config_hash({"t": flat_texts}), "data_source": texts.source,
-        "weighting": args.weighting, "position_0": nu.POSITION_0_RULE, "top_k": args.top_k,
+        "weighting": args.weighting, "position_0": nu.position_0_rule(tokenizer), "top_k": args.top_k,
         "control_pool": args.control_pool, "seed": cfg.seed,
     }  # fmt: skip
     chash = config_hash(settings)
@@ -57,7 +58,7 @@ def main(argv=None):
 
     if pending:
         sae_cfgs = {L: sae_config(cfg.preset, L) for L in pending}  # hook names, without the weights
-        model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype)
+        model, _ = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
         token_ids = tokenize(tokenizer, flat_texts)
         bytes_per_layer = nu.count_statistic_tokens(token_ids) * model.config.hidden_size * cfg.dtype.itemsize
         per_pass = max(1, int(args.cache_gb * 2**30 // max(bytes_per_layer, 1)))

@@ -39,7 +39,7 @@ from langsae import ablation, sweep  # noqa: E402
 from langsae.features import LayerFeatures, NuResults  # noqa: E402
 from langsae.sweep import ConditionStore, EvalSet  # noqa: E402
 from langsae.artifacts import package_versions, save_json  # noqa: E402
-from langsae.forward import edit_output, make_batches, run_from_layer  # noqa: E402
+from langsae.forward import edit_output, logits_from_hidden, make_batches, run_from_layer  # noqa: E402
 
 LANGS = ["eng_Latn", "fra_Latn", "jpn_Jpan", "tha_Thai", "arb_Arab", "cmn_Hans"]
 D_SAE = 163840
@@ -149,7 +149,7 @@ def best_rate(model, rows: int, width: int, repeats: int = 2) -> float:
         t0 = time.perf_counter()
         with torch.no_grad():
             final = run_from_layer(model, h, mask, 0)
-            model.lm_head(final[:, :-1]).float()
+            logits_from_hidden(model, final[:, :-1])  # the head as the engine runs it (fp32)
         times.append(time.perf_counter() - t0)
     return (cfg.num_hidden_layers * layer_flops(cfg, rows * width, width) + head_flops(cfg, rows * (width - 1))) / min(times)
 

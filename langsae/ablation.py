@@ -71,10 +71,13 @@ def feature_activations(
 
 @dataclass
 class Ablation:
-    """One condition's edit at its hook point; `apply(out, module_input)` returns the edited output.
+    """One condition's edit at its hook point; `apply(out, sublayer_input)` returns the edited output.
 
+    out: [B, T, d_out] at `hook`; sublayer_input: [B, T, d_in] at `hook.sublayer_input()` (the MLP
+    input when `hook` is an MLP output), as `forward.edit_output` passes it by default.
     directional: `basis` Q [d, r]; feature: W_dec [k, d_out], W_enc [k, d_in], b_enc, threshold [k],
-    and whether the encoder reads the hooked module's output (residual SAE) or its input (transcoder).
+    and whether the encoder reads the hook point itself (an SAE that reads where it writes: residual
+    or MLP-output) or its sublayer's input (transcoder).
     An ablation of no features is the identity (`is_identity`).
     """
 
@@ -93,12 +96,12 @@ class Ablation:
         n = self.basis.shape[1] if self.mode == "directional" else self.W_dec.shape[0]
         return n == 0
 
-    def apply(self, out: torch.Tensor, module_input: torch.Tensor) -> torch.Tensor:
+    def apply(self, out: torch.Tensor, sublayer_input: torch.Tensor) -> torch.Tensor:
         if self.is_identity:
             return out
         if self.mode == "directional":
             return project_out(out, self.basis)
-        x = out if self.reads_output else module_input
+        x = out if self.reads_output else sublayer_input
         acts = feature_activations(x, self.W_enc, self.b_enc, self.threshold, self.input_bias)
         return (out.float() - acts @ self.W_dec).to(out.dtype)
 
@@ -115,7 +118,7 @@ def make_ablation(lf: LayerFeatures, features: Sequence[int], mode: str, device:
     read, write = hook_point(lf.hook_in), hook_point(lf.hook_out)
     if read == write:
         reads_output = True
-    elif (read.layer, read.module, read.io, write.io) == (write.layer, write.module, "input", "output"):
+    elif read == write.sublayer_input():  # what edit_output hands to `apply` beside the output
         reads_output = False
     else:
         raise UserError(f"feature ablation needs the SAE to read the input or output of the module it writes; got {lf.hook_in} -> {lf.hook_out}")

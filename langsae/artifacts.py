@@ -19,14 +19,42 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+_PROC_STATUS = "/proc/self/status"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux's /proc/self/status).
+
+    Elsewhere it can only be read by setting it and setting it back; the umask is process-wide,
+    so for that instant it is 0o077 rather than 0: a file another thread creates meanwhile comes
+    out private rather than world-writable.
+    """
+    try:
+        with open(_PROC_STATUS) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The file gets the mode a plain open() would give it (0o666 minus the umask): mkstemp makes
+    0600 files and the rename keeps that, which would hide every artifact and figure from the
+    rest of a research group on a shared server.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         yield Path(tmp)
         os.replace(tmp, path)
     finally:

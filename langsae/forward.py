@@ -2,8 +2,9 @@
 
 Every stage (nu-scores, ablation, generation, the toy build) runs the model through
 these functions, so batching, padding and the position-0 rule are defined once.
-Texts are right-padded; position 0 is the first real token (Qwen3 adds no BOS, so it is
-a real token acting as the attention sink) and is excluded from activation statistics.
+Texts are right-padded; position 0 is excluded from activation statistics. It is the BOS
+token where the tokenizer adds one (Gemma), else the first real token, which acts as the
+attention sink (Qwen3); `langsae.nu.position_0_rule` says which in the metadata.
 """
 
 from __future__ import annotations
@@ -70,26 +71,35 @@ def _first_tensor(x):
     return x[0] if isinstance(x, tuple) else x
 
 
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A module's first input, whether passed by position or (decoder layers) as `hidden_states=`."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
 @contextmanager
 def capture(model, points: dict[str, HookPoint]) -> Iterator[dict[str, torch.Tensor]]:
     """Record the tensor at each hook point on every forward; the dict holds the latest values.
 
-    Input points record the module's first positional argument (for `mlp` that is the
-    post_attention_layernorm output after its gain: what a transcoder reads).
+    Each point is hooked on the module `langsae.model.hook_module` names for it (for an MLP input,
+    the MLP module's first argument, after the pre-MLP norm's gain: what a transcoder reads;
+    for an MLP output, the post-MLP norm's output on models that have one).
     """
     store: dict[str, torch.Tensor] = {}
     handles = []
 
     def make(name: str, hp: HookPoint):
         if hp.io == "input":
-            return lambda mod, args: store.__setitem__(name, args[0].detach())
+            return lambda mod, args, kwargs: store.__setitem__(name, _first_input(args, kwargs).detach())
         return lambda mod, args, out: store.__setitem__(name, _first_tensor(out).detach())
 
     try:
         for name, hp in points.items():
             mod = hook_module(model, hp)
             fn = make(name, hp)
-            handles.append(mod.register_forward_pre_hook(fn) if hp.io == "input" else mod.register_forward_hook(fn))
+            if hp.io == "input":
+                handles.append(mod.register_forward_pre_hook(fn, with_kwargs=True))
+            else:
+                handles.append(mod.register_forward_hook(fn))
         yield store
     finally:
         for h in handles:
@@ -97,24 +107,41 @@ def capture(model, points: dict[str, HookPoint]) -> Iterator[dict[str, torch.Ten
 
 
 @contextmanager
-def edit_output(model, hp: HookPoint, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Replace the output of a hook point by fn(output, module_input) while the block runs.
+def edit_output(
+    model, hp: HookPoint, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], read: HookPoint | None = None
+) -> Iterator[None]:
+    """Replace the tensor at output hook point `hp` by fn(output, x) while the model runs.
 
-    `fn` gets the module's output [B, T, d] and its first input [B, T, d_in] (which a
-    transcoder-native ablation needs to recompute feature activations).
+    output: [B, T, d], the tensor at `hp`; x: [B, T, d_in], the tensor at hook point `read`
+    in the same forward, by default `hp.sublayer_input()` (for an MLP output that is the MLP
+    input, which a transcoder-native ablation needs to recompute feature activations); when
+    read == hp, x is the unedited output itself. x is captured at its own hook point rather
+    than taken from the hooked module's arguments because on Gemma 2 the module holding
+    hook_mlp_out is post_feedforward_layernorm, whose input is the raw MLP output.
     """
     if hp.io != "output":
         raise ValueError(f"can only edit outputs, got {hp}")
+    read = read or hp.sublayer_input()
+    own = read == hp
+    if not (own or read.precedes(hp)):
+        raise ValueError(f"{read} is computed after {hp}: it cannot be passed to an edit of {hp}")
 
     def hook(mod, args, out):
-        new = fn(_first_tensor(out), args[0])
+        o = _first_tensor(out)
+        # popped, so that a read point that did not run in this forward (e.g. run_from_layer started past
+        # it) is an error, never a tensor left over from an earlier forward
+        x = o if own else store.pop("x", None)
+        if x is None:
+            raise RuntimeError(f"{read} must be computed before {hp} in the same forward")
+        new = fn(o, x)
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
-    handle = hook_module(model, hp).register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    with capture(model, {} if own else {"x": read}) as store:
+        handle = hook_module(model, hp).register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 class _StopForward(Exception):
@@ -194,7 +221,7 @@ def hidden_before_layer(model, batch: Batch, layer: int) -> torch.Tensor:
     store: dict[str, torch.Tensor] = {}
 
     def grab(mod, args, kwargs):
-        store["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+        store["h"] = _first_input(args, kwargs).detach()
         raise _StopForward
 
     _run_until_stopped(model, batch, decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True))
@@ -244,9 +271,33 @@ def run_from_layer(model, hidden: torch.Tensor, attention_mask: torch.Tensor, st
     return model.model.norm(hidden)
 
 
-def logits_from_hidden(model, final_hidden: torch.Tensor) -> torch.Tensor:
-    """LM head plus the model's final logit soft-cap (Gemma 2), in fp32: [..., V]."""
-    logits = model.lm_head(final_hidden).float()
+@dataclass(frozen=True)
+class Fp32Head:
+    """The LM head's weight [V, d] and bias [V] (or None) in fp32."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+def fp32_head(model) -> Fp32Head:
+    """The LM head in fp32. For a bf16 model this is a copy (V x d x 4 bytes: 0.6 GB for Qwen3-0.6B),
+    so callers make it once per pass over many chunks, not per chunk; for an fp32 model it is the weight itself."""
+    head = model.lm_head
+    bias = getattr(head, "bias", None)
+    return Fp32Head(head.weight.float(), None if bias is None else bias.float())
+
+
+def logits_from_hidden(model, final_hidden: torch.Tensor, head: Fp32Head | None = None) -> torch.Tensor:
+    """LM head plus the model's final logit soft-cap (Gemma 2), all in fp32: [..., V].
+
+    final_hidden: [..., d] in any dtype. The matmul itself runs in fp32: a bf16 head would
+    round every logit to bf16 (relative error up to 2^-8, so up to ~0.04 on a logit of 10),
+    noise of the size of the small ΔCEs we measure. head: `fp32_head(model)`, made here if None.
+    """
+    head = head or fp32_head(model)
+    logits = final_hidden.float() @ head.weight.T
+    if head.bias is not None:
+        logits = logits + head.bias
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -261,8 +312,9 @@ def next_token_ce(
 
     final_hidden: [R, T, d] (from `run_from_layer` or the model's last_hidden_state);
     input_ids, attention_mask: [R, T]. Position t predicts token t+1 when t+1 is a real token.
-    Only predicted positions go through the LM head, `chunk_tokens` at a time, so memory is
-    chunk_tokens x V whatever the batch and length. Returns (mean CE [R] fp32, n_predicted [R]);
+    Only predicted positions go through the LM head (in fp32, see `logits_from_hidden`),
+    `chunk_tokens` at a time, so memory is chunk_tokens x V (plus one fp32 copy of the head
+    for a bf16 model) whatever the batch and length. Returns (mean CE [R] fp32, n_predicted [R]);
     a row with nothing to predict gets NaN.
     """
     R, T, _ = final_hidden.shape
@@ -273,8 +325,9 @@ def next_token_ce(
     h = final_hidden[:, :-1][predicted]  # [n, d]
     targets = input_ids[:, 1:][predicted]
     total = torch.zeros(R, dtype=torch.float32, device=final_hidden.device)
+    head = fp32_head(model)  # once for all chunks
     for s in range(0, h.shape[0], chunk):
-        logits = logits_from_hidden(model, h[s : s + chunk])
+        logits = logits_from_hidden(model, h[s : s + chunk], head)
         ce = torch.nn.functional.cross_entropy(logits, targets[s : s + chunk], reduction="none")
         total.index_add_(0, rows[s : s + chunk], ce)
     count = predicted.sum(1)

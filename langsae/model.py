@@ -2,7 +2,8 @@
 
 We run plain `transformers` models with forward hooks. A transcoder says where it reads
 and writes through its own metadata (`hook_name`, `hook_name_out`), in TransformerLens
-names; `hook_point` maps them onto the HF module whose input or output they are.
+names; `hook_point` maps them to HookPoints and `hook_module` finds the HF module whose
+input or output each one is, per model (this is the only place that knows the mapping).
 """
 
 from __future__ import annotations
@@ -33,16 +34,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HookPoint:
-    """Where an SAE reads or writes: the input or output of a layer's MLP or of the whole block."""
+    """Where an SAE reads or writes: the input or output of a layer's MLP sublayer or of the whole block.
+
+    The MLP sublayer is what TransformerLens puts between `mlp.hook_in` and `hook_mlp_out`:
+    the MLP module, plus the post-MLP norm on models that have one (Gemma 2). `hook_module`
+    finds the HF module each point lives on; everything that hooks the model goes through it.
+    """
 
     layer: int
-    module: str  # "mlp" (model.model.layers[L].mlp) or "block" (model.model.layers[L])
-    io: str  # "input" (first positional argument) or "output"
+    module: str  # "mlp" (the MLP sublayer of model.model.layers[L]) or "block" (model.model.layers[L])
+    io: str  # "input" (first argument) or "output"
+
+    def sublayer_input(self) -> "HookPoint":
+        """The input of the same sublayer: what a transcoder writing this point reads."""
+        return HookPoint(self.layer, self.module, "input")
+
+    def precedes(self, other: "HookPoint") -> bool:
+        """Whether a forward computes this point before `other`."""
+        return self._rank() < other._rank()
+
+    def _rank(self) -> tuple[int, int]:
+        return self.layer, _FORWARD_ORDER.index((self.module, self.io))
+
+
+_FORWARD_ORDER = [("block", "input"), ("mlp", "input"), ("mlp", "output"), ("block", "output")]  # within a layer
 
 
 _HOOK_PATTERNS = {
-    r"blocks\.(\d+)\.mlp\.hook_in": ("mlp", "input"),  # = post_attention_layernorm output, after its gain
-    r"blocks\.(\d+)\.hook_mlp_out": ("mlp", "output"),
+    r"blocks\.(\d+)\.mlp\.hook_in": ("mlp", "input"),  # the MLP module's input, after the pre-MLP norm's gain
+    r"blocks\.(\d+)\.hook_mlp_out": ("mlp", "output"),  # what the MLP sublayer adds to the residual stream
     r"blocks\.(\d+)\.hook_resid_post": ("block", "output"),
 }
 
@@ -63,8 +83,26 @@ def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
 
 
 def hook_module(model: PreTrainedModel, hp: HookPoint) -> torch.nn.Module:
+    """The HF module whose first input (hp.io == "input") or output (hp.io == "output") is `hp`.
+
+    block: model.model.layers[L], in and out.
+    mlp input: the MLP module's first argument, as TransformerLens's `blocks.L.mlp.hook_in`:
+        post_attention_layernorm's output on Qwen3, pre_feedforward_layernorm's on Gemma 2,
+        both after their gain.
+    mlp output: TransformerLens's `blocks.L.hook_mlp_out`, what is added to the residual
+        stream: post_feedforward_layernorm's output where the layer has that norm (Gemma 2),
+        else the MLP module's output (Qwen3). Its input is then the raw MLP output, not the
+        MLP input: code that needs both takes the input at its own hook point
+        (`HookPoint.sublayer_input`), never from the hooked module's arguments.
+    """
     layer = decoder_layers(model)[hp.layer]
-    return layer.mlp if hp.module == "mlp" else layer
+    if hp.module == "block":
+        return layer
+    if hp.io == "output":
+        post_norm = getattr(layer, "post_feedforward_layernorm", None)
+        if post_norm is not None:
+            return post_norm
+    return layer.mlp
 
 
 # ----------------------------------------------------------------------------- model
@@ -102,19 +140,34 @@ def check_layers(layers: tuple[int, ...] | None, n_layers: int) -> tuple[int, ..
     return layers
 
 
-def load_model(preset: Preset, device: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The HF causal LM (eval mode) and its tokenizer, right-padded."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(preset: Preset) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, right-padded (cheap: stages that must know about it before the weights load it first)."""
+    from transformers import AutoTokenizer
 
     _prepare(preset)
     try:
         tokenizer = AutoTokenizer.from_pretrained(preset.model_id, **_hub_kwargs())
-        model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
     except (OSError, ValueError) as e:
         raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
     tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    preset: Preset, device: str, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The HF causal LM (eval mode) and its tokenizer (`tokenizer` if already loaded, else `load_tokenizer`)."""
+    from transformers import AutoModelForCausalLM
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(preset)
+    _ensure_built(preset)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
+    except (OSError, ValueError) as e:
+        raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
     return model.to(device).eval(), tokenizer
 
 

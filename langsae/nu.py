@@ -24,13 +24,24 @@ import time
 
 from langsae.artifacts import load_json, package_versions, save_json, save_torch
 from langsae.data import Texts
-from langsae.forward import Batch, collect_tokens, make_batches
+from langsae.forward import Batch, collect_tokens, make_batches, tokenize
 from langsae.model import HookPoint
 
 log = logging.getLogger(__name__)
 
 ENCODE_CHUNK_ELEMENTS = 2**27  # tokens per encode chunk = this / d_sae (~0.5 GB of fp32 activations)
-POSITION_0_RULE = "excluded (first token of every text is the attention sink; Qwen3 adds no BOS)"
+
+
+def position_0_rule(tokenizer) -> str:
+    """What position 0, left out of every activation statistic, is for this tokenizer, for the metadata.
+
+    Asked of the tokenizer itself (does tokenising a text, as `forward.tokenize` does, put BOS
+    first?) rather than of the preset name, so a custom model gets the right sentence too.
+    """
+    bos = tokenizer.bos_token_id
+    if bos is not None and tokenize(tokenizer, ["a"])[0][:1] == [bos]:
+        return "excluded (position 0 is the BOS token the tokenizer adds to every text)"
+    return "excluded (the tokenizer adds no BOS: position 0 is each text's first real token, which acts as the attention sink)"
 
 
 # ----------------------------------------------------------------------------- SAE inputs
@@ -278,7 +289,7 @@ def write_meta(out_dir: Path, settings: dict, config_hash: str, texts: Texts) ->
         "d_sae": any_done.get("d_sae"),
         "top_k_saved": settings["top_k"],
         "dtype": settings["dtype"],
-        "position_0": POSITION_0_RULE,
+        "position_0": settings["position_0"],
         "weighting": settings["weighting"],
         "data_source": texts.source,
         "n_texts": {lang: len(t) for lang, t in texts.by_language.items()},

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_models import GEMMA, bos_tokenizer, random_transcoder, tiny_gemma2  # noqa: E402
 
 # Tiny matrices: MKL's thread wake-up costs far more than the work (16 ms a call with 2 threads here).
 torch.set_num_threads(1)
@@ -78,18 +79,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
-def random_transcoder(d_in: int, d_sae: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random transcoder weights as stored on the hub (W_enc [d_sae, d_in]), with a bias that keeps
-    a mix of active and inactive features."""
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "W_enc": torch.randn(d_sae, d_in, generator=g) / d_in**0.5,
-        "W_dec": torch.randn(d_sae, d_in, generator=g) / d_sae**0.5,
-        "b_enc": torch.randn(d_sae, generator=g) * 0.3 - 0.2,
-        "b_dec": torch.randn(d_in, generator=g) * 0.01,
-    }
-
-
 @pytest.fixture(scope="session")
 def tiny_transcoders(tiny_model_dir) -> dict[int, dict[str, torch.Tensor]]:
     """Tiny transcoders for every layer, written into the HF cache as the mwhanna release."""
@@ -107,32 +96,57 @@ def tiny_args(tiny_model_dir, tiny_transcoders) -> list[str]:
 
 
 RESIDUAL_REPO = "test-org/tiny-res-sae"
+MLP_OUT_REPO = "test-org/tiny-mlp-out-sae"
 
 
-@pytest.fixture(scope="session")
-def tiny_residual_saes(tiny_model_dir) -> dict[int, object]:
-    """Tiny JumpReLU residual SAEs (Gemma Scope's kind, reading blocks.L.hook_resid_post), saved in
-    sae-lens's own format inside the HF cache as repo test-org/tiny-res-sae, ids layer_L/width_16k/canonical."""
+def _write_jumprelu_saes(repo_id: str, hook_template: str, d_in: int, d_sae: int, n_layers: int, seed: int) -> dict[int, object]:
+    """Random JumpReLU SAEs reading and writing `hook_template.format(L)`, saved in sae-lens's own
+    format inside the HF cache as `repo_id`, ids layer_L/width_16k/canonical."""
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    repo = HUB_CACHE / f"models--{RESIDUAL_REPO.replace('/', '--')}"
+    repo = HUB_CACHE / f"models--{repo_id.replace('/', '--')}"
     saes = {}
-    for L in range(TINY["layers"]):
+    for L in range(n_layers):
         cfg = JumpReLUSAEConfig(
-            d_in=TINY["hidden"], d_sae=TINY["d_sae"], dtype="float32", device="cpu", apply_b_dec_to_input=True,
-            metadata=SAEMetadata(hook_name=f"blocks.{L}.hook_resid_post", model_name="tiny"),
+            d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu", apply_b_dec_to_input=True,
+            metadata=SAEMetadata(hook_name=hook_template.format(L), model_name="tiny"),
         )  # fmt: skip
         sae = JumpReLUSAE(cfg)
-        g = torch.Generator().manual_seed(200 + L)
+        g = torch.Generator().manual_seed(seed + L)
         with torch.no_grad():
-            sae.W_enc.copy_(torch.randn(TINY["hidden"], TINY["d_sae"], generator=g) / TINY["hidden"] ** 0.5)
-            sae.W_dec.copy_(torch.randn(TINY["d_sae"], TINY["hidden"], generator=g))
-            sae.b_enc.copy_(torch.randn(TINY["d_sae"], generator=g) * 0.3)
-            sae.b_dec.copy_(torch.randn(TINY["hidden"], generator=g) * 0.1)
-            sae.threshold.copy_(torch.rand(TINY["d_sae"], generator=g) * 0.5)
+            sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+            sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g))
+            sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.3)
+            sae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.1)
+            sae.threshold.copy_(torch.rand(d_sae, generator=g) * 0.5)
         sae.save_model(repo / "snapshots" / ("0" * 40) / f"layer_{L}" / "width_16k" / "canonical")
         saes[L] = sae
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text("0" * 40)
     return saes
+
+
+@pytest.fixture(scope="session")
+def tiny_residual_saes(tiny_model_dir) -> dict[int, object]:
+    """Tiny JumpReLU residual SAEs (Gemma Scope's kind, reading blocks.L.hook_resid_post) for the tiny
+    Qwen3, in sae-lens's own format inside the HF cache as repo test-org/tiny-res-sae."""
+    return _write_jumprelu_saes(RESIDUAL_REPO, "blocks.{}.hook_resid_post", TINY["hidden"], TINY["d_sae"], TINY["layers"], 200)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2_dir(tmp_path_factory) -> Path:
+    """`tiny_gemma2` with a tokenizer that adds BOS, saved with save_pretrained."""
+    out = tmp_path_factory.mktemp("tiny_gemma2")
+    tok = bos_tokenizer(_corpus(), 400)
+    tok.save_pretrained(out)
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    tiny_gemma2(len(tok), **ids).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp_out_saes(tiny_gemma2_dir) -> dict[int, object]:
+    """Tiny JumpReLU SAEs reading and writing blocks.L.hook_mlp_out (Gemma Scope's MLP-output kind) for
+    the tiny Gemma 2, in sae-lens's own format inside the HF cache as repo test-org/tiny-mlp-out-sae."""
+    return _write_jumprelu_saes(MLP_OUT_REPO, "blocks.{}.hook_mlp_out", GEMMA["hidden"], GEMMA["d_sae"], GEMMA["layers"], 300)

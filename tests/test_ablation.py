@@ -1,12 +1,13 @@
 """The ablation engine: projections and feature subtraction against hand computations, the
 layers-from-L forward against a full forward, and ΔCE against a slow batch-1 reference."""
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import GEMMA, random_transcoder, tiny_gemma2
 from nu_artifacts import edit_meta, load_tiny, write_fake_nu
 
 from langsae import ablation, features, sweep
@@ -168,6 +169,133 @@ def test_feature_mode_on_a_residual_sae_reads_the_edited_output(tiny_transcoders
     assert torch.allclose(a.apply(h, torch.zeros_like(h)), h - acts[..., None] * lf.W_dec[3], atol=1e-6)
 
 
+# ----------------------------------------------------------------------------- Gemma 2: hook_mlp_out after post_feedforward_layernorm
+
+
+def _gemma_features(layer: int, hook_in: str, hook_out: str, W_enc, b_enc, W_dec, threshold=None, input_bias=None) -> LayerFeatures:
+    """Every feature of one SAE as LayerFeatures (W_enc as rows [d_sae, d_in])."""
+    feats = torch.arange(W_enc.shape[0])
+    return LayerFeatures(
+        layer=layer, hook_in=hook_in, hook_out=hook_out, d_sae=len(feats), languages=("a",),
+        top_indices=feats[:1].view(1, 1), control_indices=feats[1:2], feature_indices=feats,
+        W_dec=W_dec.float(), W_enc=W_enc.float(), b_enc=b_enc.float(), threshold=threshold, input_bias=input_bias,
+    )  # fmt: skip
+
+
+@contextmanager
+def _hand_edit(model, layer: int, edit, at: str = "post_feedforward_layernorm"):
+    """Hand-written hooks: the output of model.model.layers[layer].<at> becomes edit(output, mlp_input),
+    mlp_input being the MLP module's own input in the same forward."""
+    mod = model.model.layers[layer]
+    seen = {}
+    handles = [
+        mod.mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0])),
+        getattr(mod, at).register_forward_hook(lambda m, a, out: edit(out, seen["x"]).to(out.dtype)),
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.fixture(scope="module")
+def gemma_with_saes(tiny_gemma2_dir, tiny_mlp_out_saes):
+    """The tiny Gemma 2, layer 2's MLP-output SAE and a random transcoder (mlp.hook_in -> hook_mlp_out),
+    each as (LayerFeatures, hand-written edit(out_norm, mlp_input) of features FEATS in float64)."""
+    from transformers import AutoModelForCausalLM
+
+    from langsae import nu
+
+    L, feats = 2, [1, 4, 9, 20]
+    model = AutoModelForCausalLM.from_pretrained(tiny_gemma2_dir, dtype=torch.float32).eval()
+    sae = tiny_mlp_out_saes[L]
+    hook = f"blocks.{L}.hook_mlp_out"
+    # the compact weights the nu stage saves, here of every feature
+    d = nu.feature_directions(sae, torch.arange(GEMMA["d_sae"])[None], torch.zeros(0, dtype=torch.long), hook, hook)
+    sae_lf = _gemma_features(L, hook, hook, d["W_enc"], d["b_enc"], d["W_dec"], d["threshold"], d["input_bias"])
+
+    def sae_edit(out, x):  # sae-lens's own encoder, on the normalised MLP output itself
+        with torch.no_grad():
+            acts = sae.encode(out)[..., feats].double()
+        return out.double() - acts @ sae.W_dec[feats].detach().double()
+
+    w = random_transcoder(GEMMA["hidden"], GEMMA["d_sae"], seed=7)
+    tc_lf = _gemma_features(L, f"blocks.{L}.mlp.hook_in", hook, w["W_enc"], w["b_enc"], w["W_dec"])
+
+    def transcoder_edit(out, x):  # a_f from the MLP input, subtracted after post_feedforward_layernorm
+        acts = torch.relu(x.double() @ w["W_enc"][feats].double().T + w["b_enc"][feats].double())
+        return out.double() - acts @ w["W_dec"][feats].double()
+
+    return model, L, feats, {"mlp_out_sae": (sae_lf, sae_edit), "transcoder": (tc_lf, transcoder_edit)}
+
+
+def _gemma_batch(model):
+    g = torch.Generator().manual_seed(3)
+    ids = [torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist() for n in (9, 6, 11)]
+    return ids, make_batches(ids, 3, model.config.pad_token_id)[0]
+
+
+@pytest.mark.parametrize("kind", ["mlp_out_sae", "transcoder"])
+def test_feature_mode_on_gemma2_edits_after_post_feedforward_layernorm(gemma_with_saes, kind):
+    """Feature mode at blocks.L.hook_mlp_out on Gemma 2 equals a hand edit of post_feedforward_layernorm's
+    output: out_norm - sum_f a_f W_dec[f], a_f read from out_norm (MLP-output SAE) or from the MLP input
+    (transcoder). The same edit at the raw MLP output, or with a_f from post_feedforward_layernorm's own
+    input, gives other logits, so the comparison can fail."""
+    model, L, feats, kinds = gemma_with_saes
+    lf, edit = kinds[kind]
+    a = make_ablation(lf, feats, "feature")
+    assert a.hook == HookPoint(L, "mlp", "output") and a.reads_output == (kind == "mlp_out_sae")
+    _, batch = _gemma_batch(model)
+    real = batch.attention_mask.bool()
+
+    def logits(*contexts):
+        with torch.no_grad(), contexts[0] if contexts else nullcontext():
+            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[real]
+
+    with edit_output(model, a.hook, a.apply):
+        ours = logits()
+    torch.testing.assert_close(ours, logits(_hand_edit(model, L, edit)), atol=1e-5, rtol=1e-5)
+    assert (ours - logits()).abs().max() > 1e-3, "the ablation must change something"
+    assert (ours - logits(_hand_edit(model, L, edit, at="mlp"))).abs().max() > 1e-3
+    if kind == "transcoder":  # a_f from the raw MLP output (post_feedforward_layernorm's input) instead
+        hooked = model.model.layers[L].post_feedforward_layernorm
+        wrong = hooked.register_forward_hook(lambda m, args, out: edit(out, args[0]).to(out.dtype))
+        try:
+            assert (ours - logits()).abs().max() > 1e-3
+        finally:
+            wrong.remove()
+
+
+def test_engine_delta_ce_on_gemma2_matches_hand_edits(gemma_with_saes):
+    """Both kinds stacked in one forward of the ΔCE engine (padding, several rows per condition)
+    against batch-1 full forwards with the hand-written hooks."""
+    model, L, feats, kinds = gemma_with_saes
+    ids, _ = _gemma_batch(model)
+    batches = make_batches(ids, 2, model.config.pad_token_id)
+    abls = [make_ablation(lf, feats, "feature") for lf, _ in kinds.values()]
+    base, _ = ablation.baseline_ce(model, batches)
+    ce = ablation.ablated_ce(model, batches, L, abls, max_rows=4)
+    for c, (_, edit) in enumerate(kinds.values()):
+        for i, text in enumerate(ids):
+            x = torch.tensor([text])
+            with torch.no_grad(), _hand_edit(model, L, edit):
+                ref = F.cross_entropy(model(input_ids=x).logits[0, :-1].float(), x[0, 1:]).item()
+            assert abs(ce[c, i].item() - ref) < 1e-5, (c, i)
+    assert (ce - base).abs().min() > 1e-5
+
+
+def test_edit_output_refuses_a_read_point_computed_later_or_not_at_all(tiny):
+    model, _ = tiny
+    write = HookPoint(1, "mlp", "output")
+    with pytest.raises(ValueError, match="computed after"), edit_output(model, write, lambda o, x: o, HookPoint(1, "block", "output")):
+        pass
+    batch = make_batches([[3, 4, 5, 6]], 1, 0)[0]
+    h = hidden_before_layer(model, batch, 1)
+    with pytest.raises(RuntimeError, match="same forward"), edit_output(model, write, lambda o, x: o, HookPoint(0, "mlp", "input")):
+        run_from_layer(model, h, batch.attention_mask, 1)  # layer 0 never runs
+
+
 # ----------------------------------------------------------------------------- forward from layer L
 
 
@@ -193,14 +321,7 @@ def test_layers_from_cached_state_match_full_forward(tiny, tiny_transcoders, tok
 
 def test_run_from_layer_is_model_agnostic_gemma2():
     """Gemma 2: scaled embeddings, alternating sliding-window layers, logit soft-capping."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Gemma2Config(
-        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, sliding_window=3, final_logit_softcapping=2.0, attn_logit_softcapping=5.0,
-    )  # fmt: skip
-    model = Gemma2ForCausalLM(cfg).eval()
+    model = tiny_gemma2(vocab_size=50)
     ids = [torch.randint(0, 50, (n,)).tolist() for n in (9, 6, 8)]
     batch = make_batches(ids, 3, 0)[0]
     real = batch.attention_mask.bool()
@@ -220,6 +341,35 @@ def test_chunked_ce_matches_unchunked(tiny, token_ids):
     chunked, _ = next_token_ce(model, final, batch.input_ids, batch.attention_mask, chunk_tokens=7)
     assert torch.allclose(whole, chunked, atol=1e-6)
     assert n.tolist() == [len(token_ids[i]) - 1 for i in batch.indices]
+
+
+def test_next_token_ce_of_a_bf16_model_runs_the_lm_head_in_fp32():
+    """From the same bf16 hidden states, CE equals a float64 head to ~1e-5; the old way (a bf16
+    head, logits upcast afterwards) is off by far more, so the test can tell them apart."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 1.0)  # logits of a few units, as in a trained model
+    model = model.to(torch.bfloat16)
+    ids = [torch.randint(0, 300, (n,)).tolist() for n in (12, 7, 10)]
+    batch = make_batches(ids, 3, 0)[0]
+    final = run_from_layer(model, hidden_before_layer(model, batch, 0), batch.attention_mask, 0)
+    assert final.dtype == torch.bfloat16
+    ce, n = next_token_ce(model, final, batch.input_ids, batch.attention_mask, chunk_tokens=4)  # several chunks
+    W = model.lm_head.weight.double()
+    for row, i in enumerate(batch.indices):
+        k = len(ids[i])
+        targets = batch.input_ids[row, 1:k]
+        exact = F.cross_entropy(final[row, : k - 1].double() @ W.T, targets).item()
+        rounded = F.cross_entropy(model.lm_head(final[row, : k - 1]).double(), targets).item()
+        assert abs(ce[row].item() - exact) < 1e-5
+        assert abs(rounded - exact) > 1e-3, "bf16 logits must be measurably off for this test to mean anything"
 
 
 # ----------------------------------------------------------------------------- ΔCE engine

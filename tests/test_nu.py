@@ -201,3 +201,71 @@ def test_residual_sae_path(tiny_model_dir, tiny_residual_saes, tmp_path):
     torch.testing.assert_close(got["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
     assert got["directions"]["hook_name"] == got["directions"]["hook_name_out"] == "blocks.1.hook_resid_post"
     torch.testing.assert_close(got["directions"]["threshold"], sae.threshold.detach()[got["directions"]["feature_indices"]])
+
+
+# ----------------------------------------------------------------------------- Gemma 2 hook points and BOS
+
+
+def test_gemma2_hook_points_are_transformer_lens_s():
+    """On Gemma 2, mlp.hook_in is the MLP module's input (pre_feedforward_layernorm's output, after its
+    gain) and hook_mlp_out is post_feedforward_layernorm's output, as in TransformerLens; not the raw MLP output."""
+    from tiny_models import tiny_gemma2
+
+    from langsae.forward import Batch, capture, run_through_layer
+    from langsae.model import hook_point
+
+    model = tiny_gemma2()
+    layer = model.model.layers[1]
+    seen = {}
+    hooks = [
+        layer.pre_feedforward_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("pre_norm", out)),
+        layer.mlp.register_forward_hook(lambda m, a, out: seen.__setitem__("mlp", out)),
+        layer.post_feedforward_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("post_norm", out)),
+    ]
+    ids = torch.tensor([[3, 40, 41, 42, 7]])
+    points = {"in": hook_point("blocks.1.mlp.hook_in"), "out": hook_point("blocks.1.hook_mlp_out")}
+    with capture(model, points) as store:
+        run_through_layer(model, Batch(ids, torch.ones_like(ids), [0]), 1)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(store["in"], seen["pre_norm"])
+    assert torch.equal(store["out"], seen["post_norm"])
+    assert not torch.allclose(store["out"], seen["mlp"], atol=1e-3), "random norm gains must make the two differ"
+
+
+def test_mlp_output_sae_on_gemma2_reads_post_feedforward_layernorm(tiny_gemma2_dir, tiny_mlp_out_saes, tmp_path):
+    """The nu stage, end to end from sae-lens's own files, with an SAE reading blocks.1.hook_mlp_out on a
+    Gemma 2 whose tokenizer adds BOS: mu equals a brute force hooked on post_feedforward_layernorm."""
+    args = [
+        "--model", "custom", "--model-id", str(tiny_gemma2_dir), "--sae-release", "test-org/tiny-mlp-out-sae",
+        "--sae-id-template", "layer_{layer}/width_16k/canonical", "--device", "cpu", "--dtype", "float32",
+        "--layers", "1",
+    ]  # fmt: skip
+    assert run_nu(args, tmp_path) == 0
+    sae = tiny_mlp_out_saes[1]
+
+    def encode(x):  # JumpReLU by hand, input shifted by b_dec (apply_b_dec_to_input)
+        pre = (x - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
+        return torch.relu(pre) * (pre > sae.threshold.double())
+
+    def post_norm_hook(model, seen):
+        return model.model.layers[1].post_feedforward_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("x", out))
+
+    def raw_mlp_hook(model, seen):
+        return model.model.layers[1].mlp.register_forward_hook(lambda m, a, out: seen.__setitem__("x", out))
+
+    got = load_layer(tmp_path, 1)["mean_acts"].double()
+    torch.testing.assert_close(got, brute_force_mu(tiny_gemma2_dir, post_norm_hook, encode), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, brute_force_mu(tiny_gemma2_dir, raw_mlp_hook, encode), atol=1e-3)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert "BOS token" in meta["position_0"] and meta["config"]["position_0"] == meta["position_0"]
+
+
+def test_position_0_rule_follows_the_tokenizer(tiny_model_dir, tiny_gemma2_dir, nu_run):
+    from transformers import AutoTokenizer
+
+    no_bos = nu.position_0_rule(AutoTokenizer.from_pretrained(tiny_model_dir))
+    with_bos = nu.position_0_rule(AutoTokenizer.from_pretrained(tiny_gemma2_dir))
+    assert "adds no BOS" in no_bos and "attention sink" in no_bos
+    assert "BOS token" in with_bos and "attention sink" not in with_bos
+    assert json.loads((nu_run / "meta.json").read_text())["position_0"] == no_bos
