@@ -163,7 +163,7 @@ def load_model(
 
     if tokenizer is None:
         tokenizer = load_tokenizer(preset)
-    _ensure_built(preset)
+    _prepare(preset)
     try:
         model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
     except (OSError, ValueError) as e:

@@ -274,8 +274,8 @@ def test_engine_delta_ce_on_gemma2_matches_hand_edits(gemma_with_saes):
     ids, _ = _gemma_batch(model)
     batches = make_batches(ids, 2, model.config.pad_token_id)
     abls = [make_ablation(lf, feats, "feature") for lf, _ in kinds.values()]
-    base, _ = ablation.baseline_ce(model, batches)
-    ce = ablation.ablated_ce(model, batches, L, abls, max_rows=4)
+    base, _ = sweep.baseline_ce(model, batches)
+    ce = sweep.ablated_ce(model, batches, L, abls, max_rows=4)
     for c, (_, edit) in enumerate(kinds.values()):
         for i, text in enumerate(ids):
             x = torch.tensor([text])

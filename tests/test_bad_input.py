@@ -39,9 +39,9 @@ def test_unknown_sae_release_and_id(tiny_args, tmp_path, capsys):
 def test_gated_dataset_without_token(tiny_args, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("langsae.hub.SECRETS_FILE", tmp_path / "absent.ini")
-    msg = fails_cleanly([*tiny_args, "--languages", "eng_Latn,deu_Latn"], tmp_path / "o", capsys)
+    msg = fails_cleanly([*tiny_args, "--languages", "eng_Latn,wuu_Hans"], tmp_path / "o", capsys)
     assert "gated" in msg and "HF_TOKEN" in msg
-    msg = fails_cleanly([*tiny_args, "--split", "devtest"], tmp_path / "o", capsys)
+    msg = fails_cleanly([*tiny_args, "--languages", "eng_Latn,arg_Latn", "--split", "devtest"], tmp_path / "o", capsys)
     assert "gated" in msg
 
 

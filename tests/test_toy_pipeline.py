@@ -53,7 +53,7 @@ def test_section5_on_toy(toy_nu):
     [
         (["--languages", "eng_Latn,kor_hang"], "kor_Hang"),
         (["--layers", "99"], "out of range"),
-        (["--languages", "eng_Latn,deu_Latn"], "gated"),
+        (["--languages", "eng_Latn,wuu_Hans"], "gated"),
         (["--sae-id-template", "layer{layer}"], "could not load SAE"),
         (["--batch-size", "0"], "--batch-size"),
     ],
