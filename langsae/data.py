@@ -10,7 +10,7 @@ import difflib
 import gzip
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from langsae.errors import UserError
@@ -76,11 +76,16 @@ def validate_languages(codes: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Texts:
-    """Texts grouped by language, in the order of `languages`."""
+    """Texts grouped by language, in the order of `languages`.
+
+    ids[lang][i] is the sentence id of by_language[lang][i]: translations of one sentence carry
+    the same id in every language, so statistics can resample sentences jointly across languages.
+    """
 
     languages: tuple[str, ...]
     by_language: dict[str, list[str]]
     source: str  # where they came from, for metadata
+    ids: dict[str, list[str]] = field(default_factory=dict)  # parallel to by_language
 
     def flat(self) -> tuple[list[str], list[int]]:
         """All texts in one list, and the language index of each."""
@@ -89,6 +94,10 @@ class Texts:
             texts += self.by_language[lang]
             lang_ids += [i] * len(self.by_language[lang])
         return texts, lang_ids
+
+    def flat_ids(self) -> list[str]:
+        """The sentence id of every text, in the order of flat()."""
+        return [sid for lang in self.languages for sid in self.ids[lang]]
 
 
 def _read_jsonl_gz(path: Path) -> list[dict]:
@@ -120,17 +129,22 @@ def load_texts(languages: tuple[str, ...], which: str, n_per_lang: int, split: s
     if uses_bundled(languages, split):
         path = SELECTION_FILE if which == "selection" else EVALUATION_FILE
         rows = _read_jsonl_gz(path)
-        by_lang = {
-            lang: _first_n([r["text"] for r in rows if r["lan"] == BUNDLED[lang]], n_per_lang, lang, path.name)
-            for lang in languages
-        }
-        return Texts(tuple(languages), by_lang, f"bundled:{path.name}")
-    by_lang = {}
+        by_lang, ids = {}, {}
+        for lang in languages:
+            mine = [r for r in rows if r["lan"] == BUNDLED[lang]]
+            by_lang[lang] = _first_n([r["text"] for r in mine], n_per_lang, lang, path.name)
+            # the evaluation file's ids are parallel across languages; the selection file has
+            # none, but its language blocks are in the same sentence order
+            ids[lang] = [str(r["id"]) if "id" in r else f"sel:{k}" for k, r in enumerate(mine)][: len(by_lang[lang])]
+        return Texts(tuple(languages), by_lang, f"bundled:{path.name}", ids)
+    by_lang, ids = {}, {}
+    start = 0 if which == "selection" else 100
     for lang in languages:
         rows = load_flores_plus(lang, split)
         texts = rows[:100] if which == "selection" else rows[100:]
         by_lang[lang] = _first_n(texts, n_per_lang, lang, f"FLORES+ {split} ({which})")
-    return Texts(tuple(languages), by_lang, f"hub:{FLORES_PLUS_REPO}:{split}:{which}")
+        ids[lang] = [f"{split}:{start + k}" for k in range(len(by_lang[lang]))]  # FLORES+ rows are parallel
+    return Texts(tuple(languages), by_lang, f"hub:{FLORES_PLUS_REPO}:{split}:{which}", ids)
 
 
 def load_flores_plus(lang: str, split: str) -> list[str]:
