@@ -153,21 +153,24 @@ class JointBootstrap:
         """Per-group means of per-text values, on the data and on every replicate.
 
         values: [N] or [N, Q] (one column per quantity, e.g. per condition), over all N texts.
-        Returns point [G] or [G, Q] (float64) and reps [n_boot, G] or [n_boot, G, Q] (float32,
-        one weighted matmul per group). A group without texts is NaN; so is a replicate that
-        drew none of its texts' ids.
+        Returns point [G] or [G, Q] and reps [n_boot, G] or [n_boot, G, Q] (float64, one weighted
+        matmul per group). A group without texts is NaN; so is a replicate that drew none of its
+        texts' ids.
         """
         x = np.asarray(values, dtype=np.float64)
         cols = x[:, None] if x.ndim == 1 else x
         G, Q = len(self.members), cols.shape[1]
         point = np.full((G, Q), math.nan)
-        reps = np.full((self.n_boot, G, Q), math.nan, dtype=np.float32)
+        reps = np.full((self.n_boot, G, Q), math.nan)
         for g, (idx, w) in enumerate(zip(self.members, self._weights)):
             if len(idx) == 0:
                 continue
             point[g] = cols[idx].mean(axis=0)
-            with np.errstate(invalid="ignore", divide="ignore"):  # float32: the matmul is the cost
-                reps[:, g] = (w @ cols[idx].astype(np.float32)) / w.sum(axis=1, keepdims=True)
+            # the matmul is the cost, so float32; on deviations from the mean, so its rounding scales
+            # with the spread, not the level (constant values give exactly their value)
+            dev = (cols[idx] - point[g]).astype(np.float32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps[:, g] = point[g] + (w @ dev) / w.sum(axis=1, keepdims=True)
         if x.ndim == 1:
             return Resampled(point[:, 0], reps[:, :, 0])
         return Resampled(point, reps)
