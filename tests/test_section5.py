@@ -14,11 +14,26 @@ import reproduce_figures_section5
 from langsae import config, section5, stats, sweep
 from langsae.sweep import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
 from langsae.cli import run_main
+from langsae.data import load_texts
 
 LANGS = ["eng_Latn", "fra_Latn", "jpn_Jpan"]
 
 
 # ----------------------------------------------------------------------------- figure data by hand
+
+
+def test_evaluation_texts_carry_parallel_sentence_ids_and_a_dropped_text_leaves_its_id_out():
+    texts = load_texts(("eng_Latn", "fra_Latn"), "evaluation", 4)
+    assert texts.ids["eng_Latn"] == texts.ids["fra_Latn"] == ["0", "1", "2", "3"]  # the bundled file's ids
+    assert load_texts(("eng_Latn",), "selection", 2).ids["eng_Latn"] == ["sel:0", "sel:1"]
+    texts.by_language["fra_Latn"][2] = "x"  # one token: predicts nothing, dropped
+
+    def words(text, **_):
+        return {"input_ids": list(range(len(text.split())))}
+
+    ev = sweep.build_eval_set(words, texts)
+    assert list(ev.sentence_ids) == ["0", "1", "2", "3", "0", "1", "3"]
+    assert list(ev.lang_index) == [0, 0, 0, 0, 1, 1, 1]
 
 
 def _synthetic_result() -> SweepResult:
