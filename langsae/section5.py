@@ -19,8 +19,8 @@ from typing import Collection, Sequence
 import numpy as np
 
 from langsae.artifacts import save_csv
-from langsae.stats import ALPHA, N_BOOT, Estimate, JointBootstrap, Resampled, argmax_frequency, mean_over_draws, ratio_estimate, split_halves
-from langsae.sweep import NO_LANGUAGE, RANDOM, SweepResult
+from langsae.stats import N_BOOT, Estimate, JointBootstrap, Resampled, argmax_frequency, mean_over_draws, ratio_estimate, split_halves
+from langsae.sweep import NO_LANGUAGE, RANDOM, SweepResult, feature_set_name
 
 RESULTS_COLUMNS = [
     "layer", "ablated_lang", "features", "mode", "eval_lang", "delta_ce", "ci_low", "ci_high",
@@ -113,13 +113,12 @@ def write_results(rows: list[dict], path: Path, mode: str) -> None:
     save_csv(kept + rows, path, RESULTS_COLUMNS)
 
 
-
 def _others(languages: Sequence[str], lang: str) -> list[str]:
     return [other for other in languages if other != lang]
 
 
 def _combined(top_k: int) -> str:
-    return "top" + "+".join(str(r) for r in range(1, top_k + 1))
+    return feature_set_name(range(1, top_k + 1))
 
 
 def _row(est: Estimate, **keys) -> dict:
