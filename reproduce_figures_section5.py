@@ -13,6 +13,7 @@ Finished conditions are skipped on a rerun (--force recomputes).
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from langsae import ablation, features, plots, section5, stats, sweep
@@ -22,6 +23,8 @@ from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.model import check_layers, load_model, model_config
+
+log = logging.getLogger(__name__)
 
 DEFAULT_N_TEXTS = 500  # the paper's; a preset may set its own ("n_eval_texts")
 
@@ -39,7 +42,11 @@ def parse_args(argv):
         "feature: subtract each feature's own contribution a_f(x)·W_dec[f] at the SAE's write point (transcoder-native)",
     )  # fmt: skip
     g.add_argument("--top-k", type=int, default=2, help="ablate each language's top-1..k features alone and all together (2: top1, top2, top1+2)")
-    g.add_argument("--random-draws", type=int, default=3, help="seeded draws of k random live features per layer, k = 1 and --top-k (control); 0 = none")
+    g.add_argument(
+        "--random-draws", type=int, default=5,
+        help="seeded draws of k random live features per layer, k = 1 and --top-k (control); the control's CI "
+        "resamples draws as well as texts, so it needs at least 2 (1 gives a texts-only band); 0 = none",
+    )  # fmt: skip
     g.add_argument("--rows-per-forward", type=int, default=64, help="texts x conditions stacked into one forward from the ablated layer (memory vs speed)")
     return p.parse_args(argv)
 
@@ -51,6 +58,8 @@ def main(argv=None):
     for flag, value, low in (("--n-texts", n_texts, 1), ("--random-draws", args.random_draws, 0), ("--rows-per-forward", args.rows_per_forward, 1)):
         if value < low:
             raise UserError(f"{flag} must be at least {low}")
+    if args.random_draws == 1:
+        log.warning("one random draw: the random control's interval cannot include the spread between draws (use --random-draws 2 or more)")
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
     nu = features.load_nu_results(cfg, cfg.layers, args.top_k)
@@ -81,13 +90,19 @@ def main(argv=None):
     if fig6:
         save_csv(fig6, fdir / f"figure6_data{suffix}.csv")
     save_csv(summary, fdir / f"section5_summary{suffix}.csv")
-    figures = plots.figure5(fig5, languages, cfg.output_dir / f"figure5{suffix}", args.mode)
+    peaks = {r["language"]: r["peak_layer"] for r in summary}
+    figures = plots.figure5(fig5, languages, cfg.output_dir / f"figure5{suffix}", args.mode, peaks)
     if fig6:
-        figures += plots.figure6(fig6, languages, cfg.output_dir / f"figure6{suffix}", args.mode)
+        figures += plots.figure6(fig6, languages, cfg.output_dir / f"figure6{suffix}", args.mode, peaks)
     save_json(
         {"stage": "reproduce_figures_section5", "settings": settings, "config": d, "mode": args.mode, "top_k": args.top_k,
          "random_draws": args.random_draws, "n_texts_per_lang": n_texts, "layers": layers, "languages": languages,
-         "eval_source": evalset.source, "n_conditions": len(conditions), "seed": cfg.seed, "bootstrap": stats.N_BOOT,
+         "eval_source": evalset.source, "n_conditions": len(conditions), "seed": cfg.seed,
+         "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
+                       "resampling": "sentence ids with replacement, one draw shared by all languages",
+                       "random_control": "draws resampled with replacement as well as sentence ids"},
+         "split_seed": cfg.seed, "peak_rule": section5.PEAK_RULE,
+         "n_sentence_ids": len(set(evalset.sentence_ids.tolist())),
          "figures": [str(f) for f in figures], "versions": package_versions()},
         fdir / f"section5_meta{suffix}.json",
     )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -64,9 +64,16 @@ def _select(rows: Sequence[dict], **match) -> list[dict]:
     return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
 
-def figure5(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: str) -> list[Path]:
+def _mark_peak(ax, peaks: Mapping[str, int] | None, lang: str) -> None:
+    """A thin vertical line at the language's held-out peak layer (chosen on half A of the sentences)."""
+    if peaks and lang in peaks:
+        ax.axvline(int(peaks[lang]), color="black", lw=0.6, ls=(0, (1, 2)), label="held-out peak layer")
+
+
+def figure5(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: str, peaks: Mapping[str, int] | None = None) -> list[Path]:
     """ΔCE on the language itself vs the mean over the others, across layers, for top-1 and
-    top-1..k, with 95% bootstrap bands; controls dotted (random features, other languages' features)."""
+    top-1..k, with 95% bands (joint bootstrap over sentences); controls dotted (random features,
+    band over draws and sentences; other languages' features). peaks: language -> held-out peak layer."""
     fig, axes = _grid(len(languages))
     sets = list(dict.fromkeys(r["features"] for r in rows))
     colours = dict(zip(sets, ["tab:blue", "tab:red", "tab:purple"]))
@@ -78,14 +85,16 @@ def figure5(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: st
         last = sets[-1]
         _line(ax, _select(rows, language=lang, features=last, series="random"), "random, same k (control)", color="grey", ls=":")
         _line(ax, _select(rows, language=lang, features=last, series="other_lang_features"), f"other languages' {last} (control)", color="tab:green", ls=":")
+        _mark_peak(ax, peaks, lang)
         ax.set_title(f"ablate {lang}'s features", fontsize=9)
-    _finish(fig, axes, f"Figure 5 ({mode} ablation): ΔCE on the language's own texts (self) vs mean over the other languages, 95% CI")
+    _finish(fig, axes, f"Figure 5 ({mode} ablation): ΔCE on the language's own texts (self) vs mean over the other languages, 95% CI (sentences resampled jointly)")
     return save_figure(fig, stem)
 
 
-def figure6(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: str) -> list[Path]:
+def figure6(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: str, peaks: Mapping[str, int] | None = None) -> list[Path]:
     """Top-1, top-2, top-1+2 (and synergy = Δ(1+2) − Δ(1) − Δ(2)) per language across layers,
-    on its own texts (solid) and on the other languages (dashed)."""
+    on its own texts (solid) and on the other languages (dashed), 95% joint-bootstrap bands.
+    peaks: language -> held-out peak layer."""
     fig, axes = _grid(len(languages))
     quantities = list(dict.fromkeys(r["quantity"] for r in rows))
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
@@ -94,6 +103,7 @@ def figure6(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: st
         for q in quantities:
             for where, ls in (("self", "-"), ("others", "--")):
                 _line(ax, _select(rows, language=lang, quantity=q, eval=where), f"{q} {where}", color=colours[q], ls=ls)
+        _mark_peak(ax, peaks, lang)
         ax.set_title(f"ablate {lang}'s features", fontsize=9)
     _finish(fig, axes, f"Figure 6 ({mode} ablation): single vs joint top features; synergy = Δ(joint) − ΣΔ(single), 95% CI")
     return save_figure(fig, stem)

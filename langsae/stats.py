@@ -1,25 +1,41 @@
-"""Statistics: seeded bootstrap confidence intervals over texts.
+"""Statistics: seeded bootstrap confidence intervals over sentences, resampled jointly across languages.
 
 Every ΔCE in this project is a mean over evaluation texts of a per-text difference
 (ablated − baseline, paired on the same text), so its uncertainty comes from which texts
-were drawn. The bootstrap resamples texts with replacement. Quantities built from several
-languages (e.g. the mean ΔCE over the other languages) resample each language's texts
-separately (a stratified bootstrap), keeping every language's weight fixed. Paired
-quantities (synergy = Δ(1+2) − Δ(1) − Δ(2)) are formed per text first and then
-resampled, so the pairing survives the resampling.
+were drawn. The evaluation texts are parallel translations: the same sentence ids appear in
+every language, and a sentence that is hard in one language tends to be hard in the others.
+So the bootstrap resamples *sentence ids* with replacement, one draw per replicate shared by
+all languages (JointBootstrap); a language's replicate mean is the mean over its texts
+weighted by how often their ids were drawn (a language that lacks an id just gets no weight
+from it). Every multi-language quantity (mean over the other languages, self − others,
+ratios, synergy) is a function of per-language means taken from the same replicate, so the
+correlation between languages survives; resampling each language on its own would ignore
+it. Per-language means are linear in the per-text values, so paired quantities
+(synergy = Δ(1+2) − Δ(1) − Δ(2)) stay paired text by text.
+
+Further rules (see METHOD.md, "Statistics that do not overstate"):
+- ratio_estimate: a ratio's interval becomes (−inf, +inf), flagged, when more than α/2 of
+  its denominator's replicates are ≤ 0; denominators ≤ 0 are never silently dropped.
+- mean_over_draws: a mean over random-feature draws resamples the draws too, not only texts.
+- split_halves / argmax_frequency: an argmax (a peak layer) is chosen on one half of the
+  sentences and reported on the other; how often each candidate wins is reported too.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
 N_BOOT = 2000
 ALPHA = 0.05  # 95% intervals
+# Independent random streams for one seed: resampling sentence ids, resampling random-feature
+# draws, splitting sentences into halves.
+SLOT_IDS, SLOT_DRAWS, SLOT_SPLIT = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -32,66 +48,199 @@ class Estimate:
 
 
 @lru_cache(maxsize=32)
-def _resample_weights(n: int, n_boot: int, seed: int, slot: int) -> np.ndarray:
-    """[n_boot, n] float32: row r holds count_i / n for one resample of n items with replacement,
-    so `weights @ x` is the resampled mean. Depends only on (n, n_boot, seed, slot), so it is
-    cached: the results table bootstraps thousands of same-sized groups."""
+def _resample_counts(n: int, n_boot: int, seed: int, slot: int) -> np.ndarray:
+    """[n_boot, n] float32: row r counts how often each of n items was drawn in one resample of n
+    with replacement. Depends only on (n, n_boot, seed, slot), so it is cached: the results
+    table bootstraps thousands of quantities over the same sentences."""
     rng = np.random.default_rng([seed, slot, n])
     idx = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
-    counts = np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n)
-    return (counts / n).astype(np.float32)
+    counts = np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float32)
+    counts.flags.writeable = False  # shared through the cache
+    return counts
 
 
-def bootstrap(
-    groups: Sequence[np.ndarray],
-    combine: Callable[[np.ndarray], np.ndarray],
-    seed: int,
-    n_boot: int = N_BOOT,
-    alpha: float = ALPHA,
-) -> Estimate:
-    """Percentile bootstrap of a statistic of group means; each group's texts are resampled independently.
+def percentile_interval(reps: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) [...] of replicates [n_boot, ...], the (alpha/2, 1 − alpha/2) quantiles.
 
-    groups: arrays [n_g] (one value per text; pair quantities per text before passing them).
-    combine: maps group means [R, G] to the statistic [R] (R replicates); it is applied to
-    the data's own means (R = 1) and to n_boot resampled means. NaN replicates (e.g. a ratio
-    with a non-positive denominator) are left out of the interval. Empty group: all NaN.
+    A NaN replicate is undefined (a language none of whose texts was drawn). Up to alpha/2 of
+    them are left out; with more, which side they would fall on decides the interval, so it is NaN.
     """
-    groups = [np.asarray(g, dtype=np.float64) for g in groups]
-    if not groups or any(len(g) == 0 for g in groups):
-        return Estimate(math.nan, math.nan, math.nan)
-    value = float(combine(np.array([[g.mean() for g in groups]]))[0])
-    if not np.isfinite(value):  # e.g. a ratio whose denominator is not positive: no interval either
-        return Estimate(value, math.nan, math.nan)
-    means = np.stack([_resample_weights(len(g), n_boot, seed, j) @ g.astype(np.float32) for j, g in enumerate(groups)], axis=1)
-    means = means.astype(np.float64)
-    reps = np.asarray(combine(means), dtype=np.float64)
-    reps = reps[np.isfinite(reps)]
+    reps = np.asarray(reps, dtype=np.float64)
+    q = [alpha / 2, 1 - alpha / 2]
     if len(reps) == 0:
-        return Estimate(value, math.nan, math.nan)
-    low, high = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
-    return Estimate(value, float(low), float(high))
+        nan = np.full(reps.shape[1:], math.nan)
+        return nan, nan.copy()
+    missing = np.isnan(reps)
+    if not missing.any():
+        low, high = np.quantile(reps, q, axis=0)
+        return low, high
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled below
+        low, high = np.nanquantile(reps, q, axis=0)
+    undefined = missing.mean(axis=0) > alpha / 2
+    return np.where(undefined, math.nan, low), np.where(undefined, math.nan, high)
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """A statistic on the data (`point` [...]) and on every bootstrap replicate (`reps` [n_boot, ...]).
+
+    Indexing, +, − and mean act on both, so a quantity composed of per-language means keeps each
+    replicate's shared sentence draw (indices: basic, or advanced ones next to each other).
+    """
+
+    point: np.ndarray
+    reps: np.ndarray
+
+    def __getitem__(self, key) -> "Resampled":
+        key = key if isinstance(key, tuple) else (key,)
+        return Resampled(np.asarray(self.point[key]), np.asarray(self.reps[(slice(None), *key)]))
+
+    def __add__(self, other: "Resampled") -> "Resampled":
+        return Resampled(self.point + other.point, self.reps + other.reps)
+
+    def __sub__(self, other: "Resampled") -> "Resampled":
+        return Resampled(self.point - other.point, self.reps - other.reps)
+
+    def mean(self, axis: int = 0) -> "Resampled":
+        """Unweighted mean over `axis` of point (axis + 1 of reps)."""
+        return Resampled(self.point.mean(axis=axis), self.reps.mean(axis=axis + 1))
+
+    def interval(self, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high), each shaped like point; NaN where point is not finite."""
+        low, high = percentile_interval(self.reps, alpha)
+        bad = ~np.isfinite(self.point)
+        return np.where(bad, math.nan, low), np.where(bad, math.nan, high)
+
+    def estimate(self, alpha: float = ALPHA) -> Estimate:
+        """Estimate of a scalar statistic."""
+        low, high = self.interval(alpha)
+        return Estimate(float(self.point), float(low), float(high))
+
+
+class JointBootstrap:
+    """Bootstrap plan over sentence ids shared by every language.
+
+    sentence_ids: [N] one per text (any sortable type); groups: [N] language index of each text in
+    0..n_groups-1. only: keep just the texts whose id is in it (e.g. one half of a split); the
+    other texts take no part. Replicate r draws the S kept ids with replacement (seeded, the
+    same for every language) and weights each text by its id's draw count.
+    """
+
+    def __init__(
+        self,
+        sentence_ids: Sequence,
+        groups: np.ndarray,
+        n_groups: int,
+        seed: int,
+        n_boot: int = N_BOOT,
+        only: Collection | None = None,
+    ):
+        ids, groups = np.asarray(sentence_ids), np.asarray(groups)
+        keep = np.ones(len(ids), dtype=bool) if only is None else np.isin(ids, np.asarray(list(only)))
+        uniq, codes = np.unique(ids[keep], return_inverse=True)
+        self.n_ids, self.n_boot = len(uniq), n_boot
+        counts = _resample_counts(self.n_ids, n_boot, seed, SLOT_IDS) if self.n_ids else np.zeros((n_boot, 0), np.float32)
+        kept = np.flatnonzero(keep)
+        self.members: list[np.ndarray] = []  # per group: its kept texts' indices [n_g]
+        self._weights: list[np.ndarray] = []  # per group: [n_boot, n_g] draw count of each member's id
+        for g in range(n_groups):
+            mine = groups[keep] == g
+            self.members.append(kept[mine])
+            self._weights.append(counts[:, codes[mine]])
+
+    def means(self, values: np.ndarray) -> Resampled:
+        """Per-group means of per-text values, on the data and on every replicate.
+
+        values: [N] or [N, Q] (one column per quantity, e.g. per condition), over all N texts.
+        Returns point [G] or [G, Q] and reps [n_boot, G] or [n_boot, G, Q] (float64, one weighted
+        matmul per group). A group without texts is NaN; so is a replicate that drew none of its
+        texts' ids.
+        """
+        x = np.asarray(values, dtype=np.float64)
+        cols = x[:, None] if x.ndim == 1 else x
+        G, Q = len(self.members), cols.shape[1]
+        point = np.full((G, Q), math.nan)
+        reps = np.full((self.n_boot, G, Q), math.nan)
+        for g, (idx, w) in enumerate(zip(self.members, self._weights)):
+            if len(idx) == 0:
+                continue
+            point[g] = cols[idx].mean(axis=0)
+            # the matmul is the cost, so float32; on deviations from the mean, so its rounding scales
+            # with the spread, not the level (constant values give exactly their value)
+            dev = (cols[idx] - point[g]).astype(np.float32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps[:, g] = point[g] + (w @ dev) / w.sum(axis=1, keepdims=True)
+        if x.ndim == 1:
+            return Resampled(point[:, 0], reps[:, :, 0])
+        return Resampled(point, reps)
 
 
 def mean_ci(values: np.ndarray, seed: int, n_boot: int = N_BOOT) -> Estimate:
-    """Mean over texts, with a bootstrap CI over texts. values: [n_texts]."""
-    return bootstrap([values], lambda m: m[:, 0], seed, n_boot)
+    """Mean over texts of one language (each its own sentence), with a bootstrap CI. values: [n]."""
+    values = np.asarray(values)
+    plan = JointBootstrap(np.arange(len(values)), np.zeros(len(values), dtype=int), 1, seed, n_boot)
+    return plan.means(values)[0].estimate()
 
 
-def group_mean_ci(groups: Sequence[np.ndarray], seed: int, n_boot: int = N_BOOT) -> Estimate:
-    """Unweighted mean over groups (languages) of each group's mean over texts; stratified bootstrap."""
-    return bootstrap(groups, lambda m: m.mean(axis=1), seed, n_boot)
+def ratio_estimate(numerator: Resampled, denominator: Resampled, alpha: float = ALPHA) -> tuple[Estimate, bool]:
+    """numerator ÷ denominator (scalar Resampled from one plan) with its interval, and whether
+    that interval is unbounded.
 
-
-def ratio_ci(numerator: np.ndarray, denominators: Sequence[np.ndarray], seed: int, n_boot: int = N_BOOT) -> Estimate:
-    """mean(numerator) ÷ mean over groups of mean(denominator group), stratified bootstrap.
-
-    Used for specificity (self ΔCE ÷ mean ΔCE on the other languages). The ratio is only
-    meaningful when the denominator is positive: replicates with a denominator ≤ 0 are
-    NaN and dropped from the interval, and a point value with denominator ≤ 0 is NaN.
+    A ratio only means something while its denominator is positive. When more than alpha/2 of
+    the denominator's replicates are ≤ 0 (or undefined), any (1 − alpha) interval contains
+    denominators arbitrarily close to zero, so the interval is (−inf, +inf) and flagged.
+    Otherwise replicates whose denominator is ≤ 0 count as ±inf on their numerator's side
+    (never dropped), so they can only widen the interval. A point denominator ≤ 0: NaN value.
     """
+    den, num = denominator.reps.astype(np.float64), numerator.reps.astype(np.float64)
+    bad = ~(den > 0) | np.isnan(num)
+    unbounded = bool(len(den) and bad.mean() > alpha / 2)
+    value = float(numerator.point / denominator.point) if denominator.point > 0 else math.nan
+    if unbounded:
+        return Estimate(value, -math.inf, math.inf), True
+    if not np.isfinite(value):
+        return Estimate(value, math.nan, math.nan), False
+    reps = np.where(bad, np.where(num < 0, -math.inf, math.inf), num / np.where(bad, 1.0, den))
+    # np.quantile interpolates inf − inf to NaN: clip to the largest finite float and map back
+    big = np.finfo(np.float64).max
+    low, high = percentile_interval(np.clip(reps, -big, big), alpha)
+    low, high = (-math.inf if low <= -big else float(low)), (math.inf if high >= big else float(high))
+    return Estimate(value, low, high), False
 
-    def combine(m: np.ndarray) -> np.ndarray:
-        num, den = m[:, 0], m[:, 1:].mean(axis=1)
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
-    return bootstrap([numerator, *denominators], combine, seed, n_boot)
+def mean_over_draws(per_draw: Resampled, seed: int) -> Resampled:
+    """Mean over random-feature draws (the last axis, D draws) whose replicates also resample draws.
+
+    per_draw: point [..., D], reps [n_boot, ..., D], each replicate's texts already resampled.
+    Replicate r averages the draws drawn (with replacement, seeded) in that replicate, so the
+    interval covers which random features were drawn as well as which texts. D = 1: texts only.
+    """
+    D, n_boot = per_draw.point.shape[-1], per_draw.reps.shape[0]
+    w = _resample_counts(D, n_boot, seed, SLOT_DRAWS) / D  # [n_boot, D]
+    reps = np.einsum("r...d,rd->r...", per_draw.reps, w)
+    return Resampled(per_draw.point.mean(axis=-1), reps)
+
+
+def argmax_frequency(candidates: Resampled) -> np.ndarray:
+    """Share of replicates in which each candidate (last axis, [K]) is the largest: [K], sums to 1.
+
+    candidates.reps: [n_boot, K]; replicates with an undefined candidate are left out.
+    """
+    reps = np.asarray(candidates.reps, dtype=np.float64)
+    ok = np.isfinite(reps).all(axis=1)
+    if not ok.any():
+        return np.full(reps.shape[1], math.nan)
+    return np.bincount(reps[ok].argmax(axis=1), minlength=reps.shape[1]) / ok.sum()
+
+
+def split_halves(sentence_ids: Sequence, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split the unique sentence ids into two halves by a seeded permutation of their sorted order.
+
+    Returns (half A [⌊S/2⌋], half B [S − ⌊S/2⌋]) ids, each sorted; the same ids and seed always
+    give the same halves. A selects (e.g. a peak layer), B reports.
+    """
+    uniq = np.unique(np.asarray(sentence_ids))
+    perm = np.random.default_rng([seed, SLOT_SPLIT, len(uniq)]).permutation(len(uniq))
+    cut = len(uniq) // 2
+    return np.sort(uniq[perm[:cut]]), np.sort(uniq[perm[cut:]])

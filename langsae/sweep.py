@@ -95,14 +95,32 @@ def sweep_conditions(
 
 @dataclass(frozen=True)
 class EvalSet:
-    """Tokenised evaluation texts. lang_index[i] indexes `languages` for text i."""
+    """Tokenised evaluation texts. lang_index[i] indexes `languages` for text i.
+
+    sentence_ids[i] [N] names the sentence text i translates: equal ids in different languages
+    are translations of one sentence, which is what lets statistics resample sentences jointly
+    across languages. None (hand-built sets) means text k of every language is sentence k.
+    """
 
     languages: tuple[str, ...]
     token_ids: list[list[int]]
     lang_index: np.ndarray
     source: str
+    sentence_ids: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.sentence_ids is None:
+            position = np.zeros(len(self.lang_index), dtype=np.int64)
+            for g in range(len(self.languages)):
+                members = self.lang_index == g
+                position[members] = np.arange(members.sum())
+            object.__setattr__(self, "sentence_ids", np.array([f"pos:{k}" for k in position], dtype=str))
+        if len(self.sentence_ids) != len(self.token_ids):
+            raise ValueError(f"{len(self.sentence_ids)} sentence ids for {len(self.token_ids)} texts")
 
     def digest(self) -> str:
+        # the cache key of per-text CEs: sentence ids do not change a text's CE, so they stay out
+        # and caches written before ids existed stay valid
         return config_hash({"languages": self.languages, "ids": self.token_ids})
 
     def texts_of(self, language: str) -> np.ndarray:
@@ -110,13 +128,18 @@ class EvalSet:
 
 
 def build_eval_set(tokenizer, texts: Texts) -> EvalSet:
-    """Tokenise; a text with fewer than 2 tokens predicts nothing and is dropped (logged)."""
+    """Tokenise; a text with fewer than 2 tokens predicts nothing and is dropped (logged); its
+    sentence id is then simply absent in that language."""
     flat, lang_ids = texts.flat()
+    sentence_ids = texts.flat_ids()
     ids = tokenize(tokenizer, flat)
     keep = [i for i, t in enumerate(ids) if len(t) >= 2]
     if len(keep) < len(ids):
         log.warning("dropped %d evaluation texts shorter than 2 tokens", len(ids) - len(keep))
-    return EvalSet(texts.languages, [ids[i] for i in keep], np.array([lang_ids[i] for i in keep]), texts.source)
+    return EvalSet(
+        texts.languages, [ids[i] for i in keep], np.array([lang_ids[i] for i in keep]), texts.source,
+        np.array([sentence_ids[i] for i in keep], dtype=str),
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -205,15 +228,19 @@ class SweepResult:
         # random controls of different sizes share the name "random": their size tells them apart
         return (layer, ablated_lang, features, draw, n_features if features == RANDOM else None)
 
-    def delta(self, layer: int, ablated_lang: str, features: str, draw: int | None = None, n_features: int | None = None) -> np.ndarray:
-        """Per-text ΔCE [N] (ablated − baseline) of one condition on every evaluation text.
+    def index(self, layer: int, ablated_lang: str, features: str, draw: int | None = None, n_features: int | None = None) -> int:
+        """Row of `ablated` (and of `conditions`) holding one condition.
 
         Random controls: ablated_lang=NO_LANGUAGE, features=RANDOM, with `draw` and `n_features`.
         """
         i = self._index.get(self._key(layer, ablated_lang, features, draw, n_features))
         if i is None:
             raise KeyError(f"no condition layer={layer} ablated_lang={ablated_lang} features={features} draw={draw} k={n_features}")
-        return self.ablated[i] - self.baseline
+        return i
+
+    def delta(self, layer: int, ablated_lang: str, features: str, draw: int | None = None, n_features: int | None = None) -> np.ndarray:
+        """Per-text ΔCE [N] (ablated − baseline) of one condition on every evaluation text."""
+        return self.ablated[self.index(layer, ablated_lang, features, draw, n_features)] - self.baseline
 
     def random_draws(self, layer: int, n_features: int) -> list[int]:
         """The draws of random k-feature controls measured at `layer`."""
@@ -221,15 +248,8 @@ class SweepResult:
             c.draw for c in self.conditions if c.layer == layer and c.features == RANDOM and len(c.feature_ids) == n_features
         )
 
-    def random_delta(self, layer: int, n_features: int) -> np.ndarray | None:
-        """Per-text ΔCE [N] of n_features random live features, averaged over draws; None without draws."""
-        draws = self.random_draws(layer, n_features)
-        if not draws:
-            return None
-        return np.mean([self.delta(layer, NO_LANGUAGE, RANDOM, d, n_features) for d in draws], axis=0)
-
     def feature_ids(self, layer: int, ablated_lang: str, features: str) -> tuple[int, ...]:
-        return self.conditions[self._index[self._key(layer, ablated_lang, features, None, None)]].feature_ids
+        return self.conditions[self.index(layer, ablated_lang, features)].feature_ids
 
 
 class ConditionStore:

@@ -2,6 +2,7 @@
 fixture after the real nu stage."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -10,9 +11,10 @@ import torch
 
 import compute_nu_scores
 import reproduce_figures_section5
-from langsae import config, section5, sweep
+from langsae import config, section5, stats, sweep
 from langsae.sweep import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
 from langsae.cli import run_main
+from langsae.data import load_texts
 
 LANGS = ["eng_Latn", "fra_Latn", "jpn_Jpan"]
 
@@ -20,15 +22,30 @@ LANGS = ["eng_Latn", "fra_Latn", "jpn_Jpan"]
 # ----------------------------------------------------------------------------- figure data by hand
 
 
+def test_evaluation_texts_carry_parallel_sentence_ids_and_a_dropped_text_leaves_its_id_out():
+    texts = load_texts(("eng_Latn", "fra_Latn"), "evaluation", 4)
+    assert texts.ids["eng_Latn"] == texts.ids["fra_Latn"] == ["0", "1", "2", "3"]  # the bundled file's ids
+    assert load_texts(("eng_Latn",), "selection", 2).ids["eng_Latn"] == ["sel:0", "sel:1"]
+    texts.by_language["fra_Latn"][2] = "x"  # one token: predicts nothing, dropped
+
+    def words(text, **_):
+        return {"input_ids": list(range(len(text.split())))}
+
+    ev = sweep.build_eval_set(words, texts)
+    assert list(ev.sentence_ids) == ["0", "1", "2", "3", "0", "1", "3"]
+    assert list(ev.lang_index) == [0, 0, 0, 0, 1, 1, 1]
+
+
 def _synthetic_result() -> SweepResult:
     """Two languages x 2 texts, one layer; ΔCE values chosen so every summary is easy by hand.
 
+    Texts 0 and 2 are one sentence (id s0) in eng and fra, texts 1 and 3 another (s1).
     Per text ΔCE (eng texts 0,1 | fra texts 2,3):
       eng top1: 1, 3 | 0, 0.2      eng top2: 0, 0 | 0, 0      eng top1+2: 2, 4 | 0.4, 0.4
       fra top1: 0, 0 | 2, 2        fra top2: 1, 1 | 1, 1      fra top1+2: 0.5, 0.5 | 3, 5
       random k=1 draws 0/1: 0.1/0.3 everywhere; k=2 draws 0/1: 0.2/0.4 everywhere
     """
-    ev = EvalSet(("eng_Latn", "fra_Latn"), [[1, 2]] * 4, np.array([0, 0, 1, 1]), "synthetic")
+    ev = EvalSet(("eng_Latn", "fra_Latn"), [[1, 2]] * 4, np.array([0, 0, 1, 1]), "synthetic", np.array(["s0", "s1", "s0", "s1"]))
     deltas = {
         ("eng_Latn", "top1"): [1, 3, 0, 0.2], ("eng_Latn", "top2"): [0, 0, 0, 0], ("eng_Latn", "top1+2"): [2, 4, 0.4, 0.4],
         ("fra_Latn", "top1"): [0, 0, 2, 2], ("fra_Latn", "top2"): [1, 1, 1, 1], ("fra_Latn", "top1+2"): [0.5, 0.5, 3, 5],
@@ -62,6 +79,14 @@ def test_figure5_rows_by_hand():
     assert math.isclose(_get(rows, language="fra_Latn", features="top1+2", series="random")["delta_ce"], 0.3)  # k=2 draws
     self_row = _get(rows, language="eng_Latn", features="top1", series="self")
     assert 1.0 <= self_row["ci_low"] <= 2.0 <= self_row["ci_high"] <= 3.0
+    # the random band resamples draws: with 2 draws, a replicate holds draw 0 twice (ΔCE 0.1 on every
+    # text) with probability 1/4 > 2.5%, and draw 1 twice (0.3) likewise, so the band is [0.1, 0.3];
+    # averaging the draws before resampling texts gave a zero-width band at 0.2
+    rand = _get(rows, language="fra_Latn", features="top1", series="random")
+    assert math.isclose(rand["ci_low"], 0.1, abs_tol=1e-6) and math.isclose(rand["ci_high"], 0.3, abs_tol=1e-6)
+    # others on eng top1: fra texts 0, 0.2 -> replicates 0, 0.1 or 0.2
+    others = _get(rows, language="eng_Latn", features="top1", series="others")
+    assert -1e-6 <= others["ci_low"] <= 0.1 <= others["ci_high"] <= 0.2 + 1e-6  # float32 replicate sums
 
 
 def test_figure6_synergy_is_paired_per_text():
@@ -74,15 +99,81 @@ def test_figure6_synergy_is_paired_per_text():
     assert math.isclose(_get(rows, language="fra_Latn", eval="others", quantity="synergy")["delta_ce"], 0.5 - 0 - 1)
 
 
-def test_summary_peak_specificity_synergy_by_hand():
+def test_summary_is_measured_on_the_held_out_half_by_hand():
     r = _synthetic_result()
+    # seed 0 splits {s0, s1} into one sentence that picks the peak (half A) and one that reports (half B)
+    (a,), (b,) = stats.split_halves(r.evalset.sentence_ids, 0)
+    assert {a, b} == {"s0", "s1"}
+    # by hand from the table in _synthetic_result, on the one sentence of half B (eng text, fra text):
+    #   eng top1+2: self (s0: 2, s1: 4), others = fra text (0.4, 0.4), synergy = self − top1 − top2 (2−1−0, 4−3−0)
+    #   fra top1+2: self (3, 5), others = eng text (0.5, 0.5), synergy (3−2−1, 5−2−1)
+    #   French top1+2 on English texts: 0.5; English top1+2 on French texts: 0.4
+    expected = {
+        "s0": {"eng_Latn": dict(self=2.0, others=0.4, diff=1.6, ratio=5.0, synergy=1.0, olf=0.5),
+               "fra_Latn": dict(self=3.0, others=0.5, diff=2.5, ratio=6.0, synergy=0.0, olf=0.4)},
+        "s1": {"eng_Latn": dict(self=4.0, others=0.4, diff=3.6, ratio=10.0, synergy=1.0, olf=0.5),
+               "fra_Latn": dict(self=5.0, others=0.5, diff=4.5, ratio=10.0, synergy=2.0, olf=0.4)},
+    }[b]  # fmt: skip
     summary = {row["language"]: row for row in section5.summary_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)}
-    eng = summary["eng_Latn"]
-    assert eng["peak_layer"] == 4 and math.isclose(eng["self_delta_ce"], 3.0) and math.isclose(eng["others_delta_ce"], 0.4)
-    assert math.isclose(eng["specificity"], 3.0 / 0.4)
-    assert math.isclose(eng["synergy"], 1.0) and math.isclose(eng["random_delta_ce"], 0.3)
-    assert math.isclose(eng["other_lang_features_delta_ce"], 0.5)
-    assert "shared_with" in eng and "Figure" not in section5.format_summary(list(summary.values()))
+    for lang, want in expected.items():
+        row = summary[lang]
+        assert row["peak_layer"] == 4 and row["peak_frequency"] == "4:1.000" and row["modal_peak_share"] == 1.0
+        assert row["peak_selection_half_n"] == 1 and row["report_half_n"] == 1
+        for col, ci, key in [("self_delta_ce", "self", "self"), ("others_delta_ce", "others", "others"),
+                             ("specificity_diff", "specificity_diff", "diff"), ("specificity", "specificity", "ratio"),
+                             ("synergy", "synergy", "synergy"), ("other_lang_features_delta_ce", "other_lang_features", "olf")]:  # fmt: skip
+            # one sentence in half B: every replicate draws it, so each interval is that value
+            for got in (row[col], row[f"{ci}_ci_low"], row[f"{ci}_ci_high"]):
+                assert math.isclose(got, want[key], abs_tol=1e-9), (lang, col, got, want[key])
+        assert row["specificity_ratio_unbounded"] is False
+        # random k=2: draws 0.2 and 0.4 on every text; replicates resample the 2 draws -> [0.2, 0.4]
+        assert math.isclose(row["random_delta_ce"], 0.3, abs_tol=1e-9) and row["random_draws"] == 2
+        assert math.isclose(row["random_ci_low"], 0.2, abs_tol=1e-9) and math.isclose(row["random_ci_high"], 0.4, abs_tol=1e-9)
+    assert "shared_with" in summary["eng_Latn"]
+    table = section5.format_summary(list(summary.values()))
+    assert "unbounded" not in table and f"{expected['eng_Latn']['ratio']:.2f}" in table
+
+
+def _layered_result(own: np.ndarray) -> SweepResult:
+    """eng and fra with n parallel sentences; per layer L one condition per language, its top1.
+
+    own: [K, n] ΔCE of eng's top1 at each layer on the eng texts; eng's top1 changes nothing on fra
+    texts and fra's top1 nothing anywhere (so only eng's numbers matter).
+    """
+    K, n = own.shape
+    ids = np.tile([f"s{i}" for i in range(n)], 2)
+    ev = EvalSet(("eng_Latn", "fra_Latn"), [[1, 2]] * (2 * n), np.repeat([0, 1], n), "simulated", ids)
+    conds, rows = [], []
+    for L in range(K):
+        conds += [Condition(L, "directional", "eng_Latn", "top1", (2 * L,)), Condition(L, "directional", "fra_Latn", "top1", (2 * L + 1,))]
+        rows += [np.concatenate([own[L], np.zeros(n)]), np.zeros(2 * n)]
+    return SweepResult(ev, conds, np.zeros(2 * n), np.ones(2 * n, dtype=int), np.array(rows))
+
+
+def test_held_out_peak_is_unbiased_where_the_same_text_argmax_is_not():
+    """10 layers with the same true ΔCE 0.5 and per-text noise 1 (100 sentences): choosing the
+    peak and measuring it on the same texts reports max over 10 noisy means, ~1.5 SE too high;
+    chosen on half A and measured on half B it is unbiased, and its CI covers the truth."""
+    K, n, truth, sims = 10, 100, 0.5, 150
+    held_out, same_text, covered = [], [], 0
+    for sim in range(sims):
+        own = truth + np.random.default_rng(sim).normal(size=(K, n))
+        (eng, _) = section5.summary_rows(_layered_result(own), ["eng_Latn", "fra_Latn"], list(range(K)), 1, seed=sim, n_boot=200)
+        held_out.append(eng["self_delta_ce"])
+        covered += eng["self_ci_low"] <= truth <= eng["self_ci_high"]
+        same_text.append(own.mean(axis=1).max())  # the old rule: argmax and report on all texts
+    se = 1 / np.sqrt(n)
+    assert np.mean(same_text) - truth > 1.0 * se  # the bias the old rule had (E max of 10 normals ≈ 1.54 SE)
+    assert abs(np.mean(held_out) - truth) < 4 * (np.sqrt(2) * se) / np.sqrt(sims)  # unbiased, within 4 SE of the mean
+    assert covered / sims >= 0.88  # nominal 95%; the old same-text interval covered ~74%
+
+
+def test_a_planted_peak_is_found_with_frequency_near_one():
+    own = 0.5 + np.random.default_rng(0).normal(size=(10, 100))
+    own[6] += 1.0  # 10 SE above every other layer
+    (eng, _) = section5.summary_rows(_layered_result(own), ["eng_Latn", "fra_Latn"], list(range(10)), 1, seed=0, n_boot=200)
+    assert eng["peak_layer"] == 6 and eng["modal_peak_layer"] == 6 and eng["modal_peak_share"] >= 0.95
+    assert eng["peak_frequency"].startswith("6:") and eng["peak_selection_half_n"] + eng["report_half_n"] == 100
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -123,6 +214,15 @@ def test_script_end_to_end_and_resume(tiny_args, nu_dir, tmp_path, monkeypatch, 
     for name in ("figure5.png", "figure5.pdf", "figure6.png", "figure6.pdf"):
         assert (tmp_path / "output" / "run" / name).stat().st_size > 1000, name
     assert "peak" in capsys.readouterr().out
+    summary = _read_csv(nu_dir / "section5_summary.csv")
+    assert {r["language"] for r in summary} == set(LANGS)
+    for r in summary:  # 3 sentences: 1 chooses the peak, 2 report it
+        assert (r["peak_selection_half_n"], r["report_half_n"]) == ("1", "2")
+        assert r["specificity_ratio_unbounded"] in ("True", "False") and r["peak_frequency"].startswith(r["modal_peak_layer"] + ":")
+        assert float(r["specificity_diff_ci_low"]) <= float(r["specificity_diff"]) <= float(r["specificity_diff_ci_high"])
+        assert float(r["random_ci_low"]) <= float(r["random_delta_ce"]) <= float(r["random_ci_high"])
+    meta = json.loads((nu_dir / "section5_meta.json").read_text())
+    assert meta["split_seed"] == 0 and "half A" in meta["peak_rule"] and meta["bootstrap"]["n_boot"] == stats.N_BOOT
 
     # the directions the engine ablated are the transcoder rows the nu stage saved
     d = torch.load(nu_dir / "layer_2_directions.pt", weights_only=False)
