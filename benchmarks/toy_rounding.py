@@ -2,7 +2,7 @@
 
 Builds the toy with one seed several times, each in a fresh process whose kernel paths
 differ only in how they round:
-  pinned   the build's own settings (langsae.toy.PINNED_KERNELS): portable ATen kernels,
+  pinned   the build's own settings (langsae.toy.PINNED_KERNELS): ATen's AVX2 kernels,
            MKL's reproducible COMPATIBLE path, oneDNN at SSE4.1
   avx512   ATen's AVX-512 kernels and MKL/oneDNN's own choice (what this machine runs unpinned)
   avx2     ATen's AVX2 kernels, MKL and oneDNN limited to AVX2 (what an AVX2-only machine,

@@ -308,21 +308,30 @@ def verify(scale: str, write: bool = False) -> bool:
 
 # ----------------------------------------------------------------------------- bit-for-bit across machines
 #
-# The same seed must give the same bytes on any x86-64 machine and any core count. Left to
-# themselves, torch and MKL pick kernels by the CPU's instruction set (AVX-512 here, AVX2
-# on another machine) and split reductions by the number of threads, and each choice rounds
-# differently; over hundreds of training steps those roundings grow into different
-# weights. So the build runs in a child process started with every kernel path pinned
-# (these variables are read once, when the libraries load, hence a fresh process) and a
-# fixed thread count that does not follow the machine.
+# The same seed must give the same bytes on any x86-64 machine with AVX2 (Intel since 2013,
+# AMD since 2017) and any core count. Left to themselves, torch and MKL pick kernels by the
+# CPU (AVX-512 here, AVX2 on another machine; MKL also by vendor and cache sizes) and split
+# reductions by the number of threads, and each choice rounds differently; over hundreds of
+# training steps those roundings grow into different weights. So the build runs in a child
+# process started with every kernel path pinned (the libraries read these variables once,
+# when they load, hence a fresh process) and a thread count that does not follow the machine:
+#   ATen (elementwise ops, softmax, reductions, attention): its AVX2 kernels, the same
+#       compiled code on every AVX2 machine (its portable kernels are 2-3x slower);
+#   MKL (matrix products): its COMPATIBLE path, the only reproducible one that MKL also
+#       honours on AMD processors (the AVX2 path is Intel-only and silently falls back);
+#   oneDNN: the ISA every x86-64 machine has.
 
 PINNED_KERNELS = {
-    "ATEN_CPU_CAPABILITY": "default",  # ATen's portable kernels, not its AVX2/AVX-512 builds
-    "MKL_CBWR": "COMPATIBLE",  # MKL's conditional numerical reproducibility: one code path on every x86-64
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "COMPATIBLE",
     "MKL_DYNAMIC": "FALSE",  # MKL may not lower its thread count on its own
-    "ONEDNN_MAX_CPU_ISA": "SSE41",  # oneDNN's JIT kernels at the ISA every x86-64 machine has
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
     "TOKENIZERS_PARALLELISM": "false",
+    # Idle threads sleep instead of spinning: changes no number, but on a busy machine spinning
+    # threads starve the one doing the work (12x slower steps were measured with another process running).
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
+PINNED_ATEN = "AVX2"  # what torch.backends.cpu.get_cpu_capability() reports under the pin
 
 
 def build_threads(hp: ToyScale) -> int:
@@ -360,6 +369,8 @@ def _build_worker(argv: list[str]) -> None:
     setup_logging()
     work, seed, scale = Path(argv[0]), int(argv[1]), argv[2]
     hp = _scale(scale)
+    if os.environ.get("ATEN_CPU_CAPABILITY") == PINNED_KERNELS["ATEN_CPU_CAPABILITY"] and torch.backends.cpu.get_cpu_capability() != PINNED_ATEN:
+        log.warning("this CPU has no AVX2: the build runs other kernels and will not match the committed fingerprint")
     torch.set_num_threads(build_threads(hp))
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()

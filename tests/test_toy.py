@@ -153,12 +153,42 @@ def test_force_rebuilds_the_same_weights_and_another_seed_differs(small_toy, tmp
     assert toy.current_build(other)["seed"] == 1  # reusable as it is, though not the default seed
 
 
+def test_small_build_matches_the_committed_fingerprint(small_toy):
+    """The build is pinned to reproduce bit for bit on any x86-64 machine with AVX2: whatever
+    machine runs the tests, its small build must equal the one recorded in the repository."""
+    expected = toy.committed_fingerprint("small")
+    assert expected is not None
+    actual = toy.fingerprint(small_toy)
+    assert toy.first_difference(actual, expected) is None
+    assert actual == {k: expected[k] for k in actual}
+
+
+def test_first_difference_names_the_earliest_artifact_in_build_order():
+    fp = {
+        "sha256": {"model/tokenizer.json": "a", "model/model.safetensors": "b", "hub/x/layer_0.safetensors": "c"},
+        "quality": {"ce": 1.0},
+    }
+    changed = {"sha256": {**fp["sha256"], "hub/x/layer_0.safetensors": "z", "model/model.safetensors": "y"}, "quality": fp["quality"]}
+    assert toy.first_difference(fp, fp) is None
+    assert toy.first_difference(changed, fp) == "model/model.safetensors"
+    assert toy.first_difference({**fp, "quality": {"ce": 2.0}}, fp) == "quality.json"
+    missing = {"sha256": {k: v for k, v in fp["sha256"].items() if "hub" not in k}, "quality": fp["quality"]}
+    assert toy.first_difference(missing, fp) == "hub/x/layer_0.safetensors"
+
+
+def test_the_build_process_runs_with_pinned_kernels_and_threads():
+    env = toy.build_environment(toy.SCALES["full"])
+    assert {k: env[k] for k in toy.PINNED_KERNELS} == toy.PINNED_KERNELS
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    assert toy.build_environment(toy.SCALES["small"])["OMP_NUM_THREADS"] == "1"
+
+
 def test_command_line_help_names_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_:
         toy.main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--force", "--seed", "--scale", "--root"):
+    for flag in ("--force", "--seed", "--scale", "--root", "--verify", "--write-fingerprint"):
         assert flag in out
 
 
