@@ -180,18 +180,29 @@ def test_interrupted_run_resumes_to_identical_files(tiny_args, nu_run, tmp_path,
             assert path.read_bytes() == nu.layer_files(nu_run, layer)[name].read_bytes(), f"layer {layer} {name}"
 
 
-def test_residual_sae_path(tiny_model_dir, tiny_residual_saes, tmp_path):
-    args = [
-        "--model", "custom", "--model-id", str(tiny_model_dir), "--sae-release", "test-org/tiny-res-sae",
+def custom_sae_args(model_dir, release: str) -> list[str]:
+    """Flags for a custom model with a sae-lens-format SAE release (ids layer_L/width_16k/canonical), layer 1 only."""
+    return [
+        "--model", "custom", "--model-id", str(model_dir), "--sae-release", release,
         "--sae-id-template", "layer_{layer}/width_16k/canonical", "--device", "cpu", "--dtype", "float32",
         "--layers", "1",
     ]  # fmt: skip
-    assert run_nu(args, tmp_path) == 0
-    sae = tiny_residual_saes[1]
 
-    def encode(x):  # JumpReLU by hand, input shifted by b_dec (apply_b_dec_to_input)
+
+def jumprelu_by_hand(sae):
+    """JumpReLU encode in float64 by hand, input shifted by b_dec (apply_b_dec_to_input)."""
+
+    def encode(x):
         pre = (x - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
         return torch.relu(pre) * (pre > sae.threshold.double())
+
+    return encode
+
+
+def test_residual_sae_path(tiny_model_dir, tiny_residual_saes, tmp_path):
+    assert run_nu(custom_sae_args(tiny_model_dir, "test-org/tiny-res-sae"), tmp_path) == 0
+    sae = tiny_residual_saes[1]
+    encode = jumprelu_by_hand(sae)
 
     def block_output_hook(model, seen):
         return model.model.layers[1].register_forward_hook(lambda m, a, out: seen.__setitem__("x", out))
@@ -236,17 +247,9 @@ def test_gemma2_hook_points_are_transformer_lens_s():
 def test_mlp_output_sae_on_gemma2_reads_post_feedforward_layernorm(tiny_gemma2_dir, tiny_mlp_out_saes, tmp_path):
     """The nu stage, end to end from sae-lens's own files, with an SAE reading blocks.1.hook_mlp_out on a
     Gemma 2 whose tokenizer adds BOS: mu equals a brute force hooked on post_feedforward_layernorm."""
-    args = [
-        "--model", "custom", "--model-id", str(tiny_gemma2_dir), "--sae-release", "test-org/tiny-mlp-out-sae",
-        "--sae-id-template", "layer_{layer}/width_16k/canonical", "--device", "cpu", "--dtype", "float32",
-        "--layers", "1",
-    ]  # fmt: skip
-    assert run_nu(args, tmp_path) == 0
+    assert run_nu(custom_sae_args(tiny_gemma2_dir, "test-org/tiny-mlp-out-sae"), tmp_path) == 0
     sae = tiny_mlp_out_saes[1]
-
-    def encode(x):  # JumpReLU by hand, input shifted by b_dec (apply_b_dec_to_input)
-        pre = (x - sae.b_dec.double()) @ sae.W_enc.double() + sae.b_enc.double()
-        return torch.relu(pre) * (pre > sae.threshold.double())
+    encode = jumprelu_by_hand(sae)
 
     def post_norm_hook(model, seen):
         return model.model.layers[1].post_feedforward_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("x", out))
