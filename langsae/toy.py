@@ -8,6 +8,10 @@ under `<root>/hub`. Toy runs then load through exactly the code real runs use. F
 (selection and evaluation sets) is never trained on; its evaluation set measures quality.
 
     python -m langsae.toy [--force] [--seed N] [--scale full|small] [--root DIR]
+    python -m langsae.toy --verify [--scale full|small]     # rebuild seed 0, compare with the committed fingerprint
+
+The build is bit-for-bit reproducible on any x86-64 machine with AVX2 (see "bit-for-bit
+across machines" below); the fingerprints of seed 0 are committed in toy_fingerprint.json.
 
 The pieces that write Hugging Face file layouts are also what the tests use to build
 their tiny fixtures, so toy runs, test runs and real runs share one loading path.
@@ -281,27 +285,34 @@ def committed_fingerprint(scale: str) -> dict | None:
     return load_json(FINGERPRINT_FILE).get(scale)
 
 
-def verify(scale: str, write: bool = False) -> bool:
+def record_fingerprint(root: Path) -> dict:
+    """Record the build in `root` (seed 0, current) as its scale's committed fingerprint."""
+    record = current_build(root)
+    if record is None or record["seed"] != 0:
+        raise UserError(f"{root} holds no current build of seed 0; build it first with `python -m langsae.toy --root {root}`")
+    table = load_json(FINGERPRINT_FILE) if FINGERPRINT_FILE.exists() else {}
+    entry = {**fingerprint(root), "seed": 0, "versions": record["versions"]}
+    save_json({**table, record["scale"]: entry}, FINGERPRINT_FILE)
+    return entry
+
+
+def verify(scale: str) -> bool:
     """Build the default seed at `scale` into a temporary folder and compare it with the committed
-    fingerprint; print the verdict and the first artifact that differs. `write` records it instead."""
-    with tempfile.TemporaryDirectory(prefix="langsae-toy-verify-") as tmp:
-        root = build_toy(Path(tmp) / "toy", seed=0, scale=scale, force=True)
-        actual = {**fingerprint(root), "seed": 0, "versions": load_json(root / "build.json")["versions"]}
-    if write:
-        table = load_json(FINGERPRINT_FILE) if FINGERPRINT_FILE.exists() else {}
-        save_json({**table, scale: actual}, FINGERPRINT_FILE)
-        print(f"recorded the fingerprint of the {scale} build (seed 0) in {FINGERPRINT_FILE}")
-        return True
+    fingerprint; print the verdict and the first artifact that differs."""
     expected = committed_fingerprint(scale)
     if expected is None:
         raise UserError(f"no committed fingerprint for scale {scale!r} in {FINGERPRINT_FILE}")
+    with tempfile.TemporaryDirectory(prefix="langsae-toy-verify-") as tmp:
+        root = build_toy(Path(tmp) / "toy", seed=0, scale=scale, force=True)
+        actual = fingerprint(root)
+        versions = load_json(root / "build.json")["versions"]
     differs = first_difference(actual, expected)
     if differs is None:
         print(f"OK: the {scale} build (seed 0) is identical to the committed fingerprint ({len(actual['sha256'])} files and quality.json)")
         return True
     print(f"DIFFERS: the {scale} build (seed 0) does not match the committed fingerprint; first differing artifact: {differs}")
-    if actual["versions"] != expected["versions"]:
-        changed = {k: (expected["versions"].get(k), v) for k, v in actual["versions"].items() if expected["versions"].get(k) != v}
+    changed = {k: (expected["versions"].get(k), v) for k, v in versions.items() if expected["versions"].get(k) != v}
+    if changed:
         print(f"package versions differ from the ones that made the fingerprint (committed, here): {changed}")
     return False
 
@@ -699,11 +710,19 @@ def main(argv: list[str] | None = None) -> None:
         help="build the default seed at --scale into a temporary folder and compare every file and the quality "
         "report with the committed fingerprint (exit 1 naming the first artifact that differs)",
     )
-    p.add_argument("--write-fingerprint", action="store_true", help="with --verify: record the build as the committed fingerprint")
+    p.add_argument(
+        "--write-fingerprint",
+        action="store_true",
+        help="record the current seed-0 build in --root as its scale's committed fingerprint (for maintainers, after a recipe change)",
+    )
     args = p.parse_args(argv)
     if args.verify:
-        if not verify(args.scale, write=args.write_fingerprint):
+        if not verify(args.scale):
             raise SystemExit(1)
+        return
+    if args.write_fingerprint:
+        entry = record_fingerprint(args.root)
+        print(f"recorded the fingerprint of {args.root} ({len(entry['sha256'])} files and quality.json) in {FINGERPRINT_FILE}")
         return
     build_toy(args.root, seed=args.seed, scale=args.scale, force=args.force)
 
