@@ -32,11 +32,12 @@ sys.path.insert(0, str(ROOT))
 from langsae import toy  # noqa: E402
 from langsae.artifacts import load_json, save_json  # noqa: E402
 
+SLEEPING_THREADS = {"OMP_WAIT_POLICY": "PASSIVE"}  # changes no number; keeps a busy machine usable
 VARIANTS = {
     "pinned": toy.PINNED_KERNELS,
     "pinned-mkl-avx2": {**toy.PINNED_KERNELS, "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-    "avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", **SLEEPING_THREADS},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", **SLEEPING_THREADS},
 }
 
 

@@ -113,7 +113,7 @@ def write_mwhanna_release(
 
 # ----------------------------------------------------------------------------- the build
 
-TOY_FORMAT = 2  # bump when the recipe changes in a way the hyper-parameters do not show
+TOY_FORMAT = 3  # bump when the recipe changes in a way the hyper-parameters do not show
 TOY_MODEL_NAME = "langsae-local/toy-qwen3"
 BUILD_PARTS = ("model", "hub", "quality.json", "timings.json")  # build.json is written last, after these
 PARTIAL_PREFIX = ".building-"  # work folders inside the root; a kill leaves one behind, the next build removes it
@@ -151,7 +151,7 @@ SCALES = {
         texts_per_language=-1, vocab_size=8192, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
         head_dim=32, intermediate_size=384, max_tokens=128, lm_steps=600, lm_batch_size=32, lm_lr=3e-3,
         lm_warmup_steps=30, lm_weight_decay=0.1, tc_expansion=8, tc_texts_per_language=300, tc_steps=400,
-        tc_batch_tokens=2048, tc_lr=3e-3, tc_l1=0.1, eval_texts_per_language=100,
+        tc_batch_tokens=1024, tc_lr=3e-3, tc_l1=0.1, eval_texts_per_language=100,
     ),
     # For the tests: builds in seconds and still has every part of the full build.
     "small": ToyScale(
@@ -508,8 +508,7 @@ def train_model(model, token_ids: list[list[int]], pad_id: int, hp: ToyScale, se
         if not epoch:
             epoch = mixed_batches(token_ids, hp.lm_batch_size, pad_id, g)
         batch = epoch.pop()
-        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        loss = next_token_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -518,6 +517,16 @@ def train_model(model, token_ids: list[list[int]], pad_id: int, hp: ToyScale, se
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         bar.set_postfix(loss=f"{running:.3f}")
     model.eval()
+
+
+def next_token_loss(model, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over the real tokens of a right-padded batch, as the model's own
+    `labels=` loss, but the LM head runs only on positions that predict a real token: with a
+    vocabulary 64x the hidden size, the head on padding was a tenth of a training step."""
+    hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    predicts = batch.attention_mask[:, 1:].bool()
+    logits = model.lm_head(hidden[:, :-1][predicts])
+    return torch.nn.functional.cross_entropy(logits, batch.input_ids[:, 1:][predicts])
 
 
 def mixed_batches(token_ids: list[list[int]], batch_size: int, pad_id: int, g: torch.Generator, window: int = 16) -> list[Batch]:

@@ -183,6 +183,20 @@ def test_the_build_process_runs_with_pinned_kernels_and_threads():
     assert toy.build_environment(toy.SCALES["small"])["OMP_NUM_THREADS"] == "1"
 
 
+def test_training_loss_equals_the_models_own_labels_loss(small_toy):
+    """next_token_loss skips the LM head on padding; its value must be the model's `labels=` loss."""
+    from langsae.forward import make_batches
+
+    model, tokenizer = load_model(PRESETS["toy"], "cpu", torch.float32)
+    ids = [tokenizer(t)["input_ids"] for t in load_texts(PAPER_LANGUAGES, "selection", 1).flat()[0]]
+    batch = make_batches(ids, len(ids), tokenizer.pad_token_id)[0]
+    assert (batch.attention_mask == 0).any(), "the batch must hold padding for the test to mean something"
+    labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+    with torch.no_grad():
+        expected = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss
+        torch.testing.assert_close(toy.next_token_loss(model, batch), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_command_line_help_names_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_:
         toy.main(["--help"])
