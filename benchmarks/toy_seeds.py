@@ -47,7 +47,8 @@ def run_dir(seed: int) -> Path:
 def run_stages(seed: int) -> None:
     """Build the toy with `seed` (reused when current) and run stages 1-2 on it (cached work is skipped)."""
     toy.build_toy(toy_root(seed), seed=seed, scale="full")
-    env = {**os.environ, "LANGSAE_TOY_DIR": str(toy_root(seed))}
+    # Idle OpenMP threads sleep rather than spin (no number changes): seeds can run side by side.
+    env = {**os.environ, "LANGSAE_TOY_DIR": str(toy_root(seed)), "OMP_WAIT_POLICY": "PASSIVE"}
     for script in ("compute_nu_scores.py", "reproduce_figures_section5.py"):
         cmd = [sys.executable, str(ROOT / script), "--model", "toy", "--out-dir", str(run_dir(seed))]
         subprocess.run(cmd, env=env, check=True, cwd=ROOT)
