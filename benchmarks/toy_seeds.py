@@ -89,7 +89,7 @@ def agreement(per_seed: dict[int, dict]) -> dict[str, dict]:
 
 def markdown(agree: dict[str, dict], seeds: list[int]) -> str:
     def cell(f: dict) -> str:
-        vals = "/".join({True: "yes", False: "no"}.get(x, str(x)) for x in f["values"])
+        vals = "/".join(("yes" if x else "no") if isinstance(x, bool) else str(x) for x in f["values"])
         return f"**{vals}**" if f["holds"] else vals
 
     lines = [f"| language | {' | '.join(FINDINGS)} |", "|---" * (len(FINDINGS) + 1) + "|"]
