@@ -290,3 +290,29 @@ def test_residual_sae_path(tiny_model_dir, tiny_residual_saes, tmp_path):
     torch.testing.assert_close(got["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
     assert got["directions"]["hook_name"] == got["directions"]["hook_name_out"] == "blocks.1.hook_resid_post"
     torch.testing.assert_close(got["directions"]["threshold"], sae.threshold.detach()[got["directions"]["feature_indices"]])
+
+
+def test_prefetcher_reads_one_ahead_in_the_background_and_stops_at_a_failure():
+    from langsae.errors import UserError
+    from langsae.prefetch import Prefetcher
+
+    started, release = [], threading.Event()
+
+    def load(key):
+        started.append(key)
+        if key == 1:
+            assert release.wait(10), "load 1 must run while the caller works on 0"
+        if key == 2:
+            raise UserError("no file for 2")
+        return key * 10
+
+    with Prefetcher([0, 1, 2, 3], load, "item") as items:
+        assert items.take(0) == 0  # returns while load(1) is blocked: it runs on another thread
+        with pytest.raises(ValueError, match="out of order"):
+            items.take(2)
+        release.set()
+        assert items.take(1) == 10
+        with pytest.raises(UserError, match="no file for 2"):
+            items.take(2)
+    assert started == [0, 1, 2], "one ahead at most, and nothing after a failed load"
+    assert not prefetch_threads()
