@@ -8,7 +8,8 @@ Features are ranked by nu, descending, per language.
 The model runs once over the selection texts and the SAE inputs of the statistic tokens
 are cached ([n_tokens, d_in] per layer, small next to the [n_tokens, d_sae] feature
 activations, which are never held whole). Each layer's SAE is then loaded once and the
-cached inputs stream through it in chunks, adding into per-language sums.
+cached inputs stream through it in chunks, adding into per-language sums; the stage reads
+the next layer's SAE on a background thread meanwhile (langsae.prefetch).
 """
 
 from __future__ import annotations
