@@ -115,8 +115,9 @@ def bench_preset(model_dir):
 
 def read_cost(preset, files, device, dtype, cold):
     """Seconds to load each transcoder into memory on the device (`load_sae`, as the stage does)."""
-    from langsae.model import load_sae
+    from langsae.model import load_sae, sae_config
 
+    sae_config(preset, next(iter(files)))  # imports sae-lens and parses its directory: not part of a read
     sync, out = make_sync(device), {}
     for L, path in files.items():
         if cold:
@@ -131,8 +132,9 @@ def read_cost(preset, files, device, dtype, cold):
 
 @torch.no_grad()
 def bare_cost(preset, layers, texts, device, dtype, batch_size):
-    """Seconds for one forward over all batches up to the deepest layer + one encode per layer of its
-    statistic tokens (weights loaded beforehand, untimed)."""
+    """Seconds for one forward over all batches up to the deepest layer, seconds of one encode per
+    layer of its statistic tokens (weights loaded beforehand, untimed), the CPU seconds of both,
+    and the number of statistic tokens."""
     from langsae.forward import capture, run_through_layer
     from langsae.model import HookPoint, load_model, load_sae
 
@@ -142,7 +144,7 @@ def bare_cost(preset, layers, texts, device, dtype, batch_size):
     points = {str(L): HookPoint(L, "mlp", "input") for L in layers}
     kept = {L: [] for L in layers}
     sync = make_sync(device)
-    t0 = time.perf_counter()
+    cpu0, t0 = own_cpu_s(), time.perf_counter()
     with capture(model, points) as store:
         for b in batches:
             b = b.to(device)
@@ -151,24 +153,24 @@ def bare_cost(preset, layers, texts, device, dtype, batch_size):
             for L in layers:
                 kept[L].append(store[str(L)][m])
     sync()
-    t_forward = time.perf_counter() - t0
+    t_forward, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0
     del model
     t_encode = {}
     for L in layers:
         sae = load_sae(preset, L, device, dtype)
         x = torch.cat(kept.pop(L))
         sync()
-        t0 = time.perf_counter()
+        cpu0, t0 = own_cpu_s(), time.perf_counter()
         for s in range(0, x.shape[0], 1024):
             sae.encode(x[s : s + 1024])
         sync()
-        t_encode[L] = time.perf_counter() - t0
+        t_encode[L], cpu = time.perf_counter() - t0, cpu + own_cpu_s() - cpu0
         del sae
-    return t_forward, t_encode, count_statistic_tokens(ids)
+    return t_forward, t_encode, cpu, count_statistic_tokens(ids)
 
 
 def stage_cost(model_dir, args, files):
-    """(wall seconds of the stage, seconds of its imports alone, seconds it waited for each SAE);
+    """(wall and CPU seconds of the stage, seconds of its imports alone, seconds it waited for each SAE);
     files dropped from the page cache first unless --warm."""
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import compute_nu_scores"], cwd=ROOT, check=True)
@@ -180,12 +182,23 @@ def stage_cost(model_dir, args, files):
     ]  # fmt: skip
     if not args.warm:
         drop_from_page_cache(files.values())
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t0
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the bench's thread count
+    cpu0, t0 = children_cpu_s(), time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True)
+    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
     # "layer L: done in Xs (waited Ys for its SAE)": how much of each read the prefetch did not hide
     waited = {int(m[1]): float(m[2]) for m in re.finditer(r"layer (\d+): done in [\d.]+s \(waited ([\d.]+)s", done.stdout)}
-    return wall, t_import, waited
+    return wall, cpu, t_import, waited
+
+
+def children_cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def own_cpu_s():
+    t = os.times()
+    return t.user + t.system
 
 
 def machine(device):
@@ -210,10 +223,13 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="model and SAE dtype")
     p.add_argument("--batch-size", type=int, default=8, help="texts per forward")
+    p.add_argument("--threads", type=int, help="torch threads for bare and stage (default: torch's own, one per core)")
     p.add_argument("--warm", action="store_true", help="leave the transcoder files in the page cache (default: drop them, as a first run reads from disk)")
     p.add_argument("--out", type=Path, help="result JSON (default bench_results/nu_<device>_<n>texts.json)")
     p.add_argument("--keep", action="store_true", help=f"keep the fixtures under {TMP.parent}/bench-nu-*")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",")]
     dtype = getattr(torch, args.dtype)
     texts = load_texts(PAPER_LANGUAGES, "selection", args.n_texts_per_lang).flat()[0]
@@ -227,11 +243,11 @@ def main():
         t_read = read_cost(preset, files, args.device, dtype, cold=not args.warm)
         load["after_read"] = loadavg()
         print(f"read: {sum(t_read.values()):.1f}s ({', '.join(f'{t:.1f}' for t in t_read.values())})", flush=True)
-        t_forward, t_encode, n_tokens = bare_cost(preset, layers, texts, args.device, dtype, args.batch_size)
+        t_forward, t_encode, bare_cpu, n_tokens = bare_cost(preset, layers, texts, args.device, dtype, args.batch_size)
         bare = t_forward + sum(t_encode.values())
         load["after_bare"] = loadavg()
         print(f"bare: forward {t_forward:.1f}s + encodes {sum(t_encode.values()):.1f}s = {bare:.1f}s", flush=True)
-        stage, t_import, t_waited = stage_cost(model_dir, args, files)
+        stage, stage_cpu, t_import, t_waited = stage_cost(model_dir, args, files)
         load["after_stage"] = loadavg()
         print(f"stage: {stage:.1f}s (imports {t_import:.1f}s)", flush=True)
     finally:
@@ -243,7 +259,7 @@ def main():
         "d_sae": D_SAE, "n_texts": len(texts), "n_texts_per_lang": args.n_texts_per_lang,
         "statistic_tokens": n_tokens, "page_cache": "warm" if args.warm else "cold (files dropped before read and stage)",
         "read_s": t_read, "read_total_s": read, "bare_forward_s": t_forward, "bare_encode_s": t_encode,
-        "bare_total_s": bare, "stage_wall_s": stage, "python_import_s": t_import, "stage_waited_for_sae_s": t_waited,
+        "bare_total_s": bare, "bare_cpu_s": bare_cpu, "stage_wall_s": stage, "stage_cpu_s": stage_cpu, "python_import_s": t_import, "stage_waited_for_sae_s": t_waited,
         "ratio_stage_to_bare": stage / bare, "ratio_without_import": (stage - t_import) / bare,
         "ratio_stage_to_bare_plus_read": stage / (bare + read), "ratio_stage_to_read": stage / read,
         "encode_s_per_token_per_layer": sum(t_encode.values()) / (n_tokens * len(layers)),
