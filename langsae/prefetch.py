@@ -43,8 +43,8 @@ class Prefetcher(Generic[K, V]):
     An exception raised by `load` is raised unchanged by the `take` of that key, in the
     caller's thread, at the point where a sequential loop would have raised it; later keys
     are not loaded. Leaving the `with` block cancels what has not started and waits for a
-    load in progress (a thread cannot be interrupted; the load only reads, so stopping it
-    halfway would leave nothing behind anyway).
+    load in progress (a thread cannot be interrupted); loads only read, so an interrupted
+    run leaves nothing of theirs behind.
     """
 
     def __init__(self, keys: Iterable[K], load: Callable[[K], V], desc: str = "item"):
@@ -54,7 +54,6 @@ class Prefetcher(Generic[K, V]):
         self._taken = 0  # index of the key the next `take` must ask for
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._future: Future | None = None
-        self.waited_s: dict[K, float] = {}  # seconds the caller waited for each key
         self._start(0)
 
     def _start(self, index: int) -> None:
@@ -67,7 +66,9 @@ class Prefetcher(Generic[K, V]):
             expected = self._keys[self._taken] if self._taken < len(self._keys) else None
             raise ValueError(f"take({key!r}) out of order: the next key is {expected!r}")
         future, self._future = self._future, None  # the future holds the value: drop it here
-        value = _wait(future, f"waiting for {self._desc} {key}", self.waited_s, key)
+        if future is None:
+            raise ValueError(f"take({key!r}) after its load failed or the prefetcher was closed")
+        value = _wait(future, f"waiting for {self._desc} {key}")
         self._taken += 1
         self._start(self._taken)
         return value
@@ -84,14 +85,14 @@ class Prefetcher(Generic[K, V]):
         self.close()
 
 
-def _wait(future: Future, desc: str, waited: dict, key) -> object:
-    """future.result(), with a progress line while it is not done, and the wait recorded."""
+def _wait(future: Future, desc: str) -> object:
+    """future.result(), with a progress line while it is not done; a long wait is logged."""
     t0 = time.perf_counter()
     if not future.done():
         with tqdm(desc=desc, bar_format="{desc}: {elapsed}", leave=False) as bar:
             while not wait([future], timeout=0.5).done:
                 bar.refresh()
-    waited[key] = time.perf_counter() - t0
-    if waited[key] > WAIT_REPORT_S:
-        log.info("%s: %.1fs (its read was not hidden behind the previous work)", desc, waited[key])
+    waited = time.perf_counter() - t0
+    if waited > WAIT_REPORT_S:
+        log.info("%s: %.1fs (its read was not hidden behind the previous work)", desc, waited)
     return future.result()
