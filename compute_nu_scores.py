@@ -24,6 +24,7 @@ from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import check_layers, check_sae_ids, load_model, load_sae, load_tokenizer, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
+from langsae.prefetch import Prefetcher
 
 
 def parse_args(argv):
@@ -62,24 +63,34 @@ def main(argv=None):
         token_ids = tokenize(tokenizer, flat_texts)
         bytes_per_layer = nu.count_statistic_tokens(token_ids) * model.config.hidden_size * cfg.dtype.itemsize
         per_pass = max(1, int(args.cache_gb * 2**30 // max(bytes_per_layer, 1)))
-        for start in range(0, len(pending), per_pass):
-            group = pending[start : start + per_pass]
-            reads = {L: sae_hook_points(sae_cfgs[L])[0] for L in group}
-            inputs = nu.collect_sae_inputs(model, token_ids, lang_ids, reads, cfg.batch_size, tokenizer.pad_token_id)
-            weights = nu.token_weights(inputs.token_lang, inputs.token_text, len(cfg.languages), args.weighting)
-            for L in group:
-                t0 = time.time()
-                sae = load_sae(cfg.preset, L, cfg.device, cfg.dtype)  # once per layer per run
-                layer = nu.score_layer(
-                    sae, inputs.by_layer.pop(L), weights, L, cfg.languages, args.top_k, args.control_pool,
-                    cfg.seed + L, sae_hook_names(sae_cfgs[L]), neuronpedia_id(cfg.preset, L),
-                )  # fmt: skip
-                del sae
-                done = {"config_hash": chash, "layer": L, "sae_id": cfg.sae_id(L), **layer.summary,
-                        "token_counts": dict(zip(cfg.languages, inputs.token_lang.bincount(minlength=len(cfg.languages)).tolist()))}  # fmt: skip
-                nu.save_layer(cfg.features_dir, L, layer.files, layer.top20, done)
-                print(f"layer {L}: done in {time.time() - t0:.1f}s; top-5 shared with another language: {list(layer.summary['shared_top5'].values())}")
-            del inputs
+
+        def load(L):  # runs in the prefetcher's thread; load_sae is looked up at call time (tests wrap it)
+            return load_sae(cfg.preset, L, cfg.device, cfg.dtype)
+
+        # The prefetcher starts after the model is loaded because the SAE loader points
+        # huggingface_hub's process-wide cache settings at the preset's cache while it runs.
+        # The first transcoder is then read during the forward pass, each next one while the
+        # one before it encodes.
+        with Prefetcher(pending, load, "SAE layer") as saes:
+            for start in range(0, len(pending), per_pass):
+                group = pending[start : start + per_pass]
+                reads = {L: sae_hook_points(sae_cfgs[L])[0] for L in group}
+                inputs = nu.collect_sae_inputs(model, token_ids, lang_ids, reads, cfg.batch_size, tokenizer.pad_token_id)
+                weights = nu.token_weights(inputs.token_lang, inputs.token_text, len(cfg.languages), args.weighting)
+                for L in group:
+                    t0 = time.time()
+                    sae = saes.take(L)  # each SAE is loaded once per run, in the prefetcher's thread
+                    t_wait = time.time() - t0
+                    layer = nu.score_layer(
+                        sae, inputs.by_layer.pop(L), weights, L, cfg.languages, args.top_k, args.control_pool,
+                        cfg.seed + L, sae_hook_names(sae_cfgs[L]), neuronpedia_id(cfg.preset, L),
+                    )  # fmt: skip
+                    del sae  # before the next take: then at most one more SAE is in memory, the one being read
+                    done = {"config_hash": chash, "layer": L, "sae_id": cfg.sae_id(L), **layer.summary,
+                            "token_counts": dict(zip(cfg.languages, inputs.token_lang.bincount(minlength=len(cfg.languages)).tolist()))}  # fmt: skip
+                    nu.save_layer(cfg.features_dir, L, layer.files, layer.top20, done)
+                    print(f"layer {L}: done in {time.time() - t0:.1f}s (waited {t_wait:.1f}s for its SAE); top-5 shared with another language: {list(layer.summary['shared_top5'].values())}")
+                del inputs
 
     meta = nu.write_meta(cfg.features_dir, settings, chash, texts)
     print(f"meta.json: {len(meta['layers'])} layers; top-1 in no other language's top-5, per layer:")

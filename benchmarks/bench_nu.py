@@ -1,21 +1,37 @@
 """Benchmark: the nu stage against its bare cost, at the real Qwen3-0.6B shape, in one run.
 
 Builds (in a temporary Hugging Face cache, offline) a random-weight model of the exact
-Qwen3-0.6B shape and random transcoders of the real width (163,840) for a few layers in
-the mwhanna layout, then measures on the same texts:
-  bare  = one full model forward over every batch + one transcoder encode per layer
-          of the same statistic tokens (weights already in memory, nothing else)
-  stage = `python compute_nu_scores.py ...` as a user runs it (a subprocess: imports,
-          model load, one SAE load per layer, forward, encodes, statistics, atomic writes)
-and writes bench_results/nu_<device>.json. The target is stage / bare <= 1.15.
+Qwen3-0.6B shape and random transcoders of the real width (163,840, stored in fp32 as the
+hub stores them, 1.34 GB each) for a few layers in the mwhanna layout, then measures on
+the same texts:
+  read  = the time to load each transcoder into memory (`load_sae`), measured alone, from
+          a cold page cache (the files are dropped from it first; --warm keeps them)
+  bare  = one model forward over every batch up to the deepest scored layer (the stage
+          needs nothing above it) + one transcoder encode per layer of the same statistic
+          tokens, weights already in memory, nothing else
+  stage = `python compute_nu_scores.py ...` as a user runs it (a subprocess: imports, model
+          load, one SAE load per layer, forward, encodes, statistics, atomic writes), with
+          the transcoder files dropped from the page cache first unless --warm
+and writes bench_results/nu_<device>_<n>texts.json with stage / bare (the target is
+<= 1.1), stage / read (what matters on a GPU, where encodes take milliseconds and
+reading the files is the floor), peak RSS, and the machine, including its load average
+(the machine may be shared: other processes' work slows every number here).
 
-  python benchmarks/bench_nu.py --layers 0,14,27 --n-texts-per-lang 20
+  python benchmarks/bench_nu.py                                    # small: 20 texts/language, layers 0,14,27
+  python benchmarks/bench_nu.py --n-texts-per-lang 100 --layers 0,1  # the paper's selection set
+
+Consecutive layers from 0 keep the full run's proportion of forward to encode work (one
+decoder layer of forward per scored layer); layers spread over the depth (the default)
+run the whole forward for a few encodes, which flatters any fixed per-layer overhead.
 """
 
 import argparse
 import json
 import os
+import platform
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +52,7 @@ from langsae.nu import count_statistic_tokens  # noqa: E402
 from langsae.toy import train_tokenizer, write_mwhanna_release  # noqa: E402
 
 D_SAE = 163_840
+REPO = "mwhanna/qwen3-0.6b-transcoders-lowl0"
 
 
 def qwen3_06b_config(vocab_size, pad_id, eos_id):
@@ -50,6 +67,7 @@ def qwen3_06b_config(vocab_size, pad_id, eos_id):
 
 
 def build_fixtures(layers, texts, dtype):
+    """The model folder and the transcoder files (fp32, W_enc [d_sae, d_in], as on the hub)."""
     from transformers import Qwen3ForCausalLM
 
     model_dir = TMP / "model"
@@ -61,101 +79,195 @@ def build_fixtures(layers, texts, dtype):
     del model
     g = torch.Generator().manual_seed(1)
     tcs = {}
-    for L in layers:  # stored as the hub stores them: fp32, W_enc [d_sae, d_in]
+    for L in layers:
         tcs[L] = {
             "W_enc": torch.randn(D_SAE, 1024, generator=g) / 32,
             "W_dec": torch.randn(D_SAE, 1024, generator=g) / 400,
             "b_enc": torch.randn(D_SAE, generator=g) * 0.5 - 0.5,
             "b_dec": torch.zeros(1024),
         }
-    write_mwhanna_release(TMP / "hf" / "hub", "mwhanna/qwen3-0.6b-transcoders-lowl0", tcs, "Qwen/Qwen3-0.6B")
-    return model_dir
+    snapshot = write_mwhanna_release(TMP / "hf" / "hub", REPO, tcs, "Qwen/Qwen3-0.6B")
+    return model_dir, {L: snapshot / f"layer_{L}.safetensors" for L in layers}
+
+
+def drop_from_page_cache(paths):
+    """Make the next read of these files come from the disk (only these files: the machine is shared)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def make_sync(device):
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def bench_preset(model_dir):
+    from dataclasses import replace
+
+    from langsae.config import PRESETS
+
+    return replace(PRESETS["qwen3-0.6b"], model_id=str(model_dir))
+
+
+def read_cost(preset, files, device, dtype, cold):
+    """Seconds to load each transcoder into memory on the device (`load_sae`, as the stage does)."""
+    from langsae.model import load_sae, sae_config
+
+    sae_config(preset, next(iter(files)))  # imports sae-lens and parses its directory: not part of a read
+    sync, out = make_sync(device), {}
+    for L, path in files.items():
+        if cold:
+            drop_from_page_cache([path])
+        t0 = time.perf_counter()
+        sae = load_sae(preset, L, device, dtype)
+        sync()
+        out[L] = time.perf_counter() - t0
+        del sae
+    return out
 
 
 @torch.no_grad()
-def bare_cost(model_dir, layers, texts, device, dtype, batch_size):
-    """Seconds for one full forward over all batches + one encode per layer of its statistic tokens."""
-    from langsae.config import PRESETS
-    from langsae.forward import capture
+def bare_cost(preset, layers, texts, device, dtype, batch_size):
+    """Seconds for one forward over all batches up to the deepest layer, seconds of one encode per
+    layer of its statistic tokens (weights loaded beforehand, untimed), the CPU seconds of both,
+    and the number of statistic tokens."""
+    from langsae.forward import capture, run_through_layer
     from langsae.model import HookPoint, load_model, load_sae
-    from dataclasses import replace
 
-    preset = replace(PRESETS["qwen3-0.6b"], model_id=str(model_dir))
     model, tok = load_model(preset, device, dtype)
     ids = tokenize(tok, texts)
     batches = make_batches(ids, batch_size, tok.pad_token_id)
     points = {str(L): HookPoint(L, "mlp", "input") for L in layers}
     kept = {L: [] for L in layers}
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    t0 = time.perf_counter()
+    sync = make_sync(device)
+    cpu0, t0 = own_cpu_s(), time.perf_counter()
     with capture(model, points) as store:
         for b in batches:
             b = b.to(device)
-            model(input_ids=b.input_ids, attention_mask=b.attention_mask)
+            run_through_layer(model, b, max(layers))
             m = b.statistic_mask()
             for L in layers:
                 kept[L].append(store[str(L)][m])
     sync()
-    t_forward = time.perf_counter() - t0
+    t_forward, cpu = time.perf_counter() - t0, own_cpu_s() - cpu0
+    del model
     t_encode = {}
     for L in layers:
         sae = load_sae(preset, L, device, dtype)
-        x = torch.cat(kept[L])
+        x = torch.cat(kept.pop(L))
         sync()
-        t0 = time.perf_counter()
+        cpu0, t0 = own_cpu_s(), time.perf_counter()
         for s in range(0, x.shape[0], 1024):
             sae.encode(x[s : s + 1024])
         sync()
-        t_encode[L] = time.perf_counter() - t0
+        t_encode[L], cpu = time.perf_counter() - t0, cpu + own_cpu_s() - cpu0
         del sae
-    return t_forward, t_encode, count_statistic_tokens(ids)
+    return t_forward, t_encode, cpu, count_statistic_tokens(ids)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", default="0,14,27", help="transcoder layers to build and score")
-    p.add_argument("--n-texts-per-lang", type=int, default=20, help="selection texts per language")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="model and SAE dtype")
-    p.add_argument("--batch-size", type=int, default=8, help="texts per forward")
-    p.add_argument("--out", type=Path, help="result JSON (default bench_results/nu_<device>.json)")
-    args = p.parse_args()
-    layers = [int(x) for x in args.layers.split(",")]
-    dtype = getattr(torch, args.dtype)
-    texts = load_texts(PAPER_LANGUAGES, "selection", args.n_texts_per_lang).flat()[0]
-
+def stage_cost(model_dir, args, files):
+    """(wall and CPU seconds of the stage, seconds of its imports alone, seconds it waited for each SAE);
+    files dropped from the page cache first unless --warm."""
     t0 = time.perf_counter()
-    model_dir = build_fixtures(layers, texts, dtype)
-    print(f"fixtures built in {time.perf_counter() - t0:.0f}s under {TMP}", flush=True)
-
-    t_forward, t_encode, n_tokens = bare_cost(model_dir, layers, texts, args.device, dtype, args.batch_size)
-    bare = t_forward + sum(t_encode.values())
-    print(f"bare: forward {t_forward:.1f}s + encodes {sum(t_encode.values()):.1f}s = {bare:.1f}s", flush=True)
-
-    common = [sys.executable, "-c"]
-    t0 = time.perf_counter()
-    subprocess.run([*common, "import compute_nu_scores"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", "import compute_nu_scores"], cwd=ROOT, check=True)
     t_import = time.perf_counter() - t0
     cmd = [
         sys.executable, "compute_nu_scores.py", "--model-id", str(model_dir), "--layers", args.layers,
         "--n-texts-per-lang", str(args.n_texts_per_lang), "--device", args.device, "--dtype", args.dtype,
         "--batch-size", str(args.batch_size), "--out-dir", str(TMP / "out"), "--force",
     ]  # fmt: skip
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    stage = time.perf_counter() - t0
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    result = {
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "dtype": args.dtype, "layers": layers, "d_sae": D_SAE, "n_texts": len(texts), "statistic_tokens": n_tokens,
-        "bare_forward_s": t_forward, "bare_encode_s": t_encode, "bare_total_s": bare,
-        "stage_wall_s": stage, "python_import_s": t_import,
-        "ratio_stage_to_bare": stage / bare, "ratio_without_import": (stage - t_import) / bare,
-        "stage_tokens_per_s_per_layer": n_tokens * len(layers) / stage,
-        "bare_tokens_per_s_per_layer": n_tokens * len(layers) / bare,
-        "stage_peak_rss_gb": peak_gb, "torch_threads": torch.get_num_threads(),
+    if not args.warm:
+        drop_from_page_cache(files.values())
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the bench's thread count
+    cpu0, t0 = children_cpu_s(), time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True)
+    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+    # "layer L: done in Xs (waited Ys for its SAE)": how much of each read the prefetch did not hide
+    waited = {int(m[1]): float(m[2]) for m in re.finditer(r"layer (\d+): done in [\d.]+s \(waited ([\d.]+)s", done.stdout)}
+    return wall, cpu, t_import, waited
+
+
+def children_cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def own_cpu_s():
+    t = os.times()
+    return t.user + t.system
+
+
+def machine(device):
+    """What ran this: CPU model, cores, torch threads, GPU, load average (other processes' work)."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    return {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "torch": torch.__version__, "python": platform.python_version(),
     }  # fmt: skip
-    out = args.out or ROOT / "bench_results" / f"nu_{args.device.split(':')[0]}.json"
+
+
+def loadavg():
+    return round(os.getloadavg()[0], 2)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", default="0,14,27", help="transcoder layers to build and score")
+    p.add_argument("--n-texts-per-lang", type=int, default=20, help="selection texts per language (paper: 100)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="model and SAE dtype")
+    p.add_argument("--batch-size", type=int, default=8, help="texts per forward")
+    p.add_argument("--threads", type=int, help="torch threads for bare and stage (default: torch's own, one per core)")
+    p.add_argument("--warm", action="store_true", help="leave the transcoder files in the page cache (default: drop them, as a first run reads from disk)")
+    p.add_argument("--out", type=Path, help="result JSON (default bench_results/nu_<device>_<n>texts.json)")
+    p.add_argument("--keep", action="store_true", help=f"keep the fixtures under {TMP.parent}/bench-nu-*")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layers = [int(x) for x in args.layers.split(",")]
+    dtype = getattr(torch, args.dtype)
+    texts = load_texts(PAPER_LANGUAGES, "selection", args.n_texts_per_lang).flat()[0]
+    load = {"start": loadavg()}
+    try:
+        t0 = time.perf_counter()
+        model_dir, files = build_fixtures(layers, texts, dtype)
+        print(f"fixtures built in {time.perf_counter() - t0:.0f}s under {TMP}", flush=True)
+        preset = bench_preset(model_dir)
+
+        t_read = read_cost(preset, files, args.device, dtype, cold=not args.warm)
+        load["after_read"] = loadavg()
+        print(f"read: {sum(t_read.values()):.1f}s ({', '.join(f'{t:.1f}' for t in t_read.values())})", flush=True)
+        t_forward, t_encode, bare_cpu, n_tokens = bare_cost(preset, layers, texts, args.device, dtype, args.batch_size)
+        bare = t_forward + sum(t_encode.values())
+        load["after_bare"] = loadavg()
+        print(f"bare: forward {t_forward:.1f}s + encodes {sum(t_encode.values()):.1f}s = {bare:.1f}s", flush=True)
+        stage, stage_cpu, t_import, t_waited = stage_cost(model_dir, args, files)
+        load["after_stage"] = loadavg()
+        print(f"stage: {stage:.1f}s (imports {t_import:.1f}s)", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(TMP, ignore_errors=True)
+    read = sum(t_read.values())
+    result = {
+        "machine": machine(args.device), "device": args.device, "dtype": args.dtype, "layers": layers,
+        "d_sae": D_SAE, "n_texts": len(texts), "n_texts_per_lang": args.n_texts_per_lang,
+        "statistic_tokens": n_tokens, "page_cache": "warm" if args.warm else "cold (files dropped before read and stage)",
+        "read_s": t_read, "read_total_s": read, "bare_forward_s": t_forward, "bare_encode_s": t_encode,
+        "bare_total_s": bare, "bare_cpu_s": bare_cpu, "stage_wall_s": stage, "stage_cpu_s": stage_cpu, "python_import_s": t_import, "stage_waited_for_sae_s": t_waited,
+        "ratio_stage_to_bare": stage / bare, "ratio_without_import": (stage - t_import) / bare,
+        "ratio_stage_to_bare_plus_read": stage / (bare + read), "ratio_stage_to_read": stage / read,
+        "encode_s_per_token_per_layer": sum(t_encode.values()) / (n_tokens * len(layers)),
+        "forward_s_per_token": t_forward / n_tokens,
+        "stage_peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+        "load_average_1min": load,
+    }  # fmt: skip
+    out = args.out or ROOT / "bench_results" / f"nu_{args.device.split(':')[0]}_{args.n_texts_per_lang}texts.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))

@@ -243,7 +243,22 @@ def sae_hook_points(cfg: dict) -> tuple[HookPoint, HookPoint]:
 
 
 def load_sae(preset: Preset, layer: int, device: str, dtype: torch.dtype) -> SAE:
-    """One layer's SAE or transcoder through sae-lens's own loader for the release."""
+    """One layer's SAE or transcoder through sae-lens's own loader for the release, read into memory.
+
+    sae-lens reads the file through a memory map and casts tensor by tensor to `dtype`
+    (no fp32 copy of the whole SAE is made for a bf16 target); at the file's own dtype it
+    keeps the mapped file as the weights, unread until first used. So the weights are
+    loaded on the CPU and every page is touched here: the file is read by whoever calls
+    this (the nu stage's prefetch thread), not by the first encode. The move to another
+    device comes after, so a GPU stream never waits on a disk read.
+    """
+    sae = _sae_lens_load(preset, layer, "cpu", dtype)
+    _read_pages(sae)
+    return sae if torch.device(device).type == "cpu" else sae.to(device)
+
+
+def _sae_lens_load(preset: Preset, layer: int, device: str, dtype: torch.dtype) -> SAE:
+    """`SAE.from_pretrained` for one layer of the preset's release, errors as one line."""
     from sae_lens import SAE
     from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
 
@@ -262,6 +277,19 @@ def load_sae(preset: Preset, layer: int, device: str, dtype: torch.dtype) -> SAE
     except Exception as e:
         raise UserError(hub_error_message(f"SAE {preset.sae_release}/{sae_id}", e)) from e
     return sae.eval()
+
+
+PAGE_BYTES = 4096
+
+
+@torch.no_grad()
+def _read_pages(module: torch.nn.Module) -> None:
+    """Touch one byte in every page of each CPU weight's storage, so that memory-mapped weights
+    are read from the file now (a no-op in cost for weights already in memory)."""
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.device.type == "cpu" and t.untyped_storage().nbytes():
+            as_bytes = torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage())
+            as_bytes[::PAGE_BYTES].sum()
 
 
 def neuronpedia_id(preset: Preset, layer: int) -> str | None:

@@ -1,6 +1,9 @@
 """The nu stage against brute force, invariances, resume, and the real sae-lens loading path."""
 
 import json
+import shutil
+import threading
+import weakref
 
 import pytest
 import torch
@@ -149,15 +152,101 @@ def test_each_transcoder_loaded_once_and_finished_layers_skipped(tiny_args, tmp_
     real = compute_nu_scores.load_sae
     monkeypatch.setattr(compute_nu_scores, "load_sae", lambda p, L, *a: calls.append(L) or real(p, L, *a))
     assert run_nu(tiny_args, tmp_path) == 0
-    assert sorted(calls) == [0, 1, 2]
+    assert calls == [0, 1, 2], "each layer once, in order: the prefetch must not load a layer twice"
     assert run_nu(tiny_args, tmp_path) == 0
-    assert sorted(calls) == [0, 1, 2], "a finished layer with a matching config must be skipped"
+    assert calls == [0, 1, 2], "a finished layer with a matching config must be skipped"
     assert run_nu(tiny_args, tmp_path, "--layers", "1", "--force") == 0
-    assert sorted(calls) == [0, 1, 1, 2]
+    assert calls == [0, 1, 2, 1]
     assert run_nu(tiny_args, tmp_path, "--layers", "1", "--languages", "eng_Latn,fra_Latn") == 0
-    assert sorted(calls) == [0, 1, 1, 1, 2], "another config must recompute"
+    assert calls == [0, 1, 2, 1, 1], "another config must recompute"
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["layers"] == [1] and meta["languages"] == ["eng_Latn", "fra_Latn"]
+    assert not prefetch_threads(), "the prefetch thread must end with the stage"
+
+
+def prefetch_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("prefetch")]
+
+
+def test_prefetch_loads_in_the_background_one_ahead_across_passes(tiny_args, nu_run, tmp_path, monkeypatch):
+    """One model pass per layer (--cache-gb tiny): the prefetch spans the passes, each SAE is read
+    once, off the main thread, and at most one SAE is alive besides the one being read."""
+    real = compute_nu_scores.load_sae
+    alive, log = [], []
+
+    def tracked(p, L, *a):
+        log.append((L, threading.current_thread() is threading.main_thread(), sum(r() is not None for r in alive)))
+        sae = real(p, L, *a)
+        alive.append(weakref.ref(sae))
+        return sae
+
+    monkeypatch.setattr(compute_nu_scores, "load_sae", tracked)
+    assert run_nu(tiny_args, tmp_path, "--batch-size", "4", "--cache-gb", "1e-9") == 0
+    assert [L for L, _, _ in log] == [0, 1, 2]
+    assert not any(on_main for _, on_main, _ in log), "SAEs must be read by the prefetch thread"
+    assert max(n for _, _, n in log) <= 1, f"more than one SAE alive when a read started: {log}"
+    for layer in range(3):  # three passes, same bytes as one pass
+        for name, path in nu.layer_files(tmp_path, layer).items():
+            assert path.read_bytes() == nu.layer_files(nu_run, layer)[name].read_bytes(), f"layer {layer} {name}"
+
+
+def test_missing_sae_file_is_the_same_one_line_error(tiny_args, tmp_path, monkeypatch, capsys):
+    """A load that fails in the prefetch thread stops the stage at that layer with the one-line
+    error a load in the main thread gives; earlier layers are complete, nothing is half-written."""
+    from huggingface_hub import constants
+
+    from langsae.config import PRESETS
+    from langsae.errors import UserError
+    from langsae.model import load_sae
+
+    hub = tmp_path / "hub"
+    shutil.copytree(constants.HF_HUB_CACHE, hub)
+    (snapshot,) = (hub / "models--mwhanna--qwen3-0.6b-transcoders-lowl0" / "snapshots").iterdir()
+    (snapshot / "layer_1.safetensors").unlink()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    with pytest.raises(UserError) as direct:  # the message of a load in the main thread
+        load_sae(PRESETS["qwen3-0.6b"], 1, "cpu", torch.float32)
+
+    calls = []
+    real = compute_nu_scores.load_sae
+    monkeypatch.setattr(compute_nu_scores, "load_sae", lambda p, L, *a: calls.append(L) or real(p, L, *a))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert run_nu(tiny_args, out) == 2
+    err = capsys.readouterr().err  # progress bars, then the error
+    last_line = err.replace("\r", "\n").rstrip("\n").split("\n")[-1]
+    assert last_line == f"error: {direct.value}" and err.count("error:") == 1 and "layer_1" in last_line
+    assert calls == [0, 1], "no layer after the failed one is read"
+    assert nu.layer_done(out, 0, json.loads(nu.layer_files(out, 0)["done"].read_text())["config_hash"])
+    assert not any(p.exists() for p in nu.layer_files(out, 1).values()), "layer 1 must have no file at all"
+    assert not any(p.exists() for p in nu.layer_files(out, 2).values())
+    assert not list(out.glob(".*tmp")) and not list(out.glob("*tmp*")), "no temporary file may be left behind"
+    assert not prefetch_threads()
+
+
+def bits(t):
+    """The tensor's raw bits as integers: equal bits, not merely equal values (0.0 vs -0.0)."""
+    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+@pytest.mark.filterwarnings("ignore:(?s).*model_from_pretrained_kwargs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_load_sae_equals_sae_lens_bit_for_bit(tiny_transcoders, dtype):
+    """load_sae (sae-lens on the CPU, pages read, then moved) gives sae-lens's own weights exactly."""
+    from sae_lens import SAE
+
+    from langsae.config import PRESETS
+    from langsae.model import load_sae
+
+    for layer in range(3):
+        ours = load_sae(PRESETS["qwen3-0.6b"], layer, "cpu", dtype)
+        ref = SAE.from_pretrained("mwhanna-qwen3-0.6b-transcoders-lowl0", f"layer_{layer}", device="cpu", dtype=str(dtype)[6:])
+        assert ours.state_dict().keys() == ref.state_dict().keys()
+        for name, t in ref.state_dict().items():
+            got = ours.state_dict()[name]
+            assert got.dtype == t.dtype == dtype and got.shape == t.shape, name
+            assert torch.equal(bits(got), bits(t)), name
+        assert torch.equal(ours.W_enc, tiny_transcoders[layer]["W_enc"].T.to(dtype)), "hub layout is [d_sae, d_in]"
 
 
 def test_interrupted_run_resumes_to_identical_files(tiny_args, nu_run, tmp_path, monkeypatch):
@@ -272,3 +361,29 @@ def test_position_0_rule_follows_the_tokenizer(tiny_model_dir, tiny_gemma2_dir, 
     assert "adds no BOS" in no_bos and "attention sink" in no_bos
     assert "BOS token" in with_bos and "attention sink" not in with_bos
     assert json.loads((nu_run / "meta.json").read_text())["position_0"] == no_bos
+
+
+def test_prefetcher_reads_one_ahead_in_the_background_and_stops_at_a_failure():
+    from langsae.errors import UserError
+    from langsae.prefetch import Prefetcher
+
+    started, release = [], threading.Event()
+
+    def load(key):
+        started.append(key)
+        if key == 1:
+            assert release.wait(10), "load 1 must run while the caller works on 0"
+        if key == 2:
+            raise UserError("no file for 2")
+        return key * 10
+
+    with Prefetcher([0, 1, 2, 3], load, "item") as items:
+        assert items.take(0) == 0  # returns while load(1) is blocked: it runs on another thread
+        with pytest.raises(ValueError, match="out of order"):
+            items.take(2)
+        release.set()
+        assert items.take(1) == 10
+        with pytest.raises(UserError, match="no file for 2"):
+            items.take(2)
+    assert started == [0, 1, 2], "one ahead at most, and nothing after a failed load"
+    assert not prefetch_threads()
