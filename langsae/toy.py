@@ -219,8 +219,7 @@ def build_toy(root: Path = TOY_ROOT, seed: int = 0, scale: str = "full", force: 
     seed, scale, versions and data match the existing build.json returns at once.
     """
     root = Path(root)
-    hp = _scale(scale)
-    record = build_record(seed, scale)
+    record = build_record(seed, scale)  # refuses an unknown scale before any work
     if not force and current_build(root) == record:
         log.info("toy build in %s is current (seed %d, scale %s): reusing it", root, seed, scale)
         return root
