@@ -304,6 +304,18 @@ def logits_from_hidden(model, final_hidden: torch.Tensor, head: Fp32Head | None 
     return logits
 
 
+def predicted_tokens(
+    final_hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions that predict a real token of right-padded rows: position t predicts token t+1
+    when t+1 is not padding. final_hidden: [R, T, d]; input_ids, attention_mask: [R, T].
+    Returns (their hidden states [n, d], the tokens they predict [n], the row of each [n])."""
+    R, T, _ = final_hidden.shape
+    predicted = attention_mask[:, 1:].bool()  # [R, T-1]
+    rows = torch.arange(R, device=final_hidden.device).unsqueeze(1).expand(R, T - 1)[predicted]
+    return final_hidden[:, :-1][predicted], input_ids[:, 1:][predicted], rows
+
+
 @torch.no_grad()
 def next_token_ce(
     model, final_hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_tokens: int | None = None
@@ -317,20 +329,17 @@ def next_token_ce(
     for a bf16 model) whatever the batch and length. Returns (mean CE [R] fp32, n_predicted [R]);
     a row with nothing to predict gets NaN.
     """
-    R, T, _ = final_hidden.shape
+    R = final_hidden.shape[0]
     vocab = model.lm_head.weight.shape[0]
     chunk = chunk_tokens or max(1, LOGIT_CHUNK_ELEMENTS // vocab)
-    predicted = attention_mask[:, 1:].bool()  # [R, T-1]
-    rows = torch.arange(R, device=final_hidden.device).unsqueeze(1).expand(R, T - 1)[predicted]
-    h = final_hidden[:, :-1][predicted]  # [n, d]
-    targets = input_ids[:, 1:][predicted]
+    h, targets, rows = predicted_tokens(final_hidden, input_ids, attention_mask)
     total = torch.zeros(R, dtype=torch.float32, device=final_hidden.device)
     head = fp32_head(model)  # once for all chunks
     for s in range(0, h.shape[0], chunk):
         logits = logits_from_hidden(model, h[s : s + chunk], head)
         ce = torch.nn.functional.cross_entropy(logits, targets[s : s + chunk], reduction="none")
         total.index_add_(0, rows[s : s + chunk], ce)
-    count = predicted.sum(1)
+    count = attention_mask[:, 1:].sum(1)
     mean = total / count.clamp(min=1)
     mean[count == 0] = float("nan")
     return mean, count

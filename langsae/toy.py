@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from langsae.artifacts import file_sha256, load_json, package_versions, save_json
 from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, load_ntrex, load_texts, ntrex_file
 from langsae.errors import UserError
-from langsae.forward import Batch, collect_tokens, make_batches, next_token_ce, tokenize
+from langsae.forward import Batch, collect_tokens, make_batches, next_token_ce, predicted_tokens, tokenize
 from langsae.model import HookPoint
 
 log = logging.getLogger(__name__)
@@ -523,9 +523,8 @@ def next_token_loss(model, batch: Batch) -> torch.Tensor:
     `labels=` loss, but the LM head runs only on positions that predict a real token: with a
     vocabulary 64x the hidden size, the head on padding was a tenth of a training step."""
     hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    predicts = batch.attention_mask[:, 1:].bool()
-    logits = model.lm_head(hidden[:, :-1][predicts])
-    return torch.nn.functional.cross_entropy(logits, batch.input_ids[:, 1:][predicts])
+    h, targets, _ = predicted_tokens(hidden, batch.input_ids, batch.attention_mask)
+    return torch.nn.functional.cross_entropy(model.lm_head(h), targets)
 
 
 def mixed_batches(token_ids: list[list[int]], batch_size: int, pad_id: int, g: torch.Generator, window: int = 16) -> list[Batch]:
