@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from langsae.errors import UserError
-from langsae.features import LayerFeatures
+from langsae.features import LayerFeatures, feature_activations
 from langsae.model import HookPoint, hook_point
 
 MODES = ("directional", "feature")
@@ -49,24 +49,6 @@ def project_out(h: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """h - Q Q^T h along the last dimension, computed in fp32: h [..., d], basis Q [d, r]."""
     hf = h.float()
     return (hf - (hf @ basis) @ basis.T).to(h.dtype)
-
-
-def feature_activations(
-    x: torch.Tensor,
-    W_enc: torch.Tensor,
-    b_enc: torch.Tensor,
-    threshold: torch.Tensor | None,
-    input_bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """a_f(x) = ReLU((x - input_bias) W_enc[f] + b_enc[f]), zeroed below the JumpReLU threshold if any: [..., k] fp32.
-
-    x: [..., d_in]; W_enc: [k, d_in] (encoder columns as rows); b_enc, threshold: [k];
-    input_bias: [d_in] for SAEs that subtract b_dec from their input (None for transcoders).
-    """
-    xf = x.float() if input_bias is None else x.float() - input_bias
-    pre = xf @ W_enc.T + b_enc
-    acts = torch.relu(pre)
-    return acts if threshold is None else acts * (pre > threshold)
 
 
 @dataclass

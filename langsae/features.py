@@ -18,8 +18,47 @@ import torch
 from langsae.artifacts import load_json
 from langsae.config import FEATURES_ROOT, RunConfig, run_name_for
 from langsae.errors import UserError
+from langsae.model import HookPoint, hook_point
 
 NU_SCRIPT = "compute_nu_scores.py"
+
+
+def feature_activations(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    threshold: torch.Tensor | None,
+    input_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """a_f(x) = ReLU((x - input_bias) W_enc[f] + b_enc[f]), zeroed below the JumpReLU threshold if any: [..., k] fp32.
+
+    x: [..., d_in]; W_enc: [k, d_in] (encoder columns as rows); b_enc, threshold: [k];
+    input_bias: [d_in] for SAEs that subtract b_dec from their input (None for transcoders).
+    """
+    xf = x.float() if input_bias is None else x.float() - input_bias
+    pre = xf @ W_enc.T + b_enc
+    acts = torch.relu(pre)
+    return acts if threshold is None else acts * (pre > threshold)
+
+
+@dataclass(frozen=True)
+class FeatureEncoder:
+    """A few saved features' encoders: their activations from the tensor at the SAE's read point
+    (`read`: the MLP input for a transcoder), without the full SAE.
+
+    W_enc [k, d_in], b_enc [k], threshold [k] or None, input_bias [d_in] or None, in `features` order.
+    """
+
+    features: tuple[int, ...]
+    read: HookPoint
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    threshold: torch.Tensor | None
+    input_bias: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., d_in] at `read` -> activations [..., k] fp32."""
+        return feature_activations(x, self.W_enc, self.b_enc, self.threshold, self.input_bias)
 
 
 @dataclass(frozen=True)
@@ -65,6 +104,16 @@ class LayerFeatures:
                 f"control pool are saved); rerun `python {NU_SCRIPT}` with a larger --top-k or --control-pool"
             )
         return pos
+
+
+    def encoder(self, features: Sequence[int], device: str | torch.device = "cpu") -> FeatureEncoder:
+        """The encoders of `features` (SAE feature ids, each saved: a top-k or control feature), on `device`."""
+        rows = self.rows(features)
+        return FeatureEncoder(
+            tuple(int(f) for f in features), hook_point(self.hook_in), self.W_enc[rows].to(device), self.b_enc[rows].to(device),
+            None if self.threshold is None else self.threshold[rows].to(device),
+            None if self.input_bias is None else self.input_bias.to(device),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

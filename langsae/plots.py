@@ -51,12 +51,12 @@ def _finish(fig, axes, title: str) -> None:
     fig.suptitle(title, fontsize=10)
 
 
-def _line(ax, rows: list[dict], label: str, **style) -> None:
+def _line(ax, rows: list[dict], label: str, y: str = "delta_ce", **style) -> None:
     rows = sorted(rows, key=lambda r: r["layer"])
     if not rows:
         return
     x = [r["layer"] for r in rows]
-    ax.plot(x, [r["delta_ce"] for r in rows], label=label, marker="o" if len(x) == 1 else None, ms=3, **style)
+    ax.plot(x, [r[y] for r in rows], label=label, marker="o" if len(x) == 1 else None, ms=3, **style)
     ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.15, color=style.get("color"), lw=0)
 
 
@@ -106,4 +106,49 @@ def figure6(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: st
         _mark_peak(ax, peaks, lang)
         ax.set_title(f"ablate {lang}'s features", fontsize=9)
     _finish(fig, axes, f"Figure 6 ({mode} ablation): single vs joint top features; synergy = Δ(joint) − ΣΔ(single), 95% CI")
+    return save_figure(fig, stem)
+
+
+CODE_SWITCH_TITLES = {
+    "prefix_feature": "the prefix language's feature on the noun's tokens",
+    "noun_feature": "the noun language's own feature on its noun",
+}
+
+
+def code_switching_lines(rows: Sequence[dict], languages: Sequence[str], measure: str, cases: Sequence[str], stem: Path) -> list[Path]:
+    """One panel per language: each case of `measure` across layers, 95% bands over items.
+    rows: code_switching_results.csv rows (value, ci_low, ci_high per layer, case, language)."""
+    fig, axes = _grid(len(languages))
+    palette = ["tab:blue", "tab:red", "tab:green", "tab:grey"]
+    for ax, lang in zip(axes, languages):
+        for case, c in zip(cases, palette):
+            _line(ax, _select(rows, measure=measure, case=case, language=lang), case.replace("_", " "), y="value", color=c)
+        ax.set_title(lang, fontsize=9)
+    axes[0].set_ylabel("mean activation on noun tokens")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    fig.suptitle(f"Code-switching: {CODE_SWITCH_TITLES[measure]}, per layer (95% CI over items)", fontsize=10)
+    return save_figure(fig, stem)
+
+
+def code_switching_heatmap(rows: Sequence[dict], languages: Sequence[str], layer: int, stem: Path) -> list[Path]:
+    """Prefix language (rows) x noun language (columns) at one layer, one panel per measure."""
+    import numpy as np
+
+    measures = list(dict.fromkeys(r["measure"] for r in rows))
+    fig, axes = plt.subplots(1, len(measures), figsize=(5.2 * len(measures), 4.6), squeeze=False, layout="constrained")
+    idx = {lang: i for i, lang in enumerate(languages)}
+    for ax, measure in zip(axes[0], measures):
+        mat = np.full((len(languages), len(languages)), np.nan)
+        for r in _select(rows, measure=measure):
+            mat[idx[r["prefix_lang"]], idx[r["noun_lang"]]] = r["value"]
+        im = ax.imshow(mat, cmap="viridis")
+        short = [lang.split("_")[0] for lang in languages]
+        ax.set_xticks(range(len(languages)), short, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(languages)), short, fontsize=7)
+        ax.set_xlabel("noun language Y", fontsize=8)
+        ax.set_ylabel("prefix language X", fontsize=8)
+        ax.set_title(CODE_SWITCH_TITLES[measure], fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"Code-switching at layer {layer} (mean over items)", fontsize=10)
     return save_figure(fig, stem)

@@ -1,0 +1,128 @@
+"""Code-switching (Section 4): a language's feature on a code-switched noun, at every layer.
+
+Runs the project's probe set (data/code_switch.jsonl: per item, one sentence per language ending in
+the same noun) with every prefix language X and every noun language Y, and each noun alone after a
+neutral one-token start. At every layer it reads each language's top feature (the nu stage's saved
+encoder rows, at the SAE's read point: the MLP input for a transcoder) on the noun's tokens, found
+by offset mapping. Writes:
+  sae_features/<run>/code_switching/layer_L.pt     per-probe noun activations (cache, keyed by a config hash)
+  sae_features/<run>/code_switching_items.csv      per layer x probe x feature language (every number's source)
+  sae_features/<run>/code_switching_results.csv    per layer x case/contrast x language, 95% CI over items
+  sae_features/<run>/code_switching_heatmap.csv    prefix language x noun language at the layer of largest effect
+  sae_features/<run>/code_switching_meta.json
+  output/<run>/code_switching_prefix_feature.*, code_switching_noun_feature.*, code_switching_heatmap.*
+Cached layers are reused on a rerun (--force recomputes).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from langsae import code_switch, features, plots, stats
+from langsae.artifacts import config_hash, file_sha256, package_versions, save_csv, save_json, save_torch
+from langsae.cli import run_main
+from langsae.config import build_parser, resolve
+from langsae.errors import UserError
+from langsae.model import check_layers, load_model, load_tokenizer, model_config
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv):
+    p = build_parser(__doc__.split("\n\n")[0])
+    g = p.add_argument_group("code switching")
+    g.add_argument("--rank", type=int, default=1, help="follow each language's feature at this nu rank (1 = top-1, the paper's)")
+    g.add_argument(
+        "--probe-file", type=Path, default=code_switch.PROBE_FILE,
+        help="the probe set: JSON lines {item, concept, gloss_en, lang, sentence, prefix, noun, noun_start, noun_end}",
+    )  # fmt: skip
+    return p.parse_args(argv)
+
+
+def cached_layer(path: Path, chash: str) -> torch.Tensor | None:
+    if not path.exists():
+        return None
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    return d["acts"] if d.get("config_hash") == chash else None
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = resolve(args)
+    if args.rank < 1:
+        raise UserError("--rank must be at least 1")
+    if cfg.layers is not None:
+        check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
+    if len(cfg.languages) < 2:
+        raise UserError("code-switching needs at least two --languages")
+    ps = code_switch.load_probe_set(args.probe_file, cfg.languages)
+    nu = features.load_nu_results(cfg, cfg.layers, args.rank)
+    layers, languages = sorted(nu.layers), list(cfg.languages)
+    feats = {L: [nu.layers[L].top(lang, [args.rank])[0] for lang in languages] for L in layers}
+
+    tokenizer = load_tokenizer(cfg.preset)
+    probes = code_switch.build_probes(ps)
+    tokens = code_switch.tokenize_probes(tokenizer, probes)
+    d = cfg.describe()
+    settings = {
+        "model_id": d["model_id"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
+        "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"], "languages": languages, "rank": args.rank,
+        "probe_file_sha256": file_sha256(args.probe_file), "neutral_start": code_switch.neutral_start(tokenizer)[1],
+    }  # fmt: skip
+    chash = config_hash(settings)
+    cdir = cfg.features_dir / "code_switching"
+    acts = {} if cfg.force else {L: a for L in layers if (a := cached_layer(cdir / f"layer_{L}.pt", chash)) is not None}
+    todo = [L for L in layers if L not in acts]
+    print(f"run {cfg.run_name}: {len(ps.concepts)} items x {len(languages)} languages, {len(probes)} texts; "
+          f"layers {layers} ({len(todo)} to compute, {len(acts)} cached)")  # fmt: skip
+    if todo:
+        model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
+        encoders = {L: nu.layers[L].encoder(feats[L], cfg.device) for L in todo}
+        for L, a in code_switch.noun_activations(model, tokens, encoders, cfg.batch_size, tokenizer.pad_token_id).items():
+            save_torch({"config_hash": chash, "layer": L, "features": feats[L], "acts": a}, cdir / f"layer_{L}.pt")
+            acts[L] = a
+
+    n_items = len(ps.concepts)
+    values = {L: code_switch.per_item_values(acts[L].numpy(), probes, languages, n_items) for L in layers}
+    m = code_switch.measures(values, languages, cfg.seed)
+    best, wins = code_switch.effect_layer(m)
+    fdir = cfg.features_dir
+    results = code_switch.result_rows(m, feats)
+    heat = code_switch.heatmap_rows(code_switch.pair_matrices(acts[best].numpy(), probes, languages, n_items), languages, best, cfg.seed)
+    save_csv(code_switch.item_rows(acts, probes, tokens, ps, feats), fdir / "code_switching_items.csv")
+    save_csv(results, fdir / "code_switching_results.csv")
+    save_csv(heat, fdir / "code_switching_heatmap.csv")
+    out = cfg.output_dir
+    figures = []
+    for measure, cases in code_switch.CASES.items():
+        figures += plots.code_switching_lines(results, languages, measure, cases, out / f"code_switching_{measure}")
+    figures += plots.code_switching_heatmap(heat, languages, best, out / "code_switching_heatmap")
+    save_json(
+        {"stage": "code_switching", "settings": settings, "config_hash": chash, "config": d, "layers": layers,
+         "languages": languages, "features": {str(L): dict(zip(languages, f)) for L, f in feats.items()},
+         "items": list(ps.concepts), "n_texts": len(probes), "probe_file": str(args.probe_file),
+         "noun_tokens": "tokens whose character span overlaps the noun's (offset mapping); a token straddling the "
+                        "prefix and the noun counts (items.csv: straddles)",
+         "cases": code_switch.CASES, "contrasts": code_switch.CONTRASTS,
+         "heatmap_layer": best, "heatmap_layer_rule": f"largest mean over languages of {code_switch.EFFECT}, on all items",
+         "heatmap_layer_bootstrap_wins": {str(L): w for L, w in wins.items()},
+         "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
+                       "resampling": "items with replacement, one draw shared by all languages and layers"},
+         "n_straddling_nouns": int(sum(tokens.straddles)), "figures": [str(f) for f in figures],
+         "versions": package_versions()},
+        fdir / "code_switching_meta.json",
+    )  # fmt: skip
+    mean_effect = [r for r in results if r["case"] == code_switch.EFFECT and r["language"] == code_switch.ALL_LANGUAGES and r["layer"] == best]
+    if mean_effect:
+        r = mean_effect[0]
+        print(f"layer {best}: {code_switch.EFFECT} (mean over languages) = {r['value']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]")
+    print(f"results: {fdir / 'code_switching_results.csv'}; figures: {out}")
+    return {"computed": len(todo), "cached": len(layers) - len(todo), "unit": "layer"}
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
