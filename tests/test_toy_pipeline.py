@@ -12,6 +12,7 @@ from test_nu import N_TEXTS, brute_force_mu, load_layer, mlp_input_hook, run_nu,
 import reproduce_figures_section5
 from langsae.cli import run_main
 from langsae.config import PRESETS
+from langsae.data import PAPER_LANGUAGES
 
 TOY = ["--model", "toy"]
 
@@ -72,3 +73,14 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path):
     assert run_main(run_pipeline.main, argv) == 0
     assert (out / "layer_1_indices.pt").exists() and (out / "ablation_results.csv").exists()
     assert (config.OUTPUT_ROOT / "toy_all" / "figure5.png").exists()
+
+
+def test_code_switching_on_toy(toy_nu):
+    import code_switching
+    from langsae import config
+
+    assert code_switching.main([*TOY, "--out-dir", str(toy_nu), "--layers", "0,1"]) == {"computed": 2, "cached": 0, "unit": "layer"}
+    with open(toy_nu / "code_switching_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["language"] for r in rows} == {*PAPER_LANGUAGES, "mean"} and {r["layer"] for r in rows} == {"0", "1"}
+    assert (config.OUTPUT_ROOT / toy_nu.name / "code_switching_heatmap.png").exists()
