@@ -105,7 +105,6 @@ class LayerFeatures:
             )
         return pos
 
-
     def encoder(self, features: Sequence[int], device: str | torch.device = "cpu") -> FeatureEncoder:
         """The encoders of `features` (SAE feature ids, each saved: a top-k or control feature), on `device`."""
         rows = self.rows(features)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
@@ -133,8 +134,6 @@ def code_switching_lines(rows: Sequence[dict], languages: Sequence[str], measure
 
 def code_switching_heatmap(rows: Sequence[dict], languages: Sequence[str], layer: int, stem: Path) -> list[Path]:
     """Prefix language (rows) x noun language (columns) at one layer, one panel per measure."""
-    import numpy as np
-
     measures = list(dict.fromkeys(r["measure"] for r in rows))
     fig, axes = plt.subplots(1, len(measures), figsize=(5.2 * len(measures), 4.6), squeeze=False, layout="constrained")
     idx = {lang: i for i, lang in enumerate(languages)}
