@@ -13,72 +13,35 @@ Finished conditions are skipped on a rerun (--force recomputes).
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from langsae import ablation, features, plots, section5, stats, sweep
+from langsae import features, plots, section5, stats, sweep
 from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main
-from langsae.config import PRESETS, build_parser, resolve
-from langsae.data import load_texts
-from langsae.errors import UserError
-from langsae.model import check_layers, load_model, model_config
-
-log = logging.getLogger(__name__)
-
-DEFAULT_N_TEXTS = 500  # the paper's; a preset may set its own ("n_eval_texts")
+from langsae.config import build_parser, resolve
+from langsae.model import check_layers, model_config
 
 
 def parse_args(argv):
     p = build_parser(__doc__.split("\n\n")[0])
-    g = p.add_argument_group("section 5")
-    g.add_argument(
-        "--n-texts", type=int, default=None,
-        help=f"evaluation texts per language (the first N of the evaluation set); default {DEFAULT_N_TEXTS} (paper), toy preset {PRESETS['toy'].defaults['n_eval_texts']}",
-    )  # fmt: skip
-    g.add_argument(
-        "--mode", choices=ablation.MODES, default="directional",
-        help="directional: project the block's residual output off the features' unit decoder directions (paper); "
-        "feature: subtract each feature's own contribution a_f(x)·W_dec[f] at the SAE's write point (transcoder-native)",
-    )  # fmt: skip
-    g.add_argument("--top-k", type=int, default=2, help="ablate each language's top-1..k features alone and all together (2: top1, top2, top1+2)")
-    g.add_argument(
-        "--random-draws", type=int, default=5,
-        help="seeded draws of k random live features per layer, k = 1 and --top-k (control); the control's CI "
-        "resamples draws as well as texts, so it needs at least 2 (1 gives a texts-only band); 0 = none",
-    )  # fmt: skip
-    g.add_argument("--rows-per-forward", type=int, default=64, help="texts x conditions stacked into one forward from the ablated layer (memory vs speed)")
+    sweep.add_sweep_args(p)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
-    n_texts = args.n_texts if args.n_texts is not None else cfg.preset.defaults.get("n_eval_texts", DEFAULT_N_TEXTS)
-    for flag, value, low in (("--n-texts", n_texts, 1), ("--random-draws", args.random_draws, 0), ("--rows-per-forward", args.rows_per_forward, 1)):
-        if value < low:
-            raise UserError(f"{flag} must be at least {low}")
-    if args.random_draws == 1:
-        log.warning("one random draw: the random control's interval cannot include the spread between draws (use --random-draws 2 or more)")
+    n_texts = sweep.check_sweep_args(args, cfg)
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
     nu = features.load_nu_results(cfg, cfg.layers, args.top_k)
     layers, languages = sorted(nu.layers), list(cfg.languages)
     conditions = sweep.sweep_conditions(nu, languages, args.mode, args.top_k, args.random_draws, cfg.seed)
-    texts = load_texts(cfg.languages, "evaluation", n_texts, cfg.split)
+    setup = sweep.open_sweep(cfg, nu, n_texts)
+    evalset, settings = setup.evalset, setup.settings
     print(f"run {cfg.run_name}: {len(conditions)} conditions ({args.mode}) at layers {layers} x {len(languages)} languages x {n_texts} texts")
-
-    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype)
-    evalset = sweep.build_eval_set(tokenizer, texts)
-    d = cfg.describe()
-    settings = {
-        "model_id": d["model_id"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
-        "dtype": d["dtype"], "split": cfg.split, "nu_config_hash": nu.meta["config_hash"], "eval_texts": evalset.digest(),
-    }  # fmt: skip
-    store = sweep.ConditionStore(cfg.features_dir / "ablation", settings)
-    result = sweep.run_sweep(
-        model, evalset, nu, conditions, store, cfg.batch_size, tokenizer.pad_token_id, args.rows_per_forward, cfg.force
-    )
+    result = setup.run(nu, conditions, cfg, args.rows_per_forward)
+    print(f"{result.computed} conditions computed, {result.cached} read from the cache")
 
     suffix = "" if args.mode == "directional" else f"_{args.mode}"
     fdir = cfg.features_dir
@@ -95,7 +58,7 @@ def main(argv=None):
     if fig6:
         figures += plots.figure6(fig6, languages, cfg.output_dir / f"figure6{suffix}", args.mode, peaks)
     save_json(
-        {"stage": "reproduce_figures_section5", "settings": settings, "config": d, "mode": args.mode, "top_k": args.top_k,
+        {"stage": "reproduce_figures_section5", "settings": settings, "config": cfg.describe(), "mode": args.mode, "top_k": args.top_k,
          "random_draws": args.random_draws, "n_texts_per_lang": n_texts, "layers": layers, "languages": languages,
          "eval_source": evalset.source, "n_conditions": len(conditions), "seed": cfg.seed,
          "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
@@ -108,6 +71,7 @@ def main(argv=None):
     )  # fmt: skip
     print(section5.format_summary(summary))
     print(f"results: {fdir / 'ablation_results.csv'}; figures: {cfg.output_dir}")
+    return {"computed": result.computed, "cached": result.cached, "unit": "conditions"}
 
 
 if __name__ == "__main__":

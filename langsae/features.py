@@ -125,8 +125,8 @@ class NuResults:
     top_k_saved: int
 
 
-def nu_command(cfg: RunConfig, layers: Sequence[int] | None = None, top_k: int | None = None) -> str:
-    """The command that makes nu results matching this run."""
+def stage_command(script: str, cfg: RunConfig, *extra: str) -> str:
+    """`python <script>` with the flags that point it at this run (model, out dir, languages), then `extra`."""
     p = cfg.preset
     if p.name == "custom":
         parts = ["--model custom", f"--model-id {p.model_id}", f"--sae-release {p.sae_release}", f"--sae-id-template '{p.sae_id_template}'"]
@@ -135,11 +135,17 @@ def nu_command(cfg: RunConfig, layers: Sequence[int] | None = None, top_k: int |
     if Path(cfg.features_dir).resolve() != (FEATURES_ROOT / run_name_for(p)).resolve():
         parts.append(f"--out-dir {cfg.features_dir}")
     parts.append(f"--languages {','.join(cfg.languages)}")
+    return f"python {script} " + " ".join([*parts, *extra])
+
+
+def nu_command(cfg: RunConfig, layers: Sequence[int] | None = None, top_k: int | None = None) -> str:
+    """The command that makes nu results matching this run."""
+    extra = []
     if layers is not None:
-        parts.append(f"--layers {','.join(map(str, layers))}")
+        extra.append(f"--layers {','.join(map(str, layers))}")
     if top_k is not None:
-        parts.append(f"--top-k {top_k}")
-    return f"python {NU_SCRIPT} " + " ".join(parts)
+        extra.append(f"--top-k {top_k}")
+    return stage_command(NU_SCRIPT, cfg, *extra)
 
 
 def _layer_is_current(features_dir: Path, layer: int, nu_hash: str) -> bool:

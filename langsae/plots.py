@@ -151,3 +151,176 @@ def code_switching_heatmap(rows: Sequence[dict], languages: Sequence[str], layer
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(f"Code-switching at layer {layer} (mean over items)", fontsize=10)
     return save_figure(fig, stem)
+
+
+# ----------------------------------------------------------------------------- stages 3 and 4
+
+
+def _short(languages: Sequence[str]) -> list[str]:
+    return [lang.split("_")[0] for lang in languages]
+
+
+def interaction_matrix(m, languages: Sequence[str], stem: Path, what: str) -> list[Path]:
+    """Heatmap of M (x: ablated language, y: evaluation language) with the diagonal outlined, each
+    cell annotated with its ΔCE and ± half the width of its 95% CI; beside it, the CI widths.
+    m: stats.Resampled with point [G, G]."""
+    from matplotlib.patches import Rectangle
+
+    low, high = m.interval()
+    G, names = len(languages), _short(languages)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (0.6 * G + 2.5), 0.6 * G + 1.5), layout="constrained")
+    for ax, values, title, cmap in ((axes[0], m.point, f"ΔCE (nats): M[eval, ablated] ({what})", "viridis"), (axes[1], high - low, "95% CI width", "Greys")):
+        im = ax.imshow(values, cmap=cmap)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_xticks(range(G), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(G), names, fontsize=7)
+        ax.set_xlabel("ablated language's features")
+        ax.set_ylabel("evaluation language")
+        ax.set_title(title, fontsize=9)
+        for i in range(G):
+            ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.2))
+    if G <= 12:
+        for i in range(G):
+            for j in range(G):
+                axes[0].text(j, i, f"{m.point[i, j]:.2f}\n±{(high[i, j] - low[i, j]) / 2:.2f}", ha="center", va="center", fontsize=5, color="white")
+    return save_figure(fig, stem)
+
+
+def mds_map(coords, labels, co_clustering, languages: Sequence[str], stem: Path, stress: float) -> list[Path]:
+    """The first two MDS coordinates, coloured by cluster; an edge between two languages is as
+    dark and thick as the share of resamples that put them in one cluster."""
+    import numpy as np
+
+    coords = np.asarray(coords)
+    xy = coords if coords.shape[1] >= 2 else np.column_stack([coords[:, 0], np.zeros(len(coords))])
+    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
+    G = len(languages)
+    for i in range(G):
+        for j in range(i + 1, G):
+            w = float(co_clustering[i][j])
+            if w > 0.05:
+                ax.plot(xy[[i, j], 0], xy[[i, j], 1], color="black", alpha=w, lw=0.5 + 2.5 * w, zorder=1)
+    cmap = plt.get_cmap("tab10")
+    for i, name in enumerate(_short(languages)):
+        ax.scatter(xy[i, 0], xy[i, 1], color=cmap(int(labels[i]) % 10), s=80, zorder=2)
+        ax.annotate(name, xy[i], textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("MDS 1")
+    ax.set_ylabel("MDS 2")
+    ax.set_title(f"MDS of the interaction distance (stress-1 {stress:.3f}); colour: Ward cluster;\nedges: share of resamples in one cluster", fontsize=9)
+    return save_figure(fig, stem)
+
+
+def dendrogram(z, languages: Sequence[str], stem: Path, k: int) -> list[Path]:
+    """Ward tree of the MDS coordinates, coloured below the cut into k clusters."""
+    import numpy as np
+    from scipy.cluster.hierarchy import dendrogram as draw
+
+    z = np.asarray(z)
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    cut = (z[-k, 2] + z[-k + 1, 2]) / 2 if k > 1 else None
+    draw(z, labels=_short(languages), ax=ax, color_threshold=cut)
+    if cut is not None:
+        ax.axhline(cut, color="grey", ls="--", lw=0.8)
+    ax.set_ylabel("Ward merge height (MDS space)")
+    ax.set_title(f"Ward linkage on the MDS coordinates, cut at k = {k}", fontsize=9)
+    return save_figure(fig, stem)
+
+
+def co_clustering(co, languages: Sequence[str], stem: Path, ari: Mapping) -> list[Path]:
+    """How often each pair of languages shares a cluster across the bootstrap resamples."""
+    G = len(languages)
+    fig, ax = plt.subplots(figsize=(0.5 * G + 2.5, 0.5 * G + 1.5), layout="constrained")
+    im = ax.imshow(co, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    names = _short(languages)
+    ax.set_xticks(range(G), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(G), names, fontsize=7)
+    for i in range(G):
+        for j in range(G):
+            ax.text(j, i, f"{co[i][j]:.2f}", ha="center", va="center", fontsize=5, color="black" if co[i][j] < 0.6 else "white")
+    ax.set_title(f"co-clustering over {ari['n_resamples']} resamples (ARI vs point: mean {ari['mean']:.2f})", fontsize=9)
+    return save_figure(fig, stem)
+
+
+def synergy_intra_inter(summary: Mapping, stem: Path) -> list[Path]:
+    """Mean pair synergy of intra- and inter-cluster pairs across layers, 95% CIs, with and
+    without degenerate pairs (panels); the permutation p-value above each layer."""
+    layers = sorted(int(k) for k in summary if k != "all_layers")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True, layout="constrained")
+    for ax, which in zip(axes, ("with_degenerate", "without_degenerate")):
+        for group, colour, dx in (("intra", "tab:red", -0.08), ("inter", "tab:blue", 0.08)):
+            est = [summary[str(L)][which][group] for L in layers]
+            y = [e["value"] for e in est]
+            err = [[e["value"] - e["ci_low"] for e in est], [e["ci_high"] - e["value"] for e in est]]
+            ax.errorbar([L + dx for L in layers], y, yerr=err, color=colour, marker="o", ms=4, capsize=3, label=f"{group}-cluster pairs")
+        for L in layers:
+            p = summary[str(L)][which]["permutation_p"]
+            ax.annotate(f"p={p:.2g}", (L, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=6)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.set_title(which.replace("_", " ") + " pairs", fontsize=9, pad=14)
+    axes[0].set_ylabel("synergy ΔAB − ΔA − ΔB (nats)")
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, stem)
+
+
+def synergy_vs_cosine(rows: Sequence[Mapping], stem: Path) -> list[Path]:
+    """Each pair's synergy (mean of its two sides) against the |cosine| of its two top-1 decoder
+    directions, coloured intra/inter; degenerate pairs marked ×."""
+    pairs: dict[tuple, list] = {}
+    for r in rows:
+        pairs.setdefault((r["layer"], r["lang_a"], r["lang_b"]), []).append(r)
+    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    seen = set()
+    for sides in pairs.values():
+        r = sides[0]
+        y = sum(s["synergy"] for s in sides) / len(sides)
+        group = "intra" if r["intra_cluster"] else "inter"
+        label = f"{group}-cluster{' (degenerate)' if r['degenerate'] else ''}"
+        ax.scatter(abs(r["cosine"]), y, color="tab:red" if group == "intra" else "tab:blue", marker="x" if r["degenerate"] else "o", s=20,
+                   label=None if label in seen else label)  # fmt: skip
+        seen.add(label)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("|cosine| of the two top-1 decoder directions")
+    ax.set_ylabel("pair synergy (nats)")
+    ax.legend(fontsize=7)
+    ax.set_title("synergy against shared direction (all layers)", fontsize=9)
+    return save_figure(fig, stem)
+
+
+def synergy_pairs(rows: Sequence[Mapping], languages: Sequence[str], order: Sequence[int], stem: Path) -> list[Path]:
+    """Per layer, a language × language heatmap: cell [A, B] = synergy on A's texts when A's and
+    B's top-1 features are ablated together; languages in `order` (by cluster)."""
+    import numpy as np
+
+    layers = sorted({int(r["layer"]) for r in rows})
+    G = len(languages)
+    idx = {lang: i for i, lang in enumerate(languages)}
+    fig, axes = _grid_plain(len(layers), G)
+    for ax, L in zip(axes, layers):
+        s = np.full((G, G), np.nan)
+        for r in rows:
+            if int(r["layer"]) == L:
+                other = r["lang_b"] if r["eval_lang"] == r["lang_a"] else r["lang_a"]
+                s[idx[r["eval_lang"]], idx[other]] = r["synergy"]
+        s = s[np.ix_(order, order)]
+        lim = np.nanmax(np.abs(s)) if np.isfinite(s).any() else 1.0
+        im = ax.imshow(s, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        fig.colorbar(im, ax=ax, shrink=0.7)
+        names = [_short(languages)[i] for i in order]
+        ax.set_xticks(range(G), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(G), names, fontsize=6)
+        ax.set_title(f"layer {L}", fontsize=8)
+    fig.suptitle("synergy on the row language's texts, ablating row + column top-1 (languages ordered by cluster)", fontsize=9)
+    return save_figure(fig, stem)
+
+
+def _grid_plain(n: int, G: int, ncols: int = 4):
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    size = 0.35 * G + 1.5
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])

@@ -18,7 +18,10 @@ from typing import Collection, Sequence
 
 import numpy as np
 
-from langsae.artifacts import save_csv
+from langsae.artifacts import load_json, save_csv
+from langsae.config import RunConfig
+from langsae.errors import UserError
+from langsae.features import stage_command
 from langsae.stats import N_BOOT, Estimate, JointBootstrap, Resampled, argmax_frequency, mean_over_draws, ratio_estimate, split_halves
 from langsae.sweep import NO_LANGUAGE, RANDOM, SweepResult, feature_set_name
 
@@ -26,6 +29,7 @@ RESULTS_COLUMNS = [
     "layer", "ablated_lang", "features", "mode", "eval_lang", "delta_ce", "ci_low", "ci_high",
     "n_texts", "n_tokens", "draw", "n_features", "feature_ids",
 ]  # fmt: skip
+SCRIPT = "reproduce_figures_section5.py"
 PEAK_RULE = (
     "per language, the layer maximising own-text mean ΔCE of its top-1..k set on half A of the "
     "sentence ids (seeded split); every summary value is measured on half B"
@@ -267,3 +271,19 @@ def format_summary(rows: Sequence[dict]) -> str:
         "most frequent peak layer wins across resamples; random: CI resamples draws and sentences"
     )
     return "\n".join(lines)
+
+
+def load_peaks(cfg: RunConfig, store_settings: dict, mode: str, n_texts: int) -> dict[str, int]:
+    """Each language's held-out peak layer from the Section 5 summary of this run, refused when
+    missing or made from other settings (model, evaluation texts, nu run, mode)."""
+    suffix = "" if mode == "directional" else f"_{mode}"
+    meta_path, summary_path = Path(cfg.features_dir) / f"section5_meta{suffix}.json", Path(cfg.features_dir) / f"section5_summary{suffix}.csv"
+    command = stage_command(SCRIPT, cfg, f"--n-texts {n_texts}", f"--mode {mode}")
+    if not meta_path.exists() or not summary_path.exists():
+        raise UserError(f"no Section 5 summary in {cfg.features_dir} (its held-out peak layers are needed); run `{command}` first")
+    meta = load_json(meta_path)
+    with open(summary_path, newline="") as f:
+        peaks = {r["language"]: int(r["peak_layer"]) for r in csv.DictReader(f)}
+    if meta.get("settings") != store_settings or meta.get("mode") != mode or not set(cfg.languages) <= set(peaks):
+        raise UserError(f"the Section 5 summary in {cfg.features_dir} was made with other settings; run `{command}`")
+    return {lang: peaks[lang] for lang in cfg.languages}

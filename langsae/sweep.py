@@ -14,6 +14,7 @@ A stage is: build its conditions, `run_sweep`, aggregate the SweepResult.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from langsae.ablation import Ablation, make_ablation, stacked
+from langsae.ablation import MODES, Ablation, make_ablation, stacked
 from langsae.artifacts import config_hash, save_torch
-from langsae.data import Texts
+from langsae.config import PRESETS, RunConfig
+from langsae.data import Texts, load_texts
 from langsae.errors import UserError
-from langsae.features import NU_SCRIPT, NuResults
+from langsae.features import NU_SCRIPT, LayerFeatures, NuResults
 from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, tokenize
+from langsae.model import load_model
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +75,30 @@ def random_draw(pool: torch.Tensor, k: int, seed: int, layer: int, draw: int) ->
     return tuple(sorted(int(pool[i]) for i in rng.choice(len(pool), size=k, replace=False)))
 
 
+def language_conditions(lf: LayerFeatures, languages: Sequence[str], mode: str, ranks: Sequence[int]) -> list[Condition]:
+    """At layer lf.layer, ablate each language's features of these 1-based nu ranks (e.g. (1, 2) = top1+2)."""
+    return [Condition(lf.layer, mode, lang, feature_set_name(ranks), lf.top(lang, ranks)) for lang in languages]
+
+
+def random_conditions(lf: LayerFeatures, mode: str, k: int, random_draws: int, seed: int) -> list[Condition]:
+    """`random_draws` seeded draws of k random live features of layer lf.layer (the control)."""
+    if random_draws and len(lf.control_indices) < k:
+        raise UserError(f"layer {lf.layer}'s control pool has {len(lf.control_indices)} features, fewer than {k}; rerun `python {NU_SCRIPT}` with a larger --control-pool")
+    return [Condition(lf.layer, mode, NO_LANGUAGE, RANDOM, random_draw(lf.control_indices, k, seed, lf.layer, d), d) for d in range(random_draws)]
+
+
 def sweep_conditions(
     nu: NuResults, languages: Sequence[str], mode: str, top_k: int, random_draws: int, seed: int
 ) -> list[Condition]:
     """Every condition of the Section 5 sweep: per layer, each language's top-1..top-k singly and
     together, plus `random_draws` draws of k random live features for k = 1 and k = top_k."""
     conditions = []
-    for L, lf in sorted(nu.layers.items()):
+    for _, lf in sorted(nu.layers.items()):
         for lang in languages:
             for ranks in feature_sets(top_k):
-                conditions.append(Condition(L, mode, lang, feature_set_name(ranks), lf.top(lang, ranks)))
+                conditions += language_conditions(lf, [lang], mode, ranks)
         for k in sorted({1, top_k}):
-            if random_draws and len(lf.control_indices) < k:
-                raise UserError(f"layer {L}'s control pool has {len(lf.control_indices)} features, fewer than {k}; rerun `python {NU_SCRIPT}` with a larger --control-pool")
-            for d in range(random_draws):
-                conditions.append(Condition(L, mode, NO_LANGUAGE, RANDOM, random_draw(lf.control_indices, k, seed, L, d), d))
+            conditions += random_conditions(lf, mode, k, random_draws, seed)
     return conditions
 
 
@@ -211,6 +223,8 @@ class SweepResult:
     """Per-text CEs of every condition, paired with the baseline on the same texts.
 
     baseline: [N]; n_tokens: [N] predicted tokens per text; ablated: [C, N] (row c = conditions[c]).
+    computed / cached: how many distinct conditions the sweep computed / read from the store
+    (conditions with the same numbers_key count once; the baseline and empty sets not at all).
     """
 
     evalset: EvalSet
@@ -219,6 +233,8 @@ class SweepResult:
     n_tokens: np.ndarray
     ablated: np.ndarray
     _index: dict = field(default_factory=dict, repr=False)
+    computed: int = 0  # distinct conditions (by numbers_key) this sweep computed
+    cached: int = 0  # distinct conditions it read from the store
 
     def __post_init__(self):
         self._index = {self._key(c.layer, c.ablated_lang, c.features, c.draw, len(c.feature_ids)): i for i, c in enumerate(self.conditions)}
@@ -311,16 +327,19 @@ def run_sweep(
         by_layer.setdefault(c.layer, []).append(i)
     ablated = np.full((len(conditions), len(baseline)), np.nan, dtype=np.float32)
     dev = _device(model)
+    n_computed = n_cached = 0
     for L in tqdm(sorted(by_layer), desc="layers", unit="layer"):
         name = f"layer_{L}"
         have = {} if force else store.read(name)
         todo: dict[str, Condition] = {}
+        read: set[str] = set()
         for i in by_layer[L]:
             c, k = conditions[i], keys[i]
             if not c.feature_ids:  # ablating nothing is the baseline itself
                 ablated[i] = baseline
             elif k in have:
                 ablated[i] = have[k]["ce"].numpy()
+                read.add(k)
             else:
                 todo.setdefault(k, c)
         if todo:
@@ -336,5 +355,81 @@ def run_sweep(
             for i in by_layer[L]:
                 if keys[i] in new:
                     ablated[i] = new[keys[i]]["ce"].numpy()
-        log.info("layer %d: %d conditions computed, %d from cache", L, len(todo), len(by_layer[L]) - len(todo))
-    return SweepResult(evalset, list(conditions), baseline, n_tokens, ablated)
+        n_computed, n_cached = n_computed + len(todo), n_cached + len(read)
+        log.info("layer %d: %d conditions computed, %d from cache", L, len(todo), len(read))
+    return SweepResult(evalset, list(conditions), baseline, n_tokens, ablated, computed=n_computed, cached=n_cached)
+
+
+# ----------------------------------------------------------------------------- what every ΔCE stage shares
+
+DEFAULT_N_TEXTS = 500  # the paper's; a preset may set its own ("n_eval_texts")
+
+
+def add_sweep_args(parser: argparse.ArgumentParser, top_k: bool = True, random_draws: bool = True) -> argparse._ArgumentGroup:
+    """The flags that fix a ΔCE sweep's numbers, defined once for every stage that reads the
+    condition store (same defaults everywhere, so the same flags read the same cache).
+    top_k / random_draws: whether this stage has those two flags."""
+    g = parser.add_argument_group("ΔCE sweep (as in reproduce_figures_section5.py: equal values share its cache)")
+    g.add_argument(
+        "--n-texts", type=int, default=None,
+        help=f"evaluation texts per language (the first N of the evaluation set); default {DEFAULT_N_TEXTS} (paper), toy preset {PRESETS['toy'].defaults['n_eval_texts']}",
+    )  # fmt: skip
+    g.add_argument(
+        "--mode", choices=MODES, default="directional",
+        help="directional: project the block's residual output off the features' unit decoder directions (paper); "
+        "feature: subtract each feature's own contribution a_f(x)·W_dec[f] at the SAE's write point (transcoder-native)",
+    )  # fmt: skip
+    if top_k:
+        g.add_argument("--top-k", type=int, default=2, help="ablate each language's top-1..k features alone and all together (2: top1, top2, top1+2)")
+    if random_draws:
+        g.add_argument(
+            "--random-draws", type=int, default=5,
+            help="seeded draws of k random live features per layer, k = 1 and --top-k (control); the control's CI "
+            "resamples draws as well as texts, so it needs at least 2 (1 gives a texts-only band); 0 = none",
+        )  # fmt: skip
+    g.add_argument("--rows-per-forward", type=int, default=64, help="texts x conditions stacked into one forward from the ablated layer (memory vs speed)")
+    return g
+
+
+def check_sweep_args(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """Validate the flags of `add_sweep_args` (one-line errors); returns N, the evaluation texts per language."""
+    n_texts = args.n_texts if args.n_texts is not None else cfg.preset.defaults.get("n_eval_texts", DEFAULT_N_TEXTS)
+    draws = getattr(args, "random_draws", 0)
+    for flag, value, low in (("--n-texts", n_texts, 1), ("--random-draws", draws, 0), ("--rows-per-forward", args.rows_per_forward, 1)):
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}")
+    if draws == 1:
+        log.warning("one random draw: the random control's interval cannot include the spread between draws (use --random-draws 2 or more)")
+    return n_texts
+
+
+@dataclass
+class SweepSetup:
+    """The model, its evaluation set and the condition store of one run: every ΔCE stage opens
+    them with `open_sweep`, so equal settings address the same cached conditions."""
+
+    model: object
+    tokenizer: object
+    evalset: EvalSet
+    store: ConditionStore
+
+    @property
+    def settings(self) -> dict:
+        return self.store.settings
+
+    def run(self, nu: NuResults, conditions: Sequence[Condition], cfg: RunConfig, max_rows: int) -> SweepResult:
+        return run_sweep(self.model, self.evalset, nu, conditions, self.store, cfg.batch_size, self.tokenizer.pad_token_id, max_rows, cfg.force)
+
+
+def open_sweep(cfg: RunConfig, nu: NuResults, n_texts: int) -> SweepSetup:
+    """Load the first `n_texts` evaluation texts per language and the model, and open the run's
+    condition store, keyed by the model, SAE, dtype, split, nu run and the tokenised texts."""
+    texts = load_texts(cfg.languages, "evaluation", n_texts, cfg.split)
+    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype)
+    evalset = build_eval_set(tokenizer, texts)
+    d = cfg.describe()
+    settings = {
+        "model_id": d["model_id"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
+        "dtype": d["dtype"], "split": cfg.split, "nu_config_hash": nu.meta["config_hash"], "eval_texts": evalset.digest(),
+    }  # fmt: skip
+    return SweepSetup(model, tokenizer, evalset, ConditionStore(cfg.features_dir / "ablation", settings))

@@ -1,0 +1,137 @@
+"""Stage 3: the cross-linguistic interaction matrix, MDS + Ward clusters of its distance, and their stability.
+
+M[i, j] = mean ΔCE on language i's evaluation texts when language j's top features are ablated
+(--features, at --layers, combined by --aggregate). These are Section 5's conditions with
+Section 5's evaluation texts, N and mode, read from its condition store (sae_features/<run>/ablation/);
+whatever is missing is computed and cached. The distance D (--distance) is embedded by metric
+MDS, clustered by Ward linkage on the MDS coordinates and cut at --k; the earlier
+reproduction's Ward-on-D clusters are printed beside them. Stability: every one of
+--stability-boot joint resamples of sentence ids is clustered again. Writes:
+  sae_features/<run>/interaction_matrix.csv    per layer and aggregate: eval_lang, ablated_lang, delta_ce, CI (+ random reference rows)
+  sae_features/<run>/interaction_clusters.json labels, MDS coordinates, stress, silhouette, co-clustering, ARI, settings
+  sae_features/<run>/interaction_meta.json     model, data, settings, versions, conditions computed and read
+  output/<run>/interaction_matrix, interaction_mds, interaction_dendrogram, interaction_coclustering (.png, .pdf)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from langsae import features, interactions, plots, section5, stats, sweep
+from langsae.artifacts import package_versions, save_csv, save_json
+from langsae.cli import run_main
+from langsae.config import build_parser, resolve
+from langsae.errors import UserError
+from langsae.model import check_layers, model_config
+
+
+def parse_args(argv):
+    p = build_parser(__doc__.split("\n\n")[0])
+    sweep.add_sweep_args(p, top_k=False)
+    g = p.add_argument_group("interactions")
+    g.add_argument("--features", choices=list(interactions.FEATURE_SETS), default="top1+2", help="which of each language's top features to ablate")
+    g.add_argument(
+        "--aggregate", default="mean",
+        help="how M combines the --layers: mean (the mean over them, as the earlier reproduction), peak (each ablated "
+        "language at its held-out peak layer from Section 5; needs its summary), or a layer number",
+    )  # fmt: skip
+    g.add_argument(
+        "--distance", choices=interactions.DISTANCES, default="ratio",
+        help="ratio: D_ij = max(0, 1 - (M_ij + M_ji)/(M_ii + M_jj)) (the earlier reproduction's); profile: correlation "
+        "distance between the languages' interaction profiles (row and column of M, divided by M_ii)",
+    )  # fmt: skip
+    g.add_argument("--k", type=int, default=5, help="number of clusters the Ward tree is cut into")
+    g.add_argument("--mds-dims", type=int, default=2, help="dimensions of the metric MDS embedding that Ward clusters")
+    g.add_argument("--mds-init", type=int, default=4, help="seeded random starts of the MDS (SMACOF); the lowest stress wins")
+    g.add_argument("--stability-boot", type=int, default=200, help="joint resamples of sentence ids, each clustered again (co-clustering, ARI)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = resolve(args)
+    n_texts = sweep.check_sweep_args(args, cfg)
+    languages = list(cfg.languages)
+    if not 2 <= args.k < len(languages):
+        raise UserError(f"--k must be between 2 and {len(languages) - 1} (one less than the number of languages)")
+    for flag, value in (("--mds-dims", args.mds_dims), ("--mds-init", args.mds_init), ("--stability-boot", args.stability_boot)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1")
+    aggregate = interactions.parse_aggregate(args.aggregate)
+    if cfg.layers is not None:
+        check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
+    ranks = interactions.FEATURE_SETS[args.features]
+    nu = features.load_nu_results(cfg, cfg.layers, max(ranks))
+    layers = sorted(nu.layers)
+    conditions = interactions.interaction_conditions(nu, languages, args.mode, ranks, args.random_draws, cfg.seed)
+    setup = sweep.open_sweep(cfg, nu, n_texts)
+    peaks = section5.load_peaks(cfg, setup.settings, args.mode, n_texts) if aggregate == "peak" else None
+    weights = interactions.layer_weights(aggregate, layers, languages, peaks)
+    print(f"run {cfg.run_name}: {len(conditions)} conditions ({args.mode}, {args.features}) at layers {layers} x {len(languages)} languages x {n_texts} texts")
+    result = setup.run(nu, conditions, cfg, args.rows_per_forward)
+    print(f"{result.computed} conditions computed, {result.cached} read from the cache")
+
+    # aggregate: matrices with CIs, then the point clustering and its stability over resamples
+    per_layer = interactions.layer_matrices(result, args.features, len(ranks), cfg.seed, stats.N_BOOT)
+    m, rand = per_layer.aggregate(weights)
+    d = interactions.DISTANCE_FUNCTIONS[args.distance](m.point)
+    if d is None:
+        raise UserError(f"the {args.distance} distance is undefined: some language's own ΔCE (diagonal of M) is not positive; try other --layers or --features")
+    point = interactions.cluster(d, args.k, args.mds_dims, args.mds_init, cfg.seed)
+    previous = interactions.ward_on_distance(d, args.k)
+    resampled = interactions.layer_matrices(result, args.features, len(ranks), cfg.seed, args.stability_boot).aggregate(weights)[0]
+    stab = interactions.stability(resampled.reps, args.distance, point.labels, args.k, args.mds_dims, args.mds_init, cfg.seed)
+    silhouette = interactions.silhouettes(point)
+    non_euclidean = interactions.negative_eigen_mass(d)
+
+    fdir, agg_name = cfg.features_dir, str(aggregate)
+    n_of = {lang: len(setup.evalset.texts_of(lang)) for lang in languages}
+    rows = []
+    for k, L in enumerate(layers):
+        rows += interactions.matrix_rows(per_layer.m[k], languages, L, args.features, args.mode, n_of)
+        if per_layer.random is not None:
+            rows += interactions.random_rows(per_layer.random[k], languages, L, len(ranks), args.mode, n_of)
+    if not isinstance(aggregate, int):
+        rows += interactions.matrix_rows(m, languages, agg_name, args.features, args.mode, n_of)
+        if rand is not None:
+            rows += interactions.random_rows(rand, languages, agg_name, len(ranks), args.mode, n_of)
+    save_csv(rows, fdir / "interaction_matrix.csv", interactions.MATRIX_COLUMNS)
+    settings = {
+        "store": setup.settings, "mode": args.mode, "n_texts": n_texts, "languages": languages, "features": args.features,
+        "layers": layers, "aggregate": agg_name, "peak_layers": peaks, "distance": args.distance, "k": args.k,
+        "mds_dims": args.mds_dims, "mds_init": args.mds_init, "stability_boot": args.stability_boot,
+        "random_draws": args.random_draws, "seed": cfg.seed,
+    }  # fmt: skip
+    low, high = m.interval()
+    clusters = {
+        "languages": languages, "matrix": m.point.tolist(), "matrix_ci_low": low.tolist(), "matrix_ci_high": high.tolist(),
+        "distance_kind": args.distance, "distance": d.tolist(), "negative_eigen_mass": non_euclidean,
+        "labels": dict(zip(languages, point.labels.tolist())), "mds_coords": dict(zip(languages, point.coords.tolist())),
+        "stress": point.stress, "linkage": point.linkage.tolist(), "silhouette": {str(k): v for k, v in silhouette.items()},
+        "ward_on_distance_labels": dict(zip(languages, previous.tolist())),
+        "co_clustering": stab.co_clustering.tolist(), "ari": stab.ari_summary(), "settings": settings,
+    }  # fmt: skip
+    save_json(clusters, fdir / interactions.CLUSTERS_FILE)
+    figures = plots.interaction_matrix(m, languages, cfg.output_dir / "interaction_matrix", f"{args.features}, {agg_name}, {args.mode}")
+    figures += plots.mds_map(point.coords, point.labels, stab.co_clustering, languages, cfg.output_dir / "interaction_mds", point.stress)
+    figures += plots.dendrogram(point.linkage, languages, cfg.output_dir / "interaction_dendrogram", args.k)
+    figures += plots.co_clustering(stab.co_clustering, languages, cfg.output_dir / "interaction_coclustering", stab.ari_summary())
+    save_json(
+        {"stage": "cross_linguistic_interactions", "settings": settings, "config": cfg.describe(),
+         "eval_source": setup.evalset.source, "n_conditions": len(conditions), "computed": result.computed, "cached": result.cached,
+         "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
+                       "resampling": "sentence ids with replacement, one draw shared by all languages",
+                       "random_reference": "draws resampled with replacement as well as sentence ids",
+                       "stability_resamples": args.stability_boot},
+         "figures": [str(f) for f in figures], "versions": package_versions()},
+        fdir / "interaction_meta.json",
+    )  # fmt: skip
+    print(interactions.format_clusters(clusters))
+    print(f"results: {fdir / interactions.CLUSTERS_FILE}; figures: {cfg.output_dir}")
+    return {"computed": result.computed, "cached": result.cached, "unit": "conditions"}
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,96 @@
+"""Stage 4: the permutation test's level and power on constructed data, and the script on the small
+toy (a shared top-1 is flagged and its synergy is −ΔA exactly; reruns compute nothing; missing or
+stale clusters are refused with the command that makes them)."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from scipy.stats import kstest
+from test_interactions import LANGS5, SHARED, TOY, copy_nu, read_csv, stage3, toy_nu  # noqa: F401 (fixture)
+
+import cluster_synergy
+from langsae import config, sweep, synergy
+from langsae.cli import run_main
+from langsae.stats import Resampled
+
+LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])  # 10 languages in clusters of 3, 3, 2, 2
+PAIRS = [(a, b) for a in range(10) for b in range(a + 1, 10)]
+A_IDX, B_IDX = np.array([p[0] for p in PAIRS]), np.array([p[1] for p in PAIRS])
+
+
+def test_permutation_p_is_uniform_under_the_null():
+    rng = np.random.default_rng(0)
+    ps = [synergy.permutation_test(rng.normal(size=len(PAIRS)), A_IDX, B_IDX, LABELS, 199, seed=s) for s in range(300)]
+    assert kstest(ps, "uniform").pvalue > 0.01
+    assert 0.02 < np.mean(np.array(ps) <= 0.05) < 0.09
+
+
+def test_permutation_p_is_small_with_a_planted_effect():
+    rng = np.random.default_rng(1)
+    intra = LABELS[A_IDX] == LABELS[B_IDX]
+    values = rng.normal(scale=0.1, size=len(PAIRS)) - 1.0 * intra  # intra pairs sub-additive
+    p = synergy.permutation_test(values, A_IDX, B_IDX, LABELS, 2000, seed=0)
+    assert 1 / 2001 <= p < 0.01
+
+
+def test_group_means_and_regression_by_hand():
+    values = Resampled(np.array([1.0, 2.0, 4.0]), np.array([[1.0, 2.0, 4.0], [0.0, 2.0, 6.0]]))
+    i, o, d = synergy.group_means(values, np.array([True, True, False]))
+    assert (i.point, o.point, d.point) == (1.5, 4.0, -2.5) and np.allclose(d.reps, [-2.5, -5.0])
+    r = synergy.regression([0.0, 0.5, 1.0, 1.0], [0.0, -1.0, -2.0, -2.0])
+    assert math.isclose(r["slope"], -2.0) and math.isclose(r["r"], -1.0) and r["n"] == 4
+    assert math.isnan(synergy.regression([0.3, 0.3, 0.3], [1, 2, 3])["slope"])
+
+
+def _stage4(run, *extra):
+    return cluster_synergy.main([*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5), "--n-texts", "4", "--permutations", "200", *extra])
+
+
+def test_stage4_on_toy(toy_nu, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
+    run = copy_nu(toy_nu, tmp_path / "run")
+    argv = [*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5), "--n-texts", "4"]
+    assert run_main(cluster_synergy.main, argv) == 2  # no clusters yet
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "python cross_linguistic_interactions.py --model toy" in err[0] and "--n-texts 4" in err[0]
+
+    stage3(run, "--k", "2")
+    out = _stage4(run)
+    assert out["computed"] > 0
+    rows = read_csv(run / "cluster_synergy.csv")
+    n_pairs = 2 * 10  # layers x pairs of 5 languages
+    assert len(rows) == 2 * n_pairs
+    same = [r for r in rows if r["same_feature"] == "True"]
+    assert {(r["lang_a"], r["lang_b"]) for r in same} >= {("eng_Latn", "spa_Latn")}  # they share a top-1 on the toy
+    for r in same:
+        assert r["feature_a"] == r["feature_b"] and float(r["cosine"]) > 0.999999 and r["degenerate"] == "True"
+        assert r["delta_ab"] == r["delta_a"] == r["delta_b"]  # one condition, read back from one cache entry
+        assert math.isclose(float(r["synergy"]), -float(r["delta_a"]), rel_tol=1e-5, abs_tol=1e-7)
+    for r in rows:
+        assert math.isclose(float(r["synergy"]), float(r["delta_ab"]) - float(r["delta_a"]) - float(r["delta_b"]), rel_tol=1e-4, abs_tol=1e-5)
+        assert float(r["ci_low"]) <= float(r["synergy"]) <= float(r["ci_high"])
+    summary = json.loads((run / "cluster_synergy_summary.json").read_text())["layers"]
+    assert set(summary) == {"0", "1", "all_layers"}
+    for s in summary.values():
+        for which in ("with_degenerate", "without_degenerate"):
+            c = s[which]
+            assert set(c) == {"intra", "inter", "difference", "permutation_p", "n_permutations", "regression"}
+            assert c["n_permutations"] == 200 and set(c["regression"]) == {"slope", "intercept", "r", "p", "n"}
+    for layer in ("0", "1"):
+        n = {w: summary[layer][w]["intra"]["n_pairs"] + summary[layer][w]["inter"]["n_pairs"] for w in ("with_degenerate", "without_degenerate")}
+        degenerate = len({(r["lang_a"], r["lang_b"]) for r in rows if r["layer"] == layer and r["degenerate"] == "True"})
+        assert n["with_degenerate"] == 10 and n["without_degenerate"] == 10 - degenerate
+    for name in ("synergy_intra_inter", "synergy_vs_cosine", "synergy_pairs"):
+        assert (tmp_path / "output" / "run" / f"{name}.png").stat().st_size > 1000, name
+
+    def fail(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(sweep, "ablated_ce", fail)
+    monkeypatch.setattr(sweep, "baseline_ce", fail)
+    assert _stage4(run)["computed"] == 0
+    with pytest.raises(Exception, match=re.escape("python cross_linguistic_interactions.py")):
+        _stage4(run, "--mode", "feature")  # clusters were made from directional ablations: stale
