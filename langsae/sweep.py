@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from langsae.ablation import Ablation, make_ablation, stacked
+from langsae.ablation import Ablation, make_ablation
 from langsae.artifacts import config_hash, save_torch
 from langsae.data import Texts
 from langsae.errors import UserError
 from langsae.features import NU_SCRIPT, NuResults
-from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, tokenize
+from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, stacked, tokenize
 
 log = logging.getLogger(__name__)
 
