@@ -89,6 +89,8 @@ def _fit(tokenizer, build, text: str, max_tokens: int, what: str) -> str:
         if over <= 0:
             return prompt
         budget -= over  # token boundaries moved at the joins; cut that much more
+        if budget < 1:
+            raise UserError(f"--max-prompt-tokens {max_tokens} leaves no room for the {what}; raise it (or lower --shots)")
 
 
 # ----------------------------------------------------------------------------- QA: XQuAD
