@@ -110,16 +110,3 @@ def make_ablation(lf: LayerFeatures, features: Sequence[int], mode: str, device:
         b_enc=lf.b_enc[rows].to(device), threshold=threshold, reads_output=reads_output,
         input_bias=None if lf.input_bias is None else lf.input_bias.to(device),
     )  # fmt: skip
-
-
-def stacked(ablations: Sequence[Ablation], rows_each: int):
-    """An `edit_output` function for conditions stacked along the batch: rows [i*B, (i+1)*B) get ablation i."""
-
-    def fn(out: torch.Tensor, module_input: torch.Tensor) -> torch.Tensor:
-        parts = [
-            a.apply(out[i * rows_each : (i + 1) * rows_each], module_input[i * rows_each : (i + 1) * rows_each])
-            for i, a in enumerate(ablations)
-        ]
-        return torch.cat(parts)
-
-    return fn

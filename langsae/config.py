@@ -49,7 +49,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "qwen3-0.6b": Preset(
-        "qwen3-0.6b", "Qwen/Qwen3-0.6B", "mwhanna-qwen3-0.6b-transcoders-lowl0", "layer_{layer}"
+        "qwen3-0.6b", "Qwen/Qwen3-0.6B", "mwhanna-qwen3-0.6b-transcoders-lowl0", "layer_{layer}",
+        defaults={"downstream_layer": 10},  # the seed claim's layer (downstream_ablation.py)
     ),
     "gemma-2-2b": Preset(
         "gemma-2-2b", "google/gemma-2-2b", "gemma-scope-2b-pt-res-canonical", "layer_{layer}/width_16k/canonical"

@@ -9,9 +9,9 @@ attention sink (Qwen3); `langsae.nu.position_0_rule` says which in the metadata.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -142,6 +142,33 @@ def edit_output(
             yield
         finally:
             handle.remove()
+
+
+def stacked(edits: Sequence, rows_each: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """An `edit_output` function for conditions stacked along the batch: rows [i*B, (i+1)*B) get
+    `edits[i].apply` (B = rows_each); None leaves its rows as they are."""
+
+    def fn(out: torch.Tensor, module_input: torch.Tensor) -> torch.Tensor:
+        parts = [
+            o if e is None else e.apply(o, x)
+            for e, o, x in zip(edits, out.split(rows_each), module_input.split(rows_each))
+        ]
+        return torch.cat(parts)
+
+    return fn
+
+
+@contextmanager
+def stacked_edits(model, edits: Sequence, rows_each: int) -> Iterator[None]:
+    """While the model runs, rows [i*B, (i+1)*B) get edits[i] (B = rows_each): each edit is an object
+    with a `hook` HookPoint and `apply(out, sublayer_input)` (e.g. `langsae.ablation.Ablation`), or
+    None for no edit. Edits may sit at different hook points (e.g. different layers): each point
+    gets one hook, which leaves the rows of other points' conditions alone."""
+    with ExitStack() as stack:
+        for hp in dict.fromkeys(e.hook for e in edits if e is not None):
+            mine = [e if e is not None and e.hook == hp else None for e in edits]
+            stack.enter_context(edit_output(model, hp, stacked(mine, rows_each)))
+        yield
 
 
 class _StopForward(Exception):

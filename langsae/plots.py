@@ -324,3 +324,35 @@ def _grid_plain(n: int, G: int, ncols: int = 4):
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
+
+
+DOWNSTREAM_SERIES = {"baseline": ("black", "o"), "own": ("tab:red", "v"), "random": ("grey", "s"), "cross": ("tab:green", "D")}
+
+
+def downstream_figure(rows: Sequence[dict], task: str, layer: int, stem: Path) -> list[Path]:
+    """One panel per metric of a task at one layer: per language, the baseline and the values under
+    ablation of the language's own top-1+2, of random features (mean over draws, CI over draws and
+    items) and of another language's top-1+2 (cross-language control), with 95% bootstrap CIs.
+    rows: the task's rows of downstream_results.csv (quantity "value" is used)."""
+    def keep(r):
+        return r["quantity"] == "value" and r["draw"] == "" and (r["condition"] == "baseline" or r["layer"] == layer)
+
+    rows = [r for r in rows if keep(r)]
+    panels = list(dict.fromkeys((r["metric"], r["scoring"]) for r in rows))
+    langs = list(dict.fromkeys(r["lang"] for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2, 0.6 * len(langs) + 1.2) * len(panels), 3.0), squeeze=False, layout="constrained")
+    for ax, (metric, scoring) in zip(axes[0], panels):
+        for s, (name, (colour, marker)) in enumerate(DOWNSTREAM_SERIES.items()):
+            pts = {r["lang"]: r for r in _select(rows, metric=metric, scoring=scoring, condition=name)}
+            xs = [i + (s - 1.5) * 0.15 for i, lang in enumerate(langs) if lang in pts]
+            ys = [pts[lang]["value"] for lang in langs if lang in pts]
+            lo = [pts[lang]["value"] - pts[lang]["ci_low"] for lang in langs if lang in pts]
+            hi = [pts[lang]["ci_high"] - pts[lang]["value"] for lang in langs if lang in pts]
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt=marker, color=colour, ms=4, lw=0.8, capsize=2, label=name)
+        ax.set_xticks(range(len(langs)), [lang.split("_")[0] for lang in langs], fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{metric} ({scoring})", fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    fig.suptitle(f"{task}, ablation at layer {layer}: baseline vs own top-1+2 vs random (same k) vs another language's top-1+2; 95% CI", fontsize=9)
+    return save_figure(fig, stem)

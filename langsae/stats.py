@@ -149,6 +149,11 @@ class JointBootstrap:
             self.members.append(kept[mine])
             self._weights.append(counts[:, codes[mine]])
 
+    def weights(self, g: int) -> np.ndarray:
+        """[n_boot, n_g] draw count of each of group g's kept texts (`members[g]`, in that order) in every
+        replicate: what a statistic that is not a mean (a kappa, a macro-F1) is computed under."""
+        return self._weights[g]
+
     def means(self, values: np.ndarray) -> Resampled:
         """Per-group means of per-text values, on the data and on every replicate.
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from langsae.ablation import MODES, Ablation, make_ablation, stacked
+from langsae.ablation import MODES, Ablation, make_ablation
 from langsae.artifacts import config_hash, save_torch
 from langsae.config import PRESETS, RunConfig
 from langsae.data import Texts, load_texts
 from langsae.errors import UserError
 from langsae.features import NU_SCRIPT, LayerFeatures, NuResults
-from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, tokenize
+from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, stacked, tokenize
 from langsae.model import load_model
 
 log = logging.getLogger(__name__)

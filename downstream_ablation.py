@@ -1,0 +1,168 @@
+"""Stage 5: question answering (XQuAD), sentiment (Amazon reviews) and topic classification (SIB-200)
+under ablation of each language's top-1+2 features, with random-feature and cross-language controls.
+
+Reads the nu stage's saved feature directions and, per task and language, runs the baseline, the
+task language's own top-1+2 ablation, --random-draws random live-feature ablations of the same k
+and a cross-language control (another language's top-1+2) at each of --layers, all stacked along
+the batch in one generation / scoring engine (KV cache on, ablation active at every position).
+Writes:
+  sae_features/<run>/downstream_results.csv     tidy: task, lang, layer, condition, ablated_lang, draw,
+                                                metric, scoring, quantity (value|delta), value, ci_low, ci_high, n
+  sae_features/<run>/downstream_summary.json    per task, language, layer and metric: does the own drop exceed random's?
+  sae_features/<run>/downstream/<task>/<lang>/<unit>.jsonl (+ .json)   per-item outputs of each finished unit
+  sae_features/<run>/downstream_meta.json
+  output/<run>/downstream_<task>_L<layer>.{png,pdf}
+(feature mode: downstream_results_feature.csv, ...). Finished units are skipped on a rerun (--force recomputes).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import logging
+import sys
+
+from langsae import ablation, downstream, features, plots, stats, tasks
+from langsae.artifacts import package_versions, save_csv, save_json
+from langsae.cli import run_main
+from langsae.config import build_parser, resolve
+from langsae.data import load_texts
+from langsae.errors import UserError
+from langsae.model import check_layers, load_model, load_tokenizer, model_config
+
+log = logging.getLogger(__name__)
+
+SECTION5_SCRIPT = "reproduce_figures_section5.py"
+LAYER_RULE = "the most common held-out peak layer across languages in the Section 5 summary (ties: the lowest layer)"
+
+
+def parse_args(argv):
+    p = build_parser(__doc__.split("\n\n")[0])
+    g = p.add_argument_group("downstream")
+    g.add_argument("--tasks", default=",".join(tasks.TASKS), help="comma-separated: qa, sentiment, topic")
+    g.add_argument(
+        "--mode", choices=ablation.MODES, default="directional",
+        help="directional: project the block's output off the features' unit decoder directions (paper); feature: subtract their contributions",
+    )  # fmt: skip
+    g.add_argument("--random-draws", type=int, default=3, help="random live-feature controls of the same k (2) per layer; 0 = none")
+    g.add_argument("--n-items", type=int, default=200, help="qa: the first N XQuAD questions, the same in every language")
+    g.add_argument("--shots", type=int, default=0, help="qa: examples from other articles in the same language (0 = the zero-shot prompt)")
+    g.add_argument("--n-topic-items", type=int, default=-1, help="topic: the first N SIB-200 items (test+dev minus the selection set, parallel); -1 = all")
+    g.add_argument("--topic-shots", type=int, default=3, help="topic: examples from SIB-200's train split (seeded, the same sentences in every language)")
+    g.add_argument("--n-per-label", type=int, default=40, help="sentiment: reviews per star rating (stratified, seeded)")
+    g.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompts longer than this lose the end of their context (qa) or review, never the question")
+    g.add_argument("--max-new-tokens", type=int, default=32, help="generation stops at a newline, EOS or this many tokens")
+    g.add_argument("--rows-per-forward", type=int, default=64, help="items x conditions stacked into one forward (memory vs speed)")
+    g.add_argument(
+        "--skip-unavailable", action="store_true",
+        help="skip a task whose data is not cached (Amazon reviews offline) with a notice, instead of stopping",
+    )  # fmt: skip
+    p.description += f" Default --layers: the preset's (10 for qwen3-0.6b), else {LAYER_RULE}."
+    return p.parse_args(argv)
+
+
+def default_layers(cfg, mode: str) -> tuple[int, ...]:
+    """The preset's downstream layer, else LAYER_RULE on the Section 5 summary."""
+    if "downstream_layer" in cfg.preset.defaults:
+        return (cfg.preset.defaults["downstream_layer"],)
+    suffix = "" if mode == "directional" else f"_{mode}"
+    path = cfg.features_dir / f"section5_summary{suffix}.csv"
+    if not path.exists():
+        raise UserError(f"no Section 5 summary at {path} to choose the layer from; run `python {SECTION5_SCRIPT} --model {cfg.preset.name} --mode {mode}` or give --layers")
+    with open(path, newline="") as f:
+        peaks = collections.Counter(int(r["peak_layer"]) for r in csv.DictReader(f))
+    top = max(peaks.values())
+    return (min(L for L, n in peaks.items() if n == top),)
+
+
+def load_items(task, lang, tokenizer, args, cfg, selection):
+    if task == "qa":
+        return tasks.qa_items(tokenizer, lang, args.n_items, args.shots, args.max_prompt_tokens)
+    if task == "sentiment":
+        return tasks.sentiment_items(tokenizer, lang, args.n_per_label, cfg.seed, args.max_prompt_tokens)
+    return tasks.topic_items(lang, args.topic_shots, cfg.seed, selection, args.n_topic_items)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = resolve(args)
+    task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in task_list if t not in tasks.TASKS]
+    if bad or not task_list:
+        raise UserError(f"--tasks: unknown {','.join(bad) or '(none)'}; choose from {','.join(tasks.TASKS)}")
+    if args.n_topic_items == 0 or args.n_topic_items < -1:
+        raise UserError("--n-topic-items must be a positive number, or -1 for all")
+    for flag, value, low in (("--random-draws", args.random_draws, 0), ("--n-items", args.n_items, 1), ("--shots", args.shots, 0),
+                             ("--topic-shots", args.topic_shots, 0), ("--n-per-label", args.n_per_label, 1),
+                             ("--max-new-tokens", args.max_new_tokens, 1), ("--rows-per-forward", args.rows_per_forward, 1)):  # fmt: skip
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}")
+    layers = cfg.layers or default_layers(cfg, args.mode)
+    check_layers(layers, model_config(cfg.preset).num_hidden_layers)
+    nu = features.load_nu_results(cfg, layers, len(downstream.TOP_RANKS))
+    nu_cfg = nu.meta["config"]
+    selection = load_texts(tuple(nu.languages), "selection", nu_cfg.get("n_texts_per_lang", -1), nu_cfg.get("split", "dev"))
+    clusters = cfg.features_dir / "interaction_clusters.json"
+
+    tokenizer = load_tokenizer(cfg.preset)
+    items, skipped = {}, {}
+    for task in task_list:
+        langs = [lang for lang in cfg.languages if lang in tasks.available_languages(task)]
+        try:
+            items[task] = {lang: load_items(task, lang, tokenizer, args, cfg, selection) for lang in langs}
+        except tasks.DatasetUnavailable as e:
+            if not args.skip_unavailable:
+                raise
+            log.warning("skipping %s: %s", task, e)
+            skipped[task] = str(e)
+    print(f"run {cfg.run_name}: tasks {', '.join(items)} at layers {list(layers)} ({args.mode}), {args.random_draws} random draws")
+
+    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
+    d = cfg.describe()
+    settings = {"model_id": d["model_id"], "sae_release": d["sae_release"], "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"]}
+    task_settings = {
+        "prompt_version": tasks.PROMPT_VERSION, "n_items": args.n_items, "n_topic_items": args.n_topic_items, "shots": args.shots, "topic_shots": args.topic_shots,
+        "n_per_label": args.n_per_label, "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens, "seed": cfg.seed,
+    }  # fmt: skip
+    store = downstream.UnitStore(cfg.features_dir / "downstream", settings)
+    eng = downstream.EngineSettings(tokenizer.pad_token_id, args.max_new_tokens, args.rows_per_forward, cfg.device)
+    rows, summary, figures, computed, cached, cross = [], [], [], 0, 0, {}
+    for task, by_lang in items.items():
+        res = downstream.TaskResults(task, list(by_lang), by_lang, {}, {})
+        for lang, its in by_lang.items():
+            cross[lang] = downstream.cross_language(lang, nu.languages, clusters)
+            res.conditions[lang] = downstream.conditions_for(lang, nu, layers, args.random_draws, cfg.seed, cross[lang])
+            res.records[lang], n_new, n_old = downstream.run_units(
+                model, tokenizer, task, lang, its, res.conditions[lang], nu, args.mode, store, task_settings, eng, cfg.force
+            )
+            computed, cached = computed + n_new, cached + n_old
+        r, s = downstream.results_rows(res, layers, args.mode, cfg.seed)
+        rows, summary = rows + r, summary + s
+        for L in layers:
+            figures += plots.downstream_figure(r, task, L, cfg.output_dir / f"downstream_{task}_L{L}{'' if args.mode == 'directional' else '_' + args.mode}")
+
+    suffix = "" if args.mode == "directional" else f"_{args.mode}"
+    fdir = cfg.features_dir
+    save_csv(rows, fdir / f"downstream_results{suffix}.csv", downstream.RESULTS_COLUMNS)
+    save_json({"rule": downstream.SUMMARY_RULE, "mode": args.mode, "entries": summary}, fdir / f"downstream_summary{suffix}.json")
+    save_json(
+        {"stage": "downstream_ablation", "settings": settings, "config": d, "task_settings": task_settings, "mode": args.mode,
+         "tasks": list(items), "skipped_tasks": skipped, "languages": {t: list(v) for t, v in items.items()},
+         "n_items": {t: {lang: len(v) for lang, v in by.items()} for t, by in items.items()}, "layers": list(layers),
+         "layer_rule": "--layers" if cfg.layers else ("preset default" if "downstream_layer" in cfg.preset.defaults else LAYER_RULE),
+         "random_draws": args.random_draws, "top_ranks": list(downstream.TOP_RANKS), "cross_rule": downstream.CROSS_RULE,
+         "cross_lang": cross, "prompts": {"qa": tasks.QA_INSTRUCTION + tasks.QA_EXAMPLE, "sentiment": tasks.SENTIMENT_PROMPT,
+                                          "topic": tasks.TOPIC_INSTRUCTION + tasks.TOPIC_EXAMPLE},
+         "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
+                       "resampling": "items with replacement; XQuAD and SIB-200 ids jointly across languages; deltas paired by item",
+                       "random_control": "mean over draws; its CI resamples draws as well as items"},
+         "summary_rule": downstream.SUMMARY_RULE, "figures": [str(f) for f in figures], "versions": package_versions()},
+        fdir / f"downstream_meta{suffix}.json",
+    )  # fmt: skip
+    print(downstream.format_summary(summary))
+    print(f"results: {fdir / f'downstream_results{suffix}.csv'}; figures: {cfg.output_dir}")
+    return {"computed": computed, "cached": cached, "unit": "(task, language, layer, condition)"}
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

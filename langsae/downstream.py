@@ -1,0 +1,349 @@
+"""Downstream ablation: conditions, the per-unit result store, running a task under every condition,
+and the results table with paired bootstrap intervals.
+
+A unit is one (task, language, layer, condition): its per-item results are one JSONL file under
+sae_features/<run>/downstream/<task>/<lang>/ (`<unit>.jsonl`), finished by a sidecar
+`<unit>.json` holding the config hash that made it, so a rerun skips finished units and never
+reuses stale ones. The conditions of a (task, language) that still need computing run together,
+stacked along the batch (langsae.generate).
+
+Statistics: items are resampled with replacement (`stats.JointBootstrap` over item ids: XQuAD
+and SIB-200 ids are parallel, so one draw is shared by every language; Amazon ids are not).
+Every metric of every condition is computed under the same replicate weights, so a delta
+(condition − baseline) is paired item by item, and a metric that is not a mean (QWK, macro-F1)
+is recomputed on each replicate. The random control's mean over draws also resamples draws
+(`stats.mean_over_draws`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from langsae import metrics, tasks
+from langsae.ablation import make_ablation
+from langsae.artifacts import atomic_path, config_hash, load_json, save_json
+from langsae.data import SIB_CATEGORIES
+from langsae.errors import UserError
+from langsae.features import NuResults
+from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
+from langsae.stats import N_BOOT, JointBootstrap, Resampled, mean_over_draws
+from langsae.sweep import NO_LANGUAGE, random_draw
+
+log = logging.getLogger(__name__)
+
+BASELINE, OWN, RANDOM, CROSS = "baseline", "own", "random", "cross"
+TOP_RANKS = (1, 2)  # the task language's top-1+2 features
+RESULTS_COLUMNS = [
+    "task", "lang", "layer", "condition", "ablated_lang", "draw", "metric", "scoring", "quantity", "value", "ci_low", "ci_high", "n",
+]  # fmt: skip
+METRICS = {  # task -> (metric, scoring); all higher-is-better except unparseable_rate
+    "qa": [("em", "generate"), ("f1", "generate"), ("lang_f1", "generate")],
+    "sentiment": [("accuracy", "generate"), ("qwk", "generate"), ("unparseable_rate", "generate"), ("accuracy", "loglik"), ("qwk", "loglik")],
+    "topic": [("accuracy", "loglik"), ("macro_f1", "loglik")],
+}  # fmt: skip
+SUMMARY_RULE = (
+    "per task, language, layer, metric and scoring: the own-feature drop exceeds the random control's when the "
+    "95% paired bootstrap interval of (own − baseline) − (random − baseline) = own − mean over random draws "
+    "lies entirely below zero (items resampled, jointly across languages for parallel data, and draws resampled); "
+    "unparseable_rate is left out (lower is better)"
+)
+CROSS_RULE = (
+    "the nu run's language farthest from the task language in stage 3's interaction matrix "
+    "(interaction_clusters.json, 'distance'), when that file exists; otherwise English, or Chinese for English tasks"
+)
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One row block of the engine: no edit (baseline) or an ablation of `feature_ids` at `layer`."""
+
+    name: str  # BASELINE, OWN, RANDOM or CROSS
+    layer: int | None = None
+    ablated_lang: str = ""  # whose top-1+2 (OWN, CROSS); NO_LANGUAGE for RANDOM
+    feature_ids: tuple[int, ...] = ()
+    draw: int | None = None
+
+    def unit(self, mode: str) -> str:
+        """File stem of this condition's unit."""
+        if self.name == BASELINE:
+            return BASELINE
+        return f"L{self.layer}_{mode}_{self.name}" + ("" if self.draw is None else str(self.draw))
+
+
+def cross_language(lang: str, nu_languages: Sequence[str], clusters_file: Path) -> str:
+    """The cross-language control's language (CROSS_RULE)."""
+    others = [x for x in nu_languages if x != lang]
+    if not others:
+        raise UserError(f"the nu run has no language besides {lang}: no cross-language control is possible")
+    if Path(clusters_file).exists():
+        data = load_json(clusters_file)
+        names, dist = list(data["languages"]), np.asarray(data["distance"], dtype=float)
+        if lang in names:
+            row = dist[names.index(lang)]
+            candidates = [x for x in names if x in others]
+            if candidates:
+                return max(candidates, key=lambda x: (row[names.index(x)], -names.index(x)))
+    fallback = "cmn_Hans" if lang == "eng_Latn" else "eng_Latn"
+    return fallback if fallback in others else others[0]
+
+
+def conditions_for(
+    lang: str, nu: NuResults, layers: Sequence[int], random_draws: int, seed: int, cross_lang: str
+) -> list[Condition]:
+    """Baseline, then per layer: own top-1+2, the random draws of the same k, the cross-language control."""
+    out = [Condition(BASELINE)]
+    k = len(TOP_RANKS)
+    for L in layers:
+        lf = nu.layers[L]
+        if random_draws and len(lf.control_indices) < k:
+            raise UserError(f"layer {L}'s control pool has {len(lf.control_indices)} features, fewer than {k}")
+        out.append(Condition(OWN, L, lang, lf.top(lang, TOP_RANKS)))
+        out += [Condition(RANDOM, L, NO_LANGUAGE, random_draw(lf.control_indices, k, seed, L, d), d) for d in range(random_draws)]
+        out.append(Condition(CROSS, L, cross_lang, lf.top(cross_lang, TOP_RANKS)))
+    return out
+
+
+# ----------------------------------------------------------------------------- the unit store
+
+
+class UnitStore:
+    """Per-item results of finished units: <root>/<task>/<lang>/<unit>.jsonl and its sidecar <unit>.json."""
+
+    def __init__(self, root: Path, settings: dict):
+        self.root, self.settings = Path(root), settings
+
+    def key(self, task: str, lang: str, condition: Condition, mode: str, task_settings: dict) -> str:
+        what = {"task": task, "lang": lang, "task_settings": task_settings}
+        if condition.name != BASELINE:
+            what.update(layer=condition.layer, mode=mode, feature_ids=sorted(condition.feature_ids))
+        return config_hash({**self.settings, **what})
+
+    def _paths(self, task: str, lang: str, unit: str) -> tuple[Path, Path]:
+        folder = self.root / task / lang
+        return folder / f"{unit}.jsonl", folder / f"{unit}.json"
+
+    def load(self, task: str, lang: str, unit: str, key: str) -> list[dict] | None:
+        data, done = self._paths(task, lang, unit)
+        if not (data.exists() and done.exists()) or load_json(done).get("config_hash") != key:
+            return None
+        with open(data, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def save(self, task: str, lang: str, unit: str, key: str, records: list[dict], meta: dict) -> None:
+        data, done = self._paths(task, lang, unit)
+        with atomic_path(data) as tmp:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        save_json({**meta, "config_hash": key, "n_items": len(records)}, done)  # written last: the unit is done
+
+
+# ----------------------------------------------------------------------------- running a task
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    pad_id: int
+    max_new_tokens: int
+    rows_per_forward: int
+    device: str
+
+
+def _choice_scores(model, tokenizer, prompt_ids, items, edits, eng: EngineSettings, desc: str) -> np.ndarray:
+    """[C, N, K] log-likelihood of each item's K choices under each edit."""
+    K = len(items[0].choices)
+    conts = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in items[0].choices]
+    pairs_p = [p for p in prompt_ids for _ in range(K)]
+    pairs_c = [c for _ in prompt_ids for c in conts]
+    lp = continuation_logprobs(model, pairs_p, pairs_c, edits, eng.pad_id, eng.rows_per_forward, desc)
+    return lp.reshape(len(edits), len(items), K)
+
+
+def compute_records(model, tokenizer, task: str, lang: str, items: list, edits: list, eng: EngineSettings) -> list[list[dict]]:
+    """Per-item records of every condition ([C][N]): what was generated or scored, and the item's scores."""
+    prompt_ids = [tokenizer(it.prompt)["input_ids"] for it in items]
+    C = len(edits)
+    records = [[{"id": it.id, "gold": it.gold} for it in items] for _ in range(C)]
+    if task in ("qa", "sentiment"):
+        gens = greedy_generate(
+            model, prompt_ids, edits, stop_token_ids(tokenizer), eng.pad_id, eng.max_new_tokens, eng.rows_per_forward, f"{task} {lang}: generate"
+        )  # fmt: skip
+        for c in range(C):
+            for i, it in enumerate(items):
+                raw = tokenizer.decode(gens[c][i], skip_special_tokens=True)
+                rec = records[c][i]
+                rec.update(raw=raw, n_new_tokens=len(gens[c][i]))
+                if task == "qa":
+                    answer = tasks.answer_text(raw)
+                    rec.update(answer=answer, truncated=it.meta.get("truncated", False), **tasks.score_qa(answer, it.gold, lang))
+                else:
+                    rec["parsed"] = metrics.parse_rating(raw)
+    if task in ("sentiment", "topic"):
+        scores = _choice_scores(model, tokenizer, prompt_ids, items, edits, eng, f"{task} {lang}: log-likelihood")
+        names = [c.strip() for c in items[0].choices]
+        for c in range(C):
+            for i in range(len(items)):
+                rec = records[c][i]
+                rec["loglik"] = {n: float(v) for n, v in zip(names, scores[c, i])}
+                best = names[int(np.argmax(scores[c, i]))]
+                rec["pred_loglik"] = int(best) if task == "sentiment" else best
+    return records
+
+
+def run_units(
+    model, tokenizer, task: str, lang: str, items: list, conditions: list[Condition], nu: NuResults, mode: str,
+    store: UnitStore, task_settings: dict, eng: EngineSettings, force: bool,
+) -> tuple[dict[str, list[dict]], int, int]:
+    """Per-item records of every condition's unit ({unit: records}), computing only unfinished ones
+    (all of them together, stacked); returns (records, n computed, n cached)."""  # fmt: skip
+    out, todo = {}, []
+    for c in conditions:
+        unit, key = c.unit(mode), store.key(task, lang, c, mode, task_settings)
+        cached = None if force else store.load(task, lang, unit, key)
+        if cached is not None and len(cached) == len(items):
+            out[unit] = cached
+        else:
+            todo.append((c, unit, key))
+    if todo:
+        edits = [None if c.name == BASELINE else make_ablation(nu.layers[c.layer], c.feature_ids, mode, eng.device) for c, _, _ in todo]
+        log.info("%s %s: %d units to compute (%d items each), %d cached", task, lang, len(todo), len(items), len(out))
+        records = compute_records(model, tokenizer, task, lang, items, edits, eng)
+        for (c, unit, key), recs in zip(todo, records):
+            meta = {"task": task, "lang": lang, "layer": c.layer, "condition": c.name, "ablated_lang": c.ablated_lang,
+                    "draw": c.draw, "feature_ids": list(c.feature_ids), "mode": None if c.name == BASELINE else mode}  # fmt: skip
+            store.save(task, lang, unit, key, recs, meta)
+            out[unit] = recs
+    return out, len(todo), len(conditions) - len(todo)
+
+
+# ----------------------------------------------------------------------------- metrics and the results table
+
+
+def _labels(task: str) -> list:
+    return list(tasks.RATINGS) if task == "sentiment" else list(SIB_CATEGORIES)
+
+
+def metric_reps(task: str, metric: str, scoring: str, records: list[dict], w: np.ndarray) -> np.ndarray:
+    """One metric of one unit under replicate weights w [R, n] (items in record order): [R]."""
+    if task == "qa":
+        return metrics.weighted_mean(w, [r[metric] for r in records])
+    labels = _labels(task)
+    code = {lab: k for k, lab in enumerate(labels)}
+    gold = np.array([code[r["gold"]] for r in records])
+    raw_pred = [r["parsed"] if scoring == "generate" else r["pred_loglik"] for r in records]
+    pred = np.array([-1 if p is None else code[p] for p in raw_pred])
+    if metric == "unparseable_rate":
+        return metrics.weighted_mean(w, (pred < 0).astype(float))
+    if metric == "accuracy":
+        return metrics.weighted_accuracy(w, gold, pred)
+    confusion = metrics.weighted_confusion(w, gold, pred, range(len(labels)))
+    if metric == "qwk":
+        return metrics.qwk_from_confusion(confusion)
+    if metric == "macro_f1":
+        return metrics.macro_f1_from_confusion(confusion)
+    raise ValueError(metric)
+
+
+def _resampled(task, metric, scoring, records, w) -> Resampled:
+    return Resampled(metric_reps(task, metric, scoring, records, np.ones((1, len(records))))[0], metric_reps(task, metric, scoring, records, w))
+
+
+def _row(task, lang, c: Condition | None, metric, scoring, quantity, est: Resampled, n, draw="") -> dict:
+    low, high = est.interval()
+    cond = c or Condition(RANDOM)
+    return {
+        "task": task, "lang": lang, "layer": "" if cond.layer is None else cond.layer, "condition": cond.name,
+        "ablated_lang": cond.ablated_lang, "draw": draw, "metric": metric, "scoring": scoring, "quantity": quantity,
+        "value": float(est.point), "ci_low": float(low), "ci_high": float(high), "n": n,
+    }  # fmt: skip
+
+
+@dataclass
+class TaskResults:
+    """Everything a task produced: items per language and each language's unit records."""
+
+    task: str
+    languages: list[str]
+    items: dict[str, list]
+    conditions: dict[str, list[Condition]]
+    records: dict[str, dict[str, list[dict]]]  # lang -> unit -> records
+
+
+def results_rows(res: TaskResults, layers: Sequence[int], mode: str, seed: int, n_boot: int = N_BOOT) -> tuple[list[dict], list[dict]]:
+    """(results table rows, summary entries) of one task. See RESULTS_COLUMNS and SUMMARY_RULE."""
+    ids = [it.id for lang in res.languages for it in res.items[lang]]
+    groups = np.repeat(np.arange(len(res.languages)), [len(res.items[lang]) for lang in res.languages])
+    plan = JointBootstrap(ids, groups, len(res.languages), seed, n_boot)
+    rows, summary = [], []
+    for g, lang in enumerate(res.languages):
+        w, n = plan.weights(g), len(res.items[lang])
+        recs, conds = res.records[lang], res.conditions[lang]
+        for metric, scoring in METRICS[res.task]:
+            est = {c.unit(mode): _resampled(res.task, metric, scoring, recs[c.unit(mode)], w) for c in conds}
+            base = est[BASELINE]
+            rows.append(_row(res.task, lang, conds[0], metric, scoring, "value", base, n))
+            for L in layers:
+                at = [c for c in conds if c.layer == L]
+                draws = [c for c in at if c.name == RANDOM]
+                for c in at:
+                    e = est[c.unit(mode)]
+                    d = "" if c.draw is None else c.draw
+                    rows.append(_row(res.task, lang, c, metric, scoring, "value", e, n, d))
+                    rows.append(_row(res.task, lang, c, metric, scoring, "delta", e - base, n, d))
+                if draws:
+                    stack = Resampled(np.array([est[c.unit(mode)].point for c in draws]), np.stack([est[c.unit(mode)].reps for c in draws], -1))
+                    rand = mean_over_draws(stack, seed)
+                    mean_cond = Condition(RANDOM, L, NO_LANGUAGE)
+                    rows.append(_row(res.task, lang, mean_cond, metric, scoring, "value", rand, n))
+                    rows.append(_row(res.task, lang, mean_cond, metric, scoring, "delta", rand - base, n))
+                if metric != "unparseable_rate":
+                    summary.append(_summary_entry(res.task, lang, L, metric, scoring, at, est, base, rand if draws else None, mode))
+    return rows, summary
+
+
+def _interval(e: Resampled) -> list[float]:
+    low, high = e.interval()
+    return [float(e.point), float(low), float(high)]
+
+
+def _summary_entry(task, lang, layer, metric, scoring, at, est, base, rand, mode) -> dict:
+    own = next(c for c in at if c.name == OWN)
+    cross = next(c for c in at if c.name == CROSS)
+    own_e = est[own.unit(mode)]
+    entry = {
+        "task": task, "lang": lang, "layer": layer, "metric": metric, "scoring": scoring, "baseline": _interval(base),
+        "own_delta": _interval(own_e - base), "cross_lang": cross.ablated_lang, "cross_delta": _interval(est[cross.unit(mode)] - base),
+        "random_delta": None, "own_minus_random": None, "own_drop_exceeds_random": None,
+    }  # fmt: skip
+    if rand is not None:
+        diff = _interval(own_e - rand)
+        entry.update(random_delta=_interval(rand - base), own_minus_random=diff)
+        entry["own_drop_exceeds_random"] = bool(math.isfinite(diff[2]) and diff[2] < 0)
+    return entry
+
+
+def format_summary(entries: Sequence[dict]) -> str:
+    """The summary as a fixed-width table for the terminal."""
+
+    def ci(v):
+        return "n/a" if v is None or not math.isfinite(v[0]) else f"{v[0]:+.3f} [{v[1]:+.3f},{v[2]:+.3f}]"
+
+    head = (f"{'task':<10}{'lang':<10}{'layer':>5}  {'metric':<18}{'baseline':>9}  {'own Δ [95% CI]':<27}"
+            f"{'random Δ':<27}{'cross Δ (lang)':<38}{'own − random':<27}own drop > random")  # fmt: skip
+    lines = [head, "-" * len(head)]
+    for e in entries:
+        lines.append(
+            f"{e['task']:<10}{e['lang']:<10}{e['layer']:>5}  {e['metric'] + '/' + e['scoring']:<18}{e['baseline'][0]:>9.3f}  "
+            f"{ci(e['own_delta']):<27}{ci(e['random_delta']):<27}{ci(e['cross_delta']) + ' ' + e['cross_lang']:<38}"
+            f"{ci(e['own_minus_random']):<27}{'-' if e['own_drop_exceeds_random'] is None else ('yes' if e['own_drop_exceeds_random'] else 'no')}"
+        )
+    lines.append("own drop > random: the paired 95% CI of own − mean over random draws lies below zero (items and draws resampled)")
+    return "\n".join(lines)
