@@ -210,16 +210,19 @@ def lid_records(model, tokenizer, texts, ids, conditions, edits, s: TaskSettings
     prompts = [tokenizer(lid_prompt(t))["input_ids"] for t in texts]
     gens = greedy_generate(model, prompts, edits, stop_token_ids(tokenizer), s.pad_id, s.lid_max_new_tokens,
                            s.rows_per_forward, f"{desc}: generate", stack=stacked_steering)  # fmt: skip
+    logprob = np.full((len(conditions), len(prompts)), np.nan)
+    for target in dict.fromkeys(c.target for c in conditions):  # one engine call per target name, its conditions stacked
+        rows = [c for c, cond in enumerate(conditions) if cond.target == target]
+        name = tokenizer(" " + english_name(target), add_special_tokens=False)["input_ids"]
+        logprob[rows] = continuation_logprobs(model, prompts, [name] * len(prompts), [edits[c] for c in rows], s.pad_id,
+                                              s.rows_per_forward, f"{desc}: log-prob", stack=stacked_steering)  # fmt: skip
     out = []
     for c, cond in enumerate(conditions):
-        name = tokenizer(" " + english_name(cond.target), add_special_tokens=False)["input_ids"]
-        lp = continuation_logprobs(model, prompts, [name] * len(prompts), [edits[c]], s.pad_id, s.rows_per_forward,
-                                   f"{desc}: log-prob", stack=stacked_steering)[0]  # fmt: skip
         recs = []
         for i, sid in enumerate(ids):
             answer = tokenizer.decode(gens[c][i], skip_special_tokens=True)
             pred = named_language(answer)
-            recs.append({"id": sid, "answer": answer, "predicted": pred, "success": pred == cond.target, "target_logprob": float(lp[i])})
+            recs.append({"id": sid, "answer": answer, "predicted": pred, "success": pred == cond.target, "target_logprob": float(logprob[c, i])})
         out.append(recs)
     return out
 

@@ -128,3 +128,57 @@ def test_results_rows_have_the_schema_and_a_mean_over_draws(tmp_path):
     sv = [r for r in rows if r["task"] == "lid" and r["method"] == se.SV]
     assert [(r["metric"], r["value"]) for r in sv if r["metric"] == "success"] == [("success", 0.5)]
     assert next(r for r in rows if r["task"] == "collateral" and r["method"] == se.SV)["value"] == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------- the stage on the small toy
+
+TOY = ["--model", "toy"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(small_toy, tmp_path_factory):
+    from test_nu import run_nu
+
+    out = tmp_path_factory.mktemp("toy_steering")
+    assert run_nu(TOY, out) == 0
+    return out
+
+
+def _stage(out, *flags):
+    import steer_language
+
+    return steer_language.main([*TOY, "--out-dir", str(out), "--n-texts", "3", "--max-new-tokens", "4", "--lid-max-new-tokens", "3", *flags])
+
+
+def test_stage_on_toy_writes_tidy_results_and_resumes(toy_run):
+    first = _stage(toy_run, "--methods", "sv,gated,random_gate", "--random-draws", "2")
+    n_conditions = 1 + 2 * 2 + 1 * 2 * 2  # none; sv, gated x 2 alphas; random_gate x 2 draws x 2 alphas
+    # 3 tasks x conditions, plus the steering vectors of layer 1
+    assert first == {"computed": 3 * n_conditions + 1, "cached": 0, "unit": "(task, source, condition) or a layer's steering vectors"}
+    with open(toy_run / "steering_results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == se.RESULTS_COLUMNS
+    assert {r["task"] for r in rows} == set(se.TASKS)
+    rg = [r for r in rows if r["method"] == "random_gate" and r["task"] == "lid" and r["metric"] == "success" and float(r["alpha"]) == 8]
+    assert sorted(r["draw"] for r in rg) == ["", "0", "1"]  # per draw and the mean over draws
+    summary = json.loads((toy_run / "steering_summary.json").read_text())
+    assert {(e["task"], e["method"]) for e in summary["entries"]} == {(t, m) for t in ("lid", "continuation") for m in ("sv", "gated", "random_gate")}
+    # per-item records saved: one line per text
+    unit = toy_run / "steering" / "lid" / "spa_Latn" / "eng_Latn_L1x1_gated_a8.jsonl"
+    assert len(unit.read_text().splitlines()) == 3
+    again = _stage(toy_run, "--methods", "sv,gated,random_gate", "--random-draws", "2")
+    assert again["computed"] == 0 and again["cached"] == first["computed"]
+    # a new alpha computes only its own units
+    more = _stage(toy_run, "--methods", "sv", "--alphas", "2,8,16", "--tasks", "lid")
+    assert more["computed"] == 1
+
+
+def test_stage_refuses_bad_flags_and_stale_nu(toy_run, tmp_path):
+    from langsae.cli import run_main
+    import steer_language
+
+    base = [*TOY, "--out-dir", str(toy_run)]
+    for bad in (["--alphas", "two"], ["--methods", "sv,nope"], ["--n-layers", "5"], ["--source", "eng_Latn", "--target", "eng_Latn"],
+                ["--tasks", "lid,x"], ["--n-texts", "1"]):  # fmt: skip
+        assert run_main(steer_language.main, [*base, *bad]) == 2, bad
+    assert run_main(steer_language.main, [*TOY, "--out-dir", str(tmp_path / "empty")]) == 2  # no nu results
