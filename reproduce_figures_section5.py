@@ -23,6 +23,7 @@ from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.model import check_layers, load_model, model_config
+from langsae.stages import work
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def main(argv=None):
     )  # fmt: skip
     print(section5.format_summary(summary))
     print(f"results: {fdir / 'ablation_results.csv'}; figures: {cfg.output_dir}")
+    return work(result.n_computed, len(conditions) - result.n_computed, "condition")
 
 
 if __name__ == "__main__":

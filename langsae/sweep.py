@@ -219,6 +219,7 @@ class SweepResult:
     n_tokens: np.ndarray
     ablated: np.ndarray
     _index: dict = field(default_factory=dict, repr=False)
+    n_computed: int = 0  # conditions measured by this sweep (the rest came from the store)
 
     def __post_init__(self):
         self._index = {self._key(c.layer, c.ablated_lang, c.features, c.draw, len(c.feature_ids)): i for i, c in enumerate(self.conditions)}
@@ -311,6 +312,7 @@ def run_sweep(
         by_layer.setdefault(c.layer, []).append(i)
     ablated = np.full((len(conditions), len(baseline)), np.nan, dtype=np.float32)
     dev = _device(model)
+    n_computed = 0
     for L in tqdm(sorted(by_layer), desc="layers", unit="layer"):
         name = f"layer_{L}"
         have = {} if force else store.read(name)
@@ -336,5 +338,6 @@ def run_sweep(
             for i in by_layer[L]:
                 if keys[i] in new:
                     ablated[i] = new[keys[i]]["ce"].numpy()
+                    n_computed += 1
         log.info("layer %d: %d conditions computed, %d from cache", L, len(todo), len(by_layer[L]) - len(todo))
-    return SweepResult(evalset, list(conditions), baseline, n_tokens, ablated)
+    return SweepResult(evalset, list(conditions), baseline, n_tokens, ablated, n_computed=n_computed)
