@@ -309,6 +309,13 @@ def claims_table(a: Artifacts) -> str:
     return "\n".join(lines)
 
 
+def verdicts_in(report_text: str) -> list[str]:
+    """The verdict column of a REPORT.md's claims table, in claim order."""
+    section = report_text.split("\n## Claims\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    return [line.rsplit("**", 2)[-2] for line in rows]
+
+
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
