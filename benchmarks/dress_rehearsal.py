@@ -1,0 +1,142 @@
+"""Dress rehearsal: every pipeline stage on random weights of the exact Qwen3-0.6B shape.
+
+Builds, in a temporary Hugging Face cache (offline), a random-weight model of the Qwen3-0.6B
+shape (28 layers, hidden 1024, vocab 151,936; a BPE tokenizer trained here stands in for
+Qwen's) and random transcoders of the real width (163,840, fp32 as on the hub) in the mwhanna
+layout (bench_nu.build_fixtures), then runs each stage of run_pipeline.STAGES in order through
+its own `main`, timing it.
+
+  CPU, reduced (default): a few layers and texts; each stage's wall time is divided by its work
+  units (SCALING) and multiplied by the paper-size units to estimate the full run. Linear in the
+  units, fixed costs (imports, model load) included in the per-unit cost: an upper-bound style
+  estimate, not a measurement.
+
+      python benchmarks/dress_rehearsal.py                                  # layers 0,1; 4 + 4 texts/language
+      python benchmarks/dress_rehearsal.py --layers 0-3 --n-sel 20 --n-eval 40
+
+  GPU, paper size (--full): 28 layers, 100 selection and 500 evaluation texts per language, each
+  stage's defaults otherwise (downstream at layer 10), bf16; records each stage's wall time and
+  peak GPU memory (torch.cuda.max_memory_allocated, reset before each stage). Target: 30 minutes
+  on one H100/H200. Needs about 40 GB of disk for the 28 transcoders.
+
+      python benchmarks/dress_rehearsal.py --full
+
+Writes bench_results/dress_rehearsal_<cpu|full>.json (per stage: wall_s, work, units,
+paper_units, estimate_s, peak_gpu_gib; the command; the machine and its load average).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_nu  # noqa: E402  (sets HF_HOME to its temporary cache before any Hugging Face import)
+
+import torch  # noqa: E402
+
+import run_pipeline  # noqa: E402
+from langsae import config, report  # noqa: E402
+from langsae.config import parse_layers  # noqa: E402
+from langsae.data import PAPER_LANGUAGES, load_texts  # noqa: E402
+from langsae.errors import SkippedTask  # noqa: E402
+
+ROOT = bench_nu.ROOT
+PAPER = {"layers": 28, "n_sel": 100, "n_eval": 500}
+# Work units of each stage, from the run's sizes: the estimate scales the measured time by
+# paper units / measured units. A stage not listed is taken as a fixed cost.
+SCALING = {
+    "check-data": lambda s: 1,  # the same full data sets at any size
+    "nu": lambda s: s["layers"] * s["n_sel"],  # encode work; the forward is a small share at the real width
+    "section5": lambda s: s["layers"] * s["n_eval"],  # conditions per layer x evaluation texts
+    "plots": lambda s: s["layers"],
+}
+# Stage-specific flags for the reduced run (the pipeline passes only the common flags).
+REDUCED_FLAGS = {"section5": lambda s: ["--n-texts", str(s["n_eval"]), "--random-draws", "2"]}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--full", action="store_true", help="paper size on the GPU: 28 layers, 100 + 500 texts per language, bf16")
+    p.add_argument("--layers", default="0,1", help="layers of the reduced run (ignored with --full)")
+    p.add_argument("--n-sel", type=int, default=4, help="selection texts per language of the reduced run")
+    p.add_argument("--n-eval", type=int, default=4, help="evaluation texts per language of the reduced run")
+    p.add_argument("--device", default=None, help="default: cuda with --full, else cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bfloat16 with --full, else float32")
+    p.add_argument("--batch-size", type=int, default=None, help="texts per forward; default: the stages' own")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    try:
+        rehearse(parse_args(argv), sys.argv[1:] if argv is None else argv)
+    finally:
+        shutil.rmtree(bench_nu.TMP, ignore_errors=True)  # gigabytes of random weights
+
+
+def rehearse(args, argv):
+    layers = list(range(PAPER["layers"])) if args.full else list(parse_layers(args.layers))
+    sizes = {"layers": len(layers), **({k: PAPER[k] for k in ("n_sel", "n_eval")} if args.full else {"n_sel": args.n_sel, "n_eval": args.n_eval})}
+    device = args.device or ("cuda" if args.full else "cpu")
+    dtype = args.dtype or ("bfloat16" if args.full else "float32")
+    config.OUTPUT_ROOT = bench_nu.TMP / "output"  # figures and the report stay out of the project
+
+    t0 = time.perf_counter()
+    texts = load_texts(PAPER_LANGUAGES, "selection", -1).flat()[0]
+    model_dir, _ = bench_nu.build_fixtures(layers, texts, getattr(torch, dtype))
+    build_s = time.perf_counter() - t0
+    common = ["--model", "qwen3-0.6b", "--model-id", str(model_dir), "--device", device, "--dtype", dtype,
+              "--layers", ",".join(map(str, layers)), "--n-texts-per-lang", str(sizes["n_sel"]), "--out-dir", str(bench_nu.TMP / "run")]  # fmt: skip
+    if args.batch_size:
+        common += ["--batch-size", str(args.batch_size)]
+
+    rows = []
+    for stage in run_pipeline.STAGES:
+        extra = [] if args.full else REDUCED_FLAGS.get(stage.name, lambda s: [])(sizes)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        try:
+            done, status = stage.main(common + extra), "done"
+        except SkippedTask as e:
+            done, status = None, f"skipped: {e}"
+        wall = time.perf_counter() - t
+        units = SCALING.get(stage.name, lambda s: 1)(sizes)
+        paper_units = SCALING.get(stage.name, lambda s: 1)(PAPER)
+        row = {"stage": stage.name, "status": status, "wall_s": round(wall, 2), "work": done, "units": units,
+               "paper_units": paper_units, "estimate_s": round(wall * paper_units / units, 1)}  # fmt: skip
+        if device.startswith("cuda"):
+            row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        rows.append(row)
+        print(f"== {stage.name}: {wall:.1f} s ({status}); paper-size estimate {row['estimate_s']:.0f} s", flush=True)
+    results = ROOT / "bench_results"
+    results.mkdir(exist_ok=True)
+    mode = "full" if args.full else "cpu"
+    shutil.copyfile(report.write_report(bench_nu.TMP / "run", config.OUTPUT_ROOT / "run"), results / f"dress_rehearsal_{mode}_REPORT.md")
+
+    result = {
+        "mode": "full" if args.full else "reduced", "sizes": sizes, "paper": PAPER, "device": device, "dtype": dtype,
+        "stages": rows, "total_s": round(sum(r["wall_s"] for r in rows), 1),
+        "estimate_paper_s": round(sum(r["estimate_s"] for r in rows), 1), "fixture_build_s": round(build_s, 1),
+        "command": shlex.join(["python", "benchmarks/dress_rehearsal.py", *argv]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "scaling": "estimate = wall x paper units / measured units; units: check-data 1, nu layers x selection texts, "
+                   "section5 layers x evaluation texts, plots layers, other stages 1",
+    }  # fmt: skip
+    out = results / f"dress_rehearsal_{mode}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(run_pipeline.format_table([{**r, **(r["work"] or {}), "status": r["status"][:9]} for r in rows]))
+    print(f"total {result['total_s']} s; paper-size estimate {result['estimate_paper_s']} s -> {out}")
+
+
+if __name__ == "__main__":
+    from langsae.cli import run_main
+
+    sys.exit(run_main(main))
