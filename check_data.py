@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 XQUAD_DIR = DATA_DIR / "xquad"
 AMAZON_REPO = "mteb/AmazonReviewsClassification"
-AMAZON_LANGUAGES = {"eng_Latn": "en", "spa_Latn": "es", "fra_Latn": "fr", "jpn_Jpan": "ja", "cmn_Hans": "zh"}
+AMAZON_LANGUAGES = ("eng_Latn", "spa_Latn", "fra_Latn", "jpn_Jpan", "cmn_Hans")  # its configs are the ISO codes in BUNDLED
 
 
 def parse_args(argv):
@@ -61,7 +61,7 @@ def xquad_files(languages) -> dict[str, dict]:
 
 def amazon_labels(languages, per_label: int, seed: int) -> tuple[dict[str, list[int]], str]:
     """Stars (1-5) of a stratified sample per language, from the local HF cache only ({} when absent)."""
-    wanted = {lang: AMAZON_LANGUAGES[lang] for lang in languages if lang in AMAZON_LANGUAGES}
+    wanted = {lang: BUNDLED[lang] for lang in languages if lang in AMAZON_LANGUAGES}
     if not wanted:
         return {}, "no Amazon language among --languages"
     try:
