@@ -6,13 +6,14 @@ Qwen's) and random transcoders of the real width (163,840, fp32 as on the hub) i
 layout (bench_nu.build_fixtures), then runs each stage of run_pipeline.STAGES in order through
 its own `main`, timing it.
 
-  CPU, reduced (default): the stages run twice, at the first layer with half the texts and at
+  CPU, reduced (default): Section 5 with --top-k 1 and one random draw; the stages run twice, at the first layer with half the texts and at
   every --layers with all of them; per stage, wall = fixed + per_unit x units (SCALING) through
   the two points separates fixed costs (imports, model load) from per-unit costs, and the
   estimate is that line at the paper's units. An estimate, not a measurement.
 
       python benchmarks/dress_rehearsal.py                                  # layers 0,1; 4 + 4 texts/language
       python benchmarks/dress_rehearsal.py --layers 0-3 --n-sel 20 --n-eval 40
+      python benchmarks/dress_rehearsal.py --layers 0 --n-sel 2 --n-eval 2 --languages eng_Latn,fra_Latn   # smallest
 
   GPU, paper size (--full): 28 layers, 100 selection and 500 evaluation texts per language, each
   stage's defaults otherwise (downstream at layer 10), bf16; records each stage's wall time and
@@ -48,17 +49,27 @@ from langsae.data import PAPER_LANGUAGES, load_texts  # noqa: E402
 from langsae.errors import SkippedTask  # noqa: E402
 
 ROOT = bench_nu.ROOT
-PAPER = {"layers": 28, "n_sel": 100, "n_eval": 500}
-# Work units of each stage, from the run's sizes: the estimate scales the measured time by
-# paper units / measured units. A stage not listed is taken as a fixed cost.
+PAPER = {"layers": 28, "n_sel": 100, "n_eval": 500, "langs": 10, "top_k": 2, "draws": 5}
+REDUCED = {"top_k": 1, "draws": 1}  # Section 5's conditions in the reduced run (its defaults are the paper's)
+
+
+def conditions(s: dict) -> int:
+    """Section 5 conditions per layer: each language's top-1..k singly and together, and the random
+    draws at k = 1 and k = top_k (langsae.sweep.sweep_conditions)."""
+    sets = 1 if s["top_k"] == 1 else s["top_k"] + 1
+    return s["langs"] * sets + s["draws"] * len({1, s["top_k"]})
+
+
+# Work units of each stage, from the run's sizes: the estimate fits time = fixed + per_unit x units.
+# A stage not listed is taken as a fixed cost.
 SCALING = {
     "check-data": lambda s: 1,  # the same full data sets at any size
-    "nu": lambda s: s["layers"] * s["n_sel"],  # encode work; the forward is a small share at the real width
-    "section5": lambda s: s["layers"] * s["n_eval"],  # conditions per layer x evaluation texts
+    "nu": lambda s: s["layers"] * s["n_sel"] * s["langs"],  # encode work; the forward is a small share at the real width
+    "section5": lambda s: s["layers"] * s["n_eval"] * s["langs"] * conditions(s),  # texts x conditions, per layer
     "plots": lambda s: s["layers"],
 }
 # Stage-specific flags for the reduced run (the pipeline passes only the common flags).
-REDUCED_FLAGS = {"section5": lambda s: ["--n-texts", str(s["n_eval"]), "--random-draws", "2"]}
+REDUCED_FLAGS = {"section5": lambda s: ["--n-texts", str(s["n_eval"]), "--top-k", str(s["top_k"]), "--random-draws", str(s["draws"])]}
 
 
 def parse_args(argv=None):
@@ -67,6 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--layers", default="0,1", help="layers of the reduced run (ignored with --full)")
     p.add_argument("--n-sel", type=int, default=4, help="selection texts per language of the reduced run")
     p.add_argument("--n-eval", type=int, default=4, help="evaluation texts per language of the reduced run")
+    p.add_argument("--languages", default=",".join(PAPER_LANGUAGES), help="languages of the reduced run (fewer: fewer texts and conditions)")
     p.add_argument("--device", default=None, help="default: cuda with --full, else cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bfloat16 with --full, else float32")
     p.add_argument("--batch-size", type=int, default=None, help="texts per forward; default: the stages' own")
@@ -122,6 +134,7 @@ def rehearse(args, argv):
     device = args.device or ("cuda" if args.full else "cpu")
     dtype = args.dtype or ("bfloat16" if args.full else "float32")
     config.OUTPUT_ROOT = bench_nu.TMP / "output"  # figures and the report stay out of the project
+    languages = PAPER_LANGUAGES if args.full else tuple(args.languages.split(","))
     if args.full:
         points = [(layers, PAPER["n_sel"], PAPER["n_eval"])]
     else:  # two sizes, to separate fixed costs (imports, model load) from per-unit costs
@@ -133,10 +146,12 @@ def rehearse(args, argv):
     build_s = time.perf_counter() - t0
     passes = []
     for i, (ls, n_sel, n_eval) in enumerate(points):
-        sizes = {"layers": len(ls), "n_sel": n_sel, "n_eval": n_eval}
+        sizes = {"layers": len(ls), "n_sel": n_sel, "n_eval": n_eval, "langs": len(languages),
+                 **({k: PAPER[k] for k in REDUCED} if args.full else REDUCED)}  # fmt: skip
         run_dir = bench_nu.TMP / f"run{i}"
         common = ["--model", "qwen3-0.6b", "--model-id", str(model_dir), "--device", device, "--dtype", dtype,
-                  "--layers", ",".join(map(str, ls)), "--n-texts-per-lang", str(n_sel), "--out-dir", str(run_dir)]  # fmt: skip
+                  "--layers", ",".join(map(str, ls)), "--n-texts-per-lang", str(n_sel), "--out-dir", str(run_dir),
+                  "--languages", ",".join(languages)]  # fmt: skip
         if args.batch_size:
             common += ["--batch-size", str(args.batch_size)]
         passes.append({"sizes": sizes, "stages": run_stages(common, sizes, args.full, device), "dir": run_dir})
@@ -159,8 +174,9 @@ def rehearse(args, argv):
         "command": shlex.join(["python", "benchmarks/dress_rehearsal.py", *argv]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-        "scaling": "reduced: wall = fixed + per_unit x units through the two passes, evaluated at paper units; units: "
-                   "check-data 1, nu layers x selection texts, section5 layers x evaluation texts, plots layers, other stages 1",
+        "scaling": "reduced: wall = fixed + per_unit x units through the two passes, evaluated at paper units; units: check-data 1, "
+                   "nu layers x selection texts x languages, section5 layers x evaluation texts x languages x conditions per layer "
+                   "(reduced: top-k 1, 1 random draw; paper: top-k 2, 5 draws), plots layers, other stages 1",
     }  # fmt: skip
     out = results / f"dress_rehearsal_{mode}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
