@@ -25,6 +25,7 @@ from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import check_layers, check_sae_ids, load_model, load_sae, load_tokenizer, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
 from langsae.prefetch import Prefetcher
+from langsae.stages import work
 
 
 def parse_args(argv):
@@ -97,6 +98,7 @@ def main(argv=None):
     for L in meta["layers"]:
         excl = meta["exclusive_top1"][str(L)]
         print(f"  layer {L:>2}: {sum(excl.values())}/{len(excl)}  shared top-5 {list(meta['shared_top5'][str(L)].values())}")
+    return work(len(pending), len(layers) - len(pending), "layer")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.model import check_layers, model_config
+from langsae.stages import work
 
 
 def parse_args(argv):
@@ -71,7 +72,7 @@ def main(argv=None):
     )  # fmt: skip
     print(section5.format_summary(summary))
     print(f"results: {fdir / 'ablation_results.csv'}; figures: {cfg.output_dir}")
-    return {"computed": result.computed, "cached": result.cached, "unit": "conditions"}
+    return work(result.computed, result.cached, "conditions")
 
 
 if __name__ == "__main__":

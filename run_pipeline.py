@@ -1,32 +1,141 @@
-"""Run every stage that exists, in order, with the same common flags.
+"""Run every stage in order with the same common flags, then write output/<run>/REPORT.md.
 
-    python run_pipeline.py --model toy          # offline, minutes on a laptop CPU
-    python run_pipeline.py                      # Qwen3-0.6B, needs the model and transcoders
+    python run_pipeline.py --model toy                   # offline, minutes on a laptop CPU
+    python run_pipeline.py                               # Qwen3-0.6B, needs the model and transcoders
+    python run_pipeline.py --model toy --from section5   # resume at a stage
+    python run_pipeline.py --model toy --stages nu,plots # only these stages
 
 Each stage skips work it has already cached, so rerunning resumes. Stage-specific flags
-(e.g. --mode of the Section 5 stage) are set by running that stage's script directly.
+(e.g. --mode of the Section 5 stage) are set by running that stage's script directly; the
+pipeline passes every stage the common flags only. A stage that cannot run here (e.g. a
+downstream dataset that is not cached offline) is recorded as skipped and the pipeline goes
+on; any other failure stops it with one line and the command that resumes. The per-stage
+table (wall time, computed vs cached work) is printed at the end and kept in
+sae_features/<run>/pipeline_timings.json, and the report is rebuilt after every stage.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
+import time
 
+import check_data
 import compute_nu_scores
+import plot_sae_features
 import reproduce_figures_section5
+from langsae import report
+from langsae.artifacts import load_json, save_json
 from langsae.cli import run_main
-from langsae.config import build_parser
+from langsae.config import build_parser, resolve
+from langsae.errors import SkippedTask, UserError
+from langsae.stages import Stage
 
-STAGES = [("nu-scores", compute_nu_scores.main), ("section 5", reproduce_figures_section5.main)]
+# The pipeline, in order. Adding a stage is one line here: its script's main(argv) follows langsae.stages.
+STAGES = [
+    Stage("check-data", "check_data.py", check_data.main),
+    Stage("nu", "compute_nu_scores.py", compute_nu_scores.main),
+    Stage("section5", "reproduce_figures_section5.py", reproduce_figures_section5.main),
+    Stage("plots", "plot_sae_features.py", plot_sae_features.main),
+]
+TIMINGS_FILE = "pipeline_timings.json"
+PIPELINE_FLAGS = ("--stages", "--from")
 log = logging.getLogger("run_pipeline")
+
+
+def parse_args(argv):
+    p = build_parser(__doc__.split("\n\n")[0])
+    g = p.add_argument_group("pipeline")
+    names = ", ".join(s.name for s in STAGES)
+    g.add_argument("--stages", help=f"comma-separated stages to run, in pipeline order (default all): {names}")
+    g.add_argument("--from", dest="from_stage", metavar="STAGE", help=f"start at this stage and run the rest: {names}")
+    return p.parse_args(argv)
+
+
+def stage_argv(argv: list[str]) -> list[str]:
+    """The command line without the pipeline's own flags: what every stage receives."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in PIPELINE_FLAGS:
+            skip = True
+        elif not a.startswith(tuple(f + "=" for f in PIPELINE_FLAGS)):
+            out.append(a)
+    return out
+
+
+def select_stages(stages: list[Stage], only: str | None, start: str | None) -> list[Stage]:
+    """The stages to run: `only` (comma-separated names) and/or those from `start` on, in pipeline order."""
+    names = [s.name for s in stages]
+    wanted = set(names)
+    if only:
+        asked = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = [n for n in asked if n not in names]
+        if unknown or not asked:
+            raise UserError(f"--stages: unknown stage {unknown[0] if unknown else '(none given)'!r}; choose from {', '.join(names)}")
+        wanted = set(asked)
+    if start:
+        if start not in names:
+            raise UserError(f"--from: unknown stage {start!r}; choose from {', '.join(names)}")
+        wanted &= set(names[names.index(start) :])
+    return [s for s in stages if s.name in wanted]
+
+
+def format_table(rows: list[dict]) -> str:
+    """The per-stage table: status, wall time, and computed vs cached work."""
+    head = f"{'stage':<16}{'status':<10}{'wall s':>9}{'computed':>10}{'cached':>8}  unit"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        computed = "" if r.get("computed") is None else r["computed"]
+        cached = "" if r.get("cached") is None else r["cached"]
+        lines.append(f"{r['stage']:<16}{r['status']:<10}{r['wall_s']:>9.1f}{computed:>10}{cached:>8}  {r.get('unit') or ''}")
+        if r.get("note"):
+            lines.append(f"{'':<16}{r['note']}")
+    return "\n".join(lines)
+
+
+def record(features_dir, row: dict) -> None:
+    """Keep each stage's latest row in sae_features/<run>/pipeline_timings.json (the report's timings)."""
+    path = features_dir / TIMINGS_FILE
+    rows = {r["stage"]: r for r in (load_json(path)["stages"] if path.exists() else [])}
+    rows[row["stage"]] = row
+    order = [s.name for s in STAGES]
+    ordered = sorted(rows.values(), key=lambda r: order.index(r["stage"]) if r["stage"] in order else len(order))
+    save_json({"stages": ordered}, path)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    build_parser(__doc__.split("\n\n")[0]).parse_args(argv)  # --help, and bad flags fail before any stage
-    for name, stage in STAGES:
-        log.info("stage %s", name)
-        stage(argv)
+    args = parse_args(argv)  # --help, and bad flags fail before any stage
+    cfg = resolve(args)
+    todo = select_stages(STAGES, args.stages, args.from_stage)
+    passed = stage_argv(argv)
+    rows = []
+    for i, stage in enumerate(todo, 1):
+        log.info("stage %d/%d: %s (%s)", i, len(todo), stage.name, stage.script)
+        t0 = time.perf_counter()
+        row = {"stage": stage.name, "script": stage.script, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        failure = None
+        try:
+            done = stage.main(passed) or {}
+            row.update(status="done", **done)
+        except SkippedTask as e:
+            row.update(status="skipped", note=str(e))
+        except UserError as e:
+            row.update(status="failed", note=str(e))
+            failure = e
+        row["wall_s"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+        record(cfg.features_dir, row)
+        report.write_report(cfg.features_dir, cfg.output_dir)
+        if failure is not None:
+            print(format_table(rows))
+            resume = shlex.join(["python", "run_pipeline.py", *passed, *(["--stages", args.stages] if args.stages else []), "--from", stage.name])
+            raise UserError(f"stage {stage.name} failed: {failure}; after fixing it, resume with `{resume}`") from failure
+    print(format_table(rows))
+    print(f"report: {cfg.output_dir / report.REPORT_NAME}")
 
 
 if __name__ == "__main__":

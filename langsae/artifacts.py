@@ -117,7 +117,7 @@ def package_versions() -> dict[str, str]:
     import langsae
 
     out = {"python": platform.python_version(), "langsae": langsae.__version__}
-    for name in ("torch", "transformers", "sae-lens", "tokenizers", "numpy"):
+    for name in ("torch", "transformers", "sae-lens", "tokenizers", "numpy", "py3langid"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -64,15 +64,37 @@ def test_bad_input_under_the_toy_preset(small_toy, flags, expected, tmp_path, ca
     assert expected in fails_cleanly([*TOY, *flags], tmp_path / "o", capsys)
 
 
-def test_run_pipeline_runs_every_stage(small_toy, tmp_path):
+def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
+    """`python run_pipeline.py --model toy` on the session's small toy: every stage, then a REPORT.md
+    with a verdict in every claim row (and a real verdict for every claim whose stage ran)."""
     import run_pipeline
-    from langsae import config
+    from langsae import config, report
 
     out = tmp_path / "toy_all"
     argv = [*TOY, "--layers", "1", "--n-texts-per-lang", "4", "--out-dir", str(out)]
     assert run_main(run_pipeline.main, argv) == 0
     assert (out / "layer_1_indices.pt").exists() and (out / "ablation_results.csv").exists()
-    assert (config.OUTPUT_ROOT / "toy_all" / "figure5.png").exists()
+    assert json.loads((out / "data_checks.json").read_text())["status"] in ("PASS", "WARN")
+    figures = config.OUTPUT_ROOT / "toy_all"
+    assert (figures / "figure5.png").exists() and (figures / "features" / "figure1_layer1.png").exists()
+    rows = json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]
+    assert [(r["stage"], r["status"]) for r in rows] == [(s.name, "done") for s in run_pipeline.STAGES]
+    text = (figures / "REPORT.md").read_text()
+    assert "**Toy run.**" in text
+    verdicts = report.verdicts_in(text)
+    assert len(verdicts) == len(report.CLAIMS)
+    ran = {s.name for s in run_pipeline.STAGES}
+    for claim, verdict in zip(report.CLAIMS, verdicts):
+        allowed = (report.SUPPORTED, report.NOT_SUPPORTED, report.INCONCLUSIVE) if claim.stage in ran else (report.NOT_RUN,)
+        assert verdict in allowed, (claim.text, verdict)
+    printed = capsys.readouterr().out
+    assert "check-data" in printed and "plots" in printed
+
+    # a rerun resumes: the nu layer and every Section 5 condition come from the cache
+    assert run_main(run_pipeline.main, [*argv, "--stages", "nu,section5"]) == 0
+    rows = {r["stage"]: r for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]}
+    assert rows["nu"]["computed"] == 0 and rows["nu"]["cached"] == 1
+    assert rows["section5"]["computed"] == 0 and rows["section5"]["cached"] > 0
 
 
 def test_code_switching_on_toy(toy_nu):

@@ -1,0 +1,137 @@
+"""Check the data every stage reads: counts, disjointness, clean and parallel texts, language
+identity, token lengths, XQuAD spans, SIB-200 labels, Amazon label balance.
+
+Each check is PASS, WARN or FAIL, printed as one table and written with its evidence to
+sae_features/<run>/data_checks.json (keys: stage, status, checks[{name, status, summary,
+details}], config, versions, written). Exits non-zero when any check FAILs.
+
+Sets checked, per language of --languages (all texts, not only the first N):
+  selection   the nu stage's texts (--split); evaluation  Section 5's texts (disjoint from selection)
+  sib200      SIB-200 topic-classification rows (downstream task), minus the selection sentences by id;
+              checked against the selection by text
+  xquad       data/xquad/ for the languages XQuAD has (en es ar th vi zh among the paper's)
+  amazon      mteb/AmazonReviewsClassification (test split) when it is in the local HF cache
+Language identity uses py3langid (model in the wheel, offline); token lengths use the preset's
+tokenizer when it can be loaded (a WARN otherwise).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import sys
+import time
+
+from langsae import checks, langid
+from langsae.artifacts import package_versions, save_json
+from langsae.cli import run_main
+from langsae.config import build_parser, resolve
+from langsae.data import BUNDLED, DATA_DIR, SIB_CATEGORIES, load_texts, read_sib200, sib200_languages, sib_id
+from langsae.errors import UserError
+from langsae.forward import tokenize
+from langsae.model import load_tokenizer
+from langsae.stages import work
+
+log = logging.getLogger(__name__)
+
+XQUAD_DIR = DATA_DIR / "xquad"
+AMAZON_REPO = "mteb/AmazonReviewsClassification"
+AMAZON_LANGUAGES = ("eng_Latn", "spa_Latn", "fra_Latn", "jpn_Jpan", "cmn_Hans")  # its configs are the ISO codes in BUNDLED
+
+
+def parse_args(argv):
+    p = build_parser(__doc__.split("\n\n")[0])
+    g = p.add_argument_group("data checks")
+    g.add_argument("--amazon-per-label", type=int, default=100, help="reviews per star rating in the stratified Amazon sample checked")
+    g.add_argument("--no-tokenizer", action="store_true", help="skip token lengths (no model files needed; the check is a WARN)")
+    return p.parse_args(argv)
+
+
+def xquad_files(languages) -> dict[str, dict]:
+    """XQuAD's SQuAD-layout JSON for each language that XQuAD has, keyed by FLORES+ code."""
+    out = {}
+    for lang in languages:
+        path = XQUAD_DIR / f"xquad.{BUNDLED.get(lang, '-')}.json.gz"
+        if path.exists():
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                out[lang] = json.load(f)
+    return out
+
+
+def amazon_labels(languages, per_label: int, seed: int) -> tuple[dict[str, list[int]], str]:
+    """Stars (1-5) of a stratified sample per language, from the local HF cache only ({} when absent)."""
+    wanted = {lang: BUNDLED[lang] for lang in languages if lang in AMAZON_LANGUAGES}
+    if not wanted:
+        return {}, "no Amazon language among --languages"
+    try:
+        import datasets
+
+        out = {}
+        for lang, config in wanted.items():
+            ds = datasets.load_dataset(AMAZON_REPO, config, split="test", download_mode="reuse_cache_if_exists")
+            stars = [int(x) + 1 for x in ds["label"]]  # stored 0-4
+            out[lang] = [stars[i] for i in checks.stratified_indices(stars, per_label, seed)]
+        return out, ""
+    except Exception as e:  # noqa: BLE001 - any failure to read the cache means "not cached here"
+        return {}, f"{type(e).__name__}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = resolve(args)
+    if args.amazon_per_label < 1:
+        raise UserError("--amazon-per-label must be at least 1")
+    langs = cfg.languages
+    selection = load_texts(langs, "selection", -1, cfg.split)
+    evaluation = load_texts(langs, "evaluation", -1, cfg.split)
+    chosen = {sid for lang in langs for sid in selection.ids[lang]}
+    sib_langs = [lang for lang in langs if lang in set(sib200_languages())]
+    sib_rows = {lang: read_sib200(lang) for lang in sib_langs}
+    sib_task = {lang: [r for r in rows if sib_id(r.index_id) not in chosen] for lang, rows in sib_rows.items()}
+    texts = {"selection": selection.by_language, "evaluation": evaluation.by_language,
+             "sib200": {lang: [r.text for r in rows] for lang, rows in sib_task.items()}}  # fmt: skip
+    ids = {"selection": selection.ids, "evaluation": evaluation.ids,
+           "sib200": {lang: [sib_id(r.index_id) for r in rows] for lang, rows in sib_task.items()}}  # fmt: skip
+
+    tok, why = None, "--no-tokenizer"
+    if not args.no_tokenizer:
+        try:
+            tokenizer = load_tokenizer(cfg.preset)
+            tok = lambda t: tokenize(tokenizer, t)  # noqa: E731 - the pipeline's own tokenisation
+        except UserError as e:
+            why = str(e)
+    amazon, amazon_why = amazon_labels(langs, args.amazon_per_label, cfg.seed)
+
+    print(f"run {cfg.run_name}: checking {len(langs)} languages ({cfg.split})")
+    results = [
+        checks.counts(texts, langs),
+        checks.disjoint("selection", texts),
+        checks.clean_texts(texts),
+        checks.parallel_ids(ids),
+        checks.language_identity(texts, langid.identify, langid.covers),
+        checks.token_lengths({"selection": texts["selection"], "evaluation": texts["evaluation"]}, tok, why),
+        checks.xquad(xquad_files(langs)),
+        checks.sib_labels(sib_rows, SIB_CATEGORIES),
+        checks.label_balance(amazon, range(1, 6)),
+    ]
+    if amazon_why and not amazon:
+        results[-1].summary += f" ({amazon_why})"
+    status = checks.worst([c.status for c in results])
+    path = cfg.features_dir / "data_checks.json"
+    save_json(
+        {"stage": "check_data", "status": status, "checks": [vars(c) for c in results], "config": cfg.describe(),
+         "sets": {k: {lang: len(v) for lang, v in s.items()} for k, s in texts.items()}, "data_source": selection.source,
+         "versions": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        path,
+    )  # fmt: skip
+    print(checks.format_table(results))
+    print(f"details: {path}")
+    failed = [c.name for c in results if c.status == checks.FAIL]
+    if failed:
+        raise UserError(f"data check(s) failed: {', '.join(failed)}; the evidence is in {path}")
+    return work(len(results), 0, "check")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,87 @@
+"""The pipeline runner on stand-in stages: order, --stages/--from, skipped and failed stages, the record."""
+
+import json
+
+import pytest
+
+import run_pipeline
+from langsae import config
+from langsae.cli import run_main
+from langsae.errors import SkippedTask, UserError
+from langsae.stages import Stage, work
+
+
+@pytest.fixture
+def stages(monkeypatch, tmp_path):
+    """Four stand-in stages that record the argv they get; `behaviour` makes one skip or fail."""
+    calls, behaviour = [], {}
+
+    def make(name):
+        def main(argv):
+            calls.append((name, list(argv)))
+            if name in behaviour:
+                raise behaviour[name]
+            return work(2, 1, "thing") if name != "d" else None
+
+        return Stage(name, f"{name}.py", main)
+
+    monkeypatch.setattr(run_pipeline, "STAGES", [make(n) for n in "abcd"])
+    out = tmp_path / "run"
+    return calls, behaviour, ["--model", "toy", "--out-dir", str(out), "--layers", "1"], out
+
+
+def test_runs_every_stage_in_order_with_the_common_flags(stages, capsys):
+    calls, _, argv, out = stages
+    assert run_main(run_pipeline.main, argv) == 0
+    assert [c[0] for c in calls] == list("abcd") and all(c[1] == argv for c in calls)
+    rows = json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]
+    assert [(r["stage"], r["status"], r.get("computed"), r.get("cached")) for r in rows] == [
+        ("a", "done", 2, 1), ("b", "done", 2, 1), ("c", "done", 2, 1), ("d", "done", None, None)
+    ]  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "stage" in printed and "REPORT.md" in printed
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [(["--stages", "b,d"], "bd"), (["--from", "c"], "cd"), (["--stages=a,b,d", "--from=b"], "bd"), (["--stages", "d,a"], "ad")],
+)
+def test_stage_selection_and_the_flags_stages_do_not_see(stages, flags, expected):
+    calls, _, argv, _ = stages
+    assert run_main(run_pipeline.main, [*argv, *flags]) == 0
+    assert "".join(c[0] for c in calls) == expected and all(c[1] == argv for c in calls)
+
+
+@pytest.mark.parametrize("flags", [["--stages", "a,x"], ["--from", "x"], ["--stages", ","]])
+def test_unknown_stage_is_one_line(stages, flags, capsys):
+    calls, _, argv, _ = stages
+    assert run_main(run_pipeline.main, [*argv, *flags]) == 2
+    assert calls == [] and "choose from a, b, c, d" in capsys.readouterr().err
+
+
+def test_skipped_stage_is_recorded_and_the_rest_run(stages):
+    calls, behaviour, argv, out = stages
+    behaviour["b"] = SkippedTask("Amazon reviews are not cached")
+    assert run_main(run_pipeline.main, argv) == 0
+    assert [c[0] for c in calls] == list("abcd")
+    rows = {r["stage"]: r for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]}
+    assert rows["b"]["status"] == "skipped" and rows["b"]["note"] == "Amazon reviews are not cached"
+
+
+def test_failed_stage_stops_with_one_line_and_the_resume_command(stages, capsys):
+    calls, behaviour, argv, out = stages
+    behaviour["c"] = UserError("no nu results")
+    assert run_main(run_pipeline.main, [*argv, "--stages", "a,c,d"]) == 2
+    assert [c[0] for c in calls] == ["a", "c"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stage c failed: no nu results" in err
+    assert f"`python run_pipeline.py --model toy --out-dir {out} --layers 1 --stages a,c,d --from c`" in err
+    assert (config.OUTPUT_ROOT / "run" / "REPORT.md").exists()  # rebuilt after the failed stage too
+    rows = {r["stage"]: r["status"] for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]}
+    assert rows == {"a": "done", "c": "failed"}
+
+
+def test_the_real_pipeline_lists_every_stage_once():
+    real = run_pipeline.STAGES
+    assert [s.name for s in real][:2] == ["check-data", "nu"] and real[-1].name == "plots"
+    assert len({s.name for s in real}) == len(real)
