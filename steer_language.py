@@ -145,22 +145,28 @@ def main(argv=None):
     what = {"prompt_version": se.PROMPT_VERSION, "n_texts": run["n_texts"], "split": cfg.split, "vectors": vec_hash,
             "nu_config_hash": nu.meta["config_hash"], "gate_k": args.gate_k, "seed": cfg.seed,
             "max_new_tokens": args.max_new_tokens, "lid_max_new_tokens": args.lid_max_new_tokens}  # fmt: skip
+    not_used = {"lid": ("max_new_tokens",), "continuation": ("lid_max_new_tokens",), "collateral": ("max_new_tokens", "lid_max_new_tokens")}
     store = UnitStore(cfg.features_dir / "steering", settings)
     records = {t: {} for t in run["tasks"]}
     conditions, computed, cached = [], len(vec_new), len(vec_layers) - len(vec_new)
+
+    def edits(cs):
+        return se.build_edits(cs, vectors, nu, args.gate_k, cfg.seed, cfg.device)
+
     for source in run["sources"]:
         conds = se.conditions_for(source, run["targets"], run["layers"], run["n_layers"], run["alphas"], run["methods"], run["random_draws"])
         conditions += conds
         texts, ids = evaluation.by_language[source], evaluation.ids[source]
-        others = load_texts(tuple(x for x in cfg.languages if x != source), "evaluation", run["n_texts"], cfg.split)
+
         compute = {
-            "lid": lambda cs: se.lid_records(model, tokenizer, texts, ids, cs, se.build_edits(cs, vectors, nu, args.gate_k, cfg.seed, cfg.device), ts, f"lid {source}"),
-            "continuation": lambda cs: se.continuation_records(model, tokenizer, texts, ids, cs, se.build_edits(cs, vectors, nu, args.gate_k, cfg.seed, cfg.device), ts, f"continuation {source}"),
-            "collateral": lambda cs: se.collateral_records(model, tokenizer, others, cs, se.build_edits(cs, vectors, nu, args.gate_k, cfg.seed, cfg.device), ts, f"collateral {source}"),
+            "lid": lambda cs: se.lid_records(model, tokenizer, texts, ids, cs, edits(cs), ts, f"lid {source}"),
+            "continuation": lambda cs: se.continuation_records(model, tokenizer, texts, ids, cs, edits(cs), ts, f"continuation {source}"),
+            "collateral": lambda cs: se.collateral_records(model, tokenizer, evaluation, source, cs, edits(cs), ts, f"collateral {source}"),
         }  # fmt: skip
         for task in run["tasks"]:
             n_items = None if task == "collateral" else len(texts)
-            recs, n_new, n_old = se.run_units(task, source, conds, compute[task], store, what, n_items, cfg.force)
+            key = {k: v for k, v in what.items() if k not in not_used[task]}  # a task's units depend only on its own settings
+            recs, n_new, n_old = se.run_units(task, source, conds, compute[task], store, key, n_items, cfg.force)
             records[task].update(recs)
             computed, cached = computed + n_new, cached + n_old
 

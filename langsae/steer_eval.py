@@ -248,12 +248,12 @@ def continuation_records(model, tokenizer, texts, ids, conditions, edits, s: Tas
     return out
 
 
-def collateral_records(model, tokenizer, others: Texts, conditions, edits, s: TaskSettings, desc: str) -> list[list[dict]]:
-    """[C][N] per-text mean next-token CE (fp32 head) of the texts of `others` (every language but the source)
+def collateral_records(model, tokenizer, evaluation: Texts, source: str, conditions, edits, s: TaskSettings, desc: str) -> list[list[dict]]:
+    """[C][N] per-text mean next-token CE (fp32 head) of the evaluation texts of every language but the source
     under each condition: the engine's continuation log-probability of tokens 1.. after token 0, over their count."""
     langs, sids, toks = [], [], []
-    for lang in others.languages:
-        for sid, t in zip(others.ids[lang], others.by_language[lang]):
+    for lang in (x for x in evaluation.languages if x != source):
+        for sid, t in zip(evaluation.ids[lang], evaluation.by_language[lang]):
             ids = tokenizer(t)["input_ids"]
             if len(ids) >= 2:
                 langs.append(lang), sids.append(sid), toks.append(ids)
