@@ -63,7 +63,9 @@ PRESETS: dict[str, Preset] = {
         sae_converter="mwhanna_transcoder",
         sae_hub_cache=TOY_ROOT / "hub",
         # CPU-sized: the whole toy pipeline runs in minutes (n_eval_texts: Section 5's --n-texts)
-        defaults={"device": "cpu", "dtype": "float32", "batch_size": 16, "n_eval_texts": 40},
+        # steer_*: steer_language.py's defaults, one pair and two alphas on a few texts
+        defaults={"device": "cpu", "dtype": "float32", "batch_size": 16, "n_eval_texts": 40, "steer_layer": 1, "steer_source": "spa_Latn",
+                  "steer_target": "eng_Latn", "steer_alphas": "2,8", "steer_n_texts": 6, "steer_random_draws": 1},
         prepare=ensure_built,
     ),
 }

@@ -7,6 +7,11 @@ for C conditions and a chunk of B items, row c*B + i is item i under condition c
 forward hooks (`forward.edit_output`), so they act at every position of the prompt and of every
 generated token, whatever the model's own `generate` does with its KV cache.
 
+Steering conditions span several layers and decide a gate at the first, so they do not fit the
+one-hook-point `Edit`; both functions take `stack`, the context manager that installs a group of
+conditions on the batch (default `forward.stacked_edits`; `langsae.steering.stacked_steering` for
+steering), so every kind of condition runs through this one engine.
+
 - `greedy_generate`: transformers' own `model.generate` (greedy, KV cache on), left-padded
   batches, stopping per row at a newline-bearing token, an EOS token, or `max_new_tokens`.
 - `continuation_logprobs`: sum of a continuation's token log-probabilities after a prompt,
@@ -17,7 +22,7 @@ generated token, whatever the model's own `generate` does with its KV cache.
 from __future__ import annotations
 
 import functools
-from typing import Protocol, Sequence
+from typing import Callable, ContextManager, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +40,10 @@ class Edit(Protocol):
     hook: HookPoint
 
     def apply(self, out: torch.Tensor, sublayer_input: torch.Tensor) -> torch.Tensor: ...
+
+
+# stack(model, conditions, rows_each): while active, rows [c*B, (c+1)*B) of every forward run condition c
+Stacker = Callable[..., ContextManager]
 
 
 def _device(model) -> torch.device:
@@ -106,6 +115,7 @@ def greedy_generate(
     max_new_tokens: int,
     rows_per_forward: int = DEFAULT_ROWS,
     desc: str = "generate",
+    stack: Stacker = stacked_edits,
 ) -> list[list[list[int]]]:
     """Greedy continuations of every prompt under every condition: out[c][i] = token ids generated
     for prompts[i] under edits[c], up to and including the first stop token, at most max_new_tokens.
@@ -127,7 +137,7 @@ def greedy_generate(
         idx, group = order[s : s + per_chunk], list(edits[g : g + per_group])
         ids, mask = left_pad([prompts[i] for i in idx], pad_id)
         n = len(group)
-        with stacked_edits(model, group, len(idx)):
+        with stack(model, group, len(idx)):
             gen = model.generate(
                 input_ids=ids.repeat(n, 1).to(dev), attention_mask=mask.repeat(n, 1).to(dev), generation_config=config
             )
@@ -147,6 +157,7 @@ def continuation_logprobs(
     pad_id: int,
     rows_per_forward: int = DEFAULT_ROWS,
     desc: str = "log-likelihood",
+    stack: Stacker = stacked_edits,
 ) -> np.ndarray:
     """Sum of log p(continuation token | everything before it) over each continuation's tokens,
     for each (prompts[i], continuations[i]) pair under each condition: [C, N] float64.
@@ -179,7 +190,7 @@ def continuation_logprobs(
             pos_t += list(range(start - 1, end - 1))
             targets += seqs[i][start:end]
         rows_t, t_t = torch.tensor(pos_rows), torch.tensor(pos_t)
-        with stacked_edits(model, group, B):
+        with stack(model, group, B):
             final = model.model(
                 input_ids=batch.input_ids.repeat(n, 1).to(dev), attention_mask=batch.attention_mask.repeat(n, 1).to(dev),
                 use_cache=False,

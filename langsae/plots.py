@@ -12,7 +12,7 @@ import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import AutoLocator, MaxNLocator  # noqa: E402
 
 from langsae.artifacts import atomic_path  # noqa: E402
 
@@ -355,4 +355,65 @@ def downstream_figure(rows: Sequence[dict], task: str, layer: int, stem: Path) -
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
     fig.suptitle(f"{task}, ablation at layer {layer}: baseline vs own top-1+2 vs random (same k) vs another language's top-1+2; 95% CI", fontsize=9)
+    return save_figure(fig, stem)
+
+
+STEERING_SERIES = {"sv": ("tab:blue", "o"), "gated": ("tab:red", "v"), "random_dir": ("grey", "s"), "random_gate": ("tab:orange", "D")}
+
+
+def _steering_panels(rows: Sequence[dict], task: str) -> list[tuple]:
+    """(source, target, layer, n_layers) of every steered cell of `task` in the results rows."""
+    return list(dict.fromkeys((r["source"], r["target"], r["layer"], r["n_layers"]) for r in rows if r["task"] == task and r["method"] != "none"))
+
+
+def _yerr(pts: Sequence[dict]) -> list[list[float]]:
+    return [[r["value"] - r["ci_low"] for r in pts], [r["ci_high"] - r["value"] for r in pts]]
+
+
+def steering_success(rows: Sequence[dict], task: str, stem: Path) -> list[Path]:
+    """Success rate against α, one panel per (source → target, layers), one line per method (controls'
+    means over draws), the unsteered rate as a dashed line; 95% bootstrap CIs. rows: steering_results.csv."""
+    panels = _steering_panels(rows, task)
+    fig, axes = _grid(len(panels), ncols=3)
+    for ax, (src, tgt, layer, n) in zip(axes, panels):
+        cell = _select([r for r in rows if r["draw"] == ""], task=task, source=src, target=tgt, metric="success")
+        base = [r for r in cell if r["method"] == "none"]
+        if base:
+            ax.axhline(base[0]["value"], color="black", ls="--", lw=0.8, label="none")
+        for method, (colour, marker) in STEERING_SERIES.items():
+            pts = sorted(_select(cell, method=method, layer=layer, n_layers=n), key=lambda r: r["alpha"])
+            if pts:
+                ax.errorbar([r["alpha"] for r in pts], [r["value"] for r in pts], yerr=_yerr(pts), fmt=f"-{marker}", color=colour, ms=4, lw=0.8, capsize=2, label=method)
+        ax.set_title(f"{src.split('_')[0]}→{tgt.split('_')[0]}, layers {layer}..{layer + n - 1}", fontsize=8)
+        ax.set_xlabel("α", fontsize=7)
+        ax.xaxis.set_major_locator(AutoLocator())
+        ax.set_ylim(-0.05, 1.05)
+    _finish(fig, axes, f"{task}: success rate against α (95% CI)")
+    axes[0].set_ylabel("success rate")
+    return save_figure(fig, stem)
+
+
+def steering_tradeoff(rows: Sequence[dict], task: str, budget: float, stem: Path) -> list[Path]:
+    """Success against collateral ΔCE (mean over the other languages), one point per α, one line per method,
+    with both 95% CIs; the collateral budget as a dotted line."""
+    panels = _steering_panels(rows, task)
+    fig, axes = _grid(len(panels), ncols=3)
+    means = [r for r in rows if r["draw"] == ""]
+    for ax, (src, tgt, layer, n) in zip(axes, panels):
+        for method, (colour, marker) in STEERING_SERIES.items():
+            sel = dict(source=src, target=tgt, layer=layer, n_layers=n, method=method)
+            succ = {r["alpha"]: r for r in _select(means, task=task, metric="success", **sel)}
+            coll = {r["alpha"]: r for r in _select(means, task="collateral", metric="delta_ce", **sel)}
+            alphas = sorted(set(succ) & set(coll))
+            if alphas:
+                ys, xs = [succ[a] for a in alphas], [coll[a] for a in alphas]
+                ax.errorbar([r["value"] for r in xs], [r["value"] for r in ys], xerr=_yerr(xs), yerr=_yerr(ys),
+                            fmt=f"-{marker}", color=colour, ms=4, lw=0.8, capsize=2, label=method)  # fmt: skip
+        ax.axvline(budget, color="black", ls=":", lw=0.8)
+        ax.set_title(f"{src.split('_')[0]}→{tgt.split('_')[0]}, layers {layer}..{layer + n - 1}", fontsize=8)
+        ax.set_xlabel("collateral ΔCE (nats/token)", fontsize=7)
+        ax.xaxis.set_major_locator(AutoLocator())
+        ax.set_ylim(-0.05, 1.05)
+    _finish(fig, axes, f"{task}: success against collateral ΔCE, one point per α (95% CIs; dotted: budget)")
+    axes[0].set_ylabel("success rate")
     return save_figure(fig, stem)

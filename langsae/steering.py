@@ -248,3 +248,38 @@ def steer(model, s: Steering) -> Iterator[None]:
             read = s.gate.encoder.read if (s.gate is not None and i == 0) else hp
             stack.enter_context(edit_output(model, hp, edit(i, L), read=read))
         yield
+
+
+@contextmanager
+def stacked_steering(model, conditions: Sequence[Steering | None], rows_each: int) -> Iterator[None]:
+    """While active, rows [c*B, (c+1)*B) of every forward are steered by conditions[c] (B = rows_each;
+    None: unsteered): the `stack` of `langsae.generate`'s engine for steering conditions.
+
+    Each condition is a one-row Steering (vectors [1, n, d], alpha [1], gate rows [1, k]). Conditions that
+    share first layer, layer count and gate encoder (or have no gate) become one Steering over the whole
+    batch, with alpha = 0 on the other rows; since no computation mixes batch rows and out + 0 * v == out
+    exactly, each row sees only its own condition. Building every gated condition of a layer from one
+    `make_gate` call (one encoder, a gate row each) keeps this at one hook per layer.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for c, s in enumerate(conditions):
+        if s is not None:
+            if s.vectors.shape[0] != 1 or s.alpha.shape[0] != 1 or (s.gate is not None and s.gate.rows.shape[0] != 1):
+                raise ValueError("stacked_steering takes one-row conditions")
+            key = (s.first_layer, s.vectors.shape[1], None if s.gate is None else id(s.gate.encoder))
+            groups.setdefault(key, []).append(c)
+    R = len(conditions) * rows_each
+    with ExitStack() as stack:
+        for members in groups.values():
+            first = conditions[members[0]]
+            vectors = torch.zeros((R, *first.vectors.shape[1:]), dtype=first.vectors.dtype, device=first.vectors.device)
+            alpha = torch.zeros(R, dtype=first.alpha.dtype, device=first.alpha.device)
+            rows = None if first.gate is None else torch.zeros((R, first.gate.rows.shape[1]), dtype=torch.bool, device=first.gate.rows.device)
+            for c in members:
+                block = slice(c * rows_each, (c + 1) * rows_each)
+                vectors[block], alpha[block] = conditions[c].vectors, conditions[c].alpha
+                if rows is not None:
+                    rows[block] = conditions[c].gate.rows
+            gate = None if first.gate is None else Gate(first.gate.encoder, rows)
+            stack.enter_context(steer(model, Steering(first.first_layer, vectors, alpha, gate)))
+        yield

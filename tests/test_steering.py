@@ -199,3 +199,86 @@ def test_a_gate_must_be_decided_at_the_first_steered_layer(tiny, nu):
     with pytest.raises(ValueError, match="first steered layer"):
         with steer(model, s):
             pass
+
+
+# ----------------------------------------------------------------------------- through the generation engine
+
+
+@pytest.fixture(scope="module")
+def untied(tiny_model_dir):
+    """The tiny Qwen3 with a separate random unembedding (the tied one only repeats its last input token,
+    so its generations could not show a steering edit)."""
+    from transformers import Qwen3ForCausalLM
+
+    model, tok = load_tiny(tiny_model_dir)
+    cfg = model.config
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(1)
+    return Qwen3ForCausalLM(cfg).eval(), tok
+
+
+def _steer_reference(model, prompt, s, stop, max_new):
+    """Greedy, batch 1, no cache: the full forward of prompt + tokens so far at every step, under `steer`."""
+    from contextlib import nullcontext
+
+    ids, out = list(prompt), []
+    for _ in range(max_new):
+        with steer(model, s) if s is not None else nullcontext(), torch.no_grad():
+            t = int(model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax())
+        out.append(t)
+        ids.append(t)
+        if t in stop:
+            break
+    return out
+
+
+def _engine_conditions(model, nu):
+    """No steering, alpha = 0 (sv and gated), sv over two layers, and two gated conditions sharing one encoder."""
+    d = model.config.hidden_size
+    lf = nu.layers[1]
+    gate = make_gate(lf, [lf.top("fra_Latn", [1, 2, 3]), lf.top("jpn_Jpan", [1, 2, 3])])
+    one = lambda g, r: steering.Gate(g.encoder, g.rows[r : r + 1])  # noqa: E731
+    return [
+        None,
+        Steering(1, _vec(d, 2, 1) * 50, torch.zeros(1)),
+        Steering(1, _vec(d, 2, 2) * 50, torch.zeros(1), one(gate, 0)),
+        Steering(0, _vec(d, 2, 3), torch.tensor([8.0])),
+        Steering(1, _vec(d, 2, 4), torch.tensor([20.0]), one(gate, 0)),
+        Steering(1, _vec(d, 2, 5), torch.tensor([-20.0]), one(gate, 1)),
+    ]
+
+
+@pytest.mark.parametrize("rows", [64, 5])
+def test_steering_through_the_engine_equals_an_uncached_batch1_loop(untied, nu, texts, rows):
+    """Stacked steering conditions in the batched, KV-cached engine give the tokens of batch-1 uncached
+    generation under each condition alone; alpha = 0 gives exactly the unsteered tokens."""
+    from langsae.generate import greedy_generate, stop_token_ids
+
+    model, tok = untied
+    prompts = [tok(t)["input_ids"][:n] for t, n in zip(texts.by_language["jpn_Jpan"][:2] + texts.by_language["fra_Latn"][:1], (9, 14, 6))]
+    conditions = _engine_conditions(model, nu)
+    stops = [tok.eos_token_id]
+    got = greedy_generate(model, prompts, conditions, stops, tok.pad_token_id, 6, rows, stack=steering.stacked_steering)
+    for c, s in enumerate(conditions):
+        for i, p in enumerate(prompts):
+            assert got[c][i] == _steer_reference(model, p, s, set(stops), 6), (c, i)
+    assert got[1] == got[0] and got[2] == got[0]  # alpha = 0
+    assert any(got[c] != got[0] for c in range(3, len(conditions)))  # the steering does something
+    assert stop_token_ids(tok)  # (the engine's usual stops exist; continuation uses EOS only)
+
+
+def test_steered_loglik_equals_a_manual_sum(untied, nu, texts):
+    from langsae.generate import continuation_logprobs
+
+    model, tok = untied
+    ids = tok(texts.by_language["eng_Latn"][0])["input_ids"][:12]
+    conditions = _engine_conditions(model, nu)
+    got = continuation_logprobs(model, [ids[:1], ids[:5]], [ids[1:], ids[5:]], conditions, tok.pad_token_id, stack=steering.stacked_steering)
+    for c, s in enumerate(conditions):
+        from contextlib import nullcontext
+
+        with steer(model, s) if s is not None else nullcontext(), torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        for i, start in enumerate((1, 5)):
+            want = sum(float(logp[t - 1, ids[t]]) for t in range(start, len(ids)))
+            assert got[c, i] == pytest.approx(want, abs=1e-4), (c, i)
