@@ -21,7 +21,7 @@ from langsae import features, interactions, plots, stats, sweep, synergy
 from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
-from langsae.errors import UserError
+from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
 
 
@@ -40,7 +40,7 @@ def main(argv=None):
     n_texts = sweep.check_sweep_args(args, cfg)
     languages = list(cfg.languages)
     if len(languages) < 3:
-        raise UserError("intra- vs inter-cluster synergy needs at least three languages in --languages")
+        raise SkippedTask("intra- vs inter-cluster synergy needs at least three languages in --languages")
     if args.permutations < 1 or not 0 <= args.overlap_threshold <= 1:
         raise UserError("--permutations must be at least 1 and --overlap-threshold between 0 and 1")
     if cfg.layers is not None:

@@ -23,8 +23,10 @@ from langsae import features, interactions, plots, section5, stats, sweep
 from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
-from langsae.errors import UserError
+from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
+
+DEFAULT_K = 5
 
 
 def parse_args(argv):
@@ -42,7 +44,7 @@ def parse_args(argv):
         help="ratio: D_ij = max(0, 1 - (M_ij + M_ji)/(M_ii + M_jj)) (the earlier reproduction's); profile: correlation "
         "distance between the languages' interaction profiles (row and column of M, divided by M_ii)",
     )  # fmt: skip
-    g.add_argument("--k", type=int, default=5, help="number of clusters the Ward tree is cut into")
+    g.add_argument("--k", type=int, default=None, help=f"number of clusters the Ward tree is cut into; default {DEFAULT_K} (the paper's), at most one less than the number of languages")
     g.add_argument("--mds-dims", type=int, default=2, help="dimensions of the metric MDS embedding that Ward clusters")
     g.add_argument("--mds-init", type=int, default=4, help="seeded random starts of the MDS (SMACOF); the lowest stress wins")
     g.add_argument("--stability-boot", type=int, default=200, help="joint resamples of sentence ids, each clustered again (co-clustering, ARI)")
@@ -54,6 +56,10 @@ def main(argv=None):
     cfg = resolve(args)
     n_texts = sweep.check_sweep_args(args, cfg)
     languages = list(cfg.languages)
+    if len(languages) < 3:
+        raise SkippedTask("clustering languages needs at least three in --languages")
+    if args.k is None:
+        args.k = min(DEFAULT_K, len(languages) - 1)
     if not 2 <= args.k < len(languages):
         raise UserError(f"--k must be between 2 and {len(languages) - 1} (one less than the number of languages)")
     for flag, value in (("--mds-dims", args.mds_dims), ("--mds-init", args.mds_init), ("--stability-boot", args.stability_boot)):

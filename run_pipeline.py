@@ -7,7 +7,7 @@
 
 Each stage skips work it has already cached, so rerunning resumes. Stage-specific flags
 (e.g. --mode of the Section 5 stage) are set by running that stage's script directly; the
-pipeline passes every stage the common flags only. A stage that cannot run here (e.g. a
+pipeline passes every stage the common flags (plus the few a stage always needs in a pipeline, `Stage.flags`). A stage that cannot run here (e.g. a
 downstream dataset that is not cached offline) is recorded as skipped and the pipeline goes
 on; any other failure stops it with one line and the command that resumes. The per-stage
 table (wall time, computed vs cached work) is printed at the end and kept in
@@ -22,9 +22,14 @@ import sys
 import time
 
 import check_data
+import cluster_synergy
+import code_switching
 import compute_nu_scores
+import cross_linguistic_interactions
+import downstream_ablation
 import plot_sae_features
 import reproduce_figures_section5
+import steer_language
 from langsae import report
 from langsae.artifacts import load_json, save_json
 from langsae.cli import run_main
@@ -37,6 +42,12 @@ STAGES = [
     Stage("check-data", "check_data.py", check_data.main),
     Stage("nu", "compute_nu_scores.py", compute_nu_scores.main),
     Stage("section5", "reproduce_figures_section5.py", reproduce_figures_section5.main),
+    Stage("interactions", "cross_linguistic_interactions.py", cross_linguistic_interactions.main),
+    Stage("cluster-synergy", "cluster_synergy.py", cluster_synergy.main),
+    # offline, Amazon reviews are usually not cached: the pipeline runs the other tasks and says so
+    Stage("downstream", "downstream_ablation.py", downstream_ablation.main, ("--skip-unavailable",)),
+    Stage("code-switching", "code_switching.py", code_switching.main),
+    Stage("steering", "steer_language.py", steer_language.main),
     Stage("plots", "plot_sae_features.py", plot_sae_features.main),
 ]
 TIMINGS_FILE = "pipeline_timings.json"
@@ -119,7 +130,7 @@ def main(argv=None):
         row = {"stage": stage.name, "script": stage.script, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         failure = None
         try:
-            done = stage.main(passed) or {}
+            done = stage.main([*passed, *stage.flags]) or {}
             row.update(status="done", **done)
         except SkippedTask as e:
             row.update(status="skipped", note=str(e))

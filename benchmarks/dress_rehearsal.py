@@ -102,7 +102,7 @@ def run_stages(common: list[str], sizes: dict, full: bool, device: str) -> list[
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         try:
-            done, status = stage.main(common + extra), "done"
+            done, status = stage.main([*common, *stage.flags, *extra]), "done"
         except SkippedTask as e:
             done, status = None, f"skipped: {e}"
         if device.startswith("cuda"):

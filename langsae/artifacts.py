@@ -110,14 +110,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of everything that can change a number, recorded in every artifact's metadata."""
+MODEL_PACKAGES = ("torch", "transformers", "sae-lens", "tokenizers", "numpy")  # what a model's numbers depend on
+
+
+def package_versions(packages: tuple[str, ...] = (*MODEL_PACKAGES, "py3langid")) -> dict[str, str]:
+    """Versions of everything that can change a number, recorded in every artifact's metadata.
+
+    A build keyed by its versions (the toy) passes MODEL_PACKAGES, so that adding a package the
+    model never uses (e.g. the language identifier) does not invalidate it."""
     from importlib.metadata import PackageNotFoundError, version
 
     import langsae
 
     out = {"python": platform.python_version(), "langsae": langsae.__version__}
-    for name in ("torch", "transformers", "sae-lens", "tokenizers", "numpy", "py3langid"):
+    for name in packages:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

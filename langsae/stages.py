@@ -29,8 +29,10 @@ def work(computed: int, cached: int, unit: str) -> Work:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the pipeline: its name on the command line, its script, and its `main`."""
+    """One step of the pipeline: its name on the command line, its script, its `main`, and the
+    stage-specific flags the pipeline always passes it (after the common ones)."""
 
     name: str
     script: str
     main: Callable[[list[str] | None], Work | None]
+    flags: tuple[str, ...] = ()

@@ -37,7 +37,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from langsae.artifacts import file_sha256, load_json, package_versions, save_json
+from langsae.artifacts import MODEL_PACKAGES, file_sha256, load_json, package_versions, save_json
 from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, load_ntrex, load_texts, ntrex_file
 from langsae.errors import UserError
 from langsae.forward import Batch, collect_tokens, make_batches, next_token_ce, predicted_tokens, tokenize
@@ -178,7 +178,7 @@ def build_record(seed: int, scale: str) -> dict:
         "scale": scale,
         "hyperparameters": asdict(_scale(scale)),
         "languages": list(PAPER_LANGUAGES),
-        "versions": package_versions(),
+        "versions": package_versions(MODEL_PACKAGES),
         "data_sha256": {str(f.relative_to(DATA_DIR)): file_sha256(f) for f in files},
     }
     return json.loads(json.dumps(record))  # the form it has after a round trip through build.json
