@@ -67,10 +67,14 @@ def test_qa_prompt_truncates_the_context_never_the_question(tiny_model_dir):
     assert f"Question: {example['question']}\nAnswer: {example['answers'][0]}\n\n" in shot.prompt
 
 
-def _synthetic_amazon(tmp_path, config: str, n_per_star: int):
+def _synthetic_amazon(tmp_path, monkeypatch, config: str, n_per_star: int):
     """Fake reviews (never real ones) as a parquet file, prepared by `datasets` into the cache layout
-    that `load_dataset("mteb/AmazonReviewsClassification", config)` reads when offline."""
+    that `load_dataset("mteb/AmazonReviewsClassification", config)` reads when offline. The cache is
+    this test's own: in the session's cache the 3-per-star copy would reach later tests (the
+    pipeline test would then run sentiment on it and stop at `--n-per-label`)."""
     import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -89,8 +93,8 @@ def _synthetic_amazon(tmp_path, config: str, n_per_star: int):
     return texts, [lab + 1 for lab in labels]
 
 
-def test_amazon_loads_offline_through_load_dataset(tmp_path):
-    texts, stars = _synthetic_amazon(tmp_path, "en", 3)
+def test_amazon_loads_offline_through_load_dataset(tmp_path, monkeypatch):
+    texts, stars = _synthetic_amazon(tmp_path, monkeypatch, "en", 3)
     assert tasks.load_amazon("eng_Latn") == (texts, stars)
     with pytest.raises(tasks.DatasetUnavailable, match="mteb/AmazonReviewsClassification.*'fr'"):
         tasks.load_amazon("fra_Latn")
@@ -152,8 +156,8 @@ def test_stage_on_toy_qa_and_topic(toy_run):
     assert _rows(toy_run / "downstream_results.csv") == rows
 
 
-def test_stage_sentiment_on_toy_with_synthetic_amazon(toy_run, tmp_path, capsys):
-    _synthetic_amazon(tmp_path, "es", 3)
+def test_stage_sentiment_on_toy_with_synthetic_amazon(toy_run, tmp_path, capsys, monkeypatch):
+    _synthetic_amazon(tmp_path, monkeypatch, "es", 3)
     flags = ["--tasks", "sentiment", "--languages", "spa_Latn", "--n-per-label", "2", "--random-draws", "1"]
     assert _stage(toy_run, *flags)["computed"] == 4
     recs = [json.loads(line) for line in open(toy_run / "downstream" / "sentiment" / "spa_Latn" / "baseline.jsonl")]
