@@ -28,6 +28,8 @@ from langsae.artifacts import load_json, package_versions, save_text
 REPORT_NAME = "REPORT.md"
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run"
 FREQ_SURE = 0.95  # a categorical claim wins in at least this share of resamples: supported (at most 1 − this: not)
+COLLAPSE_SHARE = 0.5  # a collapse loses at least this share of the baseline's margin over chance
+ROBUST_SHARE = 0.1  # robust: the drop beyond random stays within this share of that margin
 
 VERDICT_RULE = f"""\
 **Verdict rule.** An *interval* claim (an effect in a stated direction) is **supported** when
@@ -40,9 +42,17 @@ about several languages combines their verdicts as it is worded: *every* languag
 when all are, not supported when any is not), *most* languages (supported when more than half
 are, not supported when at least half are not), or *some* language (supported when any is, not
 supported when all are not); otherwise inconclusive. A claim about a layer or language this
-run did not measure is inconclusive. CIs are 95% percentile intervals of a bootstrap that
-resamples sentence ids jointly across languages (random controls: draws as well); a claim
-about "some" of ten languages is not corrected for multiple comparisons."""
+run did not measure is inconclusive. Cluster claims are categorical, pair by pair: the share
+of stage 3's bootstrap resamples in which the two languages share (or do not share) a cluster.
+Task claims are judged per task and language on the primary metric (QA F1, sentiment and topic
+accuracy): a baseline whose CI reaches chance (F1 0, accuracy 1/5 and 1/7) has nothing to lose
+and is inconclusive; a **collapse** is a drop beyond the random features' whose CI lies entirely
+past {COLLAPSE_SHARE:.0%} of the baseline's margin over chance (not supported when the drop is
+not beyond random, or its CI lies entirely short of that); **robust** means own − random has a
+CI above −{ROBUST_SHARE:.0%} of that margin (not supported when it lies entirely below zero).
+CIs are 95% percentile intervals of a bootstrap that resamples sentence ids (items) jointly
+across languages (random controls: draws as well); a claim about "some" of ten languages is
+not corrected for multiple comparisons."""
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -139,7 +149,7 @@ class Claim:
     text: str
     source: str
     stage: str  # the pipeline stage whose artifacts answer it
-    evidence: Callable[[Artifacts], Evidence | None] | None  # None: evidence not implemented yet
+    evidence: Callable[[Artifacts], Evidence | None]
 
 
 def _f(row: dict, key: str) -> float:
@@ -265,6 +275,214 @@ def exclusive_top1(a: Artifacts) -> Evidence | None:
     )  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- stages 3-5, code switching, steering
+
+CHANCE = {("qa", "f1"): 0.0, ("sentiment", "accuracy"): 0.2, ("topic", "accuracy"): 1 / 7}
+TASK_METRICS = (("qa", "f1", "generate"), ("sentiment", "accuracy", "generate"), ("topic", "accuracy", "loglik"))
+
+
+def _value_ci(row: dict) -> Interval:
+    """A tidy row's value with its ci_low, ci_high."""
+    return Interval(_f(row, "value"), _f(row, "ci_low"), _f(row, "ci_high"))
+
+
+def _ivl(v: Sequence[float] | None) -> Interval:
+    return Interval(*map(float, v)) if v else Interval(math.nan, math.nan, math.nan)
+
+
+def _co_clustering(a: Artifacts) -> tuple[dict, dict[str, int]] | None:
+    c = a.json("interaction_clusters.json")
+    return (c, {lang: k for k, lang in enumerate(c["languages"])}) if c else None
+
+
+def _cluster_evidence(a: Artifacts, lang: str, shares: dict[str, float], how: str, what: str, control: str) -> Evidence:
+    """A categorical claim on stage 3's clusters: each pair's share of bootstrap resamples that agrees with it."""
+    c, _ = _co_clustering(a)
+    figure = a.figure("interaction_mds.png")
+    if not shares:
+        return Evidence(f"{_short(lang)} or the languages it is compared with are not in this run", "-", figure, INCONCLUSIVE)
+    n = c["ari"]["n_resamples"]
+    point = ", ".join(_short(x) for x, g in c["labels"].items() if g == c["labels"][lang])
+    numbers = f"{what} (k={c['settings']['k']}), share of {n} resamples: " + ", ".join(f"{_short(x)} {s:.2f}" for x, s in shares.items())
+    return Evidence(f"{numbers}; point cluster of {_short(lang)}: {point}", control, figure, combine([frequency_verdict(s) for s in shares.values()], how))
+
+
+def vietnamese_clusters(a: Artifacts) -> Evidence | None:
+    got = _co_clustering(a)
+    if got is None:
+        return None
+    c, i = got
+    vie, co = "vie_Latn", c["co_clustering"]
+    if vie not in i:
+        return _cluster_evidence(a, vie, {}, "every", "", "-")
+    shares = {x: co[i[vie]][i[x]] for x in ("eng_Latn", "spa_Latn", "fra_Latn", "por_Latn") if x in i}
+    rivals = ", ".join(f"{_short(x)} {co[i[vie]][i[x]]:.2f}" for x in ("tha_Thai", "kor_Hang") if x in i) or "-"
+    control = f"shares a cluster with tha/kor: {rivals}; mean ARI of the resamples vs the point clusters {c['ari']['mean']:.2f}"
+    return _cluster_evidence(a, vie, shares, "every", "vie shares a cluster with", control)
+
+
+def arabic_isolated(a: Artifacts) -> Evidence | None:
+    got = _co_clustering(a)
+    if got is None:
+        return None
+    c, i = got
+    arb, co = "arb_Arab", c["co_clustering"]
+    shares = {x: 1 - co[i[arb]][k] for x, k in i.items() if x != arb} if arb in i else {}
+    control = f"mean ARI of the resamples vs the point clusters {c['ari']['mean']:.2f}"
+    return _cluster_evidence(a, arb, shares, "every", "arb in another cluster than", control)
+
+
+def intra_subadditive(a: Artifacts) -> Evidence | None:
+    """Pooled over layers, without the pairs that share (or nearly share) a top-1 feature, whose
+    sub-additivity is built in: intra-cluster synergy below zero and below the inter-cluster pairs'."""
+    s = a.json("cluster_synergy_summary.json")
+    if s is None:
+        return None
+    w = s["layers"]["all_layers"]
+
+    def part(which: str, key: str) -> Interval:
+        d = w[which][key]
+        return Interval(d["value"], d["ci_low"], d["ci_high"])
+
+    clean, full = w["without_degenerate"], w["with_degenerate"]
+    n_intra = clean["intra"]["n_pairs"]
+    verdict = interval_verdict(part("without_degenerate", "intra"), part("without_degenerate", "inter"), -1) if n_intra else INCONCLUSIVE
+    numbers = (f"intra-cluster synergy, pooled over layers, without degenerate pairs: {part('without_degenerate', 'intra')} ({n_intra} pair-layers); "
+               f"with them: {part('with_degenerate', 'intra')} ({full['intra']['n_pairs']}; {w['n_same_feature']} share a top-1, "
+               f"{w['n_overlapping']} overlap)")  # fmt: skip
+    r = full["regression"]
+    control = (f"inter-cluster pairs: {part('without_degenerate', 'inter')}; intra − inter {part('without_degenerate', 'difference')}, "
+               f"permutation p = {clean['permutation_p']:.3g} ({clean['n_permutations']} permutations); with degenerate pairs p = "
+               f"{full['permutation_p']:.3g}; synergy on the pair's decoder |cosine|: slope {r['slope']:+.3f}, r {r['r']:+.2f}, p {r['p']:.2g}")  # fmt: skip
+    return Evidence(numbers, control, a.figure("synergy_vs_cosine.png"), verdict)
+
+
+def _downstream(a: Artifacts) -> tuple[list[dict], int] | None:
+    """The summary entries of the primary metrics at layer 10, or at the stage's first layer when it did not run 10."""
+    d = a.json("downstream_summary.json")
+    if d is None:
+        return None
+    entries = [e for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]
+    layers = [e["layer"] for e in entries]
+    if not layers:
+        return [], 10
+    layer = 10 if 10 in layers else layers[0]
+    return [e for e in entries if e["layer"] == layer], layer
+
+
+def _margin(e: dict) -> float:
+    """The baseline's margin over chance; NaN when its CI reaches chance (nothing to lose)."""
+    chance, base = CHANCE[(e["task"], e["metric"])], _ivl(e["baseline"])
+    return base.value - chance if base.low > chance else math.nan
+
+
+def _collapse_verdict(e: dict) -> str:
+    margin, own = _margin(e), _ivl(e["own_delta"])
+    if not math.isfinite(margin) or e["own_minus_random"] is None:
+        return INCONCLUSIVE
+    beyond_random = interval_verdict(own, _ivl(e["random_delta"]), -1)
+    if beyond_random == NOT_SUPPORTED or own.low > -COLLAPSE_SHARE * margin:
+        return NOT_SUPPORTED
+    return SUPPORTED if beyond_random == SUPPORTED and own.high < -COLLAPSE_SHARE * margin else INCONCLUSIVE
+
+
+def _robust_verdict(e: dict) -> str:
+    margin, diff = _margin(e), _ivl(e["own_minus_random"])
+    if not math.isfinite(margin) or not diff.finite():
+        return INCONCLUSIVE
+    if diff.high < 0:
+        return NOT_SUPPORTED
+    return SUPPORTED if diff.low > -ROBUST_SHARE * margin else INCONCLUSIVE
+
+
+def _task_line(e: dict) -> str:
+    base, margin = _ivl(e["baseline"]), _margin(e)
+    at = "at chance" if not math.isfinite(margin) else f"margin over chance {margin:.3f}"
+    return f"{e['task']} {e['metric']} {_short(e['lang'])}: baseline {base.value:.3f} ({at}), own Δ {_ivl(e['own_delta'])}"
+
+
+def _task_figure(a: Artifacts, entries: list[dict], layer: int) -> str | None:
+    return next((f for f in (a.figure(f"downstream_{e['task']}_L{layer}.png") for e in entries) if f), None)
+
+
+def collapse(a: Artifacts) -> Evidence | None:
+    got = _downstream(a)
+    if got is None:
+        return None
+    entries, layer = got
+    where = "" if layer == 10 else f"layer 10 not run; at layer {layer}: "
+    if not entries:
+        return Evidence(f"{where}no QA, sentiment or topic results", "-", None, INCONCLUSIVE)
+    verdicts = [_collapse_verdict(e) for e in entries]
+    numbers = f"{where}{verdicts.count(SUPPORTED)}/{len(entries)} task-languages collapse. " + "; ".join(_task_line(e) for e in entries)
+    control = "own − mean of the random draws: " + "; ".join(f"{e['task']} {_short(e['lang'])} {_ivl(e['own_minus_random'])}" for e in entries)
+    return Evidence(numbers, control, _task_figure(a, entries, layer), combine(verdicts, "most"))
+
+
+def arabic_robust(a: Artifacts) -> Evidence | None:
+    got = _downstream(a)
+    if got is None:
+        return None
+    entries, layer = got
+    where = "" if layer == 10 else f"layer 10 not run; at layer {layer}: "
+    arb = [e for e in entries if e["lang"] == "arb_Arab"]
+    if not arb:
+        return Evidence(f"{where}no Arabic task results", "-", None, INCONCLUSIVE)
+    others = [e for e in entries if e["lang"] != "arb_Arab"]
+    control = "own − random for ar: " + "; ".join(f"{e['task']} {_ivl(e['own_minus_random'])}" for e in arb)
+    control += "; other languages' own Δ: " + ("; ".join(f"{e['task']} {_short(e['lang'])} {_ivl(e['own_delta']).value:+.3f}" for e in others) or "-")
+    return Evidence(where + "; ".join(_task_line(e) for e in arb), control, _task_figure(a, arb, layer), combine([_robust_verdict(e) for e in arb], "every"))
+
+
+def code_switching_claim(a: Artifacts) -> Evidence | None:
+    """X's top feature on nouns of other languages after X's prefix, minus the same nouns alone (paired
+    by item), per language at the layer where its mean over languages is largest."""
+    rows, meta = a.csv("code_switching_results.csv"), a.json("code_switching_meta.json")
+    if not rows or meta is None:
+        return None
+    effect = [r for r in rows if r["case"] == "context_on_foreign_nouns"]
+    layer = str(meta["heatmap_layer"])
+    at = [r for r in effect if r["layer"] == layer and r["language"] != "mean"]
+    verdicts = [interval_verdict(_value_ci(r)) for r in at]
+    numbers = (f"layer {layer} (largest mean effect, chosen on the same {at[0]['n_items'] if at else '?'} items): {verdicts.count(SUPPORTED)}/{len(at)} languages "
+               "with a CI above zero: " + "; ".join(f"{_short(r['language'])} {_value_ci(r)}" for r in at))  # fmt: skip
+    control = "paired: the same nouns alone; mean over languages by layer: " + "; ".join(
+        f"L{r['layer']} {_value_ci(r)}" for r in effect if r["language"] == "mean"
+    )
+    return Evidence(numbers, control, a.figure("code_switching_prefix_feature.png"), combine(verdicts, "most"))
+
+
+def gated_steering(a: Artifacts) -> Evidence | None:
+    """Per task, pair and layer span: the gated method's success at its best α (chosen on half A under
+    the collateral budget, reported on half B) above no steering and above every control's."""
+    s = a.json("steering_summary.json")
+    if s is None:
+        return None
+    by_cell: dict[tuple, dict[str, dict]] = {}
+    for e in s["entries"]:
+        by_cell.setdefault((e["task"], e["source"], e["target"], e["layer"], e["n_layers"]), {})[e["method"]] = e
+    lines, controls, verdicts = [], [], []
+    for (task, src, tgt, layer, n), methods in by_cell.items():
+        gated = methods.get("gated")
+        if gated is None:
+            continue
+        name = f"{task} {_short(src)}→{_short(tgt)} L{layer}x{n}"
+        base = _ivl(gated["baseline_success"])
+        ctrl = [base] + [_ivl(m["success"]) for k, m in methods.items() if k.startswith("random") and m["success"]]
+        strongest = max(ctrl, key=lambda c: c.high if c.finite() else -math.inf)
+        if gated["success"] is None:
+            lines.append(f"{name}: no α within the budget")
+            verdicts.append(INCONCLUSIVE)
+        else:
+            lines.append(f"{name}: {_ivl(gated['success'])} at α {gated['best_alpha']:g}, collateral ΔCE {_ivl(gated['collateral_delta_ce'])}")
+            verdicts.append(interval_verdict(_ivl(gated["success"]), strongest))
+        controls.append(f"{name}: none {base}, strongest control {strongest}")
+    if not verdicts:
+        return Evidence("no gated steering in this run", "-", None, INCONCLUSIVE)
+    numbers = f"success rate, {verdicts.count(SUPPORTED)}/{len(verdicts)} beyond every control (budget {s['budget']} nats): " + "; ".join(lines)
+    return Evidence(numbers, "; ".join(controls), a.figure("steering_lid_success.png") or a.figure("steering_continuation_success.png"), combine(verdicts, "most"))
+
+
 CLAIMS: list[Claim] = [
     Claim("Layer 10 is the dominant language-specificity layer (most languages peak there)", "seed reproduction", "section5", layer10_dominant),
     Claim("Korean and Thai peak at layer 0", "seed reproduction", "section5", korean_thai_layer0),
@@ -272,23 +490,22 @@ CLAIMS: list[Claim] = [
     Claim("A language's own top features hurt it more than other languages' top features do, for most languages", "METHOD.md (control)", "section5", own_features_beat_others),
     Claim("Some languages show synergy: ablating top-1+2 together hurts more than the sum of each alone", "paper (Fig. 6)", "section5", some_synergy),
     Claim("Each language's top-1 feature is its own (in no other language's top-5) at the dominant layer", "METHOD.md (shared-feature trap)", "nu", exclusive_top1),
-    Claim("Vietnamese clusters with EN/ES/FR/PT", "seed reproduction", "interactions", None),
-    Claim("Intra-cluster language pairs are sub-additive", "seed reproduction", "cluster-synergy", None),
-    Claim("Ablating 2 features at layer 10 collapses QA (EN −41.1 F1, VI −34.8, ZH −28.9) and classification", "seed reproduction", "downstream", None),
-    Claim("Arabic is robust to the ablation", "seed reproduction", "downstream", None),
-    Claim("The prefix language's top feature stays active on a noun in another language (code-switching)", "paper (Sec. 4)", "code-switching", None),
-    Claim("Gated steering switches the output language (paper: 72–97% success at three layers)", "paper (Sec. 6)", "steering", None),
+    Claim("Vietnamese clusters with EN/ES/FR/PT rather than with Thai or Korean", "seed reproduction", "interactions", vietnamese_clusters),
+    Claim("Arabic is isolated (a cluster of its own)", "seed reproduction", "interactions", arabic_isolated),
+    Claim("Intra-cluster language pairs are sub-additive (more than inter-cluster pairs)", "seed reproduction", "cluster-synergy", intra_subadditive),
+    Claim("Ablating 2 features at layer 10 collapses QA (EN −41.1 F1, VI −34.8, ZH −28.9) and classification", "seed reproduction", "downstream", collapse),
+    Claim("Arabic is robust to the ablation", "seed reproduction", "downstream", arabic_robust),
+    Claim("The prefix language's top feature stays active on a noun in another language (code-switching)", "paper (Sec. 4)", "code-switching", code_switching_claim),
+    Claim("Gated steering switches the output language (paper: 72–97% success at three layers)", "paper (Sec. 6)", "steering", gated_steering),
 ]
 
 
 def claim_row(claim: Claim, a: Artifacts) -> tuple[Evidence, str]:
     """The claim's evidence and verdict; "not run" when its stage left nothing to read."""
-    ev = claim.evidence(a) if claim.evidence is not None else None
+    ev = claim.evidence(a)
     if ev is not None:
         return ev, ev.verdict
     status = a.stage_status(claim.stage)
-    if claim.evidence is None and status == "done":
-        return Evidence(f"stage {claim.stage} ran; its evidence is not wired into the report yet", "-", None, INCONCLUSIVE), INCONCLUSIVE
     why = f"stage {claim.stage} was {status}" if status in ("skipped", "failed") else f"stage {claim.stage} not run"
     return Evidence(why, "-", None, NOT_RUN), NOT_RUN
 
@@ -407,14 +624,116 @@ def section5_section(a: Artifacts) -> list[str]:
     return lines + [""]
 
 
+def _not_run(title: str, a: Artifacts, stage: str, command: str) -> list[str]:
+    status = a.stage_status(stage)
+    why = f"Stage {status}" if status in ("skipped", "failed") else "Not run"
+    return [f"## {title}", "", f"{why} (`{command}`).", ""]
+
+
+def _table(head: Sequence[str], rows: list[Sequence]) -> list[str]:
+    return [f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + [f"| {' | '.join(_cell(x) for x in r)} |" for r in rows] + [""]
+
+
+def interactions_section(a: Artifacts) -> list[str]:
+    title = "Stage 3: cross-linguistic interactions and clusters"
+    c = a.json("interaction_clusters.json")
+    if c is None:
+        return _not_run(title, a, "interactions", "python cross_linguistic_interactions.py")
+    st = c["settings"]
+    lines = [f"## {title}", "", f"M from {st['features']} at layers {st['layers']} ({st['aggregate']}), {st['mode']} ablation, {st['n_texts']} texts per "
+             f"language; distance `{c['distance_kind']}` (negative eigenvalue mass {c['negative_eigen_mass']:.3f}); metric MDS stress {c['stress']:.3f}; "
+             f"Ward on the MDS coordinates cut at k={st['k']}; stability over {c['ari']['n_resamples']} resamples: mean ARI {c['ari']['mean']:.2f} "
+             f"[{c['ari']['q05']:.2f}, {c['ari']['q95']:.2f}].", ""]  # fmt: skip
+    groups = sorted({g for g in c["labels"].values()})
+    ward_d = c.get("ward_on_distance_labels", {})
+    lines += _table(["cluster", "languages (Ward on MDS)", "silhouette by k"], [
+        (g, ", ".join(_short(x) for x, y in c["labels"].items() if y == g), ", ".join(f"{k}: {v:.2f}" for k, v in c["silhouette"].items()) if i == 0 else "")
+        for i, g in enumerate(groups)
+    ])  # fmt: skip
+    if ward_d:
+        lines += ["Ward run directly on D (the earlier reproduction's): " + "; ".join(
+            ", ".join(_short(x) for x, y in ward_d.items() if y == g) for g in sorted(set(ward_d.values()))), ""]
+    for name, alt in (("interaction_matrix.png", "interaction matrix"), ("interaction_mds.png", "MDS"), ("interaction_coclustering.png", "co-clustering"), ("interaction_dendrogram.png", "dendrogram")):
+        lines += _img(a, name, alt)
+    return lines
+
+
+def cluster_synergy_section(a: Artifacts) -> list[str]:
+    title = "Stage 4: intra- vs inter-cluster synergy"
+    s = a.json("cluster_synergy_summary.json")
+    if s is None:
+        return _not_run(title, a, "cluster-synergy", "python cluster_synergy.py")
+    rows = []
+    for layer, w in s["layers"].items():
+        for which in ("with_degenerate", "without_degenerate"):
+            d = w[which]
+            iv = {k: Interval(d[k]["value"], d[k]["ci_low"], d[k]["ci_high"]) for k in ("intra", "inter", "difference")}
+            rows.append((layer, which.replace("_", " "), f"{iv['intra']} ({d['intra']['n_pairs']})", f"{iv['inter']} ({d['inter']['n_pairs']})",
+                         iv["difference"], f"{d['permutation_p']:.3g}", f"{d['regression']['slope']:+.3f} (r {d['regression']['r']:+.2f})"))  # fmt: skip
+    lines = [f"## {title}", "", "Synergy = ΔAB − ΔA − ΔB of two languages' top-1 features, per pair the mean of its two sides; degenerate pairs share "
+             "their top-1 feature or have decoder |cosine| above the threshold (their sub-additivity is built in).", ""]  # fmt: skip
+    lines += _table(["layer", "pairs", "intra [95% CI] (n)", "inter [95% CI] (n)", "intra − inter", "permutation p", "slope on abs(cos)"], rows)
+    for name in ("synergy_intra_inter.png", "synergy_vs_cosine.png", "synergy_pairs.png"):
+        lines += _img(a, name, name.removesuffix(".png"))
+    return lines
+
+
+def downstream_section(a: Artifacts) -> list[str]:
+    title = "Stage 5: downstream tasks under ablation"
+    d = a.json("downstream_summary.json")
+    if d is None:
+        return _not_run(title, a, "downstream", "python downstream_ablation.py")
+    rows = [(e["task"], f"{e['metric']}/{e['scoring']}", _short(e["lang"]), e["layer"], f"{_ivl(e['baseline']).value:.3f}", _ivl(e["own_delta"]),
+             _ivl(e["random_delta"]), f"{_ivl(e['cross_delta'])} ({_short(e['cross_lang'])})", _ivl(e["own_minus_random"]),
+             {True: "yes", False: "no", None: "-"}[e["own_drop_exceeds_random"]])
+            for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]  # fmt: skip
+    lines = [f"## {title}", "", f"{d['mode']} ablation; {d['rule']}", ""]
+    lines += _table(["task", "metric", "lang", "layer", "baseline", "own Δ", "random Δ", "cross Δ (features of)", "own − random", "own drop > random"], rows)
+    for p in sorted(a.output_dir.glob("downstream_*.png")):
+        lines += _img(a, p.name, p.stem)
+    return lines
+
+
+def code_switching_section(a: Artifacts) -> list[str]:
+    title = "Code switching (Section 4)"
+    rows, meta = a.csv("code_switching_results.csv"), a.json("code_switching_meta.json")
+    if not rows or meta is None:
+        return _not_run(title, a, "code-switching", "python code_switching.py")
+    contrasts = [r for r in rows if r["kind"] == "contrast" and r["language"] == "mean"]
+    layers = sorted({int(r["layer"]) for r in contrasts})
+    names = list(dict.fromkeys(r["case"] for r in contrasts))
+    table = [(L, *(_value_ci(next(r for r in contrasts if r["case"] == n and int(r["layer"]) == L)) for n in names)) for L in layers]
+    lines = [f"## {title}", "", f"Mean over languages of each paired contrast, {contrasts[0]['n_items']} items; heatmap layer {meta['heatmap_layer']} "
+             f"({meta['heatmap_layer_rule']}).", ""]  # fmt: skip
+    lines += _table(["layer", *names], table)
+    for name in ("code_switching_prefix_feature.png", "code_switching_noun_feature.png", "code_switching_heatmap.png"):
+        lines += _img(a, name, name.removesuffix(".png"))
+    return lines
+
+
+def steering_section(a: Artifacts) -> list[str]:
+    title = "Steering (Section 6)"
+    s = a.json("steering_summary.json")
+    if s is None:
+        return _not_run(title, a, "steering", "python steer_language.py")
+    rows = [(e["task"], f"{_short(e['source'])}→{_short(e['target'])}", f"{e['layer']}..{e['layer'] + e['n_layers'] - 1}", e["method"],
+             "-" if e["best_alpha"] is None else f"{e['best_alpha']:g}", _ivl(e["success"]), _ivl(e["collateral_delta_ce"]), _ivl(e["baseline_success"]))
+            for e in s["entries"]]  # fmt: skip
+    lines = [f"## {title}", "", s["rule"], ""]
+    lines += _table(["task", "pair", "layers", "method", "best α", "success (half B)", "collateral ΔCE", "no steering"], rows)
+    for p in sorted(a.output_dir.glob("steering_*.png")):
+        lines += _img(a, p.name, p.stem)
+    return lines
+
+
 def build_report(features_dir: Path, output_dir: Path, run: str | None = None) -> str:
     a = Artifacts(features_dir, output_dir)
     run = run or Path(output_dir).name
     lines = header(a, run)
     lines += ["## Claims", "", VERDICT_RULE, "", claims_table(a), ""]
-    lines += data_section(a) + nu_section(a) + section5_section(a)
-    later = sorted({c.stage for c in CLAIMS} - {"nu", "section5"})
-    lines += ["## Later stages", ""] + [f"- {s}: {a.stage_status(s) or 'not run'}" for s in later] + [""]
+    for section in (data_section, nu_section, section5_section, interactions_section, cluster_synergy_section,
+                    downstream_section, code_switching_section, steering_section):
+        lines += section(a)
     return "\n".join(lines)
 
 

@@ -111,14 +111,125 @@ def test_not_run_rows_and_the_document(run):
     assert "Not run (`python check_data.py`)" in text
 
 
-def test_a_skipped_or_unwired_stage_says_so(run):
-    save_json({"stages": [{"stage": "downstream", "status": "skipped", "wall_s": 1.0}, {"stage": "interactions", "status": "done", "wall_s": 2.0}]},
-              run.features_dir / "pipeline_timings.json")  # fmt: skip
+def test_a_skipped_stage_says_so(run):
+    save_json({"stages": [{"stage": "downstream", "status": "skipped", "wall_s": 1.0}]}, run.features_dir / "pipeline_timings.json")
     claims = {c.stage: c for c in report.CLAIMS}
     ev, verdict = report.claim_row(claims["downstream"], run)
     assert verdict == NOT_RUN and ev.numbers == "stage downstream was skipped"
-    ev, verdict = report.claim_row(claims["interactions"], run)
-    assert verdict == INCONCLUSIVE and "not wired" in ev.numbers
+    assert "Stage skipped (`python downstream_ablation.py`)" in report.build_report(run.features_dir, run.output_dir, "toy")
+
+
+LANGS = ["eng_Latn", "spa_Latn", "fra_Latn", "por_Latn", "vie_Latn", "tha_Thai", "kor_Hang", "arb_Arab"]
+
+
+def clusters_file(run, co_vie, co_arb):
+    """interaction_clusters.json with vie's co-clustering shares with en/es/fr/pt and th/ko, and arb's with everyone."""
+    idx = {lang: k for k, lang in enumerate(LANGS)}
+    co = [[1.0 if i == j else 0.0 for j in range(len(LANGS))] for i in range(len(LANGS))]
+    for other, share in {**co_vie}.items():
+        co[idx["vie_Latn"]][idx[other]] = co[idx[other]][idx["vie_Latn"]] = share
+    for other, share in co_arb.items():
+        co[idx["arb_Arab"]][idx[other]] = co[idx[other]][idx["arb_Arab"]] = share
+    labels = {lang: (2 if lang == "arb_Arab" else 1 if lang in ("tha_Thai", "kor_Hang") else 0) for lang in LANGS}
+    save_json({"languages": LANGS, "co_clustering": co, "labels": labels, "ari": {"n_resamples": 200, "mean": 0.8, "q05": 0.5, "q95": 1.0},
+               "settings": {"k": 3}}, run.features_dir / "interaction_clusters.json")  # fmt: skip
+
+
+def test_cluster_claims_pair_by_pair(run):
+    assert report.vietnamese_clusters(run) is None and report.arabic_isolated(run) is None
+    clusters_file(run, {"eng_Latn": 0.99, "spa_Latn": 0.97, "fra_Latn": 0.96, "por_Latn": 0.95, "tha_Thai": 0.01}, {})
+    vie = report.vietnamese_clusters(run)
+    assert vie.verdict == SUPPORTED and "eng 0.99, spa 0.97, fra 0.96, por 0.95" in vie.numbers and "tha 0.01, kor 0.00" in vie.control
+    assert report.arabic_isolated(run).verdict == SUPPORTED  # never with anyone
+    clusters_file(run, {"eng_Latn": 0.99, "spa_Latn": 0.97, "fra_Latn": 0.5, "por_Latn": 0.95}, {"kor_Hang": 0.5})
+    assert report.vietnamese_clusters(run).verdict == INCONCLUSIVE and report.arabic_isolated(run).verdict == INCONCLUSIVE
+    clusters_file(run, {"eng_Latn": 0.99, "spa_Latn": 0.97, "fra_Latn": 0.02, "por_Latn": 0.95}, {"kor_Hang": 0.99})
+    assert report.vietnamese_clusters(run).verdict == NOT_SUPPORTED and report.arabic_isolated(run).verdict == NOT_SUPPORTED
+
+
+def synergy_summary(run, intra, inter, n_intra=6):
+    def part(v):
+        return {"value": v[0], "ci_low": v[1], "ci_high": v[2], "n_pairs": n_intra}
+
+    block = {"intra": part(intra), "inter": part(inter), "difference": part((intra[0] - inter[0], intra[1] - inter[2], intra[2] - inter[1])),
+             "permutation_p": 0.01, "n_permutations": 10000, "regression": {"slope": -0.5, "intercept": 0.0, "r": -0.7, "p": 0.001, "n": 20}}  # fmt: skip
+    degenerate = {**block, "intra": part((-0.9, -1.0, -0.8))}  # with the shared-feature pairs: sub-additive by construction
+    save_json({"layers": {"all_layers": {"without_degenerate": block, "with_degenerate": degenerate, "n_same_feature": 2, "n_overlapping": 1}}},
+              run.features_dir / "cluster_synergy_summary.json")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "intra, inter, n_intra, expected",
+    [
+        ((-0.3, -0.4, -0.2), (-0.05, -0.1, 0.0), 6, SUPPORTED),  # below zero and below the inter pairs
+        ((-0.3, -0.4, -0.2), (-0.3, -0.35, -0.25), 6, INCONCLUSIVE),  # sub-additive, but no more than inter pairs
+        ((0.1, 0.05, 0.15), (-0.05, -0.1, 0.0), 6, NOT_SUPPORTED),  # super-additive
+        ((-0.3, -0.4, -0.2), (-0.05, -0.1, 0.0), 0, INCONCLUSIVE),  # every intra pair is degenerate
+    ],
+)
+def test_intra_cluster_claim_leaves_degenerate_pairs_out(run, intra, inter, n_intra, expected):
+    synergy_summary(run, intra, inter, n_intra)
+    ev = report.intra_subadditive(run)
+    assert ev.verdict == expected and "with them: -0.900" in ev.numbers
+
+
+def task_entry(task, lang, baseline, own, random, layer=10):
+    """A downstream_summary.json entry of a primary metric; own − random from the point values (CI ± 0.02)."""
+    metric, scoring = {"qa": ("f1", "generate"), "topic": ("accuracy", "loglik"), "sentiment": ("accuracy", "generate")}[task]
+    diff = own[0] - random[0]
+    return {"task": task, "lang": lang, "layer": layer, "metric": metric, "scoring": scoring, "baseline": list(baseline), "own_delta": list(own),
+            "random_delta": list(random), "own_minus_random": [diff, diff - 0.02, diff + 0.02], "cross_lang": "cmn_Hans", "cross_delta": [0, 0, 0],
+            "own_drop_exceeds_random": diff + 0.02 < 0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "baseline, own, random, collapse, robust",
+    [
+        ((0.6, 0.55, 0.65), (-0.5, -0.55, -0.45), (-0.01, -0.02, 0.0), SUPPORTED, NOT_SUPPORTED),  # loses 83% of the margin
+        ((0.6, 0.55, 0.65), (-0.1, -0.12, -0.08), (-0.01, -0.02, 0.0), NOT_SUPPORTED, NOT_SUPPORTED),  # hurts, no collapse
+        ((0.6, 0.55, 0.65), (-0.3, -0.5, -0.1), (-0.01, -0.02, 0.0), INCONCLUSIVE, NOT_SUPPORTED),  # CI spans half the margin
+        ((0.6, 0.55, 0.65), (-0.01, -0.03, 0.01), (-0.01, -0.02, 0.0), NOT_SUPPORTED, SUPPORTED),  # like random: robust
+        ((0.02, 0.0, 0.04), (-0.02, -0.04, 0.0), (0.0, -0.01, 0.01), INCONCLUSIVE, INCONCLUSIVE),  # F1 at the floor
+    ],
+)
+def test_task_claims_need_a_margin_over_chance(run, baseline, own, random, collapse, robust):
+    entries = [task_entry("qa", lang, baseline, own, random) for lang in ("eng_Latn", "arb_Arab")]
+    save_json({"mode": "directional", "rule": "r", "entries": entries}, run.features_dir / "downstream_summary.json")
+    assert report.collapse(run).verdict == collapse and report.arabic_robust(run).verdict == robust
+
+
+def test_task_claims_at_chance_for_classification_and_another_layer(run):
+    # topic accuracy 0.15 with a CI reaching 1/7 is at chance; the toy's layer 3 is reported as such
+    entries = [task_entry("topic", "eng_Latn", (0.15, 0.12, 0.18), (-0.1, -0.12, -0.08), (0.0, -0.01, 0.01), layer=3)]
+    save_json({"mode": "directional", "rule": "r", "entries": entries}, run.features_dir / "downstream_summary.json")
+    ev = report.collapse(run)
+    assert ev.verdict == INCONCLUSIVE and ev.numbers.startswith("layer 10 not run; at layer 3") and "at chance" in ev.numbers
+    assert report.arabic_robust(run).numbers.endswith("no Arabic task results")
+
+
+def test_code_switching_claim(run):
+    rows = [{"layer": L, "measure": "prefix_feature", "kind": "contrast", "case": "context_on_foreign_nouns", "language": lang, "feature": 1,
+             "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n_items": 8}
+            for L, vals in ((0, (0.05, 0.0, 0.02)), (1, (0.5, 0.3, -0.2))) for lang, v in zip(("eng_Latn", "spa_Latn", "mean"), vals)]  # fmt: skip
+    save_csv(rows, run.features_dir / "code_switching_results.csv")
+    save_json({"heatmap_layer": 1, "heatmap_layer_rule": "largest"}, run.features_dir / "code_switching_meta.json")
+    ev = report.code_switching_claim(run)
+    assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1") and "2/2 languages" in ev.numbers  # 0.5, 0.3 > 0.1
+    save_json({"heatmap_layer": 0, "heatmap_layer_rule": "largest"}, run.features_dir / "code_switching_meta.json")
+    assert report.code_switching_claim(run).verdict == INCONCLUSIVE  # 0.05 and 0.0 ± 0.1
+
+
+def test_gated_steering_must_beat_every_control(run):
+    def entry(method, success, baseline=(0.0, 0.0, 0.05)):
+        return {"task": "lid", "source": "spa_Latn", "target": "eng_Latn", "layer": 10, "n_layers": 1, "method": method, "best_alpha": 4.0,
+                "success": list(success), "collateral_delta_ce": [0.1, 0.05, 0.15], "baseline_success": list(baseline)}  # fmt: skip
+
+    save_json({"budget": 0.25, "entries": [entry("gated", (0.8, 0.7, 0.9)), entry("random_gate", (0.2, 0.1, 0.3))]}, run.features_dir / "steering_summary.json")
+    assert report.gated_steering(run).verdict == SUPPORTED
+    save_json({"budget": 0.25, "entries": [entry("gated", (0.8, 0.7, 0.9)), entry("random_dir", (0.8, 0.7, 0.95))]}, run.features_dir / "steering_summary.json")
+    assert report.gated_steering(run).verdict == INCONCLUSIVE  # a random direction does as well
+    save_json({"budget": 0.25, "entries": [entry("gated", (0.0, 0.0, 0.0), baseline=(0.3, 0.2, 0.4))]}, run.features_dir / "steering_summary.json")
+    assert report.gated_steering(run).verdict == NOT_SUPPORTED  # worse than no steering
 
 
 def test_readme_block_replaces_only_the_marked_text(run, tmp_path):
