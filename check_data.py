@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 
-from langsae import checks, langid
+from langsae import checks, langid, tasks
 from langsae.artifacts import package_versions, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
@@ -36,14 +36,12 @@ from langsae.stages import work
 log = logging.getLogger(__name__)
 
 XQUAD_DIR = DATA_DIR / "xquad"
-AMAZON_REPO = "mteb/AmazonReviewsClassification"
-AMAZON_LANGUAGES = ("eng_Latn", "spa_Latn", "fra_Latn", "jpn_Jpan", "cmn_Hans")  # its configs are the ISO codes in BUNDLED
 
 
 def parse_args(argv):
     p = build_parser(__doc__.split("\n\n")[0])
     g = p.add_argument_group("data checks")
-    g.add_argument("--amazon-per-label", type=int, default=100, help="reviews per star rating in the stratified Amazon sample checked")
+    g.add_argument("--amazon-per-label", type=int, default=40, help="reviews per star rating in the stratified Amazon sample checked (the sentiment task's --n-per-label)")
     g.add_argument("--no-tokenizer", action="store_true", help="skip token lengths (no model files needed; the check is a WARN)")
     return p.parse_args(argv)
 
@@ -60,21 +58,23 @@ def xquad_files(languages) -> dict[str, dict]:
 
 
 def amazon_labels(languages, per_label: int, seed: int) -> tuple[dict[str, list[int]], str]:
-    """Stars (1-5) of a stratified sample per language, from the local HF cache only ({} when absent)."""
-    wanted = {lang: BUNDLED[lang] for lang in languages if lang in AMAZON_LANGUAGES}
+    """Stars (1-5) of the sentiment task's own stratified sample per language (tasks.stratified_sample),
+    from the local HF cache when offline ({} when absent); a language with too few reviews of a
+    star keeps all its reviews, so the balance check fails and names it."""
+    wanted = [lang for lang in languages if lang in tasks.AMAZON_CONFIGS]
     if not wanted:
         return {}, "no Amazon language among --languages"
-    try:
-        import datasets
-
-        out = {}
-        for lang, config in wanted.items():
-            ds = datasets.load_dataset(AMAZON_REPO, config, split="test", download_mode="reuse_cache_if_exists")
-            stars = [int(x) + 1 for x in ds["label"]]  # stored 0-4
-            out[lang] = [stars[i] for i in checks.stratified_indices(stars, per_label, seed)]
-        return out, ""
-    except Exception as e:  # noqa: BLE001 - any failure to read the cache means "not cached here"
-        return {}, f"{type(e).__name__}"
+    out = {}
+    for lang in wanted:
+        try:
+            _, stars = tasks.load_amazon(lang)
+        except tasks.DatasetUnavailable:
+            return {}, "not cached"
+        try:
+            out[lang] = [stars[i] for i in tasks.stratified_sample(stars, per_label, seed)]
+        except UserError:
+            out[lang] = stars
+    return out, ""
 
 
 def main(argv=None):

@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 _ORDER = {PASS: 0, WARN: 1, FAIL: 2}
@@ -221,23 +220,10 @@ def sib_labels(rows: Mapping[str, Sequence], categories: Sequence[str]) -> Check
     return Check("sib200 labels", PASS, f"same in every language: {summary}", {"counts": table, "problems": []})
 
 
-def stratified_indices(labels: Sequence[int], n_per_label: int, seed: int) -> list[int]:
-    """Row indices of `n_per_label` rows of each label, drawn without replacement with the seed,
-    sorted (all rows of a label that has fewer). For files sorted by label, where "the first N
-    rows" would be a single label."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    out = []
-    for lab in np.unique(labels):
-        idx = np.flatnonzero(labels == lab)
-        out += rng.choice(idx, size=min(n_per_label, len(idx)), replace=False).tolist()
-    return sorted(out)
-
-
 def label_balance(labels: Mapping[str, Sequence[int]], classes: Sequence[int]) -> Check:
     """After stratified sampling, each language has the same count of every class."""
     if not labels:
-        return Check("amazon balance", WARN, "skipped: Amazon reviews not cached (offline)", {})
+        return Check("amazon balance", WARN, "skipped: Amazon reviews not in the local cache (offline) or no Amazon language", {})
     table = {lang: {int(c): int(Counter(int(x) for x in v).get(c, 0)) for c in classes} for lang, v in labels.items()}
     uneven = [lang for lang, t in table.items() if len(set(t.values())) > 1]
     if uneven:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import configparser
+import functools
+import logging
 import os
+import socket
+from urllib.parse import urlparse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 SECRETS_FILE = Path(__file__).resolve().parent.parent / "secrets.ini"
+PROBE_TIMEOUT_S = 3.0
+log = logging.getLogger(__name__)
 
 
 def hf_token(secrets_file: Path = SECRETS_FILE) -> str | None:
@@ -53,3 +59,33 @@ def local_hub_cache(cache_dir: Path | None) -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
+
+
+@functools.cache
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub's endpoint opens within `timeout` (asked once per process)."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def go_offline_if_unreachable() -> None:
+    """Switch huggingface_hub and datasets to offline mode when the hub cannot be reached, so a
+    dataset load reads the local cache at once instead of retrying each request five times."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        return
+    log.info("the Hugging Face hub is unreachable: reading datasets from the local cache only (offline mode)")
+    constants.HF_HUB_OFFLINE = True
+    try:
+        import datasets
+
+        datasets.config.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass

@@ -171,6 +171,9 @@ def load_amazon(lang: str) -> tuple[list[str], list[int]]:
         raise UserError(f"{AMAZON} has no {lang}; it has {', '.join(AMAZON_CONFIGS)}")
     import datasets
 
+    from langsae.hub import go_offline_if_unreachable
+
+    go_offline_if_unreachable()
     try:
         ds = datasets.load_dataset(AMAZON, AMAZON_CONFIGS[lang], split="test")
     except Exception as e:  # connection, cache and file errors come in many types
