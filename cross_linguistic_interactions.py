@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from langsae import features, interactions, plots, section5, stats, sweep
 from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main

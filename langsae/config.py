@@ -9,7 +9,6 @@ preset (or the model and release of a custom run), so runs of different models n
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +62,11 @@ PRESETS: dict[str, Preset] = {
         sae_converter="mwhanna_transcoder",
         sae_hub_cache=TOY_ROOT / "hub",
         # CPU-sized: the whole toy pipeline runs in minutes (n_eval_texts: Section 5's --n-texts)
-        # steer_*: steer_language.py's defaults, one pair and two alphas on a few texts
+        # steer_*: steer_language.py's defaults, one pair and two alphas on a few texts;
+        # downstream_*: downstream_ablation.py's --n-items (qa) and --n-topic-items
         defaults={"device": "cpu", "dtype": "float32", "batch_size": 16, "n_eval_texts": 40, "steer_layer": 1, "steer_source": "spa_Latn",
-                  "steer_target": "eng_Latn", "steer_alphas": "2,8", "steer_n_texts": 6, "steer_random_draws": 1},
+                  "steer_target": "eng_Latn", "steer_alphas": "2,8", "steer_n_texts": 6, "steer_random_draws": 1,
+                  "downstream_n_items": 40, "downstream_n_topic_items": 60},
         prepare=ensure_built,
     ),
 }

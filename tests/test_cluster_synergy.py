@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from scipy.stats import kstest
-from test_interactions import LANGS5, SHARED, TOY, copy_nu, read_csv, stage3, toy_nu  # noqa: F401 (fixture)
+from test_interactions import LANGS5, TOY, copy_nu, read_csv, stage3, toy_nu  # noqa: F401 (fixture)
 
 import cluster_synergy
 from langsae import config, sweep, synergy

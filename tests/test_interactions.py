@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.cluster.hierarchy import linkage
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
@@ -24,7 +23,6 @@ from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.forward import edit_output, tokenize
 from langsae.model import load_model
-from langsae.stats import Resampled
 from langsae.sweep import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
 
 # ----------------------------------------------------------------------------- distance and clusters by hand
