@@ -30,6 +30,7 @@ SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", 
 FREQ_SURE = 0.95  # a categorical claim wins in at least this share of resamples: supported (at most 1 − this: not)
 COLLAPSE_SHARE = 0.5  # a collapse loses at least this share of the baseline's margin over chance
 ROBUST_SHARE = 0.1  # robust: the drop beyond random stays within this share of that margin
+PERMUTATION_ALPHA = 0.05  # intra vs inter cluster: the permutation test of the cluster labels must reach this
 
 VERDICT_RULE = f"""\
 **Verdict rule.** An *interval* claim (an effect in a stated direction) is **supported** when
@@ -44,6 +45,9 @@ are, not supported when at least half are not), or *some* language (supported wh
 supported when all are not); otherwise inconclusive. A claim about a layer or language this
 run did not measure is inconclusive. Cluster claims are categorical, pair by pair: the share
 of stage 3's bootstrap resamples in which the two languages share (or do not share) a cluster.
+Intra- vs inter-cluster synergy leaves out the pairs that share (or nearly share) a top-1
+feature and needs, besides the intervals, the permutation test of the languages' cluster labels
+at p < {PERMUTATION_ALPHA} (the sentence bootstrap holds the pairs fixed).
 Task claims are judged per task and language on the primary metric (QA F1, sentiment and topic
 accuracy): a baseline whose CI reaches chance (F1 0, accuracy 1/5 and 1/7) has nothing to lose
 and is inconclusive; a **collapse** is a drop beyond the random features' whose CI lies entirely
@@ -347,6 +351,8 @@ def intra_subadditive(a: Artifacts) -> Evidence | None:
     clean, full = w["without_degenerate"], w["with_degenerate"]
     n_intra = clean["intra"]["n_pairs"]
     verdict = interval_verdict(part("without_degenerate", "intra"), part("without_degenerate", "inter"), -1) if n_intra else INCONCLUSIVE
+    if verdict == SUPPORTED and not clean["permutation_p"] < PERMUTATION_ALPHA:
+        verdict = INCONCLUSIVE  # the sentence bootstrap holds the pairs fixed; which languages share a cluster is tested by permutation
     numbers = (f"intra-cluster synergy, pooled over layers, without degenerate pairs: {part('without_degenerate', 'intra')} ({n_intra} pair-layers); "
                f"with them: {part('with_degenerate', 'intra')} ({full['intra']['n_pairs']}; {w['n_same_feature']} share a top-1, "
                f"{w['n_overlapping']} overlap)")  # fmt: skip
