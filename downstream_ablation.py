@@ -25,11 +25,12 @@ import sys
 from langsae import ablation, downstream, features, plots, stats, tasks
 from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main
-from langsae.config import build_parser, resolve
+from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 
+TOY = PRESETS["toy"].defaults
 log = logging.getLogger(__name__)
 
 SECTION5_SCRIPT = "reproduce_figures_section5.py"
@@ -45,9 +46,15 @@ def parse_args(argv):
         help="directional: project the block's output off the features' unit decoder directions (paper); feature: subtract their contributions",
     )  # fmt: skip
     g.add_argument("--random-draws", type=int, default=3, help="random live-feature controls of the same k (2) per layer; 0 = none")
-    g.add_argument("--n-items", type=int, default=200, help="qa: the first N XQuAD questions, the same in every language")
+    g.add_argument(
+        "--n-items", type=int, default=None,
+        help=f"qa: the first N XQuAD questions, the same in every language; default 200, toy preset {TOY['downstream_n_items']}",
+    )  # fmt: skip
     g.add_argument("--shots", type=int, default=0, help="qa: examples from other articles in the same language (0 = the zero-shot prompt)")
-    g.add_argument("--n-topic-items", type=int, default=-1, help="topic: the first N SIB-200 items (test+dev minus the selection set, parallel); -1 = all")
+    g.add_argument(
+        "--n-topic-items", type=int, default=None,
+        help=f"topic: the first N SIB-200 items (test+dev minus the selection set, parallel); -1 = all (default), toy preset {TOY['downstream_n_topic_items']}",
+    )  # fmt: skip
     g.add_argument("--topic-shots", type=int, default=3, help="topic: examples from SIB-200's train split (seeded, the same sentences in every language)")
     g.add_argument("--n-per-label", type=int, default=40, help="sentiment: reviews per star rating (stratified, seeded)")
     g.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompts longer than this lose the end of their context (qa) or review, never the question")
@@ -86,6 +93,9 @@ def load_items(task, lang, tokenizer, args, cfg, selection):
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    for name, default in (("n_items", 200), ("n_topic_items", -1)):  # CPU-sized on the toy preset
+        if getattr(args, name) is None:
+            setattr(args, name, cfg.preset.defaults.get(f"downstream_{name}", default))
     task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in task_list if t not in tasks.TASKS]
     if bad or not task_list:
