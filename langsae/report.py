@@ -636,6 +636,10 @@ def _not_run(title: str, a: Artifacts, stage: str, command: str) -> list[str]:
     return [f"## {title}", "", f"{why} (`{command}`).", ""]
 
 
+def _images(a: Artifacts, names: Sequence[str]) -> list[str]:
+    return [line for name in names for line in _img(a, name, name.removesuffix(".png"))]
+
+
 def _table(head: Sequence[str], rows: list[Sequence]) -> list[str]:
     return [f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + [f"| {' | '.join(_cell(x) for x in r)} |" for r in rows] + [""]
 
@@ -659,9 +663,7 @@ def interactions_section(a: Artifacts) -> list[str]:
     if ward_d:
         lines += ["Ward run directly on D (the earlier reproduction's): " + "; ".join(
             ", ".join(_short(x) for x, y in ward_d.items() if y == g) for g in sorted(set(ward_d.values()))), ""]
-    for name, alt in (("interaction_matrix.png", "interaction matrix"), ("interaction_mds.png", "MDS"), ("interaction_coclustering.png", "co-clustering"), ("interaction_dendrogram.png", "dendrogram")):
-        lines += _img(a, name, alt)
-    return lines
+    return lines + _images(a, ["interaction_matrix.png", "interaction_mds.png", "interaction_coclustering.png", "interaction_dendrogram.png"])
 
 
 def cluster_synergy_section(a: Artifacts) -> list[str]:
@@ -679,9 +681,7 @@ def cluster_synergy_section(a: Artifacts) -> list[str]:
     lines = [f"## {title}", "", "Synergy = ΔAB − ΔA − ΔB of two languages' top-1 features, per pair the mean of its two sides; degenerate pairs share "
              "their top-1 feature or have decoder |cosine| above the threshold (their sub-additivity is built in).", ""]  # fmt: skip
     lines += _table(["layer", "pairs", "intra [95% CI] (n)", "inter [95% CI] (n)", "intra − inter", "permutation p", "slope on abs(cos)"], rows)
-    for name in ("synergy_intra_inter.png", "synergy_vs_cosine.png", "synergy_pairs.png"):
-        lines += _img(a, name, name.removesuffix(".png"))
-    return lines
+    return lines + _images(a, ["synergy_intra_inter.png", "synergy_vs_cosine.png", "synergy_pairs.png"])
 
 
 def downstream_section(a: Artifacts) -> list[str]:
@@ -695,9 +695,7 @@ def downstream_section(a: Artifacts) -> list[str]:
             for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]  # fmt: skip
     lines = [f"## {title}", "", f"{d['mode']} ablation; {d['rule']}", ""]
     lines += _table(["task", "metric", "lang", "layer", "baseline", "own Δ", "random Δ", "cross Δ (features of)", "own − random", "own drop > random"], rows)
-    for p in sorted(a.output_dir.glob("downstream_*.png")):
-        lines += _img(a, p.name, p.stem)
-    return lines
+    return lines + _images(a, sorted(p.name for p in a.output_dir.glob("downstream_*.png")))
 
 
 def code_switching_section(a: Artifacts) -> list[str]:
@@ -712,9 +710,7 @@ def code_switching_section(a: Artifacts) -> list[str]:
     lines = [f"## {title}", "", f"Mean over languages of each paired contrast, {contrasts[0]['n_items']} items; heatmap layer {meta['heatmap_layer']} "
              f"({meta['heatmap_layer_rule']}).", ""]  # fmt: skip
     lines += _table(["layer", *names], table)
-    for name in ("code_switching_prefix_feature.png", "code_switching_noun_feature.png", "code_switching_heatmap.png"):
-        lines += _img(a, name, name.removesuffix(".png"))
-    return lines
+    return lines + _images(a, ["code_switching_prefix_feature.png", "code_switching_noun_feature.png", "code_switching_heatmap.png"])
 
 
 def steering_section(a: Artifacts) -> list[str]:
@@ -727,9 +723,7 @@ def steering_section(a: Artifacts) -> list[str]:
             for e in s["entries"]]  # fmt: skip
     lines = [f"## {title}", "", s["rule"], ""]
     lines += _table(["task", "pair", "layers", "method", "best α", "success (half B)", "collateral ΔCE", "no steering"], rows)
-    for p in sorted(a.output_dir.glob("steering_*.png")):
-        lines += _img(a, p.name, p.stem)
-    return lines
+    return lines + _images(a, sorted(p.name for p in a.output_dir.glob("steering_*.png")))
 
 
 def build_report(features_dir: Path, output_dir: Path, run: str | None = None) -> str:
