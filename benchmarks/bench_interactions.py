@@ -51,7 +51,10 @@ def toy(args) -> dict:
     import cross_linguistic_interactions
     import reproduce_figures_section5
 
+    from langsae import config
+
     base = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="bench_interactions_"))
+    config.OUTPUT_ROOT = base / "output"  # the runs' figures stay beside their results, out of the project's output/
     after, scratch = base / "after_section5", base / "from_scratch"
     for d in (after, scratch):
         if d.exists():
