@@ -14,9 +14,9 @@ steering), so every kind of condition runs through this one engine.
 
 - `greedy_generate`: transformers' own `model.generate` (greedy, KV cache on), left-padded
   batches, stopping per row at a newline-bearing token, an EOS token, or `max_new_tokens`.
-- `continuation_logprobs`: sum of a continuation's token log-probabilities after a prompt,
-  right-padded batches through the model's own forward, LM head in fp32
-  (`forward.logits_from_hidden`).
+- `continuation_logprobs`: sum of a continuation's token log-probabilities after a prompt, through
+  the model's own forward; each distinct prompt runs once per condition and its continuations run
+  on copies of its KV cache; LM head in fp32 (`forward.logits_from_hidden`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from langsae.forward import fp32_head, logits_from_hidden, make_batches, stacked_edits
+from langsae.forward import fp32_head, logits_from_hidden, stacked_edits
 from langsae.model import HookPoint
 
 DEFAULT_ROWS = 64  # rows (items x conditions) per forward
@@ -162,9 +162,13 @@ def continuation_logprobs(
     """Sum of log p(continuation token | everything before it) over each continuation's tokens,
     for each (prompts[i], continuations[i]) pair under each condition: [C, N] float64.
 
-    Each pair is one right-padded row (prompt ids then continuation ids); only the positions that
-    predict a continuation token go through the LM head, in fp32. Every continuation needs at
-    least one token, every prompt too (the first continuation token is predicted from it).
+    Pairs that share a prompt share its pass (scoring an item's seven topic labels costs one
+    prompt pass, not seven): each distinct prompt runs once per condition, left-padded, keeping
+    its KV cache; the cache is then copied to one row per continuation, and the continuations run
+    on it, right-padded, with explicit positions. Only the positions that predict a continuation
+    token go through the LM head, in fp32. Every continuation needs at least one token, every
+    prompt too (the first continuation token is predicted from it). At most `rows_per_forward`
+    rows (pairs x conditions) per forward.
     """
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
@@ -173,32 +177,68 @@ def continuation_logprobs(
     out = np.full((len(edits), len(prompts)), np.nan)
     if not prompts or not edits:
         return out
-    dev = _device(model)
-    seqs = [list(p) + list(c) for p, c in zip(prompts, continuations)]
-    per_chunk, per_group = _chunks(len(seqs), len(edits), rows_per_forward)
-    batches = make_batches(seqs, per_chunk, pad_id)
     head = fp32_head(model)
-    work = [(b, g) for b in batches for g in range(0, len(edits), per_group)]
-    for batch, g in tqdm(work, desc=desc, unit="batch", leave=False):
+    pairs_of: dict[tuple[int, ...], list[int]] = {}  # distinct prompt -> its pairs
+    for k, p in enumerate(prompts):
+        pairs_of.setdefault(tuple(p), []).append(k)
+    _, per_group = _chunks(len(prompts), len(edits), rows_per_forward)
+    work = [(chunk, g) for chunk in _prompt_chunks(pairs_of, rows_per_forward // per_group) for g in range(0, len(edits), per_group)]
+    for chunk, g in tqdm(work, desc=desc, unit="batch", leave=False):
         group = list(edits[g : g + per_group])
-        n, B = len(group), len(batch.indices)
-        # positions t that predict a continuation token t+1, and those tokens, per row of the chunk
-        pos_rows, pos_t, targets = [], [], []
-        for row, i in enumerate(batch.indices):
-            start, end = len(prompts[i]), len(seqs[i])
-            pos_rows += [row] * (end - start)
-            pos_t += list(range(start - 1, end - 1))
-            targets += seqs[i][start:end]
-        rows_t, t_t = torch.tensor(pos_rows), torch.tensor(pos_t)
-        with stack(model, group, B):
-            final = model.model(
-                input_ids=batch.input_ids.repeat(n, 1).to(dev), attention_mask=batch.attention_mask.repeat(n, 1).to(dev),
-                use_cache=False,
-            ).last_hidden_state  # fmt: skip
-        for c in range(n):
-            h = final[(c * B + rows_t).to(dev), t_t.to(dev)]
-            logp = torch.log_softmax(logits_from_hidden(model, h, head), dim=-1)
-            tok = logp.gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0].double().cpu()
-            sums = torch.zeros(B, dtype=torch.float64).index_add_(0, rows_t, tok)
-            out[g + c, batch.indices] = sums.numpy()
+        sums = _score_chunk(model, head, chunk, pairs_of, continuations, group, pad_id, stack)
+        out[g : g + len(group), [k for p in chunk for k in pairs_of[p]]] = sums
     return out
+
+
+def _prompt_chunks(pairs_of: dict[tuple[int, ...], list[int]], max_pairs: int) -> list[list[tuple[int, ...]]]:
+    """Distinct prompts, longest first (less padding), in chunks of at most max_pairs pairs (at least one prompt)."""
+    chunks, current, used = [], [], 0
+    for p in sorted(pairs_of, key=len, reverse=True):
+        if current and used + len(pairs_of[p]) > max_pairs:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(p)
+        used += len(pairs_of[p])
+    return chunks + [current] if current else chunks
+
+
+def _score_chunk(model, head, chunk, pairs_of, continuations, group, pad_id, stack) -> np.ndarray:
+    """[conditions, pairs of the chunk in prompt order]: summed continuation log-probabilities."""
+    dev = _device(model)
+    n = len(group)
+    ids, mask = left_pad(chunk, pad_id)  # [B, P]; the last column is every prompt's last token
+    B = len(chunk)
+    rows = [(i, k) for i, p in enumerate(chunk) for k in pairs_of[p]]  # (prompt row, pair) per continuation row
+    conts = [list(continuations[k]) for _, k in rows]
+    width = max(len(c) for c in conts)
+    with stack(model, group, B):
+        first = model.model(
+            input_ids=ids.repeat(n, 1).to(dev), attention_mask=mask.repeat(n, 1).to(dev),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).repeat(n, 1).to(dev), use_cache=width > 1,
+        )  # fmt: skip
+    src = torch.tensor([c * B + i for c in range(n) for i, _ in rows])  # the prompt row of each (condition, continuation) row
+    hidden = [first.last_hidden_state[src.to(dev), -1][:, None]]  # predicts each continuation's first token
+    if width > 1:  # the continuations but their last token, on copies of their prompt's cache
+        prompt_rows = [i for i, _ in rows]
+        c_ids = torch.full((len(rows), width - 1), pad_id, dtype=torch.long)
+        c_mask = torch.zeros((len(rows), width - 1), dtype=torch.long)
+        for r, c in enumerate(conts):
+            c_ids[r, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+            c_mask[r, : len(c) - 1] = 1
+        positions = mask.sum(-1)[prompt_rows][:, None] + torch.arange(width - 1)
+        cache = first.past_key_values
+        cache.reorder_cache(src.to(dev))
+        with stack(model, group, len(rows)):
+            rest = model.model(
+                input_ids=c_ids.repeat(n, 1).to(dev), attention_mask=torch.cat([mask[prompt_rows], c_mask], 1).repeat(n, 1).to(dev),
+                position_ids=positions.repeat(n, 1).to(dev), past_key_values=cache, use_cache=True,
+            ).last_hidden_state  # fmt: skip
+        hidden.append(rest)
+    hidden = torch.cat(hidden, 1)  # [n * rows, width, d]: position j predicts continuation token j
+    r_idx = [c * len(rows) + r for c in range(n) for r, cont in enumerate(conts) for _ in cont]
+    j_idx = [j for _ in range(n) for cont in conts for j in range(len(cont))]
+    targets = torch.tensor([t for _ in range(n) for cont in conts for t in cont], device=dev)
+    logp = torch.log_softmax(logits_from_hidden(model, hidden[torch.tensor(r_idx, device=dev), torch.tensor(j_idx, device=dev)], head), dim=-1)
+    tok = logp.gather(1, targets[:, None])[:, 0].double().cpu()
+    sums = torch.zeros(n * len(rows), dtype=torch.float64).index_add_(0, torch.tensor(r_idx), tok)
+    return sums.view(n, len(rows)).numpy()

@@ -164,3 +164,23 @@ def test_loglik_equals_manual_sum(tiny):
             manual = sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(k))
             assert got[c, i] == pytest.approx(manual, abs=1e-4), (c, i)
     assert (got[1:] != got[0]).any()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_gemma2_dir"])
+@pytest.mark.parametrize("rows", [3, 64])
+def test_loglik_with_shared_prompts_equals_manual_sum(fixture, rows, request):
+    """Several continuations per prompt (as topic labels are), of one and of several tokens, in any
+    order: each prompt runs once per condition and its continuations on copies of its KV cache.
+    rows=3 splits a prompt's group of pairs from the next prompt's and conditions into groups."""
+    model, tok = load_tiny(request.getfixturevalue(fixture))
+    prompts = [tok(p)["input_ids"] for p in PROMPTS[:3]]
+    labels = [tok(x)["input_ids"] for x in (" sports", " science/technology", " a", " travel and entertainment")]
+    pairs = [(p, lab) for lab in labels for p in prompts]  # interleaved: pairs of one prompt are not adjacent
+    conditions = _conditions(model)
+    got = continuation_logprobs(model, [p for p, _ in pairs], [lab for _, lab in pairs], conditions, tok.pad_token_id, rows_per_forward=rows)
+    for c, edit in enumerate(conditions):
+        for i, (p, k) in enumerate(pairs):
+            with torch.no_grad(), stacked_edits(model, [edit], 1):
+                logp = torch.log_softmax(model(input_ids=torch.tensor([p + k])).logits[0].double(), -1)
+            manual = sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(k))
+            assert got[c, i] == pytest.approx(manual, abs=1e-4), (c, i)
