@@ -46,11 +46,24 @@ import run_pipeline  # noqa: E402
 from langsae import config, report  # noqa: E402
 from langsae.config import parse_layers  # noqa: E402
 from langsae.data import PAPER_LANGUAGES, load_texts  # noqa: E402
-from langsae.errors import SkippedTask  # noqa: E402
+from langsae.errors import SkippedTask, UserError  # noqa: E402
 
 ROOT = bench_nu.ROOT
-PAPER = {"layers": 28, "n_sel": 100, "n_eval": 500, "langs": 10, "top_k": 2, "draws": 5}
+# Paper size: the later stages' own defaults (downstream at layer 10 with 200 XQuAD questions in
+# its 6 languages, ~300 SIB-200 topic items in all 10, 3 random draws; steering every other language
+# to English at layer 10 on 100 texts, 4 alphas, 2 draws of each control).
+PAPER = {"layers": 28, "n_sel": 100, "n_eval": 500, "langs": 10, "top_k": 2, "draws": 5,
+         "ds_layers": 1, "qa_items": 200, "qa_langs": 6, "topic_items": 300, "ds_draws": 3,
+         "st_sources": 9, "st_texts": 100, "st_alphas": 4, "st_draws": 2, "st_layers": 1}  # fmt: skip
 REDUCED = {"top_k": 1, "draws": 1}  # Section 5's conditions in the reduced run (its defaults are the paper's)
+
+
+def reduced_sizes(layers: int, n_sel: int, n_eval: int, langs: int) -> dict:
+    """A reduced run's sizes, in PAPER's keys: the later stages run on as many items as evaluation
+    texts, at every run layer, one random draw, steering one pair at one alpha."""
+    return {"layers": layers, "n_sel": n_sel, "n_eval": n_eval, "langs": langs, **REDUCED,
+            "ds_layers": layers, "qa_items": n_eval, "qa_langs": min(PAPER["qa_langs"], langs), "topic_items": n_eval, "ds_draws": 1,
+            "st_sources": 1, "st_texts": n_eval, "st_alphas": 1, "st_draws": 1, "st_layers": layers}  # fmt: skip
 
 
 def conditions(s: dict) -> int:
@@ -60,16 +73,38 @@ def conditions(s: dict) -> int:
     return s["langs"] * sets + s["draws"] * len({1, s["top_k"]})
 
 
+def downstream_units(s: dict) -> int:
+    """(item, condition) pairs: the baseline once per item, own + random draws + cross per layer."""
+    return (s["qa_items"] * s["qa_langs"] + s["topic_items"] * s["langs"]) * (1 + s["ds_layers"] * (2 + s["ds_draws"]))
+
+
+def steering_units(s: dict) -> int:
+    """Steered (text, condition) pairs: no steering once, sv + gated + draws of both controls per alpha and layer."""
+    return s["st_sources"] * s["st_texts"] * (1 + s["st_layers"] * s["st_alphas"] * (2 + 2 * s["st_draws"]))
+
+
 # Work units of each stage, from the run's sizes: the estimate fits time = fixed + per_unit x units.
-# A stage not listed is taken as a fixed cost.
+# A stage not listed is taken as a fixed cost (interactions reads Section 5's conditions).
 SCALING = {
     "check-data": lambda s: 1,  # the same full data sets at any size
     "nu": lambda s: s["layers"] * s["n_sel"] * s["langs"],  # encode work; the forward is a small share at the real width
     "section5": lambda s: s["layers"] * s["n_eval"] * s["langs"] * conditions(s),  # texts x conditions, per layer
+    "cluster-synergy": lambda s: s["layers"] * s["n_eval"] * s["langs"] * s["langs"] * (s["langs"] - 1) // 2,  # texts x pairs
+    "downstream": downstream_units,
+    "code-switching": lambda s: s["layers"],  # one forward over the 880 probe texts up to the deepest layer
+    "steering": steering_units,
     "plots": lambda s: s["layers"],
 }
-# Stage-specific flags for the reduced run (the pipeline passes only the common flags).
-REDUCED_FLAGS = {"section5": lambda s: ["--n-texts", str(s["n_eval"]), "--top-k", str(s["top_k"]), "--random-draws", str(s["draws"])]}
+# Stage-specific flags for the reduced run (the pipeline passes only the common flags): Section 5's
+# reduced conditions, the later stages on the same evaluation texts (stage 3 then reads Section 5's
+# top-1 conditions), downstream on as many items as evaluation texts, steering one pair at one alpha.
+REDUCED_FLAGS = {
+    "section5": lambda s: ["--n-texts", str(s["n_eval"]), "--top-k", str(s["top_k"]), "--random-draws", str(s["draws"])],
+    "interactions": lambda s: ["--n-texts", str(s["n_eval"]), "--random-draws", str(s["draws"]), "--features", "top1"],
+    "cluster-synergy": lambda s: ["--n-texts", str(s["n_eval"])],
+    "downstream": lambda s: ["--n-items", str(s["qa_items"]), "--n-topic-items", str(s["topic_items"]), "--random-draws", str(s["ds_draws"])],
+    "steering": lambda s: ["--source", s["source"], "--n-texts", str(s["st_texts"]), "--alphas", "8", "--random-draws", str(s["st_draws"])],
+}
 
 
 def parse_args(argv=None):
@@ -105,6 +140,8 @@ def run_stages(common: list[str], sizes: dict, full: bool, device: str) -> list[
             done, status = stage.main([*common, *stage.flags, *extra]), "done"
         except SkippedTask as e:
             done, status = None, f"skipped: {e}"
+        except UserError as e:  # e.g. stage 3's distance on random weights, where a language's own ΔCE can be <= 0
+            done, status = None, f"failed: {e}"
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         row = {"stage": stage.name, "status": status, "wall_s": round(time.perf_counter() - t, 2), "work": done,
@@ -112,7 +149,7 @@ def run_stages(common: list[str], sizes: dict, full: bool, device: str) -> list[
         if device.startswith("cuda"):
             row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows.append(row)
-        print(f"== {stage.name} at {sizes}: {row['wall_s']:.1f} s ({status})", flush=True)
+        print(f"== {stage.name} at {sizes['layers']} layers, {sizes['n_sel']} + {sizes['n_eval']} texts per language: {row['wall_s']:.1f} s ({status})", flush=True)
     return rows
 
 
@@ -146,8 +183,7 @@ def rehearse(args, argv):
     build_s = time.perf_counter() - t0
     passes = []
     for i, (ls, n_sel, n_eval) in enumerate(points):
-        sizes = {"layers": len(ls), "n_sel": n_sel, "n_eval": n_eval, "langs": len(languages),
-                 **({k: PAPER[k] for k in REDUCED} if args.full else REDUCED)}  # fmt: skip
+        sizes = PAPER if args.full else {**reduced_sizes(len(ls), n_sel, n_eval, len(languages)), "source": next(x for x in languages if x != "eng_Latn")}
         run_dir = bench_nu.TMP / f"run{i}"
         common = ["--model", "qwen3-0.6b", "--model-id", str(model_dir), "--device", device, "--dtype", dtype,
                   "--layers", ",".join(map(str, ls)), "--n-texts-per-lang", str(n_sel), "--out-dir", str(run_dir),
@@ -160,7 +196,10 @@ def rehearse(args, argv):
     rows = []
     for j, row in enumerate(last["stages"]):
         paper_units = SCALING.get(row["stage"], lambda s: 1)(PAPER)
-        est = {"estimate_s": row["wall_s"]} if args.full else fit(passes[0]["stages"][j], row, paper_units)
+        if row["status"] != "done" or passes[0]["stages"][j]["status"] != "done":
+            est = {"estimate_s": None}  # a stage that failed or was skipped was not timed
+        else:
+            est = {"estimate_s": row["wall_s"]} if args.full else fit(passes[0]["stages"][j], row, paper_units)
         rows.append({**row, **est})
     results = ROOT / "bench_results"
     results.mkdir(exist_ok=True)
@@ -170,18 +209,22 @@ def rehearse(args, argv):
     result = {
         "mode": "full" if args.full else "reduced", "passes": [{"sizes": p["sizes"], "stages": p["stages"]} for p in passes],
         "paper": PAPER, "device": device, "dtype": dtype, "stages": rows, "total_s": round(sum(r["wall_s"] for r in rows), 1),
-        "estimate_paper_s": round(sum(r["estimate_s"] for r in rows), 1), "fixture_build_s": round(build_s, 1),
+        "estimate_paper_s": round(sum(r["estimate_s"] for r in rows if r["estimate_s"] is not None), 1), "fixture_build_s": round(build_s, 1),
+        "not_timed": [r["stage"] for r in rows if r["estimate_s"] is None],
         "command": shlex.join(["python", "benchmarks/dress_rehearsal.py", *argv]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "scaling": "reduced: wall = fixed + per_unit x units through the two passes, evaluated at paper units; units: check-data 1, "
                    "nu layers x selection texts x languages, section5 layers x evaluation texts x languages x conditions per layer "
-                   "(reduced: top-k 1, 1 random draw; paper: top-k 2, 5 draws), plots layers, other stages 1",
+                   "(reduced: top-k 1, 1 random draw; paper: top-k 2, 5 draws), interactions 1 (reads section5's conditions), "
+                   "cluster-synergy layers x evaluation texts x languages x pairs, downstream (item, condition) pairs, "
+                   "code-switching layers, steering (text, condition) pairs (paper sizes in 'paper'), plots layers",
     }  # fmt: skip
     out = results / f"dress_rehearsal_{mode}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(run_pipeline.format_table([{**r, **(r["work"] or {}), "status": r["status"][:9]} for r in rows]))
-    print(f"total {result['total_s']} s (largest pass); paper-size estimate {result['estimate_paper_s']} s -> {out}")
+    untimed = f" (not timed: {', '.join(result['not_timed'])})" if result["not_timed"] else ""
+    print(f"total {result['total_s']} s (largest pass); paper-size estimate {result['estimate_paper_s']} s{untimed} -> {out}")
 
 
 if __name__ == "__main__":
