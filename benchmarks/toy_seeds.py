@@ -1,5 +1,5 @@
 """Which of the toy's findings hold across seeds: build the toy with several seeds and run
-stages 1-2 on each, then say, finding by finding, where all seeds agree.
+stages 1-4 on each, then say, finding by finding, where all seeds agree.
 
 A finding on the toy counts only if every seed shows it. Seed 0 is the default toy
 (toy_model/, results in sae_features/toy/, the run the README quotes); other seeds build
@@ -15,16 +15,20 @@ the table. A finding per language, at the language's held-out peak layer (top-1+
   causal      self ΔCE's CI lies above the random-feature control's CI
   specific    the specificity difference (self − mean others) has a CI above zero
   synergy     the synergy CI excludes zero (the sign is reported)
-and the held-out peak layer itself.
+and the held-out peak layer itself; then, per seed, stages 3-4: the k=5 clusters and their
+bootstrap stability (mean ARI), how often Vietnamese shares a cluster with en/es/fr/pt and
+with th/ko, whether Arabic is alone, and intra- minus inter-cluster pair synergy with its
+permutation p, with and without the pairs that share (or nearly share) a top-1 feature.
 """
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,6 +38,7 @@ from langsae.artifacts import load_json, save_json, save_text  # noqa: E402
 from langsae.config import FEATURES_ROOT  # noqa: E402
 
 SEED_ROOT = ROOT / "toy_model_seeds"
+STAGE_SCRIPTS = ("compute_nu_scores.py", "reproduce_figures_section5.py", "cross_linguistic_interactions.py", "cluster_synergy.py")
 
 
 def toy_root(seed: int) -> Path:
@@ -45,11 +50,11 @@ def run_dir(seed: int) -> Path:
 
 
 def run_stages(seed: int) -> None:
-    """Build the toy with `seed` (reused when current) and run stages 1-2 on it (cached work is skipped)."""
+    """Build the toy with `seed` (reused when current) and run STAGE_SCRIPTS on it (cached work is skipped)."""
     toy.build_toy(toy_root(seed), seed=seed, scale="full")
     # Idle OpenMP threads sleep rather than spin (no number changes): seeds can run side by side.
     env = {**os.environ, "LANGSAE_TOY_DIR": str(toy_root(seed)), "OMP_WAIT_POLICY": "PASSIVE"}
-    for script in ("compute_nu_scores.py", "reproduce_figures_section5.py"):
+    for script in STAGE_SCRIPTS:
         cmd = [sys.executable, str(ROOT / script), "--model", "toy", "--out-dir", str(run_dir(seed))]
         subprocess.run(cmd, env=env, check=True, cwd=ROOT)
 
@@ -76,6 +81,58 @@ def seed_findings(seed: int) -> dict[str, dict]:
 
 
 FINDINGS = ("peak_layer", "exclusive", "causal", "specific", "synergy")
+
+
+def cluster_findings(seed: int) -> dict:
+    """Stages 3-4 of one seed: the point clusters, their stability, the claims of the earlier
+    reproduction (Vietnamese with EN/ES/FR/PT, Arabic isolated) and intra vs inter synergy."""
+    c = load_json(run_dir(seed) / "interaction_clusters.json")
+    langs, labels, co = c["languages"], c["labels"], np.array(c["co_clustering"])
+    groups = sorted(sorted(short(l) for l in langs if labels[l] == g) for g in set(labels.values()))
+    i = {l: k for k, l in enumerate(langs)}
+
+    def co_mean(a, bs):
+        return float(np.mean([co[i[a], i[b]] for b in bs if b in i])) if a in i else float("nan")
+
+    romance = ["eng_Latn", "spa_Latn", "fra_Latn", "por_Latn"]
+    s = load_json(run_dir(seed) / "cluster_synergy_summary.json")["layers"]["all_layers"]
+    syn = {}
+    for which in ("with_degenerate", "without_degenerate"):
+        w = s[which]
+        d, r = w["difference"], w["regression"]
+        syn[which] = {"difference": d["value"], "ci": [d["ci_low"], d["ci_high"]], "p": w["permutation_p"],
+                      "n_intra": w["intra"]["n_pairs"], "n_inter": w["inter"]["n_pairs"],
+                      "cos_slope": r["slope"], "cos_r": r["r"], "cos_p": r["p"]}
+    return {
+        "clusters": "; ".join(",".join(g) for g in groups), "ari_mean": c["ari"]["mean"], "stress": c["stress"],
+        "negative_eigen_mass": c["negative_eigen_mass"],
+        "vie_with_en_es_fr_pt": co_mean("vie_Latn", romance), "vie_with_tha_kor": co_mean("vie_Latn", ["tha_Thai", "kor_Hang"]),
+        "arb_singleton": sum(labels[l] == labels.get("arb_Arab") for l in langs) == 1 if "arb_Arab" in labels else None,
+        "arb_max_co": max((co[i["arb_Arab"], j] for j in range(len(langs)) if j != i["arb_Arab"]), default=float("nan")) if "arb_Arab" in i else float("nan"),
+        "synergy": syn, "n_same_feature": s["n_same_feature"], "n_overlapping": s["n_overlapping"],
+    }
+
+
+def short(lang: str) -> str:
+    return lang.split("_")[0]
+
+
+def cluster_markdown(per_seed: dict[int, dict]) -> str:
+    """Stages 3-4 across seeds, one row per seed."""
+    lines = [
+        "| seed | clusters (k=5) | mean ARI | vie co-clusters with en/es/fr/pt | with th/ko | arb alone | arb max co-clustering |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for seed, f in per_seed.items():
+        lines.append(f"| {seed} | {f['clusters']} | {f['ari_mean']:.2f} | {f['vie_with_en_es_fr_pt']:.2f} | {f['vie_with_tha_kor']:.2f} | "
+                     f"{'yes' if f['arb_singleton'] else 'no'} | {f['arb_max_co']:.2f} |")
+    lines += ["", "| seed | pairs | intra − inter synergy, all pairs [95% CI], p | without degenerate pairs | slope on abs(cosine), r, p (all pairs) |", "|---|---|---|---|---|"]
+    for seed, f in per_seed.items():
+        a, b = f["synergy"]["with_degenerate"], f["synergy"]["without_degenerate"]
+        fmt = lambda x: f"{x['difference']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}], p={x['p']:.3g} ({x['n_intra']} intra, {x['n_inter']} inter)"
+        lines.append(f"| {seed} | {f['n_same_feature']} same feature, {f['n_overlapping']} overlapping | {fmt(a)} | {fmt(b)} | "
+                     f"{a['cos_slope']:+.2f}, r={a['cos_r']:+.2f}, p={a['cos_p']:.2g} |")
+    return "\n".join(lines) + "\n"
 
 
 def agreement(per_seed: dict[int, dict]) -> dict[str, dict]:
@@ -111,10 +168,11 @@ def main(argv=None):
         run_stages(seed)
     per_seed = {s: seed_findings(s) for s in seeds}
     agree = agreement(per_seed)
+    clusters = {s: cluster_findings(s) for s in seeds}
     quality = {s: load_json(toy_root(s) / "quality.json")["cross_entropy"] for s in seeds}
     out = ROOT / "bench_results"
-    save_json({"seeds": seeds, "per_seed": per_seed, "agreement": agree, "model_ce": quality}, out / "toy_seeds.json")
-    table = markdown(agree, seeds)
+    save_json({"seeds": seeds, "per_seed": per_seed, "agreement": agree, "clusters": clusters, "model_ce": quality}, out / "toy_seeds.json")
+    table = markdown(agree, seeds) + "\n" + cluster_markdown(clusters)
     save_text(table, out / "toy_seeds.md")
     print(table)
 
