@@ -27,7 +27,7 @@ from langsae import checks, langid, tasks
 from langsae.artifacts import package_versions, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
-from langsae.data import BUNDLED, DATA_DIR, SIB_CATEGORIES, load_texts, read_sib200, sib200_languages, sib_id
+from langsae.data import BUNDLED, DATA_DIR, SIB_CATEGORIES, Texts, load_texts, read_sib200, sib200_languages, sib_id
 from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import load_tokenizer
@@ -55,6 +55,15 @@ def xquad_files(languages) -> dict[str, dict]:
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 out[lang] = json.load(f)
     return out
+
+
+def ids_by_origin(name: str, texts: Texts) -> dict[str, dict[str, list[str]]]:
+    """A set's sentence ids per language, split by where the languages' texts come from: a mixed set
+    (say spa_Latn from Deng's files and glg_Latn from SIB-200) is parallel within each source only."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    for lang in texts.languages:
+        groups.setdefault(texts.origins[lang], {})[lang] = texts.ids[lang]
+    return {name if len(groups) == 1 else f"{name} ({origin})": by_lang for origin, by_lang in groups.items()}
 
 
 def amazon_labels(languages, per_label: int, seed: int) -> tuple[dict[str, list[int]], str]:
@@ -91,7 +100,7 @@ def main(argv=None):
     sib_task = {lang: [r for r in rows if sib_id(r.index_id) not in chosen] for lang, rows in sib_rows.items()}
     texts = {"selection": selection.by_language, "evaluation": evaluation.by_language,
              "sib200": {lang: [r.text for r in rows] for lang, rows in sib_task.items()}}  # fmt: skip
-    ids = {"selection": selection.ids, "evaluation": evaluation.ids,
+    ids = {**ids_by_origin("selection", selection), **ids_by_origin("evaluation", evaluation),
            "sib200": {lang: [sib_id(r.index_id) for r in rows] for lang, rows in sib_task.items()}}  # fmt: skip
 
     tok, why = None, "--no-tokenizer"

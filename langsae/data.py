@@ -128,6 +128,7 @@ class Texts:
     by_language: dict[str, list[str]]
     source: str  # where they came from, for metadata
     ids: dict[str, list[str]] = field(default_factory=dict)  # parallel to by_language; see SENTENCE_IDS
+    origins: dict[str, str] = field(default_factory=dict)  # language -> DENG, SIB or HUB; ids are parallel within one origin
 
     def flat(self) -> tuple[list[str], list[int]]:
         """All texts in one list, and the language index of each."""
@@ -376,7 +377,7 @@ def load_texts(languages: tuple[str, ...], which: str, n_per_lang: int, split: s
         texts, sids = loaded[lang]
         by_lang[lang] = _first_n(texts, n_per_lang, lang, _source_label(origins[lang], which, split))
         ids[lang] = sids[: len(by_lang[lang])]
-    return Texts(tuple(languages), by_lang, _describe(origins, which, split), ids)
+    return Texts(tuple(languages), by_lang, _describe(origins, which, split), ids, origins)
 
 
 # NTREX-128 (news, translated from one English source): the toy model's training text.

@@ -170,3 +170,15 @@ def test_check_data_passes_on_the_bundled_data(tmp_path):
     statuses = {c["name"]: c["status"] for c in report["checks"]}
     assert statuses["xquad"] == statuses["sib200 labels"] == statuses["disjoint"] == checks.PASS
     assert report["sets"]["selection"] == {"eng_Latn": 100, "tha_Thai": 100, "cmn_Hans": 100}
+
+
+def test_a_mixed_set_is_checked_for_parallel_ids_within_each_source(tmp_path):
+    """spa_Latn and por_Latn come from Deng's files, glg_Latn and cat_Latn from SIB-200: their ids
+    match only within each source, which is what the set promises (data.MIXED_SOURCES)."""
+    out = tmp_path / "run"
+    argv = ["--model", "toy", "--languages", "spa_Latn,por_Latn,glg_Latn,cat_Latn", "--out-dir", str(out), "--no-tokenizer"]
+    assert run_main(check_data.main, argv) == 0
+    c = next(c for c in json.loads((out / "data_checks.json").read_text())["checks"] if c["name"] == "parallel ids")
+    assert c["status"] == checks.PASS and "selection (deng2025), selection (sib200)" in c["summary"]
+    ids = check_data.ids_by_origin("selection", load_texts(("spa_Latn", "glg_Latn"), "selection", -1))
+    assert checks.parallel_ids({"selection": {**ids["selection (deng2025)"], **ids["selection (sib200)"]}}).status == checks.FAIL
