@@ -26,7 +26,7 @@ from langsae import code_switch, features, plots, stats
 from langsae.artifacts import config_hash, file_sha256, package_versions, save_csv, save_json, save_torch
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
-from langsae.errors import UserError
+from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,16 @@ def main(argv=None) -> dict:
         raise UserError("--rank must be at least 1")
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
-    if len(cfg.languages) < 2:
-        raise UserError("code-switching needs at least two --languages")
-    ps = code_switch.load_probe_set(args.probe_file, cfg.languages)
+    covered = code_switch.probe_languages(args.probe_file)
+    languages = [lang for lang in cfg.languages if lang in covered]
+    left_out = [lang for lang in cfg.languages if lang not in covered]
+    if len(languages) < 2:
+        raise SkippedTask(f"code switching needs two of --languages in the probe set {args.probe_file}; it has {', '.join(covered)}")
+    if left_out:
+        log.warning("code switching: %s not in the probe set; measuring %s", ", ".join(left_out), ", ".join(languages))
+    ps = code_switch.load_probe_set(args.probe_file, languages)
     nu = features.load_nu_results(cfg, cfg.layers, args.rank)
-    layers, languages = sorted(nu.layers), list(cfg.languages)
+    layers = sorted(nu.layers)
     feats = {L: [nu.layers[L].top(lang, [args.rank])[0] for lang in languages] for L in layers}
 
     tokenizer = load_tokenizer(cfg.preset)
@@ -103,7 +108,7 @@ def main(argv=None) -> dict:
     figures += plots.code_switching_heatmap(heat, languages, best, out / "code_switching_heatmap")
     save_json(
         {"stage": "code_switching", "settings": settings, "config_hash": chash, "config": d, "layers": layers,
-         "languages": languages, "features": {str(L): dict(zip(languages, f)) for L, f in feats.items()},
+         "languages": languages, "languages_not_in_probe_set": left_out, "features": {str(L): dict(zip(languages, f)) for L, f in feats.items()},
          "items": list(ps.concepts), "n_texts": len(probes), "probe_file": str(args.probe_file),
          "noun_tokens": "tokens whose character span overlaps the noun's (offset mapping); a token straddling the "
                         "prefix and the noun counts (items.csv: straddles)",

@@ -75,12 +75,8 @@ class ProbeSet:
     noun: tuple[dict[str, str], ...]
 
 
-def load_probe_set(path: Path = PROBE_FILE, languages: Sequence[str] | None = None) -> ProbeSet:
-    """Read and check the probe set; every item must have every language asked for (default: all in the file).
-
-    Each row: item, concept, gloss_en, lang, sentence, prefix, noun, noun_start, noun_end, with
-    sentence == prefix + noun and sentence[noun_start:noun_end] == noun (NFC text).
-    """
+def _read_items(path: Path) -> dict[int, dict[str, dict]]:
+    """The probe file's rows by item and language, each checked (see load_probe_set)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"code-switching probe set {path} not found")
@@ -95,6 +91,22 @@ def load_probe_set(path: Path = PROBE_FILE, languages: Sequence[str] | None = No
         if r["lang"] in by_item.setdefault(int(r["item"]), {}):
             raise UserError(f"{path} line {n}: item {r['item']} has {r['lang']} twice")
         by_item[int(r["item"])][r["lang"]] = r
+    return by_item
+
+
+def probe_languages(path: Path = PROBE_FILE) -> tuple[str, ...]:
+    """The languages every item of the probe set has, sorted."""
+    items = list(_read_items(path).values())
+    return tuple(sorted(set.intersection(*(set(it) for it in items)))) if items else ()
+
+
+def load_probe_set(path: Path = PROBE_FILE, languages: Sequence[str] | None = None) -> ProbeSet:
+    """Read and check the probe set; every item must have every language asked for (default: all in the file).
+
+    Each row: item, concept, gloss_en, lang, sentence, prefix, noun, noun_start, noun_end, with
+    sentence == prefix + noun and sentence[noun_start:noun_end] == noun (NFC text).
+    """
+    by_item = _read_items(path)
     in_file = sorted({lang for item in by_item.values() for lang in item})
     languages = tuple(languages) if languages is not None else tuple(in_file)
     for i, item in sorted(by_item.items()):

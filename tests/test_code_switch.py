@@ -220,7 +220,7 @@ def test_script_end_to_end_resumes_and_recomputes_from_items(tiny_args, fake_nu,
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--languages", "eng_Latn,glg_Latn"], "code-switching item 0 has no glg_Latn"),
+        (["--languages", "eng_Latn,glg_Latn"], "code switching needs two of --languages in the probe set"),
         (["--rank", "4"], "--top-k 4 is out of range"),
         (["--rank", "0"], "--rank must be at least 1"),
         (["--layers", "9"], "out of range"),
@@ -231,3 +231,11 @@ def test_bad_input_is_one_line_exit_2(tiny_args, fake_nu, capsys, extra, message
     assert run_main(code_switching.main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_probe_languages_are_those_every_item_has(tmp_path):
+    assert code_switch.probe_languages() == tuple(sorted(PAPER_LANGUAGES))
+    rows = [json.loads(line) for line in code_switch.PROBE_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    short = tmp_path / "probes.jsonl"  # item 0 without Korean
+    short.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if not (r["item"] == rows[0]["item"] and r["lang"] == "kor_Hang")))
+    assert code_switch.probe_languages(short) == tuple(sorted(set(PAPER_LANGUAGES) - {"kor_Hang"}))
