@@ -31,7 +31,7 @@ from langsae.cli import run_main
 from langsae.config import PRESETS, _comma_list, build_parser, resolve
 from langsae.data import load_texts, validate_languages
 from langsae.downstream import UnitStore
-from langsae.errors import UserError
+from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,24 @@ def _floats(text: str, flag: str) -> list[float]:
 
 def settings_from(args, cfg):
     """Validated settings of the run (one-line errors)."""
+    def usable(langs):  # default languages: those of this run that the lid task can name
+        return [x for x in langs if x in cfg.languages and x in se.LANGUAGE_NAMES]
+
     targets = validate_languages(_comma_list(args.target or _default(cfg, "target", DEFAULTS["target"])))
+    targets = targets if args.target else usable(targets)
     src = args.source or _default(cfg, "source", None)
     sources = validate_languages(_comma_list(src)) if src else [x for x in cfg.languages if x not in targets]
+    sources = sources if args.source else usable(sources)
     for lang in sources + targets:
         if lang not in cfg.languages:
             raise UserError(f"{lang} is not among --languages ({','.join(cfg.languages)})")
         if lang not in se.LANGUAGE_NAMES:
             raise UserError(f"{lang} has no language names for the lid task; add it to steer_eval.LANGUAGE_NAMES")
     if not sources or not any(s != t for s in sources for t in targets):
-        raise UserError("--source and --target give no pair of two different languages")
+        if args.source and args.target:
+            raise UserError("--source and --target give no pair of two different languages")
+        raise SkippedTask(f"steering: the default source and target languages give no pair among --languages ({','.join(cfg.languages)}); "
+                          "choose them with --source and --target")  # fmt: skip
     task_list = _comma_list(args.tasks)
     methods = _comma_list(args.methods)
     for flag, got, allowed in (("--tasks", task_list, se.TASKS), ("--methods", methods, se.METHODS)):

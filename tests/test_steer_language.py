@@ -182,3 +182,24 @@ def test_stage_refuses_bad_flags_and_stale_nu(toy_run, tmp_path):
                 ["--tasks", "lid,x"], ["--n-texts", "1"]):  # fmt: skip
         assert run_main(steer_language.main, [*base, *bad]) == 2, bad
     assert run_main(steer_language.main, [*TOY, "--out-dir", str(tmp_path / "empty")]) == 2  # no nu results
+
+
+def test_default_pair_outside_the_languages_is_a_skip_an_explicit_one_an_error():
+    """The pipeline's language set may not hold the default pair (toy: spa_Latn -> eng_Latn): the
+    stage is then skipped (SkippedTask), while a pair named on the command line must be there."""
+    import steer_language
+
+    from langsae.config import resolve
+    from langsae.errors import SkippedTask, UserError
+
+    def settings(*flags):
+        args = steer_language.parse_args([*TOY, *flags])
+        return steer_language.settings_from(args, resolve(args))
+
+    with pytest.raises(SkippedTask, match="default source and target"):
+        settings("--languages", "spa_Latn,por_Latn,glg_Latn")
+    with pytest.raises(UserError, match="eng_Latn is not among --languages") as e:
+        settings("--languages", "spa_Latn,por_Latn", "--source", "spa_Latn", "--target", "eng_Latn")
+    assert not isinstance(e.value, SkippedTask)
+    with pytest.raises(UserError, match="glg_Latn has no language names"):
+        settings("--languages", "glg_Latn,eng_Latn", "--source", "glg_Latn")
