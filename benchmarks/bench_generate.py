@@ -62,28 +62,44 @@ def conditions(n: int, layer: int, hidden: int, device) -> list:
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--items", type=int, default=16, help="prompts")
-    p.add_argument("--conditions", type=int, default=6, help="baseline + own + 3 random + cross = 6")
+def engine_parser(doc: str, items: int, min_len: int, max_len: int, layer_help: str) -> argparse.ArgumentParser:
+    """The flags this benchmark shares with bench_steering.py (engine against a batch-1 loop)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--items", type=int, default=items, help="prompts")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per prompt and condition")
-    p.add_argument("--min-len", type=int, default=150, help="shortest prompt (tokens)")
-    p.add_argument("--max-len", type=int, default=300, help="longest prompt (tokens)")
-    p.add_argument("--layer", type=int, default=10, help="ablated layer")
+    p.add_argument("--min-len", type=int, default=min_len, help="shortest prompt (tokens)")
+    p.add_argument("--max-len", type=int, default=max_len, help="longest prompt (tokens)")
+    p.add_argument("--layer", type=int, default=10, help=layer_help)
     p.add_argument("--rows-per-forward", type=int, default=64, help="the engine's items x conditions per forward")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="the model's weights and activations")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads; unset: torch's own choice")
     p.add_argument("--layers-shape", choices=["qwen3-0.6b", "tiny"], default="qwen3-0.6b", help="tiny: a smoke run of this script")
     p.add_argument("--tolerate-mismatch", action="store_true", help="report differing tokens instead of failing (bf16 on a GPU may differ at near-ties)")
-    args = p.parse_args(argv)
+    return p
+
+
+def random_model(args):
+    """The random-weight model the flags ask for, on their device and dtype (threads set first)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = (qwen3_06b_shape() if args.layers_shape == "qwen3-0.6b" else tiny_shape()).to(args.device, DTYPES[args.dtype])
-    layer = min(args.layer, model.config.num_hidden_layers - 1)
+    return (qwen3_06b_shape() if args.layers_shape == "qwen3-0.6b" else tiny_shape()).to(args.device, DTYPES[args.dtype])
+
+
+def random_prompts(args, vocab_size: int) -> list[list[int]]:
+    """--items seeded random prompts of --min-len to --max-len tokens (ids from 10 up: 0 pads, 1 stops)."""
     g = torch.Generator().manual_seed(2)
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.items,), generator=g).tolist()
-    prompts = [torch.randint(10, model.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
+    return [torch.randint(10, vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def main(argv=None):
+    p = engine_parser(__doc__, items=16, min_len=150, max_len=300, layer_help="ablated layer")
+    p.add_argument("--conditions", type=int, default=6, help="baseline + own + 3 random + cross = 6")
+    args = p.parse_args(argv)
+    model = random_model(args)
+    layer = min(args.layer, model.config.num_hidden_layers - 1)
+    prompts = random_prompts(args, model.config.vocab_size)
     conds = conditions(args.conditions, layer, model.config.hidden_size, args.device)
     pad, stops = 0, [1]  # token 1 stands for the stop tokens; a random model never prefers it for long
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

@@ -21,7 +21,6 @@ Writes bench_results/bench_steering.json (git-ignored) and prints a summary. Not
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -33,11 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ablation import qwen3_06b_shape  # noqa: E402
-from bench_generate import tiny_shape  # noqa: E402
+from bench_generate import engine_parser, random_model, random_prompts  # noqa: E402
 
 from langsae.artifacts import package_versions, save_json  # noqa: E402
-from langsae.config import DTYPES  # noqa: E402
 from langsae.features import FeatureEncoder  # noqa: E402
 from langsae.generate import greedy_generate  # noqa: E402
 from langsae.model import HookPoint  # noqa: E402
@@ -78,29 +75,14 @@ def naive_generate(model, prompt: list[int], s, new_tokens: int, device) -> list
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--items", type=int, default=8, help="prompts")
-    p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per prompt and condition")
-    p.add_argument("--min-len", type=int, default=40, help="shortest prompt (tokens)")
-    p.add_argument("--max-len", type=int, default=90, help="longest prompt (tokens)")
-    p.add_argument("--layer", type=int, default=10, help="first steered layer")
+    p = engine_parser(__doc__, items=8, min_len=40, max_len=90, layer_help="first steered layer")
     p.add_argument("--n-layers", type=int, default=2, help="layers steered by the gated conditions")
     p.add_argument("--alpha", type=float, default=8.0, help="the fixed steering strength")
-    p.add_argument("--rows-per-forward", type=int, default=64, help="the engine's items x conditions per forward")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--layers-shape", choices=["qwen3-0.6b", "tiny"], default="qwen3-0.6b", help="tiny: a smoke run of this script")
-    p.add_argument("--tolerate-mismatch", action="store_true", help="report differing tokens instead of failing (bf16 on a GPU may differ at near-ties)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = (qwen3_06b_shape() if args.layers_shape == "qwen3-0.6b" else tiny_shape()).to(args.device, DTYPES[args.dtype])
+    model = random_model(args)
     n_layers = min(args.n_layers, model.config.num_hidden_layers)
     layer = min(args.layer, model.config.num_hidden_layers - n_layers)
-    g = torch.Generator().manual_seed(2)
-    lengths = torch.randint(args.min_len, args.max_len + 1, (args.items,), generator=g).tolist()
-    prompts = [torch.randint(10, model.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
+    prompts = random_prompts(args, model.config.vocab_size)
     conds, names = conditions(layer, n_layers, args.alpha, model.config.hidden_size, args.device)
     pad, stops = 0, []  # no stop token: every row runs --new-tokens steps
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

@@ -54,6 +54,18 @@ def small_toy() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_toy_nu(small_toy, tmp_path_factory) -> Path:
+    """The nu stage on the small toy (8 selection texts per language). Tests copy its files into a
+    run folder of their own (test_interactions.copy_nu) and never write here."""
+    import compute_nu_scores
+    from langsae.cli import run_main
+
+    out = tmp_path_factory.mktemp("small_toy_nu") / "run"
+    assert run_main(compute_nu_scores.main, ["--model", "toy", "--out-dir", str(out), "--n-texts-per-lang", "8"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random tiny Qwen3ForCausalLM and a byte-level BPE tokenizer (no BOS), saved with save_pretrained."""
     from transformers import Qwen3Config, Qwen3ForCausalLM

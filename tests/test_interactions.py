@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
-import compute_nu_scores
 import cross_linguistic_interactions
 import reproduce_figures_section5
 from langsae import config, features, interactions, sweep
@@ -153,13 +152,6 @@ SHARED = ["--languages", ",".join(LANGS5), "--n-texts", "4", "--random-draws", "
 STAGE3 = ["--k", "3", "--stability-boot", "20"]
 
 
-@pytest.fixture(scope="module")
-def toy_nu(small_toy, tmp_path_factory):
-    out = tmp_path_factory.mktemp("interactions") / "run"
-    assert run_main(compute_nu_scores.main, [*TOY, "--out-dir", str(out), "--n-texts-per-lang", "8"]) == 0
-    return out
-
-
 def copy_nu(src, dst):
     """A fresh run folder holding only the nu stage's files (no condition store, no Section 5)."""
     dst.mkdir(parents=True)
@@ -192,9 +184,9 @@ def _reference_delta(model, ids: list[int], ablation) -> float:
     return ce[1] - ce[0]
 
 
-def test_stage3_after_section5_computes_nothing_and_matches_a_batch1_reference(toy_nu, tmp_path, monkeypatch, capsys):
+def test_stage3_after_section5_computes_nothing_and_matches_a_batch1_reference(small_toy_nu, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
-    run = copy_nu(toy_nu, tmp_path / "run")
+    run = copy_nu(small_toy_nu, tmp_path / "run")
     section5_run(run)
     out = stage3(run)
     assert out["computed"] == 0 and out["cached"] > 0 and out["unit"] == "conditions"
@@ -239,9 +231,9 @@ def test_stage3_after_section5_computes_nothing_and_matches_a_batch1_reference(t
         assert cell[("eng_Latn", ab, "peak")] == cell[("eng_Latn", ab, peaks[ab])]
 
 
-def test_stage3_from_scratch_computes_then_reads(toy_nu, tmp_path, monkeypatch):
+def test_stage3_from_scratch_computes_then_reads(small_toy_nu, tmp_path, monkeypatch):
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
-    run = copy_nu(toy_nu, tmp_path / "run")
+    run = copy_nu(small_toy_nu, tmp_path / "run")
     first = stage3(run, "--features", "top1", "--distance", "profile")
     assert first["computed"] > 0
 
@@ -263,10 +255,10 @@ def test_stage3_from_scratch_computes_then_reads(toy_nu, tmp_path, monkeypatch):
         (["--k", "5"], "--k must be between 2 and 4"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(toy_nu, tmp_path, capsys, extra, message):
+def test_bad_input_is_one_line_exit_2(small_toy_nu, tmp_path, capsys, extra, message):
     import re
 
-    run = copy_nu(toy_nu, tmp_path / "run")
+    run = copy_nu(small_toy_nu, tmp_path / "run")
     argv = [*TOY, "--out-dir", str(run), *SHARED, *STAGE3, *extra]
     assert run_main(cross_linguistic_interactions.main, argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # (after the model's progress bar)
