@@ -9,8 +9,11 @@ Sets checked, per language of --languages (all texts, not only the first N):
   selection   the nu stage's texts (--split); evaluation  Section 5's texts (disjoint from selection)
   sib200      SIB-200 topic-classification rows (downstream task), minus the selection sentences by id;
               checked against the selection by text
-  xquad       data/xquad/ for the languages XQuAD has (en es ar th vi zh among the paper's)
-  amazon      mteb/AmazonReviewsClassification (test split) when it is in the local HF cache
+  xquad       data/xquad/ for the languages XQuAD has (en es ar th vi zh among the paper's): its
+              distinct contexts, answer spans and parallel ids
+  amazon      mteb/AmazonReviewsClassification (test split) when it is in the local HF cache: the
+              sentiment task's stratified sample (--amazon-per-label)
+The task sets (sib200, xquad, amazon) cover only some languages; the others are listed, not failed.
 Language identity uses py3langid (model in the wheel, offline); token lengths use the preset's
 tokenizer when it can be loaded (a WARN otherwise).
 """
@@ -31,15 +34,16 @@ from langsae.data import BUNDLED, DATA_DIR, SIB_CATEGORIES, Texts, load_texts, r
 from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import load_tokenizer
-from langsae.stages import work
+from langsae.stages import finished
 
 log = logging.getLogger(__name__)
 
 XQUAD_DIR = DATA_DIR / "xquad"
+TASK_SETS = ("sib200", "xquad", "amazon")  # sets that cover only some languages
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     g = p.add_argument_group("data checks")
     g.add_argument("--amazon-per-label", type=int, default=40, help="reviews per star rating in the stratified Amazon sample checked (the sentiment task's --n-per-label)")
     g.add_argument("--no-tokenizer", action="store_true", help="skip token lengths (no model files needed; the check is a WARN)")
@@ -66,24 +70,31 @@ def ids_by_origin(name: str, texts: Texts) -> dict[str, dict[str, list[str]]]:
     return {name if len(groups) == 1 else f"{name} ({origin})": by_lang for origin, by_lang in groups.items()}
 
 
-def amazon_labels(languages, per_label: int, seed: int) -> tuple[dict[str, list[int]], str]:
-    """Stars (1-5) of the sentiment task's own stratified sample per language (tasks.stratified_sample),
-    from the local HF cache when offline ({} when absent); a language with too few reviews of a
-    star keeps all its reviews, so the balance check fails and names it."""
+def amazon_sample(languages, per_label: int, seed: int) -> tuple[dict[str, list[str]], dict[str, list[int]], str]:
+    """(texts, stars 1-5, why absent) of the sentiment task's own stratified sample per language
+    (tasks.stratified_sample), from the local HF cache when offline ({} when absent); a language
+    with too few reviews of a star keeps all its reviews, so the balance check fails and names it."""
     wanted = [lang for lang in languages if lang in tasks.AMAZON_CONFIGS]
     if not wanted:
-        return {}, "no Amazon language among --languages"
-    out = {}
+        return {}, {}, "no Amazon language among --languages"
+    texts, stars = {}, {}
     for lang in wanted:
         try:
-            _, stars = tasks.load_amazon(lang)
+            all_texts, all_stars = tasks.load_amazon(lang)
         except tasks.DatasetUnavailable:
-            return {}, "not cached"
+            return {}, {}, "not cached"
         try:
-            out[lang] = [stars[i] for i in tasks.stratified_sample(stars, per_label, seed)]
+            idx = tasks.stratified_sample(all_stars, per_label, seed)
         except UserError:
-            out[lang] = stars
-    return out, ""
+            idx = range(len(all_stars))
+        texts[lang], stars[lang] = [all_texts[i] for i in idx], [all_stars[i] for i in idx]
+    return texts, stars, ""
+
+
+def xquad_contexts(files: dict[str, dict]) -> dict[str, list[str]]:
+    """Each language's distinct XQuAD contexts, in file order (questions repeat across a few items,
+    so the contexts are the task's texts checked for counts, leaks, duplicates and language)."""
+    return {lang: list(dict.fromkeys(item["context"] for item in checks.xquad_items(squad))) for lang, squad in files.items()}
 
 
 def main(argv=None):
@@ -98,8 +109,11 @@ def main(argv=None):
     sib_langs = [lang for lang in langs if lang in set(sib200_languages())]
     sib_rows = {lang: read_sib200(lang) for lang in sib_langs}
     sib_task = {lang: [r for r in rows if sib_id(r.index_id) not in chosen] for lang, rows in sib_rows.items()}
+    xquad = xquad_files(langs)
+    amazon_texts, amazon, amazon_why = amazon_sample(langs, args.amazon_per_label, cfg.seed)
     texts = {"selection": selection.by_language, "evaluation": evaluation.by_language,
              "sib200": {lang: [r.text for r in rows] for lang, rows in sib_task.items()}}  # fmt: skip
+    texts |= {name: by_lang for name, by_lang in (("xquad", xquad_contexts(xquad)), ("amazon", amazon_texts)) if by_lang}
     ids = {**ids_by_origin("selection", selection), **ids_by_origin("evaluation", evaluation),
            "sib200": {lang: [sib_id(r.index_id) for r in rows] for lang, rows in sib_task.items()}}  # fmt: skip
 
@@ -110,17 +124,16 @@ def main(argv=None):
             tok = lambda t: tokenize(tokenizer, t)  # noqa: E731 - the pipeline's own tokenisation
         except UserError as e:
             why = str(e)
-    amazon, amazon_why = amazon_labels(langs, args.amazon_per_label, cfg.seed)
 
     print(f"run {cfg.run_name}: checking {len(langs)} languages ({cfg.split})")
     results = [
-        checks.counts(texts, langs),
+        checks.counts(texts, langs, task_sets=TASK_SETS),
         checks.disjoint("selection", texts),
         checks.clean_texts(texts),
         checks.parallel_ids(ids),
         checks.language_identity(texts, langid.identify, langid.covers),
         checks.token_lengths({"selection": texts["selection"], "evaluation": texts["evaluation"]}, tok, why),
-        checks.xquad(xquad_files(langs)),
+        checks.xquad(xquad),
         checks.sib_labels(sib_rows, SIB_CATEGORIES),
         checks.label_balance(amazon, range(1, 6)),
     ]
@@ -139,7 +152,7 @@ def main(argv=None):
     failed = [c.name for c in results if c.status == checks.FAIL]
     if failed:
         raise UserError(f"data check(s) failed: {', '.join(failed)}; the evidence is in {path}")
-    return work(len(results), 0, "check")
+    return finished(cfg, len(results), 0, "check")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
+from langsae.stages import finished
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     sweep.add_sweep_args(p, top_k=False, random_draws=False)
     g = p.add_argument_group("synergy")
     g.add_argument("--overlap-threshold", type=float, default=0.9, help="a pair whose top-1 decoder directions have |cosine| above this is flagged overlapping (degenerate)")
@@ -46,6 +47,7 @@ def main(argv=None):
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
     nu = features.load_nu_results(cfg, cfg.layers, 1)
+    interactions.require_clusters(cfg, args.mode, n_texts)
     pairs = synergy.language_pairs(nu, languages, args.overlap_threshold)
     conditions = synergy.pair_conditions(nu, languages, args.mode, pairs)
     setup = sweep.open_sweep(cfg, nu, n_texts)
@@ -83,7 +85,7 @@ def main(argv=None):
     )  # fmt: skip
     print(synergy.format_summary(summary))
     print(f"results: {fdir / 'cluster_synergy_summary.json'}; figures: {cfg.output_dir}")
-    return {"computed": result.computed, "cached": result.cached, "unit": "conditions"}
+    return finished(cfg, result.computed, result.cached, "conditions")
 
 
 if __name__ == "__main__":

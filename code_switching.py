@@ -28,12 +28,13 @@ from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.stages import finished
 
 log = logging.getLogger(__name__)
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     g = p.add_argument_group("code switching")
     g.add_argument("--rank", type=int, default=1, help="follow each language's feature at this nu rank (1 = top-1, the paper's)")
     g.add_argument(
@@ -77,6 +78,8 @@ def main(argv=None) -> dict:
         "model_id": d["model_id"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
         "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"], "languages": languages, "rank": args.rank,
         "probe_file_sha256": file_sha256(args.probe_file), "neutral_start": code_switch.neutral_start(tokenizer)[1],
+        # what actually runs: a change in how probes are built or tokenised invalidates the cache too
+        "probe_tokens": config_hash({"ids": tokens.token_ids, "noun_positions": tokens.noun_positions}),
     }  # fmt: skip
     chash = config_hash(settings)
     cdir = cfg.features_dir / "code_switching"
@@ -126,7 +129,7 @@ def main(argv=None) -> dict:
         r = mean_effect[0]
         print(f"layer {best}: {code_switch.EFFECT} (mean over languages) = {r['value']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]")
     print(f"results: {fdir / 'code_switching_results.csv'}; figures: {out}")
-    return {"computed": len(todo), "cached": len(layers) - len(todo), "unit": "layer"}
+    return finished(cfg, len(todo), len(layers) - len(todo), "layer")
 
 
 if __name__ == "__main__":

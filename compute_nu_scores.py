@@ -25,11 +25,11 @@ from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import check_layers, check_sae_ids, load_model, load_sae, load_tokenizer, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
 from langsae.prefetch import Prefetcher
-from langsae.stages import work
+from langsae.stages import finished
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     p.add_argument("--top-k", type=int, default=5, help="top features per language whose directions are saved for ablation")
     p.add_argument("--control-pool", type=int, default=64, help="random live features per layer saved for control ablations")
     p.add_argument("--weighting", choices=["token", "text"], default="token", help="mu as a mean over tokens (paper) or over texts")
@@ -98,7 +98,7 @@ def main(argv=None):
     for L in meta["layers"]:
         excl = meta["exclusive_top1"][str(L)]
         print(f"  layer {L:>2}: {sum(excl.values())}/{len(excl)}  shared top-5 {list(meta['shared_top5'][str(L)].values())}")
-    return work(len(pending), len(layers) - len(pending), "layer")
+    return finished(cfg, len(pending), len(layers) - len(pending), "layer")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
+from langsae.stages import finished
 
 DEFAULT_K = 5
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     sweep.add_sweep_args(p, top_k=False)
     g = p.add_argument_group("interactions")
     g.add_argument("--features", choices=list(interactions.FEATURE_SETS), default="top1+2", help="which of each language's top features to ablate")
@@ -134,7 +135,7 @@ def main(argv=None):
     )  # fmt: skip
     print(interactions.format_clusters(clusters))
     print(f"results: {fdir / interactions.CLUSTERS_FILE}; figures: {cfg.output_dir}")
-    return {"computed": result.computed, "cached": result.cached, "unit": "conditions"}
+    return finished(cfg, result.computed, result.cached, "conditions")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.stages import finished
 
 TOY = PRESETS["toy"].defaults
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ LAYER_RULE = "the most common held-out peak layer across languages in the Sectio
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     g = p.add_argument_group("downstream")
     g.add_argument("--tasks", default=",".join(tasks.TASKS), help="comma-separated: qa, sentiment, topic")
     g.add_argument(
@@ -140,7 +141,7 @@ def main(argv=None):
     for task, by_lang in items.items():
         res = downstream.TaskResults(task, list(by_lang), by_lang, {}, {})
         for lang, its in by_lang.items():
-            cross[lang] = downstream.cross_language(lang, nu.languages, clusters)
+            cross[lang] = downstream.cross_language(lang, nu.languages, clusters, settings)
             res.conditions[lang] = downstream.conditions_for(lang, nu, layers, args.random_draws, cfg.seed, cross[lang])
             res.records[lang], n_new, n_old = downstream.run_units(
                 model, tokenizer, task, lang, its, res.conditions[lang], nu, args.mode, store, task_settings, eng, cfg.force
@@ -164,14 +165,14 @@ def main(argv=None):
          "cross_lang": cross, "prompts": {"qa": tasks.QA_INSTRUCTION + tasks.QA_EXAMPLE, "sentiment": tasks.SENTIMENT_PROMPT,
                                           "topic": tasks.TOPIC_INSTRUCTION + tasks.TOPIC_EXAMPLE},
          "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
-                       "resampling": "items with replacement; XQuAD and SIB-200 ids jointly across languages; deltas paired by item",
+                       "resampling": "items with replacement; XQuAD and SIB-200 ids jointly across languages, Amazon reviews per language; deltas paired by item",
                        "random_control": "mean over draws; its CI resamples draws as well as items"},
          "summary_rule": downstream.SUMMARY_RULE, "figures": [str(f) for f in figures], "versions": package_versions()},
         fdir / f"downstream_meta{suffix}.json",
     )  # fmt: skip
     print(downstream.format_summary(summary))
     print(f"results: {fdir / f'downstream_results{suffix}.csv'}; figures: {cfg.output_dir}")
-    return {"computed": computed, "cached": cached, "unit": "(task, language, layer, condition)"}
+    return finished(cfg, computed, cached, "(task, language, layer, condition)")
 
 
 if __name__ == "__main__":

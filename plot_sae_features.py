@@ -19,13 +19,13 @@ from langsae import feature_figures, features
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import UserError
-from langsae.stages import work
+from langsae.stages import finished
 
 PAPER_LAYER = 10  # the seed reproduction's dominant layer
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     g = p.add_argument_group("feature figures")
     g.add_argument("--layer", type=int, default=None, help=f"layer of Figure 1 and the specificity heatmap; default {PAPER_LAYER} when computed, else the middle computed layer")
     g.add_argument("--top-k", type=int, default=5, help="top features per language in Figure 1, the overlap and the specificity heatmap")
@@ -49,7 +49,7 @@ def main(argv=None):
     out = cfg.output_dir / "features"
     files = feature_figures.write_all(cfg.features_dir, out, layers, list(nu.languages), layer, args.top_k, args.n_table, cfg.seed)
     print(f"{len(files)} files in {out} (Figure 1 and specificity at layer {layer})")
-    return work(len(files), 0, "file")
+    return finished(cfg, len(files), 0, "file")
 
 
 if __name__ == "__main__":

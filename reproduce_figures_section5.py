@@ -20,11 +20,11 @@ from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.model import check_layers, model_config
-from langsae.stages import work
+from langsae.stages import finished
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     sweep.add_sweep_args(p)
     return p.parse_args(argv)
 
@@ -72,7 +72,7 @@ def main(argv=None):
     )  # fmt: skip
     print(section5.format_summary(summary))
     print(f"results: {fdir / 'ablation_results.csv'}; figures: {cfg.output_dir}")
-    return work(result.computed, result.cached, "conditions")
+    return finished(cfg, result.computed, result.cached, "conditions")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@
 
 Each stage skips work it has already cached, so rerunning resumes. Stage-specific flags
 (e.g. --mode of the Section 5 stage) are set by running that stage's script directly; the
-pipeline passes every stage the common flags (plus the few a stage always needs in a pipeline, `Stage.flags`). A stage that cannot run here (e.g. a
-downstream dataset that is not cached offline) is recorded as skipped and the pipeline goes
-on; any other failure stops it with one line and the command that resumes. The per-stage
-table (wall time, computed vs cached work) is printed at the end and kept in
+pipeline passes every stage the common flags (plus the few a stage always needs in a
+pipeline, `Stage.flags`). A stage that cannot run here (e.g. a downstream dataset that is not
+cached offline) is recorded as skipped and the pipeline goes on; any other failure, a crash
+included, stops it with one line and the command that resumes. The per-stage table (wall
+time, computed vs cached work) is printed at the end and kept in
 sae_features/<run>/pipeline_timings.json, and the report is rebuilt after every stage.
 """
 
@@ -35,7 +36,7 @@ from langsae.artifacts import load_json, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
-from langsae.stages import Stage
+from langsae.stages import Stage, rebuild_report
 
 # The pipeline, in order. Adding a stage is one line here: its script's main(argv) follows langsae.stages.
 STAGES = [
@@ -56,7 +57,7 @@ log = logging.getLogger("run_pipeline")
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     g = p.add_argument_group("pipeline")
     names = ", ".join(s.name for s in STAGES)
     g.add_argument("--stages", help=f"comma-separated stages to run, in pipeline order (default all): {names}")
@@ -137,14 +138,24 @@ def main(argv=None):
         except UserError as e:
             row.update(status="failed", note=str(e))
             failure = e
+        except SystemExit as e:  # a stage's own argparse rejected a flag (it has printed why)
+            if not e.code:
+                row.update(status="done")
+            else:
+                row.update(status="failed", note=f"{stage.script} rejected its arguments (exit {e.code})")
+                failure = e
+        except Exception as e:  # a bug or a crash: keep the traceback, and still say how to resume
+            log.exception("stage %s crashed", stage.name)
+            row.update(status="failed", note=f"{type(e).__name__}: {e}")
+            failure = e
         row["wall_s"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
         record(cfg.features_dir, row)
-        report.write_report(cfg.features_dir, cfg.output_dir)
+        rebuild_report(cfg)  # again: the stage's row in the timings is part of the report
         if failure is not None:
             print(format_table(rows))
             resume = shlex.join(["python", "run_pipeline.py", *passed, *(["--stages", args.stages] if args.stages else []), "--from", stage.name])
-            raise UserError(f"stage {stage.name} failed: {failure}; after fixing it, resume with `{resume}`") from failure
+            raise UserError(f"stage {stage.name} failed: {row['note']}; after fixing it, resume with `{resume}`") from failure
     print(format_table(rows))
     print(f"report: {cfg.output_dir / report.REPORT_NAME}")
 

@@ -33,6 +33,7 @@ from langsae.data import load_texts, validate_languages
 from langsae.downstream import UnitStore
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.stages import finished
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,13 @@ TOY = PRESETS["toy"].defaults
 
 
 def parse_args(argv):
-    p = build_parser(__doc__.split("\n\n")[0])
+    p = build_parser(__doc__)
     g = p.add_argument_group("steering")
     g.add_argument("--tasks", default=",".join(se.TASKS), help="comma-separated: lid (language identification), continuation, collateral (ΔCE on the other languages; needed for the trade-off and the summary)")
     g.add_argument("--source", help=f"comma-separated source languages (the prompts' language); default: every --languages but the targets (toy preset {TOY['steer_source']})")
     g.add_argument("--target", help=f"comma-separated target languages; default {DEFAULTS['target']} (toy preset {TOY['steer_target']})")
     g.add_argument("--alphas", help=f"comma-separated steering strengths α (multiples of the vector); default {DEFAULTS['alphas']} (toy preset {TOY['steer_alphas']})")
-    g.add_argument("--n-layers", default="1", help="comma-separated layer counts n: steer layers L..L+n-1 (1..3), the gate decided at L")
+    g.add_argument("--n-layers", default="1", help="comma-separated layer counts n: steer layers L..L+n-1 with the gate decided at L (the paper: 1..3; any n that fits the model)")
     g.add_argument("--methods", default=",".join(se.METHODS), help=f"comma-separated, of {','.join(se.METHODS)} (no steering always runs)")
     g.add_argument("--gate-k", type=int, default=2, help="gated: a position is steered where any of the source's top-k features (by ν, at layer L) is active; random_gate draws k random live features")
     g.add_argument("--random-draws", type=int, help=f"seeded draws of the random_dir and random_gate controls (their CIs resample draws); default {DEFAULTS['random_draws']} (toy preset {TOY['steer_random_draws']})")
@@ -204,7 +205,7 @@ def main(argv=None):
     if summary:
         print(se.format_summary(summary))
     print(f"results: {fdir / 'steering_results.csv'}; figures: {cfg.output_dir}")
-    return {"computed": computed, "cached": cached, "unit": "(task, source, condition) or a layer's steering vectors"}
+    return finished(cfg, computed, cached, "(task, source, condition) or a layer's steering vectors")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,8 @@ def cluster_findings(seed: int) -> dict:
         d, r = w["difference"], w["regression"]
         syn[which] = {"difference": d["value"], "ci": [d["ci_low"], d["ci_high"]], "p": w["permutation_p"],
                       "n_intra": w["intra"]["n_pairs"], "n_inter": w["inter"]["n_pairs"],
-                      "cos_slope": r["slope"], "cos_r": r["r"], "cos_p": r["p"]}
+                      "cos_slope": r["slope"], "cos_r": r["r"], "cos_p": r["p"],
+                      "intra_given_cos": w["intra_given_cosine"]["coefficient"], "intra_given_cos_p": w["intra_given_cosine"]["permutation_p"]}
     return {
         "clusters": "; ".join(",".join(g) for g in groups), "ari_mean": c["ari"]["mean"], "stress": c["stress"],
         "negative_eigen_mass": c["negative_eigen_mass"],
@@ -126,12 +127,13 @@ def cluster_markdown(per_seed: dict[int, dict]) -> str:
     for seed, f in per_seed.items():
         lines.append(f"| {seed} | {f['clusters']} | {f['ari_mean']:.2f} | {f['vie_with_en_es_fr_pt']:.2f} | {f['vie_with_tha_kor']:.2f} | "
                      f"{'yes' if f['arb_singleton'] else 'no'} | {f['arb_max_co']:.2f} |")
-    lines += ["", "| seed | pairs | intra − inter synergy, all pairs [95% CI], p | without degenerate pairs | slope on abs(cosine), r, p (all pairs) |", "|---|---|---|---|---|"]
+    lines += ["", "| seed | pairs | intra − inter synergy, all pairs [95% CI], p | without degenerate pairs | slope on abs(cosine), r (all pairs) "
+              "| intra beyond abs(cosine), permutation p (all pairs) |", "|---|---|---|---|---|---|"]
     for seed, f in per_seed.items():
         a, b = f["synergy"]["with_degenerate"], f["synergy"]["without_degenerate"]
         fmt = lambda x: f"{x['difference']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}], p={x['p']:.3g} ({x['n_intra']} intra, {x['n_inter']} inter)"
         lines.append(f"| {seed} | {f['n_same_feature']} same feature, {f['n_overlapping']} overlapping | {fmt(a)} | {fmt(b)} | "
-                     f"{a['cos_slope']:+.2f}, r={a['cos_r']:+.2f}, p={a['cos_p']:.2g} |")
+                     f"{a['cos_slope']:+.2f}, r={a['cos_r']:+.2f} | {a['intra_given_cos']:+.3f}, p={a['intra_given_cos_p']:.3g} |")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -41,17 +41,20 @@ def _snippet(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def counts(sets: Sets, languages: Sequence[str]) -> Check:
+def counts(sets: Sets, languages: Sequence[str], task_sets: Collection[str] = ()) -> Check:
     """Texts per language in each set: FAIL when a language has none; WARN when counts differ
-    across languages (the sets are meant to be parallel)."""
-    table = {name: {lang: len(by_lang.get(lang, ())) for lang in languages} for name, by_lang in sets.items()}
+    across languages (the sets are meant to be parallel). A set named in `task_sets` covers only
+    the languages it has a key for (a task's data covers some languages); the others are listed
+    under `not_covered`, and only a covered language with no texts FAILs."""
+    table = {name: {lang: len(by_lang.get(lang, ())) for lang in languages if name not in task_sets or lang in by_lang} for name, by_lang in sets.items()}
+    details = {"counts": table, "not_covered": {name: [lang for lang in languages if lang not in sets[name]] for name in sets if name in task_sets}}
     empty = [f"{name}/{lang}" for name, row in table.items() for lang, n in row.items() if n == 0]
     uneven = [name for name, row in table.items() if len(set(row.values())) > 1]
     if empty:
-        return Check("counts", FAIL, f"no texts for {', '.join(empty[:5])}", {"counts": table})
+        return Check("counts", FAIL, f"no texts for {', '.join(empty[:5])}", details)
     if uneven:
-        return Check("counts", WARN, f"counts differ across languages in {', '.join(uneven)}", {"counts": table})
-    return Check("counts", PASS, "; ".join(f"{name} {next(iter(row.values()))}/language" for name, row in table.items()), {"counts": table})
+        return Check("counts", WARN, f"counts differ across languages in {', '.join(uneven)}", details)
+    return Check("counts", PASS, "; ".join(f"{name} {next(iter(row.values()), 0)}/language" for name, row in table.items()), details)
 
 
 def disjoint(reference: str, sets: Sets) -> Check:

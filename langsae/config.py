@@ -137,9 +137,14 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag's help, and the script's docstring (its examples) kept as written."""
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The parser every stage starts from; a stage adds only its own flags."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # no abbreviations: run_pipeline.py passes every flag but its own on to the stages, so `--stage` must not mean `--stages`
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("model and SAE")
     g.add_argument(
         "--model",

@@ -22,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -50,13 +50,15 @@ METRICS = {  # task -> (metric, scoring); all higher-is-better except unparseabl
 }  # fmt: skip
 SUMMARY_RULE = (
     "per task, language, layer, metric and scoring: the own-feature drop exceeds the random control's when the "
-    "95% paired bootstrap interval of (own − baseline) − (random − baseline) = own − mean over random draws "
-    "lies entirely below zero (items resampled, jointly across languages for parallel data, and draws resampled); "
+    "95% paired bootstrap intervals of own − baseline and of (own − baseline) − (random − baseline) = own − mean over "
+    "random draws both lie entirely below zero (items resampled, jointly across languages for parallel data, "
+    "separately per language otherwise, and draws resampled); "
     "unparseable_rate is left out (lower is better)"
 )
 CROSS_RULE = (
     "the nu run's language farthest from the task language in stage 3's interaction matrix "
-    "(interaction_clusters.json, 'distance'), when that file exists; otherwise English, or Chinese for English tasks"
+    "(interaction_clusters.json, 'distance'), when that file exists and was made from this run's model, SAE and nu "
+    "results; otherwise English, or Chinese for English tasks"
 )
 
 
@@ -80,13 +82,24 @@ class Condition:
         return f"L{self.layer}_{mode}_{self.name}" + ("" if self.draw is None else str(self.draw))
 
 
-def cross_language(lang: str, nu_languages: Sequence[str], clusters_file: Path) -> str:
-    """The cross-language control's language (CROSS_RULE)."""
+STAGE3_IDENTITY = ("model_id", "sae_release", "nu_config_hash")  # what must match for stage 3's distances to describe this run
+
+
+def cross_language(lang: str, nu_languages: Sequence[str], clusters_file: Path, expect: Mapping | None = None) -> str:
+    """The cross-language control's language (CROSS_RULE). expect: this run's model_id,
+    sae_release and nu_config_hash; a stage-3 file made from another model or nu run is not
+    used (a warning says so) and the fallback applies."""
     others = [x for x in nu_languages if x != lang]
     if not others:
         raise UserError(f"the nu run has no language besides {lang}: no cross-language control is possible")
-    if Path(clusters_file).exists():
-        data = load_json(clusters_file)
+    data = load_json(clusters_file) if Path(clusters_file).exists() else None
+    if data is not None and expect is not None:
+        made = data.get("settings", {}).get("store", {})
+        stale = [k for k in STAGE3_IDENTITY if made.get(k) != expect.get(k)]
+        if stale:
+            log.warning("%s was made with another %s; the cross-language control falls back to English (Chinese for English)", clusters_file, "/".join(stale))
+            data = None
+    if data is not None:
         names, dist = list(data["languages"]), np.asarray(data["distance"], dtype=float)
         if lang in names:
             row = dist[names.index(lang)]
@@ -277,14 +290,27 @@ class TaskResults:
     records: dict[str, dict[str, list[dict]]]  # lang -> unit -> records
 
 
+def bootstrap_weights(res: TaskResults, seed: int, n_boot: int) -> dict[str, np.ndarray]:
+    """Per language, [n_boot, n_items] draw counts of its items. Items that share ids across
+    languages (XQuAD, SIB-200: parallel) are drawn jointly, so that differences between languages
+    are paired; when no two languages share an id (Amazon reviews), each language draws its own
+    n items, so each replicate keeps its sample size (a joint draw over the union would not)."""
+    ids = {lang: [it.id for it in res.items[lang]] for lang in res.languages}
+    every = [i for v in ids.values() for i in set(v)]
+    if len(every) == len(set(every)):  # no id in two languages
+        return {lang: JointBootstrap(ids[lang], np.zeros(len(ids[lang]), int), 1, seed + g, n_boot).weights(0) for g, lang in enumerate(res.languages)}
+    flat = [i for lang in res.languages for i in ids[lang]]
+    groups = np.repeat(np.arange(len(res.languages)), [len(ids[lang]) for lang in res.languages])
+    plan = JointBootstrap(flat, groups, len(res.languages), seed, n_boot)
+    return {lang: plan.weights(g) for g, lang in enumerate(res.languages)}
+
+
 def results_rows(res: TaskResults, layers: Sequence[int], mode: str, seed: int, n_boot: int = N_BOOT) -> tuple[list[dict], list[dict]]:
     """(results table rows, summary entries) of one task. See RESULTS_COLUMNS and SUMMARY_RULE."""
-    ids = [it.id for lang in res.languages for it in res.items[lang]]
-    groups = np.repeat(np.arange(len(res.languages)), [len(res.items[lang]) for lang in res.languages])
-    plan = JointBootstrap(ids, groups, len(res.languages), seed, n_boot)
+    weights = bootstrap_weights(res, seed, n_boot)
     rows, summary = [], []
-    for g, lang in enumerate(res.languages):
-        w, n = plan.weights(g), len(res.items[lang])
+    for lang in res.languages:
+        w, n = weights[lang], len(res.items[lang])
         recs, conds = res.records[lang], res.conditions[lang]
         for metric, scoring in METRICS[res.task]:
             est = {c.unit(mode): _resampled(res.task, metric, scoring, recs[c.unit(mode)], w) for c in conds}
@@ -326,7 +352,8 @@ def _summary_entry(task, lang, layer, metric, scoring, at, est, base, rand, mode
     if rand is not None:
         diff = _interval(own_e - rand)
         entry.update(random_delta=_interval(rand - base), own_minus_random=diff)
-        entry["own_drop_exceeds_random"] = bool(math.isfinite(diff[2]) and diff[2] < 0)
+        own_delta = entry["own_delta"]
+        entry["own_drop_exceeds_random"] = bool(math.isfinite(diff[2]) and diff[2] < 0 and math.isfinite(own_delta[2]) and own_delta[2] < 0)
     return entry
 
 

@@ -126,7 +126,8 @@ class NuResults:
 
 
 def stage_command(script: str, cfg: RunConfig, *extra: str) -> str:
-    """`python <script>` with the flags that point it at this run (model, out dir, languages), then `extra`."""
+    """`python <script>` with the flags that point it at this run (model, out dir, languages, and the
+    split and dtype where they are not the defaults: stored conditions depend on both), then `extra`."""
     p = cfg.preset
     if p.name == "custom":
         parts = ["--model custom", f"--model-id {p.model_id}", f"--sae-release {p.sae_release}", f"--sae-id-template '{p.sae_id_template}'"]
@@ -135,6 +136,11 @@ def stage_command(script: str, cfg: RunConfig, *extra: str) -> str:
     if Path(cfg.features_dir).resolve() != (FEATURES_ROOT / run_name_for(p)).resolve():
         parts.append(f"--out-dir {cfg.features_dir}")
     parts.append(f"--languages {','.join(cfg.languages)}")
+    if cfg.split != "dev":
+        parts.append(f"--split {cfg.split}")
+    dtype = str(cfg.dtype).removeprefix("torch.")
+    if dtype != p.defaults.get("dtype", "bfloat16"):
+        parts.append(f"--dtype {dtype}")
     return f"python {script} " + " ".join([*parts, *extra])
 
 

@@ -300,12 +300,18 @@ def stage3_command(cfg: RunConfig, n_texts: int, mode: str) -> str:
     return stage_command(STAGE3_SCRIPT, cfg, f"--n-texts {n_texts}", f"--mode {mode}")
 
 
-def load_clusters(cfg: RunConfig, store_settings: dict, mode: str, n_texts: int) -> dict:
-    """Stage 3's saved clusters (interaction_clusters.json), refused when missing or made from
-    other evaluation texts, model, nu run, ablation mode or languages."""
+def require_clusters(cfg: RunConfig, mode: str, n_texts: int) -> Path:
+    """Stage 3's clusters file, refused at once (before any model is loaded) when it is missing."""
     path = Path(cfg.features_dir) / CLUSTERS_FILE
     if not path.exists():
         raise UserError(f"no interaction clusters in {path}; run `{stage3_command(cfg, n_texts, mode)}` first")
+    return path
+
+
+def load_clusters(cfg: RunConfig, store_settings: dict, mode: str, n_texts: int) -> dict:
+    """Stage 3's saved clusters (interaction_clusters.json), refused when missing or made from
+    other evaluation texts, model, nu run, ablation mode or languages."""
+    path = require_clusters(cfg, mode, n_texts)
     clusters = load_json(path)
     made = clusters.get("settings", {})
     if made.get("store") != store_settings or made.get("mode") != mode or made.get("languages") != list(cfg.languages):

@@ -384,7 +384,7 @@ def add_sweep_args(parser: argparse.ArgumentParser, top_k: bool = True, random_d
     if random_draws:
         g.add_argument(
             "--random-draws", type=int, default=5,
-            help="seeded draws of k random live features per layer, k = 1 and --top-k (control); the control's CI "
+            help="seeded draws of k random live features per layer, k = each ablation's number of features (control); the control's CI "
             "resamples draws as well as texts, so it needs at least 2 (1 gives a texts-only band); 0 = none",
         )  # fmt: skip
     g.add_argument("--rows-per-forward", type=int, default=64, help="texts x conditions stacked into one forward from the ablated layer (memory vs speed)")

@@ -12,8 +12,9 @@ Degenerate pairs: when A and B share their top-1 feature, ΔAB = ΔA = ΔB and t
 (|cosine| above a threshold, `overlapping`), most of it is. Every summary is given with and
 without them. Intra- vs inter-cluster: mean synergy of pairs whose languages share a cluster
 minus that of the others, tested by permuting the languages' cluster labels (cluster sizes
-kept); and a regression of synergy on the pair's |cosine| asks whether shared directions,
-rather than clusters, explain sub-additivity. The sign of a cosine does not matter to a
+kept); a regression of synergy on the pair's |cosine| asks whether shared directions explain
+sub-additivity, and the intra coefficient of synergy ~ 1 + |cosine| + intra (same permutation
+test) asks whether clusters add anything once they have. The sign of a cosine does not matter to a
 directional ablation (it removes a span), hence |cosine|.
 """
 
@@ -152,32 +153,46 @@ def group_means(values: Resampled, intra: np.ndarray) -> tuple[Resampled, Resamp
     return i, o, i - o
 
 
-def permutation_test(values: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray, labels: np.ndarray, n_perm: int, seed: int) -> float:
-    """Two-sided p-value of (mean over intra pairs − mean over inter pairs) of `values` [P], under
-    random permutations of the languages' cluster `labels` [G] (which keeps the cluster sizes).
+def permutation_test(
+    values: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray, labels: np.ndarray, n_perm: int, seed: int,
+    covariate: np.ndarray | None = None,
+) -> tuple[float, float, int]:
+    """The cluster effect on `values` [P] and its two-sided p-value under random permutations of the
+    languages' cluster `labels` [G] (which keeps the cluster sizes). Pair p joins languages
+    a_idx[p] and b_idx[p].
 
-    Pair p joins languages a_idx[p] and b_idx[p]. p = (1 + #{|T_perm| ≥ |T_obs|}) / (1 + n), over
-    the n permutations where both groups have pairs (the +1 counts the observed labelling, so p
-    is never 0 and the test keeps its level). NaN when the observed split has an empty group.
+    The effect is the least-squares coefficient of intra-cluster membership in values ~ 1 + intra
+    (= mean over intra pairs − mean over inter pairs) or, with a `covariate` [P], in
+    values ~ 1 + covariate + intra: the cluster effect beyond what the covariate (the pair's
+    |cosine|) explains. Computed by partialling out (Frisch–Waugh): residualise intra and values on
+    [1, covariate], then coefficient = <r_intra, r_values> / <r_intra, r_intra>.
+
+    Returns (effect, p, n) with p = (1 + #{|T_perm| ≥ |T_obs|}) / (1 + n) over the n permutations
+    where the effect is defined (both groups have pairs; the +1 counts the observed labelling, so
+    p is never 0 and the test keeps its level). NaN effect and p when it is undefined as observed.
     """
     values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels)
+    x0 = np.ones((len(values), 1)) if covariate is None else np.column_stack([np.ones(len(values)), covariate])
+    hat = x0 @ np.linalg.pinv(x0)  # projection onto [1, covariate]
+    r_values = values - hat @ values
 
     def stat(lab):  # lab [R, G] -> [R]
-        intra = lab[:, a_idx] == lab[:, b_idx]
-        n_in = intra.sum(axis=1)
+        intra = (lab[:, a_idx] == lab[:, b_idx]).astype(np.float64)
+        r_intra = intra - intra @ hat  # hat is symmetric
+        ss = (r_intra * r_intra).sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return (intra @ values) / n_in - ((~intra) @ values) / (len(values) - n_in)
+            return np.where(ss > 1e-9, (r_intra @ r_values) / ss, math.nan)
 
     observed = stat(labels[None, :])[0]
     if not np.isfinite(observed):
-        return math.nan
+        return math.nan, math.nan, 0
     rng = np.random.default_rng([seed, 3])
     perms = np.argsort(rng.random((n_perm, len(labels))), axis=1)
     t = stat(labels[perms])
     t = t[np.isfinite(t)]
     # a relative tolerance: permutations that give the observed split again must count as "as extreme"
     hits = np.sum(np.abs(t) >= np.abs(observed) * (1 - 1e-12) - 1e-15)
-    return float((1 + hits) / (1 + len(t)))
+    return float(observed), float((1 + hits) / (1 + len(t))), len(t)
 
 
 def regression(x: np.ndarray, y: np.ndarray) -> dict:
@@ -197,7 +212,10 @@ def compare(
     effects: PairEffects, which: np.ndarray, labels: Mapping[str, int], languages: Sequence[str], n_perm: int, seed: int
 ) -> dict:
     """Intra vs inter on the pairs selected by `which` [P] bool: means with CIs, difference with CI,
-    permutation p-value, and the regression of pair synergy on |cosine|."""
+    permutation p-value, the regression of pair synergy on |cosine|, and the cluster effect left
+    once |cosine| is accounted for (`intra_given_cosine`: the intra coefficient of
+    synergy ~ 1 + |cosine| + intra, with its label-permutation p). The regression's own p treats
+    pairs as independent, which they are not (pairs share languages): read it as descriptive."""
     idx = np.flatnonzero(which)
     pairs = [effects.pairs[i] for i in idx]
     values = effects.pair_synergy()[idx]
@@ -206,13 +224,17 @@ def compare(
     lab = np.array([labels[lang] for lang in languages])
     a_idx = np.array([languages.index(p.a) for p in pairs], dtype=int)
     b_idx = np.array([languages.index(p.b) for p in pairs], dtype=int)
+    cos = np.array([abs(p.cosine) for p in pairs])
+    _, p_value, n_used = permutation_test(values.point, a_idx, b_idx, lab, n_perm, seed) if len(pairs) else (math.nan, math.nan, 0)
+    effect, p_given, n_given = permutation_test(values.point, a_idx, b_idx, lab, n_perm, seed, cos) if len(pairs) else (math.nan, math.nan, 0)
     return {
         "intra": _est(i.estimate(), int(intra.sum())),
         "inter": _est(o.estimate(), int((~intra).sum())),
         "difference": _est(diff.estimate(), len(pairs)),
-        "permutation_p": permutation_test(values.point, a_idx, b_idx, lab, n_perm, seed) if len(pairs) else math.nan,
-        "n_permutations": n_perm,
-        "regression": regression([abs(p.cosine) for p in pairs], values.point),
+        "permutation_p": p_value,
+        "n_permutations": n_used,
+        "regression": regression(cos, values.point),
+        "intra_given_cosine": {"coefficient": effect, "permutation_p": p_given, "n_permutations": n_given},
     }
 
 
@@ -255,7 +277,8 @@ def format_summary(summary: Mapping) -> str:
     def ci(e):
         return f"{e['value']:+.3f} [{e['ci_low']:+.3f},{e['ci_high']:+.3f}]" if np.isfinite(e["value"]) else "n/a"
 
-    head = f"{'layer':<11}{'pairs':<9}{'intra [95% CI]':<27}{'inter [95% CI]':<27}{'intra − inter [95% CI]':<27}{'perm. p':>8}  synergy ~ |cos|: slope, r, p"
+    head = (f"{'layer':<11}{'pairs':<9}{'intra [95% CI]':<27}{'inter [95% CI]':<27}{'intra − inter [95% CI]':<27}{'perm. p':>8}"
+            f"  synergy ~ |cos|: slope, r    intra beyond |cos|, perm. p")
     lines = [head, "-" * len(head)]
     for layer, s in summary.items():
         for which in ("with_degenerate", "without_degenerate"):
@@ -263,7 +286,8 @@ def format_summary(summary: Mapping) -> str:
             n = f"{c['intra']['n_pairs']}+{c['inter']['n_pairs']}"
             lines.append(
                 f"{layer:<11}{n:<9}{ci(c['intra']):<27}{ci(c['inter']):<27}{ci(c['difference']):<27}{c['permutation_p']:>8.3g}  "
-                f"{r['slope']:+.3f}, {r['r']:+.2f}, {r['p']:.2g}" + ("" if which == "with_degenerate" else "   (degenerate pairs left out)")
+                f"{r['slope']:+.3f}, {r['r']:+.2f}{'':<14}{c['intra_given_cosine']['coefficient']:+.3f}, {c['intra_given_cosine']['permutation_p']:.3g}"
+                + ("" if which == "with_degenerate" else "   (degenerate pairs left out)")
             )
         lines.append(f"{'':<11}{s['n_same_feature']} pairs share their top-1 feature, {s['n_overlapping']} overlap above the threshold")
     lines.append("pairs: intra+inter; a pair's synergy is the mean of ΔAB − ΔA − ΔB on A's and on B's texts")

@@ -24,6 +24,14 @@ def test_counts():
     assert checks.counts(uneven, ["eng_Latn", "fra_Latn"]).status == checks.WARN
     missing = checks.counts(good_sets(), ["eng_Latn", "fra_Latn", "spa_Latn"])
     assert missing.status == checks.FAIL and "selection/spa_Latn" in missing.summary
+    # a task set covers only the languages it has (XQuAD has no French): listed, not failed ...
+    with_task = {**good_sets(), "xquad": {"eng_Latn": ["A context."]}}
+    c = checks.counts(with_task, ["eng_Latn", "fra_Latn"], task_sets=("xquad",))
+    assert c.status == checks.PASS and c.details["not_covered"] == {"xquad": ["fra_Latn"]}
+    # ... but a covered language without texts fails
+    with_task["xquad"]["fra_Latn"] = []
+    c = checks.counts(with_task, ["eng_Latn", "fra_Latn"], task_sets=("xquad",))
+    assert c.status == checks.FAIL and "xquad/fra_Latn" in c.summary
 
 
 def test_disjoint():

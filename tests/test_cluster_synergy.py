@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from scipy.stats import kstest
-from test_interactions import LANGS5, TOY, copy_nu, read_csv, stage3, toy_nu  # noqa: F401 (fixture)
+from test_interactions import LANGS5, TOY, copy_nu, read_csv, stage3
 
 import cluster_synergy
 from langsae import config, sweep, synergy
@@ -23,7 +23,7 @@ A_IDX, B_IDX = np.array([p[0] for p in PAIRS]), np.array([p[1] for p in PAIRS])
 
 def test_permutation_p_is_uniform_under_the_null():
     rng = np.random.default_rng(0)
-    ps = [synergy.permutation_test(rng.normal(size=len(PAIRS)), A_IDX, B_IDX, LABELS, 199, seed=s) for s in range(300)]
+    ps = [synergy.permutation_test(rng.normal(size=len(PAIRS)), A_IDX, B_IDX, LABELS, 199, seed=s)[1] for s in range(300)]
     assert kstest(ps, "uniform").pvalue > 0.01
     assert 0.02 < np.mean(np.array(ps) <= 0.05) < 0.09
 
@@ -32,8 +32,39 @@ def test_permutation_p_is_small_with_a_planted_effect():
     rng = np.random.default_rng(1)
     intra = LABELS[A_IDX] == LABELS[B_IDX]
     values = rng.normal(scale=0.1, size=len(PAIRS)) - 1.0 * intra  # intra pairs sub-additive
-    p = synergy.permutation_test(values, A_IDX, B_IDX, LABELS, 2000, seed=0)
-    assert 1 / 2001 <= p < 0.01
+    effect, p, n = synergy.permutation_test(values, A_IDX, B_IDX, LABELS, 2000, seed=0)
+    assert 1 / 2001 <= p < 0.01 and n == 2000
+    assert math.isclose(effect, values[intra].mean() - values[~intra].mean())
+
+
+INTRA = LABELS[A_IDX] == LABELS[B_IDX]
+
+
+def test_cluster_effect_given_cosine_is_null_when_cosine_explains_synergy():
+    """Intra pairs have larger |cosine|, and synergy depends on the cosine alone: the plain
+    intra-vs-inter test finds a cluster effect, the test given the cosine does not."""
+    rng = np.random.default_rng(2)
+    cos = rng.uniform(0.0, 0.3, len(PAIRS)) + 0.5 * INTRA
+    values = -2.0 * cos + rng.normal(scale=0.05, size=len(PAIRS))
+    assert synergy.permutation_test(values, A_IDX, B_IDX, LABELS, 2000, seed=0)[1] < 0.01
+    effect, p, _ = synergy.permutation_test(values, A_IDX, B_IDX, LABELS, 2000, seed=0, covariate=cos)
+    assert p > 0.05 and abs(effect) < 0.1
+    # the coefficient is the least-squares one of values ~ 1 + cos + intra
+    coef = np.linalg.lstsq(np.column_stack([np.ones(len(PAIRS)), cos, INTRA]), values, rcond=None)[0]
+    assert math.isclose(effect, coef[2], abs_tol=1e-12)
+
+
+def test_cluster_effect_given_cosine_finds_a_planted_effect_and_keeps_its_level():
+    rng = np.random.default_rng(3)
+    cos = rng.uniform(0.0, 0.8, len(PAIRS))
+    values = -cos - 1.0 * INTRA + rng.normal(scale=0.1, size=len(PAIRS))
+    effect, p, _ = synergy.permutation_test(values, A_IDX, B_IDX, LABELS, 2000, seed=0, covariate=cos)
+    assert p < 0.01 and abs(effect + 1.0) < 0.15
+    ps = []
+    for s in range(200):  # synergy depends on the cosine only, the cosine not on clusters
+        c = rng.uniform(0.0, 0.8, len(PAIRS))
+        ps.append(synergy.permutation_test(-c + rng.normal(size=len(PAIRS)), A_IDX, B_IDX, LABELS, 199, seed=s, covariate=c)[1])
+    assert kstest(ps, "uniform").pvalue > 0.01
 
 
 def test_group_means_and_regression_by_hand():
@@ -49,9 +80,9 @@ def _stage4(run, *extra):
     return cluster_synergy.main([*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5), "--n-texts", "4", "--permutations", "200", *extra])
 
 
-def test_stage4_on_toy(toy_nu, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
-    run = copy_nu(toy_nu, tmp_path / "run")
+    run = copy_nu(small_toy_nu, tmp_path / "run")
     argv = [*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5), "--n-texts", "4"]
     assert run_main(cluster_synergy.main, argv) == 2  # no clusters yet
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -77,8 +108,11 @@ def test_stage4_on_toy(toy_nu, tmp_path, monkeypatch, capsys):  # noqa: F811
     for s in summary.values():
         for which in ("with_degenerate", "without_degenerate"):
             c = s[which]
-            assert set(c) == {"intra", "inter", "difference", "permutation_p", "n_permutations", "regression"}
-            assert c["n_permutations"] == 200 and set(c["regression"]) == {"slope", "intercept", "r", "p", "n"}
+            assert set(c) == {"intra", "inter", "difference", "permutation_p", "n_permutations", "regression", "intra_given_cosine"}
+            assert set(c["regression"]) == {"slope", "intercept", "r", "p", "n"}
+            assert set(c["intra_given_cosine"]) == {"coefficient", "permutation_p", "n_permutations"}
+            # the permutations used: all 200 with every pair (both groups always have pairs); fewer may qualify without
+            assert c["n_permutations"] == 200 if which == "with_degenerate" else c["n_permutations"] <= 200
     for layer in ("0", "1"):
         n = {w: summary[layer][w]["intra"]["n_pairs"] + summary[layer][w]["inter"]["n_pairs"] for w in ("with_degenerate", "without_degenerate")}
         degenerate = len({(r["lang_a"], r["lang_b"]) for r in rows if r["layer"] == layer and r["degenerate"] == "True"})

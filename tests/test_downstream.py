@@ -14,6 +14,7 @@ from langsae import downstream, tasks
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import UserError
+from langsae.stats import Resampled
 
 TOY = ["--model", "toy"]
 
@@ -42,6 +43,42 @@ def test_cross_language_from_interaction_matrix(tmp_path):
     assert downstream.cross_language("eng_Latn", nu_langs, path) == "cmn_Hans"  # 3; kor is farther but not in the nu run
     assert downstream.cross_language("spa_Latn", nu_langs, path) == "arb_Arab"
     assert downstream.cross_language("arb_Arab", nu_langs, path) == "spa_Latn"
+
+
+def test_cross_language_ignores_a_stage3_file_of_another_run(tmp_path, caplog):
+    nu_langs = ["eng_Latn", "spa_Latn", "cmn_Hans", "arb_Arab"]
+    path = tmp_path / "interaction_clusters.json"
+    store = {"model_id": "m", "sae_release": "r", "nu_config_hash": "h1"}
+    path.write_text(json.dumps({"languages": nu_langs, "distance": [[0, 1, 3, 2], [1, 0, 2, 5], [3, 2, 0, 4], [2, 5, 4, 0]],
+                                "settings": {"store": store}}))  # fmt: skip
+    assert downstream.cross_language("spa_Latn", nu_langs, path, {**store, "dtype": "float32"}) == "arb_Arab"
+    assert downstream.cross_language("spa_Latn", nu_langs, path, {**store, "nu_config_hash": "h2"}) == "eng_Latn"
+    assert "nu_config_hash" in caplog.text
+
+
+def _task(ids_by_lang):
+    items = {lang: [tasks.Item(id=i, prompt="", gold="") for i in ids] for lang, ids in ids_by_lang.items()}
+    return downstream.TaskResults("qa", list(items), items, {}, {})
+
+
+def test_bootstrap_is_joint_for_parallel_items_and_per_language_otherwise():
+    w = downstream.bootstrap_weights(_task({"eng_Latn": ["a", "b", "c"], "spa_Latn": ["a", "b", "c"]}), seed=0, n_boot=50)
+    assert np.array_equal(w["eng_Latn"], w["spa_Latn"])  # one draw of ids for both: paired across languages
+    w = downstream.bootstrap_weights(_task({"eng_Latn": ["e1", "e2", "e3"], "spa_Latn": ["s1", "s2", "s3", "s4"]}), seed=0, n_boot=50)
+    assert (w["eng_Latn"].sum(axis=1) == 3).all() and (w["spa_Latn"].sum(axis=1) == 4).all()  # each replicate keeps n
+
+
+def test_own_drop_exceeds_random_needs_a_drop():
+    def flat(v):
+        return Resampled(np.array(v), np.full(200, v) + np.linspace(-0.01, 0.01, 200))
+
+    at = [downstream.Condition(downstream.OWN, 3, "eng_Latn"), downstream.Condition(downstream.CROSS, 3, "spa_Latn")]
+    est = {at[0].unit("directional"): flat(0.5), at[1].unit("directional"): flat(0.5)}
+    entry = downstream._summary_entry("qa", "eng_Latn", 3, "f1", "squad", at, est, flat(0.5), flat(0.8), "directional")
+    assert entry["own_minus_random"][2] < 0 and not entry["own_drop_exceeds_random"]  # random rose, own did not fall
+    est[at[0].unit("directional")] = flat(0.2)
+    entry = downstream._summary_entry("qa", "eng_Latn", 3, "f1", "squad", at, est, flat(0.5), flat(0.45), "directional")
+    assert entry["own_drop_exceeds_random"]
 
 
 def test_xquad_is_parallel_and_keeps_the_bom():

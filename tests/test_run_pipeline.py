@@ -81,7 +81,37 @@ def test_failed_stage_stops_with_one_line_and_the_resume_command(stages, capsys)
     assert rows == {"a": "done", "c": "failed"}
 
 
+@pytest.mark.parametrize("exc, note", [(RuntimeError("CUDA error"), "RuntimeError: CUDA error"), (SystemExit(2), "c.py rejected its arguments (exit 2)")])
+def test_crashed_stage_also_stops_with_one_line_and_the_resume_command(stages, capsys, exc, note):
+    calls, behaviour, argv, out = stages
+    behaviour["c"] = exc
+    assert run_main(run_pipeline.main, argv) == 2
+    assert [c[0] for c in calls] == ["a", "b", "c"]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and f"stage c failed: {note}" in err[0] and "--from c`" in err[0]
+    rows = {r["stage"]: r["status"] for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]}
+    assert rows == {"a": "done", "b": "done", "c": "failed"}
+
+
+def test_abbreviated_flags_are_refused_not_passed_on(stages, capsys):
+    calls, _, argv, _ = stages
+    with pytest.raises(SystemExit):
+        run_pipeline.main([*argv, "--stage", "a"])
+    assert calls == [] and "unrecognized arguments: --stage" in capsys.readouterr().err
+
+
 def test_the_real_pipeline_lists_every_stage_once():
     real = run_pipeline.STAGES
     assert [s.name for s in real][:2] == ["check-data", "nu"] and real[-1].name == "plots"
     assert len({s.name for s in real}) == len(real)
+
+
+def test_a_report_that_cannot_be_built_is_a_warning_with_the_retry_command(tmp_path, caplog):
+    from langsae.config import build_parser, resolve
+    from langsae.stages import finished
+
+    cfg = resolve(build_parser("x").parse_args(["--model", "toy", "--out-dir", str(tmp_path / "run")]))
+    cfg.features_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.features_dir / "meta.json").write_text("{")  # an artifact the report cannot read
+    assert finished(cfg, 1, 2, "thing") == work(1, 2, "thing")  # the stage still ends normally
+    assert "REPORT.md not rebuilt" in caplog.text and "python -m langsae.report --model toy" in caplog.text
