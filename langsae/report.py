@@ -48,6 +48,13 @@ of stage 3's bootstrap resamples in which the two languages share (or do not sha
 Intra- vs inter-cluster synergy leaves out the pairs that share (or nearly share) a top-1
 feature and needs, besides the intervals, the permutation test of the languages' cluster labels
 at p < {PERMUTATION_ALPHA} (the sentence bootstrap holds the pairs fixed).
+The exclusivity claim is counted from the ν stage, without resampling: supported when every
+language's top-1 feature is in no other language's top-5 at the layer of most held-out peaks, not
+supported when at most half are, inconclusive in between. The code-switching claim is judged per
+language at that layer (chosen without the probe items), combined as *most*; gated steering per
+task, language pair and layer span, its success at the best α (chosen on one half of the items
+under the collateral budget, reported on the other) against no steering and every control,
+combined as *most*.
 Task claims are judged per task and language on the primary metric (QA F1, sentiment and topic
 accuracy): a baseline whose CI reaches chance (F1 0, accuracy 1/5 and 1/7) has nothing to lose
 and is inconclusive; a **collapse** is a drop beyond the random features' whose CI lies entirely
@@ -262,9 +269,8 @@ def exclusive_top1(a: Artifacts) -> Evidence | None:
     meta = a.json("meta.json")
     if meta is None or "exclusive_top1" not in meta:
         return None
-    s5 = _section5(a)
-    peaks = [int(r["peak_layer"]) for r in s5[0]] if s5 else []
-    layer = max(set(peaks), key=peaks.count) if peaks else 10
+    peak = _modal_peak(a)
+    layer = 10 if peak is None else peak
     excl = meta["exclusive_top1"].get(str(layer))
     figure = a.figure("features/topk_overlap.png")
     if excl is None:
@@ -273,7 +279,7 @@ def exclusive_top1(a: Artifacts) -> Evidence | None:
     shared = ", ".join(_short(lang) for lang, v in excl.items() if not v) or "none"
     verdict = SUPPORTED if yes == n else NOT_SUPPORTED if yes <= n / 2 else INCONCLUSIVE
     return Evidence(
-        f"layer {layer} ({'most common held-out peak' if peaks else 'no Section 5 yet'}): exclusive top-1 for {yes}/{n}; shared: {shared}",
+        f"layer {layer} ({'no Section 5 yet' if peak is None else 'most common held-out peak'}): exclusive top-1 for {yes}/{n}; shared: {shared}",
         "by layer: " + ", ".join(f"L{L} {sum(v.values())}/{len(v)}" for L, v in meta["exclusive_top1"].items()),
         figure, verdict,
     )  # fmt: skip
@@ -359,8 +365,14 @@ def intra_subadditive(a: Artifacts) -> Evidence | None:
     r = full["regression"]
     control = (f"inter-cluster pairs: {part('without_degenerate', 'inter')}; intra − inter {part('without_degenerate', 'difference')}, "
                f"permutation p = {clean['permutation_p']:.3g} ({clean['n_permutations']} permutations); with degenerate pairs p = "
-               f"{full['permutation_p']:.3g}; synergy on the pair's decoder |cosine|: slope {r['slope']:+.3f}, r {r['r']:+.2f}, p {r['p']:.2g}")  # fmt: skip
+               f"{full['permutation_p']:.3g}; synergy on the pair's decoder |cosine| (all pairs): slope {r['slope']:+.3f}, r {r['r']:+.2f}; "
+               f"cluster effect beyond |cosine| (intra coefficient of synergy ~ |cosine| + intra, all pairs): {_given_cos(full)}")  # fmt: skip
     return Evidence(numbers, control, a.figure("synergy_vs_cosine.png"), verdict)
+
+
+def _given_cos(d: dict) -> str:
+    g = d.get("intra_given_cosine")  # absent from summaries written before it existed
+    return "n/a" if g is None else f"{g['coefficient']:+.3f}, permutation p = {g['permutation_p']:.3g}"
 
 
 def _downstream(a: Artifacts) -> tuple[list[dict], int] | None:
@@ -440,17 +452,30 @@ def arabic_robust(a: Artifacts) -> Evidence | None:
     return Evidence(where + "; ".join(_task_line(e) for e in arb), control, _task_figure(a, arb, layer), combine([_robust_verdict(e) for e in arb], "every"))
 
 
+def _modal_peak(a: Artifacts) -> int | None:
+    """The layer where most of Section 5's held-out peaks lie (None before Section 5)."""
+    s5 = _section5(a)
+    peaks = [int(r["peak_layer"]) for r in s5[0]] if s5 else []
+    return max(set(peaks), key=peaks.count) if peaks else None
+
+
 def code_switching_claim(a: Artifacts) -> Evidence | None:
     """X's top feature on nouns of other languages after X's prefix, minus the same nouns alone (paired
-    by item), per language at the layer where its mean over languages is largest."""
+    by item), per language at the layer where most of Section 5's held-out peaks lie: a layer chosen
+    without the probe items. Before Section 5 (or when it has no code-switching results there), the
+    layer of the largest mean effect, which is chosen on the same items and said so."""
     rows, meta = a.csv("code_switching_results.csv"), a.json("code_switching_meta.json")
     if not rows or meta is None:
         return None
     effect = [r for r in rows if r["case"] == "context_on_foreign_nouns"]
-    layer = str(meta["heatmap_layer"])
+    peak = _modal_peak(a)
+    if peak is not None and any(r["layer"] == str(peak) for r in effect):
+        layer, how = str(peak), "the most common held-out peak of Section 5, chosen without these items"
+    else:
+        layer, how = str(meta["heatmap_layer"]), "largest mean effect, chosen on the same items"
     at = [r for r in effect if r["layer"] == layer and r["language"] != "mean"]
     verdicts = [interval_verdict(_value_ci(r)) for r in at]
-    numbers = (f"layer {layer} (largest mean effect, chosen on the same {at[0]['n_items'] if at else '?'} items): {verdicts.count(SUPPORTED)}/{len(at)} languages "
+    numbers = (f"layer {layer} ({how}; {at[0]['n_items'] if at else '?'} items): {verdicts.count(SUPPORTED)}/{len(at)} languages "
                "with a CI above zero: " + "; ".join(f"{_short(r['language'])} {_value_ci(r)}" for r in at))  # fmt: skip
     control = "paired: the same nouns alone; mean over languages by layer: " + "; ".join(
         f"L{r['layer']} {_value_ci(r)}" for r in effect if r["language"] == "mean"
@@ -602,12 +627,12 @@ def nu_section(a: Artifacts) -> list[str]:
         return ["## Stage 1: ν-scores", "", "Not run (`python compute_nu_scores.py`).", ""]
     lines = ["## Stage 1: ν-scores", "", f"{len(meta['layers'])} layers, d_sae {meta.get('d_sae')}, position 0 {meta.get('position_0', '')}.", ""]
     lines += ["| layer | languages with an exclusive top-1 | top-5 features shared with another language, per language |", "|---|---|---|"]
-    for L in meta["layers"]:
+    for L in meta["layers"] if "exclusive_top1" in meta and "shared_top5" in meta else []:
         excl, shared = meta["exclusive_top1"][str(L)], meta["shared_top5"][str(L)]
         lines.append(f"| {L} | {sum(excl.values())}/{len(excl)} | {', '.join(f'{_short(k)} {v}' for k, v in shared.items())} |")
     lines.append("")
     figs = sorted(p.name for p in (a.output_dir / "features").glob("*.png")) if (a.output_dir / "features").exists() else []
-    for name in [n for n in figs if n.startswith("figure1")] + ["topk_overlap.png", "top1_nu_by_layer.png"] + [n for n in figs if n.startswith("specificity")]:
+    for name in [n for n in figs if n.startswith("figure1")] + ["topk_overlap.png", "top1_nu_by_layer.png", "nu_distributions.png"] + [n for n in figs if n.startswith("specificity")]:
         lines += _img(a, f"features/{name}", name.removesuffix(".png"))
     if a.figure("features/top_features.md"):
         lines += ["Top features per layer and language, with Neuronpedia links: [features/top_features.md](features/top_features.md)", ""]
@@ -677,10 +702,11 @@ def cluster_synergy_section(a: Artifacts) -> list[str]:
             d = w[which]
             iv = {k: Interval(d[k]["value"], d[k]["ci_low"], d[k]["ci_high"]) for k in ("intra", "inter", "difference")}
             rows.append((layer, which.replace("_", " "), f"{iv['intra']} ({d['intra']['n_pairs']})", f"{iv['inter']} ({d['inter']['n_pairs']})",
-                         iv["difference"], f"{d['permutation_p']:.3g}", f"{d['regression']['slope']:+.3f} (r {d['regression']['r']:+.2f})"))  # fmt: skip
+                         iv["difference"], f"{d['permutation_p']:.3g}", f"{d['regression']['slope']:+.3f} (r {d['regression']['r']:+.2f})",
+                         _given_cos(d)))  # fmt: skip
     lines = [f"## {title}", "", "Synergy = ΔAB − ΔA − ΔB of two languages' top-1 features, per pair the mean of its two sides; degenerate pairs share "
              "their top-1 feature or have decoder |cosine| above the threshold (their sub-additivity is built in).", ""]  # fmt: skip
-    lines += _table(["layer", "pairs", "intra [95% CI] (n)", "inter [95% CI] (n)", "intra − inter", "permutation p", "slope on abs(cos)"], rows)
+    lines += _table(["layer", "pairs", "intra [95% CI] (n)", "inter [95% CI] (n)", "intra − inter", "permutation p", "slope on abs(cos)", "intra beyond abs(cos), p"], rows)
     return lines + _images(a, ["synergy_intra_inter.png", "synergy_vs_cosine.png", "synergy_pairs.png"])
 
 

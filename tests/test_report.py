@@ -213,11 +213,18 @@ def test_code_switching_claim(run):
              "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n_items": 8}
             for L, vals in ((0, (0.05, 0.0, 0.02)), (1, (0.5, 0.3, -0.2))) for lang, v in zip(("eng_Latn", "spa_Latn", "mean"), vals)]  # fmt: skip
     save_csv(rows, run.features_dir / "code_switching_results.csv")
+    (run.features_dir / "section5_summary.csv").unlink()  # no Section 5: the layer of the largest mean effect
     save_json({"heatmap_layer": 1, "heatmap_layer_rule": "largest"}, run.features_dir / "code_switching_meta.json")
     ev = report.code_switching_claim(run)
-    assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1") and "2/2 languages" in ev.numbers  # 0.5, 0.3 > 0.1
+    assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1 (largest mean effect, chosen on the same items")
+    assert "2/2 languages" in ev.numbers  # 0.5, 0.3 > 0.1
     save_json({"heatmap_layer": 0, "heatmap_layer_rule": "largest"}, run.features_dir / "code_switching_meta.json")
     assert report.code_switching_claim(run).verdict == INCONCLUSIVE  # 0.05 and 0.0 ± 0.1
+    # with Section 5, the layer of most held-out peaks (1 here), whatever the largest effect's layer
+    peak1 = [summary_row(lang, 1, {1: 1.0}, *[(0.5, 0.4, 0.6)] * 5) for lang in ("eng_Latn", "spa_Latn", "fra_Latn")]
+    save_csv([*peak1, summary_row("kor_Hang", 0, {0: 1.0}, *[(0.5, 0.4, 0.6)] * 5)], run.features_dir / "section5_summary.csv")
+    ev = report.code_switching_claim(run)
+    assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1 (the most common held-out peak of Section 5, chosen without these items")
 
 
 def test_gated_steering_must_beat_every_control(run):
