@@ -6,7 +6,10 @@ every language that ends in the same noun (a translation of one English sentence
             itself; X != Y: a code-switched noun);
   alone     a neutral one-token start + noun of language Y (the start is the BOS where the
             tokenizer adds one, else `<|endoftext|>`), so the noun is never at position 0,
-            which the project leaves out of activation statistics.
+            which the project leaves out of activation statistics. The noun keeps the whitespace
+            that precedes it in Y's own sentence (" window", but "窓"), so that it is tokenised
+            as there: an "after prefix − alone" contrast then compares the same tokens in the
+            languages that write spaces, not " window" with "window".
 The noun's tokens are found from the tokenizer's offset mapping (tokens whose character span
 overlaps the noun's), never by counting tokens: in Japanese, Chinese and Thai there is no space
 before the noun, and a token may straddle the prefix's last character and the noun's first.
@@ -125,7 +128,8 @@ def load_probe_set(path: Path = PROBE_FILE, languages: Sequence[str] | None = No
 class Probe:
     """One text to run: item's noun in `noun_lang` after `prefix_lang`'s prefix, or alone (prefix_lang None).
 
-    For a prefixed text, text[noun_start:noun_end] is the noun; for an alone text, text is the noun."""
+    text[noun_start:noun_end] is the noun; an alone text is the noun after the whitespace that
+    precedes it in its own language's sentence."""
 
     item: int
     prefix_lang: str | None
@@ -145,8 +149,9 @@ def build_probes(ps: ProbeSet) -> list[Probe]:
                 probes.append(Probe(i, x, y, p + n, len(p), len(p) + len(n)))
     for i in range(len(ps.concepts)):
         for y in ps.languages:
-            n = ps.noun[i][y]
-            probes.append(Probe(i, None, y, n, 0, len(n)))
+            n, own_prefix = ps.noun[i][y], ps.prefix[i][y]
+            lead = own_prefix[len(own_prefix.rstrip()) :]  # " " before "window" in English, "" in Japanese
+            probes.append(Probe(i, None, y, lead + n, len(lead), len(lead) + len(n)))
     return probes
 
 
