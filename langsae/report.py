@@ -462,8 +462,8 @@ def _modal_peak(a: Artifacts) -> int | None:
 def code_switching_claim(a: Artifacts) -> Evidence | None:
     """X's top feature on nouns of other languages after X's prefix, minus the same nouns alone (paired
     by item), per language at the layer where most of Section 5's held-out peaks lie: a layer chosen
-    without the probe items. Before Section 5 (or when it has no code-switching results there), the
-    layer of the largest mean effect, which is chosen on the same items and said so."""
+    without the probe items. Before Section 5 (or when code switching did not measure that layer),
+    the layer of the largest mean effect, which is chosen on the same items and said so."""
     rows, meta = a.csv("code_switching_results.csv"), a.json("code_switching_meta.json")
     if not rows or meta is None:
         return None

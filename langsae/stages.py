@@ -4,8 +4,9 @@ A stage is a script with `main(argv)` that takes the common flags of `config.bui
 (plus its own, with defaults) and returns None or a work record, `work(computed, cached, unit)`:
 how many units of its work (layers, conditions, figures, ...) it computed now and how many it
 found cached. A stage ends with `finished(cfg, ...)`, which rebuilds the run's REPORT.md from
-its artifacts, so the report is current after any stage, in the pipeline or run alone. It raises `errors.UserError` to stop the pipeline with one line, or
-`errors.SkippedTask` when it cannot run here but the stages after it can.
+its artifacts, so the report is current after any stage, in the pipeline or run alone. It
+raises `errors.UserError` to stop the pipeline with one line, or `errors.SkippedTask` when it
+cannot run here but the stages after it can.
 """
 
 from __future__ import annotations
