@@ -63,7 +63,7 @@ def parse_args(argv):
     g.add_argument("--rows-per-forward", type=int, default=64, help="items x conditions stacked into one forward (memory vs speed)")
     g.add_argument(
         "--skip-unavailable", action="store_true",
-        help="skip a task whose data is not cached (Amazon reviews offline) with a notice, instead of stopping",
+        help="skip a task in a language whose data is not cached (Amazon reviews offline) with a notice, instead of stopping",
     )  # fmt: skip
     p.description += f" Default --layers: the preset's (10 for qwen3-0.6b), else {LAYER_RULE}."
     return p.parse_args(argv)
@@ -118,14 +118,17 @@ def main(argv=None):
     tokenizer = load_tokenizer(cfg.preset)
     items, skipped = {}, {}
     for task in task_list:
-        langs = [lang for lang in cfg.languages if lang in tasks.available_languages(task)]
-        try:
-            items[task] = {lang: load_items(task, lang, tokenizer, args, cfg, selection) for lang in langs}
-        except tasks.DatasetUnavailable as e:
-            if not args.skip_unavailable:
-                raise
-            log.warning("skipping %s: %s", task, e)
-            skipped[task] = str(e)
+        by_lang = {}
+        for lang in [lang for lang in cfg.languages if lang in tasks.available_languages(task)]:
+            try:
+                by_lang[lang] = load_items(task, lang, tokenizer, args, cfg, selection)
+            except tasks.DatasetUnavailable as e:  # one language's copy may be cached and another's not
+                if not args.skip_unavailable:
+                    raise
+                log.warning("skipping %s in %s: %s", task, lang, e)
+                skipped.setdefault(task, {})[lang] = str(e)
+        if by_lang:
+            items[task] = by_lang
     print(f"run {cfg.run_name}: tasks {', '.join(items)} at layers {list(layers)} ({args.mode}), {args.random_draws} random draws")
 
     model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)

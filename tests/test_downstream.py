@@ -212,6 +212,11 @@ def test_stage_sentiment_on_toy_with_synthetic_amazon(toy_run, tmp_path, capsys,
     with pytest.raises(tasks.DatasetUnavailable):
         downstream_ablation.main(argv)
     assert downstream_ablation.main([*argv, "--skip-unavailable"])["computed"] == 0
+    # Spanish cached, French not: the task runs in Spanish and the meta names what was skipped
+    both = [*flags[:3], "spa_Latn,fra_Latn", *flags[-4:], "--skip-unavailable"]  # the first run's flags, with French
+    assert _stage(toy_run, *both) == {"computed": 0, "cached": 4, "unit": "(task, language, layer, condition)"}
+    meta = json.loads((toy_run / "downstream_meta.json").read_text())
+    assert meta["languages"] == {"sentiment": ["spa_Latn"]} and list(meta["skipped_tasks"]["sentiment"]) == ["fra_Latn"]
 
 
 def test_default_layer_rule(tmp_path):
