@@ -1,5 +1,5 @@
 """Which of the toy's findings hold across seeds: build the toy with several seeds and run
-stages 1-4 on each, then say, finding by finding, where all seeds agree.
+stages 1-4 and code switching on each, then say, finding by finding, where all seeds agree.
 
 A finding on the toy counts only if every seed shows it. Seed 0 is the default toy
 (toy_model/, results in sae_features/toy/, the run the README quotes); other seeds build
@@ -15,6 +15,9 @@ the table. A finding per language, at the language's held-out peak layer (top-1+
   causal      self ΔCE's CI lies above the random-feature control's CI
   specific    the specificity difference (self − mean others) has a CI above zero
   synergy     the synergy CI excludes zero (the sign is reported)
+  code_switch its top feature is more active on other languages' nouns after its prefix than on
+              the same nouns alone (CI above zero), at the seed's most common held-out peak
+              layer (the report's claim 12)
 and the held-out peak layer itself; then, per seed, stages 3-4: the k=5 clusters and their
 bootstrap stability (mean ARI), how often Vietnamese shares a cluster with en/es/fr/pt and
 with th/ko, whether Arabic is alone, and intra- minus inter-cluster pair synergy with its
@@ -38,7 +41,7 @@ from langsae.artifacts import load_json, save_json, save_text  # noqa: E402
 from langsae.config import FEATURES_ROOT  # noqa: E402
 
 SEED_ROOT = ROOT / "toy_model_seeds"
-STAGE_SCRIPTS = ("compute_nu_scores.py", "reproduce_figures_section5.py", "cross_linguistic_interactions.py", "cluster_synergy.py")
+STAGE_SCRIPTS = ("compute_nu_scores.py", "reproduce_figures_section5.py", "cross_linguistic_interactions.py", "cluster_synergy.py", "code_switching.py")
 
 
 def toy_root(seed: int) -> Path:
@@ -64,6 +67,10 @@ def seed_findings(seed: int) -> dict[str, dict]:
     with open(run_dir(seed) / "section5_summary.csv", newline="") as f:
         summary = {r["language"]: r for r in csv.DictReader(f)}
     exclusive = load_json(run_dir(seed) / "meta.json")["exclusive_top1"]
+    peaks = [int(r["peak_layer"]) for r in summary.values()]
+    modal = str(max(set(peaks), key=peaks.count))  # the report's code-switching layer: chosen without the probe items
+    with open(run_dir(seed) / "code_switching_results.csv", newline="") as f:
+        switch = {r["language"]: float(r["ci_low"]) > 0 for r in csv.DictReader(f) if r["case"] == "context_on_foreign_nouns" and r["layer"] == modal}
     out = {}
     for lang, r in summary.items():
         v = {k: float(r[k]) for k in r if k.endswith(("_ci_low", "_ci_high"))}
@@ -74,13 +81,14 @@ def seed_findings(seed: int) -> dict[str, dict]:
             "causal": v["self_ci_low"] > v["random_ci_high"],
             "specific": v["specificity_diff_ci_low"] > 0,
             "synergy": synergy,
+            "code_switch": switch[lang],
             "self_delta_ce": float(r["self_delta_ce"]),
             "specificity_diff": float(r["specificity_diff"]),
         }
     return out
 
 
-FINDINGS = ("peak_layer", "exclusive", "causal", "specific", "synergy")
+FINDINGS = ("peak_layer", "exclusive", "causal", "specific", "synergy", "code_switch")
 
 
 def cluster_findings(seed: int) -> dict:
