@@ -43,7 +43,7 @@ def parse_args(argv):
         help="ratio: D_ij = max(0, 1 - (M_ij + M_ji)/(M_ii + M_jj)) (the earlier reproduction's); profile: correlation "
         "distance between the languages' interaction profiles (row and column of M, divided by M_ii)",
     )  # fmt: skip
-    g.add_argument("--k", type=int, default=None, help=f"number of clusters the Ward tree is cut into; default {DEFAULT_K} (the paper's), at most one less than the number of languages")
+    g.add_argument("--k", type=int, default=None, help=f"number of clusters the Ward tree is cut into; unset: {DEFAULT_K} (the paper's), or one less than the number of languages when that is smaller")
     g.add_argument("--mds-dims", type=int, default=2, help="dimensions of the metric MDS embedding that Ward clusters")
     g.add_argument("--mds-init", type=int, default=4, help="seeded random starts of the MDS (SMACOF); the lowest stress wins")
     g.add_argument("--stability-boot", type=int, default=200, help="joint resamples of sentence ids, each clustered again (co-clustering, ARI)")

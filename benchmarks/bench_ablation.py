@@ -164,7 +164,7 @@ def main(argv=None):
     p.add_argument("--naive-repeats", type=int, default=3, help="timed repeats of the naive approach (median reported)")
     p.add_argument("--max-rows", type=int, default=64, help="engine: texts x conditions per forward")
     p.add_argument("--threads", type=int, default=None, help="torch threads; default: torch's")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "bench_results" / "bench_ablation.json")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "bench_results" / "bench_ablation.json", help="where the JSON result is written")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
