@@ -7,10 +7,10 @@ import functools
 import logging
 import os
 import socket
-from urllib.parse import urlparse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 SECRETS_FILE = Path(__file__).resolve().parent.parent / "secrets.ini"
 PROBE_TIMEOUT_S = 3.0

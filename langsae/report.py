@@ -292,7 +292,7 @@ TASK_METRICS = (("qa", "f1", "generate"), ("sentiment", "accuracy", "generate"),
 
 
 def _value_ci(row: dict) -> Interval:
-    """A tidy row's value with its ci_low, ci_high."""
+    """A tidy row's (or a summary entry's) value with its ci_low, ci_high."""
     return Interval(_f(row, "value"), _f(row, "ci_low"), _f(row, "ci_high"))
 
 
@@ -351,8 +351,7 @@ def intra_subadditive(a: Artifacts) -> Evidence | None:
     w = s["layers"]["all_layers"]
 
     def part(which: str, key: str) -> Interval:
-        d = w[which][key]
-        return Interval(d["value"], d["ci_low"], d["ci_high"])
+        return _value_ci(w[which][key])
 
     clean, full = w["without_degenerate"], w["with_degenerate"]
     n_intra = clean["intra"]["n_pairs"]
@@ -700,7 +699,7 @@ def cluster_synergy_section(a: Artifacts) -> list[str]:
     for layer, w in s["layers"].items():
         for which in ("with_degenerate", "without_degenerate"):
             d = w[which]
-            iv = {k: Interval(d[k]["value"], d[k]["ci_low"], d[k]["ci_high"]) for k in ("intra", "inter", "difference")}
+            iv = {k: _value_ci(d[k]) for k in ("intra", "inter", "difference")}
             rows.append((layer, which.replace("_", " "), f"{iv['intra']} ({d['intra']['n_pairs']})", f"{iv['inter']} ({d['inter']['n_pairs']})",
                          iv["difference"], f"{d['permutation_p']:.3g}", f"{d['regression']['slope']:+.3f} (r {d['regression']['r']:+.2f})",
                          _given_cos(d)))  # fmt: skip

@@ -260,26 +260,25 @@ FINGERPRINT_FILE = Path(__file__).resolve().parent / "toy_fingerprint.json"
 _STAGE_ORDER = ("model/tokenizer", "model/", "hub/", "quality.json")  # the order the build makes them
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...), which keys the committed fingerprints."""
+def _cpuinfo(field: str) -> str:
+    """A field of /proc/cpuinfo's first processor; platform.processor() where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...), which keys the committed fingerprints."""
+    return _cpuinfo("vendor_id")
 
 
 def cpu_model() -> str:
     """The CPU's model name, recorded beside a fingerprint."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return _cpuinfo("model name")
 
 
 def _artifact_rank(name: str) -> tuple[int, str]:
