@@ -8,11 +8,18 @@
 Each stage skips work it has already cached, so rerunning resumes. Stage-specific flags
 (e.g. --mode of the Section 5 stage) are set by running that stage's script directly; the
 pipeline passes every stage the common flags (plus the few a stage always needs in a
-pipeline, `Stage.flags`). A stage that cannot run here (e.g. a downstream dataset that is not
-cached offline) is recorded as skipped and the pipeline goes on; any other failure, a crash
-included, stops it with one line and the command that resumes. The per-stage table (wall
-time, computed vs cached work) is printed at the end and kept in
-sae_features/<run>/pipeline_timings.json, and the report is rebuilt after every stage.
+pipeline, `Stage.flags`), except those a stage drops (`Stage.drops`). --layers is the layers
+to analyse: check-data ignores it; nu, section5, interactions, cluster-synergy, code-switching
+and plots analyse those layers; downstream and steering never get it from the pipeline and
+keep their own layer rule (downstream: the preset's downstream layer, else the Section 5
+held-out peak; steering: the preset's steering layer, else its downstream layer), since at
+every layer they would repeat each condition per layer; to ablate or steer at other layers,
+run downstream_ablation.py or steer_language.py with --layers. A stage that
+cannot run here (e.g. a downstream dataset that is not cached offline) is recorded as
+skipped and the pipeline goes on; any other failure, a crash included, stops it with one
+line and the command that resumes. The per-stage table (wall time, computed vs cached work)
+is printed at the end and kept in sae_features/<run>/pipeline_timings.json, and the report
+is rebuilt after every stage.
 """
 
 from __future__ import annotations
@@ -46,9 +53,11 @@ STAGES = [
     Stage("interactions", "cross_linguistic_interactions.py", cross_linguistic_interactions.main),
     Stage("cluster-synergy", "cluster_synergy.py", cluster_synergy.main),
     # offline, Amazon reviews are usually not cached: the pipeline runs the other tasks and says so
-    Stage("downstream", "downstream_ablation.py", downstream_ablation.main, ("--skip-unavailable",)),
+    # --layers picks the layers to analyse; these two ablate/steer at their own layer (module docstring)
+    Stage("downstream", "downstream_ablation.py", downstream_ablation.main,
+          flags=("--skip-unavailable",), drops=("--layers",)),
     Stage("code-switching", "code_switching.py", code_switching.main),
-    Stage("steering", "steer_language.py", steer_language.main),
+    Stage("steering", "steer_language.py", steer_language.main, drops=("--layers",)),
     Stage("plots", "plot_sae_features.py", plot_sae_features.main),
 ]
 TIMINGS_FILE = "pipeline_timings.json"
@@ -58,24 +67,31 @@ log = logging.getLogger("run_pipeline")
 
 def parse_args(argv):
     p = build_parser(__doc__)
-    g = p.add_argument_group("pipeline")
+    dropped = ", ".join(s.name for s in STAGES if "--layers" in s.drops)
+    about = f"--layers: the layers to analyse; {dropped} do not get it and keep their own layer rule"
+    g = p.add_argument_group("pipeline", about + " (run their script with --layers to choose)")
     names = ", ".join(s.name for s in STAGES)
     g.add_argument("--stages", help=f"comma-separated stages to run, in pipeline order (default all): {names}")
     g.add_argument("--from", dest="from_stage", metavar="STAGE", help=f"start at this stage and run the rest: {names}")
     return p.parse_args(argv)
 
 
-def stage_argv(argv: list[str]) -> list[str]:
-    """The command line without the pipeline's own flags: what every stage receives."""
+def without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv without `flags` and their values (`--flag value` or `--flag=value`)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a in PIPELINE_FLAGS:
+        elif a in flags:
             skip = True
-        elif not a.startswith(tuple(f + "=" for f in PIPELINE_FLAGS)):
+        elif not a.startswith(tuple(f + "=" for f in flags)):
             out.append(a)
     return out
+
+
+def stage_argv(argv: list[str]) -> list[str]:
+    """The command line without the pipeline's own flags: what every stage receives (less its `drops`)."""
+    return without_flags(argv, PIPELINE_FLAGS)
 
 
 def select_stages(stages: list[Stage], only: str | None, start: str | None) -> list[Stage]:
@@ -131,7 +147,11 @@ def main(argv=None):
         row = {"stage": stage.name, "script": stage.script, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         failure = None
         try:
-            done = stage.main([*passed, *stage.flags]) or {}
+            own = without_flags(passed, stage.drops)
+            if own != passed:
+                dropped = " ".join(stage.drops)
+                log.info("%s keeps its own %s (set by running %s)", stage.name, dropped, stage.script)
+            done = stage.main([*own, *stage.flags]) or {}
             row.update(status="done", **done)
         except SkippedTask as e:
             row.update(status="skipped", note=str(e))

@@ -53,10 +53,13 @@ def finished(cfg, computed: int, cached: int, unit: str) -> Work:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the pipeline: its name on the command line, its script, its `main`, and the
-    stage-specific flags the pipeline always passes it (after the common ones)."""
+    """One step of the pipeline: its name on the command line, its script, its `main`, the
+    stage-specific flags the pipeline always passes it (after the common ones), and the common
+    flags (each with its value) it does not pass it: such a stage keeps its own rule for them
+    (say, the layer it ablates at) unless its script is run with them directly."""
 
     name: str
     script: str
     main: Callable[[list[str] | None], Work | None]
     flags: tuple[str, ...] = ()
+    drops: tuple[str, ...] = ()

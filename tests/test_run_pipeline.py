@@ -115,3 +115,29 @@ def test_a_report_that_cannot_be_built_is_a_warning_with_the_retry_command(tmp_p
     (cfg.features_dir / "meta.json").write_text("{")  # an artifact the report cannot read
     assert finished(cfg, 1, 2, "thing") == work(1, 2, "thing")  # the stage still ends normally
     assert "REPORT.md not rebuilt" in caplog.text and "python -m langsae.report --model toy" in caplog.text
+
+
+@pytest.mark.parametrize("layers", [["--layers", "0-27"], ["--layers=0-27"]])
+def test_layers_widen_the_analysis_stages_but_not_downstream_or_steering(monkeypatch, tmp_path, layers):
+    """The real stage list with stand-in mains: --layers reaches the stages that analyse layers; downstream
+    and steering keep their own layer rule (the preset's layer), so they never see it from the pipeline."""
+    calls = {}
+
+    def fake(stage):
+        return Stage(stage.name, stage.script, lambda argv: calls.setdefault(stage.name, list(argv)) and None,
+                     stage.flags, stage.drops)  # fmt: skip
+
+    monkeypatch.setattr(run_pipeline, "STAGES", [fake(s) for s in run_pipeline.STAGES])
+    common = ["--model", "toy", "--out-dir", str(tmp_path / "run")]
+    assert run_main(run_pipeline.main, [*common[:2], *layers, *common[2:], "--from", "nu"]) == 0
+    analysing = ("nu", "section5", "interactions", "cluster-synergy", "code-switching", "plots")
+    widened = [*common[:2], *layers, *common[2:]]
+    assert {name: calls[name] for name in analysing} == {name: widened for name in analysing}
+    assert calls["downstream"] == [*common, "--skip-unavailable"] and calls["steering"] == common
+    assert "check-data" not in calls
+
+
+def test_without_flags_drops_a_flag_in_either_spelling_and_keeps_the_rest():
+    argv = ["--layers", "1,2", "--model", "toy", "--layers=3", "--seed", "1", "--layers-extra", "x"]
+    kept = ["--model", "toy", "--seed", "1", "--layers-extra", "x"]
+    assert run_pipeline.without_flags(argv, ("--layers",)) == kept
