@@ -4,17 +4,20 @@ The probe set (data/code_switch.jsonl, written for this project) has, per item, 
 every language that ends in the same noun (a translation of one English sentence). The texts run:
   prefixed  prefix of language X + noun of language Y, for every X and Y (X == Y: the sentence
             itself; X != Y: a code-switched noun);
-  alone     a neutral one-token start + noun of language Y (the start is the BOS where the
-            tokenizer adds one, else `<|endoftext|>`), so the noun is never at position 0,
-            which the project leaves out of activation statistics. The noun keeps the whitespace
-            that precedes it in Y's own sentence (" window", but "窓"), so that it is tokenised
-            as there: an "after prefix − alone" contrast then compares the same tokens in the
-            languages that write spaces, not " window" with "window".
+  alone     for every prefixed text (X, Y): a neutral one-token start (the tokenizer's BOS where
+            it adds one, else `<|endoftext|>`, so the noun is never at position 0, which the
+            project leaves out of activation statistics) + the noun's token ids exactly as they
+            are in that (X, Y) text. Alone texts are built from token ids, never from text: the
+            same noun is tokenised differently after different prefixes (Qwen3: "closed the 窗户"
+            ends in `Ġç ª Ĺ æĪ·`, "窗户" on its own is `çªĹæĪ·`; 273 of the probe set's 720
+            code-switched texts differ so from the noun tokenised alone), so every
+            "after prefix − alone" contrast compares identical token ids, in every pair of languages.
 The noun's tokens are found from the tokenizer's offset mapping (tokens whose character span
 overlaps the noun's), never by counting tokens: in Japanese, Chinese and Thai there is no space
 before the noun, and a token may straddle the prefix's last character and the noun's first.
-Such a straddling token counts as a noun token (reported per text as `straddles`; a token's
-own leading space, as in " book", is not straddling).
+Such a straddling token counts as a noun token, in the prefixed text and in the alone text cut
+from it (reported per text as `straddles`; a token's own leading space, as in " book", is not
+straddling).
 
 At every layer each language's rank-r feature (by nu, from the nu stage's saved encoder rows) is
 read at the SAE's read point (the MLP input for a transcoder) and averaged over the noun's tokens:
@@ -22,16 +25,24 @@ one number per text, layer and feature. From those, per item and language:
   prefix_feature (X's feature on the noun tokens, X = the prefix language):
       same_noun_after_prefix    X's noun after X's prefix
       other_nouns_after_prefix  mean over Y != X of Y's noun after X's prefix
-      same_noun_alone           X's noun alone
-      other_nouns_alone         mean over Y != X of Y's noun alone
+      same_noun_alone           X's noun alone, with the ids it has in X's own sentence
+      other_nouns_alone         mean over Y != X of Y's noun alone, with the ids it has after X's prefix
   noun_feature (Y's feature on Y's noun):
-      own_noun_after_own_prefix, own_noun_after_foreign_prefix (mean over X != Y), own_noun_alone
-and the paired contrasts in CONTRASTS. Intervals resample items (the same draw for every
+      own_noun_after_own_prefix              Y's noun in Y's own sentence
+      own_noun_after_foreign_prefix          mean over X != Y of Y's noun after X's prefix
+      own_noun_alone                         Y's noun alone, with the ids it has in Y's own sentence
+      own_noun_alone_as_after_foreign_prefix mean over X != Y of Y's noun alone, with the ids it
+                                             has after X's prefix
+and the paired contrasts in CONTRASTS: each "after prefix − alone" contrast subtracts, text by
+text, the alone text cut from the very prefixed text it is paired with (same item, X and Y), so
+both sides hold identical noun token ids; `same_minus_other_after_prefix` compares different
+nouns after one prefix, by design. Intervals resample items (the same draw for every
 language: the items are translations, see langsae.stats.JointBootstrap).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 from dataclasses import dataclass
@@ -52,13 +63,22 @@ NEUTRAL_TOKEN = "<|endoftext|>"  # Qwen3's document separator: the nearest thing
 
 CASES = {
     "prefix_feature": ("same_noun_after_prefix", "other_nouns_after_prefix", "same_noun_alone", "other_nouns_alone"),
-    "noun_feature": ("own_noun_after_own_prefix", "own_noun_after_foreign_prefix", "own_noun_alone"),
+    "noun_feature": (
+        "own_noun_after_own_prefix",
+        "own_noun_after_foreign_prefix",
+        "own_noun_alone",
+        "own_noun_alone_as_after_foreign_prefix",
+    ),
 }
 # contrast -> (measure, minuend case, subtrahend case); each is paired item by item
 CONTRASTS = {
     "context_on_foreign_nouns": ("prefix_feature", "other_nouns_after_prefix", "other_nouns_alone"),
     "same_minus_other_after_prefix": ("prefix_feature", "same_noun_after_prefix", "other_nouns_after_prefix"),
-    "foreign_prefix_effect": ("noun_feature", "own_noun_after_foreign_prefix", "own_noun_alone"),
+    "foreign_prefix_effect": (
+        "noun_feature",
+        "own_noun_after_foreign_prefix",
+        "own_noun_alone_as_after_foreign_prefix",
+    ),
 }
 # the contrast whose mean over languages picks the heatmap's layer
 EFFECT = "context_on_foreign_nouns"
@@ -84,6 +104,8 @@ def _read_items(path: Path) -> dict[int, dict[str, dict]]:
     if not path.exists():
         raise UserError(f"code-switching probe set {path} not found")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows:
+        raise UserError(f"code-switching probe set {path} has no items; give a JSON-lines file with --probe-file")
     by_item: dict[int, dict[str, dict]] = {}
     for n, r in enumerate(rows, 1):
         s, a, b = r["sentence"], r["noun_start"], r["noun_end"]
@@ -126,33 +148,28 @@ def load_probe_set(path: Path = PROBE_FILE, languages: Sequence[str] | None = No
 
 @dataclass(frozen=True)
 class Probe:
-    """One text to run: item's noun in `noun_lang` after `prefix_lang`'s prefix, or alone (prefix_lang None).
-
-    text[noun_start:noun_end] is the noun; an alone text is the noun after the whitespace that
-    precedes it in its own language's sentence."""
+    """One text to run: item's noun in `noun_lang` after `prefix_lang`'s prefix (text[noun_start:noun_end]
+    is the noun), or, when `alone`, that noun's token ids cut out of this very text and put after the
+    neutral start (see tokenize_probes): the text is what the alone ids come from, not what runs."""
 
     item: int
-    prefix_lang: str | None
+    prefix_lang: str
     noun_lang: str
     text: str
     noun_start: int
     noun_end: int
+    alone: bool = False
 
 
 def build_probes(ps: ProbeSet) -> list[Probe]:
-    """Every prefixed text (item x prefix language x noun language), then every alone text (item x noun language)."""
+    """Every prefixed text (item x prefix language x noun language), then the alone text cut from each."""
     probes = []
     for i in range(len(ps.concepts)):
         for x in ps.languages:
             for y in ps.languages:
                 p, n = ps.prefix[i][x], ps.noun[i][y]
                 probes.append(Probe(i, x, y, p + n, len(p), len(p) + len(n)))
-    for i in range(len(ps.concepts)):
-        for y in ps.languages:
-            n, own_prefix = ps.noun[i][y], ps.prefix[i][y]
-            lead = own_prefix[len(own_prefix.rstrip()) :]  # " " before "window" in English, "" in Japanese
-            probes.append(Probe(i, None, y, lead + n, len(lead), len(lead) + len(n)))
-    return probes
+    return probes + [dataclasses.replace(p, alone=True) for p in probes]
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -164,10 +181,11 @@ def adds_bos(tokenizer) -> bool:
 
 
 def neutral_start(tokenizer) -> tuple[list[int], str]:
-    """(ids to put before a noun standing alone, what they are): nothing where the tokenizer adds its own
-    BOS, else the one token NEUTRAL_TOKEN (or the EOS token if the vocabulary lacks it)."""
+    """(ids to put before a noun standing alone, what they are): the BOS where the tokenizer adds one to
+    every text (as it does to the prefixed ones), else the one token NEUTRAL_TOKEN (or the EOS token if
+    the vocabulary lacks it)."""
     if adds_bos(tokenizer):
-        return [], f"the tokenizer's BOS {tokenizer.bos_token!r}"
+        return [tokenizer.bos_token_id], f"the tokenizer's BOS {tokenizer.bos_token!r}"
     tid = tokenizer.convert_tokens_to_ids(NEUTRAL_TOKEN)
     if tid is not None and tid != tokenizer.unk_token_id:
         return [tid], repr(NEUTRAL_TOKEN)
@@ -185,7 +203,7 @@ def overlapping_tokens(offsets: Sequence[tuple[int, int]], start: int, end: int)
 class ProbeTokens:
     """token_ids[j] of probe j, noun_positions[j] its noun's token positions (never 0),
     straddles[j] whether its first noun token also covers a non-space character before the noun
-    (a byte-level token's own leading space does not count)."""
+    (a byte-level token's own leading space does not count; an alone probe has its text's flag)."""
 
     token_ids: list[list[int]]
     noun_positions: list[list[int]]
@@ -193,20 +211,24 @@ class ProbeTokens:
 
 
 def tokenize_probes(tokenizer, probes: Sequence[Probe]) -> ProbeTokens:
-    """Tokenise each probe as `forward.tokenize` does, and find its noun's tokens by offset mapping."""
+    """Tokenise each probe's text as `forward.tokenize` does and find its noun's tokens by offset mapping.
+    An alone probe is then the neutral start + exactly those noun token ids (a straddling token
+    included), so it holds the very ids its prefixed text has, whatever the tokenizer does at the
+    boundary."""
     start_ids, _ = neutral_start(tokenizer)
     ids_all, positions, straddles = [], [], []
     for p in probes:
         enc = tokenizer(p.text, truncation=True, max_length=MAX_TOKENS, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        if p.prefix_lang is None:
-            ids, offsets = start_ids + ids, [(0, 0)] * len(start_ids) + offsets
         pos = overlapping_tokens(offsets, p.noun_start, p.noun_end)
         if not pos or pos[0] == 0:
             raise UserError(f"the noun of {p.text!r} has no tokens after position 0 (offsets {offsets})")
+        straddles.append(bool(p.text[offsets[pos[0]][0] : p.noun_start].strip()))
+        if p.alone:
+            n = len(start_ids)
+            ids, pos = start_ids + [ids[q] for q in pos], list(range(n, n + len(pos)))
         ids_all.append(ids)
         positions.append(pos)
-        straddles.append(bool(p.text[offsets[pos[0]][0] : p.noun_start].strip()))
     return ProbeTokens(ids_all, positions, straddles)
 
 
@@ -219,13 +241,18 @@ def noun_activations(
 ) -> dict[int, torch.Tensor]:
     """{layer: [n_probes, k] fp32}: each encoder's features averaged over each probe's noun tokens.
 
-    One forward pass over the probes (the shared engine, `forward.collect_tokens`), keeping only
-    noun tokens, at every layer's SAE read point (`encoder.read`).
+    One forward pass over the distinct probes (the shared engine, `forward.collect_tokens`; many alone
+    texts repeat: a noun's ids are the same after most prefixes), keeping only noun tokens, at every
+    layer's SAE read point (`encoder.read`).
     """
+    distinct: dict[tuple, int] = {}
+    pairs = zip(tokens.token_ids, tokens.noun_positions)
+    which = [distinct.setdefault((tuple(ids), tuple(pos)), len(distinct)) for ids, pos in pairs]
+    token_ids = [list(ids) for ids, _ in distinct]
     noun_mask = []
-    for ids, pos in zip(tokens.token_ids, tokens.noun_positions):
+    for ids, pos in distinct:
         m = torch.zeros(len(ids), dtype=torch.bool)
-        m[pos] = True
+        m[list(pos)] = True
         noun_mask.append(m)
 
     def keep(batch: Batch) -> torch.Tensor:
@@ -234,15 +261,15 @@ def noun_activations(
             mask[row, : len(noun_mask[j])] = noun_mask[j]
         return mask
 
-    batches = make_batches(tokens.token_ids, batch_size, pad_id)
+    batches = make_batches(token_ids, batch_size, pad_id)
     points = {str(L): enc.read for L, enc in encoders.items()}
     acts, text = collect_tokens(model, batches, points, keep, "forward (code-switching probes)")
-    n = len(tokens.token_ids)
+    n = len(token_ids)
     count = torch.bincount(text, minlength=n).float()
     out = {}
     for L, enc in encoders.items():
         a = enc(acts[str(L)].to(enc.W_enc.device)).cpu()  # [n_tokens, k]
-        out[L] = torch.zeros(n, a.shape[1]).index_add_(0, text, a) / count[:, None]
+        out[L] = (torch.zeros(n, a.shape[1]).index_add_(0, text, a) / count[:, None])[which]
     return out
 
 
@@ -257,26 +284,24 @@ def per_item_values(acts: np.ndarray, probes: Sequence[Probe], languages: Sequen
     """
     K = len(languages)
     li = {lang: k for k, lang in enumerate(languages)}
-    pre = np.full((n_items, K, K, K), np.nan)  # [item, prefix lang, noun lang, feature]
-    alone = np.full((n_items, K, K), np.nan)  # [item, noun lang, feature]
+    # [after prefix | alone, item, prefix lang X, noun lang Y, feature]; alone: the ids of (X, Y)'s noun
+    texts = np.full((2, n_items, K, K, K), np.nan)
     for j, p in enumerate(probes):
-        if p.prefix_lang is None:
-            alone[p.item, li[p.noun_lang]] = acts[j]
-        else:
-            pre[p.item, li[p.prefix_lang], li[p.noun_lang]] = acts[j]
+        texts[int(p.alone), p.item, li[p.prefix_lang], li[p.noun_lang]] = acts[j]
     k = np.arange(K)
     off = ~np.eye(K, dtype=bool)  # [X, Y]: X != Y
-    own_pre = pre[:, k, :, k].transpose(1, 0, 2)  # [item, X, Y]: X's feature on Y's noun after X's prefix
-    noun_pre = pre[:, :, k, k]  # [item, X, Y]: Y's feature on Y's noun after X's prefix
-    alone_t = alone.transpose(0, 2, 1)  # [item, feature X, noun Y]
+    # [item, X, Y]: X's feature (own) or Y's feature (noun) on Y's noun with the ids it has after X's prefix
+    own_pre, own_alone = (t[:, k, :, k].transpose(1, 0, 2) for t in texts)
+    noun_pre, noun_alone = (t[:, :, k, k] for t in texts)
     return {
         "same_noun_after_prefix": own_pre[:, k, k],
         "other_nouns_after_prefix": (own_pre * off).sum(2) / (K - 1),
-        "same_noun_alone": alone[:, k, k],
-        "other_nouns_alone": (alone_t * off).sum(2) / (K - 1),
+        "same_noun_alone": own_alone[:, k, k],
+        "other_nouns_alone": (own_alone * off).sum(2) / (K - 1),
         "own_noun_after_own_prefix": noun_pre[:, k, k],
         "own_noun_after_foreign_prefix": (noun_pre * off).sum(1) / (K - 1),
-        "own_noun_alone": alone[:, k, k],
+        "own_noun_alone": noun_alone[:, k, k],
+        "own_noun_alone_as_after_foreign_prefix": (noun_alone * off).sum(1) / (K - 1),
     }
 
 
@@ -287,7 +312,7 @@ def pair_matrices(acts: np.ndarray, probes: Sequence[Probe], languages: Sequence
     li = {lang: k for k, lang in enumerate(languages)}
     out = {m: np.full((n_items, K, K), np.nan) for m in CASES}
     for j, p in enumerate(probes):
-        if p.prefix_lang is not None:
+        if not p.alone:
             x, y = li[p.prefix_lang], li[p.noun_lang]
             out["prefix_feature"][p.item, x, y] = acts[j, x]
             out["noun_feature"][p.item, x, y] = acts[j, y]
@@ -386,19 +411,22 @@ def heatmap_rows(pairs: dict[str, np.ndarray], languages: Sequence[str], layer: 
 
 
 def item_rows(acts: dict[int, torch.Tensor], probes: Sequence[Probe], tokens: ProbeTokens, ps: ProbeSet, features: dict[int, list[int]]) -> list[dict]:
-    """Per-text values behind every number: one row per layer x probe x feature language, for the
-    prefix's and the noun's language on prefixed texts and every language on alone texts."""
+    """Per-text values behind every number: one row per layer x probe x feature language (the prefix's
+    and the noun's). `text` is after_prefix or alone; an alone row's prefix_lang names the text its
+    noun ids were cut from, so (item, prefix_lang, noun_lang) finds both sides of a pair, and
+    noun_token_ids shows they hold the same ids."""
     li = {lang: k for k, lang in enumerate(ps.languages)}
     rows = []
     for L in sorted(acts):
         a = acts[L].numpy()
         for j, p in enumerate(probes):
-            langs = ps.languages if p.prefix_lang is None else dict.fromkeys([p.prefix_lang, p.noun_lang])
-            for lang in langs:
+            noun_ids = " ".join(str(tokens.token_ids[j][q]) for q in tokens.noun_positions[j])
+            for lang in dict.fromkeys([p.prefix_lang, p.noun_lang]):
                 rows.append({
-                    "layer": L, "item": p.item, "concept": ps.concepts[p.item], "prefix_lang": p.prefix_lang or "",
+                    "layer": L, "item": p.item, "concept": ps.concepts[p.item],
+                    "text": "alone" if p.alone else "after_prefix", "prefix_lang": p.prefix_lang,
                     "noun_lang": p.noun_lang, "feature_lang": lang, "feature": features[L][li[lang]],
-                    "activation": float(a[j, li[lang]]), "n_noun_tokens": len(tokens.noun_positions[j]),
-                    "straddles": int(tokens.straddles[j]),
+                    "activation": float(a[j, li[lang]]), "noun_token_ids": noun_ids,
+                    "n_noun_tokens": len(tokens.noun_positions[j]), "straddles": int(tokens.straddles[j]),
                 })  # fmt: skip
     return rows

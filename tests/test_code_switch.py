@@ -75,10 +75,8 @@ def test_offset_alignment_finds_the_noun_without_spaces(tiny, lang):
             assert noun.endswith(ps.noun[p.item][lang]) and p.text.endswith(noun)
             continue
         assert noun.strip() == ps.noun[p.item][lang]
-        if p.prefix_lang is None:
-            # the neutral start, then at most the whitespace the noun has in its own sentence
-            assert ids[0] == tok.convert_tokens_to_ids("<|endoftext|>") and tok.decode(ids[1 : pos[0]]).strip() == ""
-            assert p.text == ps.prefix[p.item][lang][len(ps.prefix[p.item][lang].rstrip()) :] + ps.noun[p.item][lang]
+        if p.alone:  # the neutral start, then nothing but the noun's tokens
+            assert ids[0] == tok.convert_tokens_to_ids("<|endoftext|>") and pos[0] == 1
         else:
             assert tok.decode(ids[: pos[0]]) + noun == p.text
 
@@ -97,22 +95,92 @@ def test_offset_alignment_counts_a_straddling_token():
     tokens = code_switch.tokenize_probes(tok, [probe, code_switch.Probe(0, "cmn_Hans", "cmn_Hans", "我烤面包", 2, 4)])
     assert tokens.token_ids[0] == [1, 2, 3]
     assert tokens.noun_positions == [[2], [1, 2]] and tokens.straddles == [False, True]
+    # cut alone: the neutral start (id 0 here) + the straddling token as it is, not "面包" retokenised
+    cut = code_switch.Probe(0, "cmn_Hans", "cmn_Hans", "我烤面包", 2, 4, alone=True)
+    alone = code_switch.tokenize_probes(tok, [cut])
+    assert alone.token_ids == [[0, 2, 3]] and alone.noun_positions == [[1, 2]] and alone.straddles == [True]
+
+
+def _noun_ids_from_text(tok, text, noun_start):
+    """Brute force: tokenise the text, keep every token that ends after the noun starts (the noun ends the text)."""
+    enc = tok(text, return_offsets_mapping=True)
+    return [i for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]) if e > s and e > noun_start]
+
+
+def _readers(probes, languages, n_items):
+    """{(case, item, column): probes whose activations that cell of per_item_values reads}, found by
+    giving one probe at a time activation 1 in every column: independent of how the code pairs texts."""
+    out = {}
+    for j in range(len(probes)):
+        acts = np.zeros((len(probes), len(languages)))
+        acts[j] = 1.0
+        for case, v in code_switch.per_item_values(acts, probes, languages, n_items).items():
+            for i, k in zip(*np.nonzero(v)):
+                out.setdefault((case, i, k), []).append(j)
+    return out
+
+
+def test_every_prefixed_minus_alone_pair_holds_identical_noun_ids_with_qwen3(qwen3_tok):
+    """Qwen3's real tokenizer, the whole probe set: for every cell of every "after prefix − alone" contrast
+    (and the figure's same-noun pairs), the prefixed texts read and the alone texts read hold the same
+    multiset of noun token ids, each alone text being the neutral start + nothing but noun ids."""
+    ps = code_switch.load_probe_set()
+    probes = code_switch.build_probes(ps)
+    tokens = code_switch.tokenize_probes(qwen3_tok, probes)
+    eot = qwen3_tok.convert_tokens_to_ids("<|endoftext|>")
+    noun_ids = []
+    for p, ids, pos in zip(probes, tokens.token_ids, tokens.noun_positions):
+        if p.alone:  # what runs: the start, then the noun's tokens, all of them noun positions
+            assert ids[0] == eot and pos == list(range(1, len(ids)))
+            noun_ids.append(tuple(ids[1:]))
+        else:
+            assert [ids[q] for q in pos] == _noun_ids_from_text(qwen3_tok, p.text, p.noun_start)
+            noun_ids.append(tuple(_noun_ids_from_text(qwen3_tok, p.text, p.noun_start)))
+    readers = _readers(probes, ps.languages, len(ps.concepts))
+    pairs = [(a, b) for _, a, b in code_switch.CONTRASTS.values() if "alone" in b]
+    pairs += [("same_noun_after_prefix", "same_noun_alone"), ("own_noun_after_own_prefix", "own_noun_alone")]
+    assert {b for _, b in pairs} >= {"other_nouns_alone", "own_noun_alone_as_after_foreign_prefix"}
+    for a, b in pairs:
+        for i in range(len(ps.concepts)):
+            for k in range(len(ps.languages)):
+                pre, alone = readers[a, i, k], readers[b, i, k]
+                assert not any(probes[j].alone for j in pre) and all(probes[j].alone for j in alone)
+                assert len(pre) == len(alone) and len(pre) in (1, len(ps.languages) - 1)
+                assert sorted(noun_ids[j] for j in pre) == sorted(noun_ids[j] for j in alone), (a, b, i, k)
+
+
+def test_the_old_alone_text_tokenises_the_noun_differently_with_qwen3(qwen3_tok):
+    """Why alone texts are cut from ids: "… closed the 窗户" ends in `Ġç ª Ĺ æĪ·`, "窗户" tokenised
+    alone (the noun with its own sentence's whitespace, none in Chinese) is `çªĹæĪ·`. The cut text matches."""
+    ps = code_switch.load_probe_set()
+    i = ps.concepts.index("window")
+    prefix, noun = ps.prefix[i]["eng_Latn"], ps.noun[i]["cmn_Hans"]
+    assert prefix.endswith("closed the ") and noun == "窗户"
+    after = _noun_ids_from_text(qwen3_tok, prefix + noun, len(prefix))
+    old = _noun_ids_from_text(qwen3_tok, noun, 0)
+    assert qwen3_tok.convert_ids_to_tokens(after) == ["Ġç", "ª", "Ĺ", "æĪ·"]
+    assert qwen3_tok.convert_ids_to_tokens(old) == ["çªĹæĪ·"]
+    end = len(prefix) + len(noun)
+    probe = code_switch.Probe(i, "eng_Latn", "cmn_Hans", prefix + noun, len(prefix), end, alone=True)
+    assert code_switch.tokenize_probes(qwen3_tok, [probe]).token_ids[0][1:] == after
 
 
 def _brute_force_cases(acts, probes, languages, n_items):
     K = len(languages)
-    find = {(p.item, p.prefix_lang, p.noun_lang): j for j, p in enumerate(probes)}
+    find = {(p.item, p.prefix_lang, p.noun_lang, p.alone): j for j, p in enumerate(probes)}
     out = {c: np.zeros((n_items, K)) for cases in code_switch.CASES.values() for c in cases}
     for i in range(n_items):
         for k, x in enumerate(languages):
             others = [y for y in languages if y != x]
-            out["same_noun_after_prefix"][i, k] = acts[find[i, x, x], k]
-            out["other_nouns_after_prefix"][i, k] = np.mean([acts[find[i, x, y], k] for y in others])
-            out["same_noun_alone"][i, k] = acts[find[i, None, x], k]
-            out["other_nouns_alone"][i, k] = np.mean([acts[find[i, None, y], k] for y in others])
-            out["own_noun_after_own_prefix"][i, k] = acts[find[i, x, x], k]
-            out["own_noun_after_foreign_prefix"][i, k] = np.mean([acts[find[i, y, x], k] for y in others])
-            out["own_noun_alone"][i, k] = acts[find[i, None, x], k]
+            out["same_noun_after_prefix"][i, k] = acts[find[i, x, x, False], k]
+            out["other_nouns_after_prefix"][i, k] = np.mean([acts[find[i, x, y, False], k] for y in others])
+            out["same_noun_alone"][i, k] = acts[find[i, x, x, True], k]
+            out["other_nouns_alone"][i, k] = np.mean([acts[find[i, x, y, True], k] for y in others])
+            out["own_noun_after_own_prefix"][i, k] = acts[find[i, x, x, False], k]
+            out["own_noun_after_foreign_prefix"][i, k] = np.mean([acts[find[i, y, x, False], k] for y in others])
+            out["own_noun_alone"][i, k] = acts[find[i, x, x, True], k]
+            foreign_cut = [acts[find[i, y, x, True], k] for y in others]  # x's noun as cut after y's prefix
+            out["own_noun_alone_as_after_foreign_prefix"][i, k] = np.mean(foreign_cut)
     return out
 
 
@@ -148,7 +216,7 @@ def test_effect_layer_finds_a_planted_peak():
     rng = np.random.default_rng(1)
     acts = {L: rng.random((len(probes), len(LANGS))) * 0.1 for L in range(3)}
     for j, p in enumerate(probes):  # at layer 1, X's feature fires on every noun after X's prefix
-        if p.prefix_lang is not None:
+        if not p.alone:
             acts[1][j, LANGS.index(p.prefix_lang)] += 1.0
     values = {L: code_switch.per_item_values(a, probes, LANGS, len(ps.concepts)) for L, a in acts.items()}
     best, wins = code_switch.effect_layer(code_switch.measures(values, LANGS, seed=0, n_boot=200))
@@ -167,6 +235,7 @@ def test_noun_activations_match_a_batch1_forward(tiny, fake_nu, tiny_transcoders
     model, tok = tiny
     ps = code_switch.load_probe_set(languages=LANGS)
     probes = code_switch.build_probes(ps)[::7]  # prefixed and alone texts of several lengths
+    probes += probes[-3:]  # repeated texts: run once, each gets the value
     tokens = code_switch.tokenize_probes(tok, probes)
     nu = load_nu_results(fake_nu, None, 1)
     feats = {L: [lf.top(lang, [1])[0] for lang in LANGS] for L, lf in nu.layers.items()}
@@ -199,17 +268,31 @@ def test_script_end_to_end_resumes_and_recomputes_from_items(tiny_args, fake_nu,
     L, x = "2", "cmn_Hans"
     per_item = [
         np.mean([float(r["activation"]) for r in items if r["layer"] == L and r["item"] == str(i) and r["prefix_lang"] == x
-                 and r["noun_lang"] != x and r["feature_lang"] == x])
+                 and r["noun_lang"] != x and r["feature_lang"] == x and r["text"] == "after_prefix"])
         for i in range(n_items)
     ]  # fmt: skip
     row = next(r for r in results if (r["layer"], r["case"], r["language"]) == (L, "other_nouns_after_prefix", x))
     assert float(row["value"]) == pytest.approx(np.mean(per_item), rel=1e-4)
     assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"]) and row["n_items"] == str(n_items)
+    # the paper's contrast from the per-text table: each prefixed row minus the alone row cut from the same
+    # (item, prefix_lang, noun_lang), which holds the same noun token ids
+    at = [r for r in items if r["layer"] == L and r["feature_lang"] == x]
+    rows = {(r["text"], r["item"], r["prefix_lang"], r["noun_lang"]): r for r in at}
+    diffs = []
+    for (text, i, px, y), r in rows.items():
+        if text == "after_prefix" and px == x and y != x:
+            alone = rows["alone", i, px, y]
+            assert alone["noun_token_ids"] == r["noun_token_ids"]
+            diffs.append(float(r["activation"]) - float(alone["activation"]))
+    row = next(r for r in results if (r["layer"], r["case"], r["language"]) == (L, code_switch.EFFECT, x))
+    assert len(diffs) == n_items * (len(LANGS) - 1)
+    assert float(row["value"]) == pytest.approx(np.mean(diffs), rel=1e-4)
     meta = json.loads((fdir / "code_switching_meta.json").read_text())
     assert meta["heatmap_layer"] in (0, 1, 2) and meta["features"]["2"][x] == int(row["feature"])
     assert len(_read_csv(fdir / "code_switching_heatmap.csv")) == 2 * len(LANGS) ** 2
+    figures = resolve(build_parser("t").parse_args(argv)).output_dir  # wherever the run's config puts them
     for name in ("code_switching_prefix_feature.png", "code_switching_noun_feature.pdf", "code_switching_heatmap.png"):
-        assert (tmp_path / "output" / "run" / name).stat().st_size > 1000, name
+        assert (figures / name).stat().st_size > 1000, name
 
     def fail(*a, **k):
         raise AssertionError("recomputed")
