@@ -187,7 +187,8 @@ def compute_records(model, tokenizer, task: str, lang: str, items: list, edits: 
     records = [[{"id": it.id, "gold": it.gold} for it in items] for _ in range(C)]
     if task in ("qa", "sentiment"):
         gens = greedy_generate(
-            model, prompt_ids, edits, stop_token_ids(tokenizer), eng.pad_id, eng.max_new_tokens, eng.rows_per_forward, f"{task} {lang}: generate"
+            model, prompt_ids, edits, stop_token_ids(tokenizer, model), eng.pad_id, eng.max_new_tokens,
+            eng.rows_per_forward, f"{task} {lang}: generate",
         )  # fmt: skip
         for c in range(C):
             for i, it in enumerate(items):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 from tqdm.auto import tqdm
 
 from langsae.model import HookPoint, decoder_layers, hook_module
@@ -306,12 +307,35 @@ class Fp32Head:
     bias: torch.Tensor | None
 
 
+# weight Parameter -> (its state when copied, the fp32 copy); keyed by identity, never keeps a model alive
+_FP32_HEADS = WeakIdKeyDictionary()
+
+
+def _state(t: torch.Tensor | None) -> tuple | None:
+    """What identifies a tensor's current values without reading them: storage, version (bumped by every
+    in-place write), dtype, device and shape."""
+    return None if t is None else (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+
+
 def fp32_head(model) -> Fp32Head:
-    """The LM head in fp32. For a bf16 model this is a copy (V x d x 4 bytes: 0.6 GB for Qwen3-0.6B),
-    so callers make it once per pass over many chunks, not per chunk; for an fp32 model it is the weight itself."""
+    """The LM head in fp32, made once per model: for an fp32 model the weight itself (no copy); for a bf16
+    model a copy (V x d x 4 bytes: 0.6 GB for Qwen3-0.6B) that is cached for as long as the weight lives
+    and made anew when the weight (or bias) is replaced, moved or written in place."""
     head = model.lm_head
-    bias = getattr(head, "bias", None)
-    return Fp32Head(head.weight.float(), None if bias is None else bias.float())
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+        return Fp32Head(weight, bias)
+    state = (_state(weight), _state(bias))
+    cached = _FP32_HEADS.get(weight)
+    if cached is None or cached[0] != state:
+        copy = Fp32Head(weight.detach().float(), None if bias is None else bias.detach().float())
+        cached = _FP32_HEADS[weight] = (state, copy)
+    return cached[1]
+
+
+def _project(final_hidden: torch.Tensor, head: Fp32Head) -> torch.Tensor:
+    """The head's matmul in fp32 (F.linear, the op nn.Linear runs: an fp32 model's logits are bit-identical)."""
+    return torch.nn.functional.linear(final_hidden.float(), head.weight, head.bias)
 
 
 def logits_from_hidden(model, final_hidden: torch.Tensor, head: Fp32Head | None = None) -> torch.Tensor:
@@ -321,14 +345,37 @@ def logits_from_hidden(model, final_hidden: torch.Tensor, head: Fp32Head | None 
     round every logit to bf16 (relative error up to 2^-8, so up to ~0.04 on a logit of 10),
     noise of the size of the small ΔCEs we measure. head: `fp32_head(model)`, made here if None.
     """
-    head = head or fp32_head(model)
-    logits = final_hidden.float() @ head.weight.T
-    if head.bias is not None:
-        logits = logits + head.bias
+    logits = _project(final_hidden, head or fp32_head(model))
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+class _Fp32LmHead(torch.nn.Module):
+    """Stands in for `model.lm_head` (see `fp32_lm_head`): fp32 logits from the cached fp32 head. The head
+    is a plain attribute, not a parameter, so `model.parameters()` (and the model's dtype) do not change."""
+
+    def __init__(self, head: Fp32Head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _project(hidden, self.head)
+
+
+@contextmanager
+def fp32_lm_head(model) -> Iterator[None]:
+    """While active, the model's own forward (and so `model.generate`) computes its logits with the fp32 head:
+    greedy argmax as log-likelihoods see it, not of bf16-rounded logits. The model's own code still applies
+    what follows its head (Gemma 2's soft-cap), now on fp32 logits. A logits processor could not do this:
+    the logits it gets are already rounded."""
+    original = model.lm_head
+    model.lm_head = _Fp32LmHead(fp32_head(model))
+    try:
+        yield
+    finally:
+        model.lm_head = original
 
 
 def predicted_tokens(

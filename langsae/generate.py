@@ -13,7 +13,10 @@ conditions on the batch (default `forward.stacked_edits`; `langsae.steering.stac
 steering), so every kind of condition runs through this one engine.
 
 - `greedy_generate`: transformers' own `model.generate` (greedy, KV cache on), left-padded
-  batches, stopping per row at a newline-bearing token, an EOS token, or `max_new_tokens`.
+  batches, stopping per row at a stop token (`stop_token_ids`: a newline-bearing token or any of the
+  model's EOS ids, `eos_token_ids`) or after `max_new_tokens`. The argmax is taken of fp32 logits:
+  while it runs, `model.lm_head` is the cached fp32 head (`forward.fp32_lm_head`), as in log-likelihoods,
+  so a bf16 model decodes by the logits its log-likelihoods are scored with, not by bf16-rounded ones.
 - `continuation_logprobs`: sum of a continuation's token log-probabilities after a prompt, through
   the model's own forward; each distinct prompt runs once per condition and its continuations run
   on copies of its KV cache; LM head in fp32 (`forward.logits_from_hidden`).
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from langsae.forward import fp32_head, logits_from_hidden, stacked_edits
+from langsae.forward import fp32_head, fp32_lm_head, logits_from_hidden, stacked_edits
 from langsae.model import HookPoint
 
 DEFAULT_ROWS = 64  # rows (items x conditions) per forward
@@ -56,13 +59,28 @@ def _newline_ids(tokenizer) -> frozenset[int]:
     return frozenset(i for i, s in enumerate(decoded) if "\n" in s)
 
 
-def stop_token_ids(tokenizer) -> list[int]:
+def _as_ids(value) -> set[int]:
+    """An eos_token_id setting (None, an int, or a list of ints) as a set."""
+    if value is None:
+        return set()
+    return {int(v) for v in value} if isinstance(value, (list, tuple)) else {int(value)}
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a text: the EOS ids of the model's generation config and of its config, and the
+    tokenizer's EOS. Sorted. The stages build their own GenerationConfig, so the model's list would be lost:
+    Qwen3's lists <|endoftext|> (151643, how the base model ends a document) besides <|im_end|> (151645,
+    the tokenizer's EOS); without it a base model's answer runs on past <|endoftext|> into a new text."""
+    ids = _as_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    for config in (model.config, model.config.get_text_config()):
+        ids |= _as_ids(getattr(config, "eos_token_id", None))
+    return sorted(ids | _as_ids(tokenizer.eos_token_id))
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
     """Tokens that end an answer: every token whose text contains a newline (byte-level BPE merges
-    newlines into many tokens, e.g. ".\\n"), and the tokenizer's EOS. Sorted."""
-    ids = set(_newline_ids(tokenizer))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return sorted(ids)
+    newlines into many tokens, e.g. ".\\n"), and every EOS id (`eos_token_ids`). Sorted."""
+    return sorted(set(_newline_ids(tokenizer)) | set(eos_token_ids(model, tokenizer)))
 
 
 def _chunks(n_items: int, n_conditions: int, rows_per_forward: int) -> tuple[int, int]:
@@ -137,7 +155,7 @@ def greedy_generate(
         idx, group = order[s : s + per_chunk], list(edits[g : g + per_group])
         ids, mask = left_pad([prompts[i] for i in idx], pad_id)
         n = len(group)
-        with stack(model, group, len(idx)):
+        with stack(model, group, len(idx)), fp32_lm_head(model):
             gen = model.generate(
                 input_ids=ids.repeat(n, 1).to(dev), attention_mask=mask.repeat(n, 1).to(dev), generation_config=config
             )

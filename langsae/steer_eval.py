@@ -10,10 +10,11 @@ A condition steers source-language prompts towards a target language at layers L
   random_gate   alpha * v gated by k random live features of layer L (control)
 Tasks (`TASKS`), per source language, on its evaluation texts (disjoint from the selection texts
 that made the vectors and chose the features):
-  lid           adversarial language identification: LID_PROMPT, greedy answer (stops at a newline);
-                success = the first language named in the answer is the target (English or native name,
-                case-insensitive); also the log-probability of the whole " <English name>" after the prompt
-  continuation  the text itself as prompt, greedy continuation of --max-new-tokens (stops at EOS only);
+  lid           adversarial language identification: LID_PROMPT, greedy answer (stops at a newline or an EOS);
+                success = the first language named in the answer is the target (English or native name, a
+                whole word, case- and normalisation-insensitive: `named_language`); also the log-probability
+                of the whole " <English name>" after the prompt
+  continuation  the text itself as prompt, greedy continuation of --max-new-tokens (stops at an EOS only);
                 success = `langsae.langid.identify` assigns it to the target; degenerate = empty, or one
                 token makes up more than half of it
   collateral    per-text mean next-token CE, steering active, on the evaluation texts of every language
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import math
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -39,7 +41,7 @@ from langsae.artifacts import config_hash
 from langsae.data import Texts
 from langsae.downstream import UnitStore
 from langsae.features import NuResults
-from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
+from langsae.generate import continuation_logprobs, eos_token_ids, greedy_generate, stop_token_ids
 from langsae.steering import Gate, Steering, SteeringVectors, make_gate, random_direction_like, stacked_steering
 from langsae.sweep import random_draw
 
@@ -50,10 +52,11 @@ CONTROLS = (NONE, RANDOM_DIR, RANDOM_GATE)
 DRAWN = (RANDOM_DIR, RANDOM_GATE)  # methods with seeded random draws
 
 # The prompt; PROMPT_VERSION is part of every cache key, so editing it invalidates old results.
-PROMPT_VERSION = 1
+# 2: answers stop at every EOS id of the model, greedy argmax of the fp32 head, whole-word name parser.
+PROMPT_VERSION = 2
 LID_PROMPT = "Text: {text}\nQuestion: In which language is the text above written?\nAnswer: The text is written in"
 
-# FLORES+ code -> (English name, native names...); matched case-insensitively (casefold).
+# FLORES+ code -> (English name, native names...); whole words after NFC and casefold (`named_language`).
 LANGUAGE_NAMES = {
     "eng_Latn": ("English",),
     "spa_Latn": ("Spanish", "español", "espanol", "castellano"),
@@ -64,7 +67,7 @@ LANGUAGE_NAMES = {
     "kor_Hang": ("Korean", "한국어", "조선어"),
     "tha_Thai": ("Thai", "ภาษาไทย", "ไทย"),
     "vie_Latn": ("Vietnamese", "tiếng việt", "tieng viet"),
-    "arb_Arab": ("Arabic", "العربية", "عربي"),
+    "arb_Arab": ("Arabic", "العربية", "بالعربية", "عربي"),
     "deu_Latn": ("German", "deutsch"),
     "ita_Latn": ("Italian", "italiano"),
     "rus_Cyrl": ("Russian", "русский"),
@@ -86,15 +89,62 @@ def english_name(code: str) -> str:
     return LANGUAGE_NAMES[code][0]
 
 
+# Phrases that hold a name as a whole word but name a country or a people, not a language; masked before
+# matching. Derived words of spaced scripts need no entry, the whole-word rule keeps them out: "Englishman",
+# "Thailand", "Prussian" (never Russian), "Portugal", "Russia", "Deutschland", "Frenchwoman". An adjective
+# standing alone ("English", "Thai") is read as the language: in an answer to LID_PROMPT it names one.
+NOT_LANGUAGES = (
+    "ประเทศไทย",  # Thailand ("country" + Thai): Thai writes words without spaces, so no boundary keeps it out
+    "คนไทย", "ชาวไทย",  # Thai people
+    "العربية السعودية",  # (the Kingdom of) Saudi Arabia
+    "الإمارات العربية",  # the United Arab Emirates
+    "الدول العربية",  # the Arab states
+)  # fmt: skip
+
+# Scripts that write words without spaces (CJK, Thai and its neighbours), and Hangul, whose particles
+# attach to the word before them ("한국어로", in Korean): a name in these scripts needs no boundary on that side.
+_UNSPACED = tuple("CJK IDEOGRAPHIC HIRAGANA KATAKANA THAI LAO KHMER MYANMAR HANGUL".split()) + (
+    "HALFWIDTH KATAKANA", "HALFWIDTH HANGUL",
+)
+
+
+def _fold(text: str) -> str:
+    """NFC, casefolded, NFC again (casefold can undo composition): one form for "tiếng việt" typed any way."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
+
+
+def _joins(ch: str) -> bool:
+    """Whether `ch` continues a word of a script that separates words by spaces (a letter, mark or digit)."""
+    return unicodedata.category(ch)[0] in "LMN" and not unicodedata.name(ch, "").startswith(_UNSPACED)
+
+
+def _whole_word(text: str, name: str) -> int:
+    """Where `name` first occurs in `text` as a whole word; -1 if it does not. A side is a boundary unless
+    both the name's character there and its neighbour outside continue a spaced-script word: "Thailand"
+    holds no "thai", but "ภาษาไทยครับ" holds "ภาษาไทย" and "Englishです" holds "english"."""
+    at = text.find(name)
+    while at >= 0:
+        end = at + len(name)
+        left = at > 0 and _joins(text[at - 1]) and _joins(text[at])
+        right = end < len(text) and _joins(text[end - 1]) and _joins(text[end])
+        if not (left or right):
+            return at
+        at = text.find(name, at + 1)
+    return -1
+
+
 def named_language(answer: str, candidates: Sequence[str] = tuple(LANGUAGE_NAMES)) -> str | None:
-    """The candidate language whose name (English or native, case-insensitive) occurs first in `answer`;
-    None when none does. "French, not English" names French. Of names starting at the same place the
-    longest wins."""
-    text = answer.casefold()
+    """The candidate language whose name (English or native) occurs first in `answer` as a whole word
+    (`_whole_word`), after NFC normalisation and casefolding of both and with the NOT_LANGUAGES phrases
+    masked; None when none does. "French, not English" names French. Of names starting at the same place
+    the longest wins."""
+    text = _fold(answer)
+    for phrase in NOT_LANGUAGES:
+        text = text.replace(_fold(phrase), " ")
     best = None  # (start, -length, code)
     for code in candidates:
-        for name in LANGUAGE_NAMES[code]:
-            at = text.find(name.casefold())
+        for name in map(_fold, LANGUAGE_NAMES[code]):
+            at = _whole_word(text, name)
             if at >= 0 and (best is None or (at, -len(name)) < best[:2]):
                 best = (at, -len(name), code)
     return None if best is None else best[2]
@@ -208,7 +258,8 @@ def lid_prompt(text: str) -> str:
 def lid_records(model, tokenizer, texts, ids, conditions, edits, s: TaskSettings, desc: str) -> list[list[dict]]:
     """[C][N] per-item records of the language-identification task."""
     prompts = [tokenizer(lid_prompt(t))["input_ids"] for t in texts]
-    gens = greedy_generate(model, prompts, edits, stop_token_ids(tokenizer), s.pad_id, s.lid_max_new_tokens,
+    stops = stop_token_ids(tokenizer, model)
+    gens = greedy_generate(model, prompts, edits, stops, s.pad_id, s.lid_max_new_tokens,
                            s.rows_per_forward, f"{desc}: generate", stack=stacked_steering)  # fmt: skip
     logprob = np.full((len(conditions), len(prompts)), np.nan)
     for target in dict.fromkeys(c.target for c in conditions):  # one engine call per target name, its conditions stacked
@@ -232,7 +283,7 @@ def continuation_records(model, tokenizer, texts, ids, conditions, edits, s: Tas
     from langsae.langid import identify
 
     prompts = [tokenizer(t)["input_ids"] for t in texts]
-    stops = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    stops = eos_token_ids(model, tokenizer)  # EOS only, newlines do not end a continuation
     gens = greedy_generate(model, prompts, edits, stops, s.pad_id, s.max_new_tokens, s.rows_per_forward,
                            f"{desc}: generate", stack=stacked_steering)  # fmt: skip
     out = []

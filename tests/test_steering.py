@@ -272,7 +272,7 @@ def test_steering_through_the_engine_equals_an_uncached_batch1_loop(untied, nu, 
             assert got[c][i] == _steer_reference(model, p, s, set(stops), 6), (c, i)
     assert got[1] == got[0] and got[2] == got[0]  # alpha = 0
     assert any(got[c] != got[0] for c in range(3, len(conditions)))  # the steering does something
-    assert stop_token_ids(tok)  # (the engine's usual stops exist; continuation uses EOS only)
+    assert stop_token_ids(tok, model)  # (the engine's usual stops exist; continuation uses EOS only)
 
 
 def test_steered_loglik_equals_a_manual_sum(untied, nu, texts):
