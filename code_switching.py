@@ -1,8 +1,10 @@
 """Code-switching (Section 4): a language's feature on a code-switched noun, at every layer.
 
 Runs the project's probe set (data/code_switch.jsonl: per item, one sentence per language ending in
-the same noun) with every prefix language X and every noun language Y, and each noun alone after a
-neutral one-token start. At every layer it reads each language's top feature (the nu stage's saved
+the same noun) with every prefix language X and every noun language Y, and, for each such text, its
+noun alone: a neutral one-token start + the noun's token ids exactly as they are in that text (cut
+from its ids, never retokenised), so every "after prefix − alone" contrast compares identical ids.
+At every layer it reads each language's top feature (the nu stage's saved
 encoder rows, at the SAE's read point: the MLP input for a transcoder) on the noun's tokens, found
 by offset mapping. Writes:
   sae_features/<run>/code_switching/layer_L.pt     per-probe noun activations (cache, keyed by a config hash)
@@ -79,7 +81,10 @@ def main(argv=None) -> dict:
         "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"], "languages": languages, "rank": args.rank,
         "probe_file_sha256": file_sha256(args.probe_file), "neutral_start": code_switch.neutral_start(tokenizer)[1],
         # what actually runs: a change in how probes are built or tokenised invalidates the cache too
-        "probe_tokens": config_hash({"ids": tokens.token_ids, "noun_positions": tokens.noun_positions}),
+        "probe_tokens": config_hash({
+            "ids": tokens.token_ids, "noun_positions": tokens.noun_positions,
+            "alone": [p.alone for p in probes],  # alone texts: noun ids cut from each prefixed text
+        }),
     }  # fmt: skip
     chash = config_hash(settings)
     cdir = cfg.features_dir / "code_switching"
@@ -116,11 +121,15 @@ def main(argv=None) -> dict:
          "noun_tokens": "tokens whose character span overlaps the noun's (offset mapping); a token straddling the "
                         "prefix and the noun counts (items.csv: straddles)",
          "cases": code_switch.CASES, "contrasts": code_switch.CONTRASTS,
+         "alone_texts": "one per prefixed text (X, Y): the neutral start + that text's noun token ids, "
+                        "cut from its ids (never retokenised), so each after-prefix − alone contrast "
+                        "compares identical ids; items.csv: text alone, prefix_lang = the text cut from",
          "heatmap_layer": best, "heatmap_layer_rule": f"largest mean over languages of {code_switch.EFFECT}, on all items",
          "heatmap_layer_bootstrap_wins": {str(L): w for L, w in wins.items()},
          "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
                        "resampling": "items with replacement, one draw shared by all languages and layers"},
-         "n_straddling_nouns": int(sum(tokens.straddles)), "figures": [str(f) for f in figures],
+         "n_straddling_nouns": sum(s for s, p in zip(tokens.straddles, probes) if not p.alone),
+         "figures": [str(f) for f in figures],
          "versions": package_versions()},
         fdir / "code_switching_meta.json",
     )  # fmt: skip

@@ -460,7 +460,8 @@ def _modal_peak(a: Artifacts) -> int | None:
 
 def code_switching_claim(a: Artifacts) -> Evidence | None:
     """X's top feature on nouns of other languages after X's prefix, minus the same nouns alone (paired
-    by item), per language at the layer where most of Section 5's held-out peaks lie: a layer chosen
+    by item; each alone text holds the very noun token ids of the prefixed text it is cut from), per
+    language at the layer where most of Section 5's held-out peaks lie: a layer chosen
     without the probe items. Before Section 5 (or when code switching did not measure that layer),
     the layer of the largest mean effect, which is chosen on the same items and said so."""
     rows, meta = a.csv("code_switching_results.csv"), a.json("code_switching_meta.json")
@@ -476,8 +477,10 @@ def code_switching_claim(a: Artifacts) -> Evidence | None:
     verdicts = [interval_verdict(_value_ci(r)) for r in at]
     numbers = (f"layer {layer} ({how}; {at[0]['n_items'] if at else '?'} items): {verdicts.count(SUPPORTED)}/{len(at)} languages "
                "with a CI above zero: " + "; ".join(f"{_short(r['language'])} {_value_ci(r)}" for r in at))  # fmt: skip
-    control = "paired: the same nouns alone; mean over languages by layer: " + "; ".join(
-        f"L{r['layer']} {_value_ci(r)}" for r in effect if r["language"] == "mean"
+    by_layer = "; ".join(f"L{r['layer']} {_value_ci(r)}" for r in effect if r["language"] == "mean")
+    control = (
+        "paired: the same noun token ids alone (cut from each code-switched text, after a neutral start); "
+        f"mean over languages by layer: {by_layer}"
     )
     return Evidence(numbers, control, a.figure("code_switching_prefix_feature.png"), combine(verdicts, "most"))
 
@@ -733,7 +736,8 @@ def code_switching_section(a: Artifacts) -> list[str]:
     names = list(dict.fromkeys(r["case"] for r in contrasts))
     table = [(L, *(_value_ci(next(r for r in contrasts if r["case"] == n and int(r["layer"]) == L)) for n in names)) for L in layers]
     lines = [f"## {title}", "", f"Mean over languages of each paired contrast, {contrasts[0]['n_items']} items; heatmap layer {meta['heatmap_layer']} "
-             f"({meta['heatmap_layer_rule']}).", ""]  # fmt: skip
+             f"({meta['heatmap_layer_rule']}). Each alone text is the neutral start + the noun token ids of the "
+             "code-switched text it is paired with, so after prefix − alone compares identical ids.", ""]  # fmt: skip
     lines += _table(["layer", *names], table)
     return lines + _images(a, ["code_switching_prefix_feature.png", "code_switching_noun_feature.png", "code_switching_heatmap.png"])
 
