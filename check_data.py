@@ -34,6 +34,7 @@ from langsae.data import BUNDLED, DATA_DIR, SIB_CATEGORIES, Texts, load_texts, r
 from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import load_tokenizer
+from langsae.provenance import data_record
 from langsae.stages import finished
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,8 @@ def main(argv=None):
     save_json(
         {"stage": "check_data", "status": status, "checks": [vars(c) for c in results], "config": cfg.describe(),
          "sets": {k: {lang: len(v) for lang, v in s.items()} for k, s in texts.items()}, "data_source": selection.source,
+         "data": data_record(cfg, (selection, evaluation),
+                             {"qa": xquad, "topic": sib_rows, "sentiment": amazon}),
          "versions": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
         path,
     )  # fmt: skip

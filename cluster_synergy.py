@@ -23,6 +23,7 @@ from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
+from langsae.provenance import data_record
 from langsae.stages import finished
 
 
@@ -80,7 +81,8 @@ def main(argv=None):
          "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
                        "resampling": "sentence ids with replacement, one draw shared by all languages"},
          "n_pairs": len(pairs), "computed": result.computed, "cached": result.cached,
-         "figures": [str(f) for f in figures], "versions": package_versions()},
+         "figures": [str(f) for f in figures], "data": data_record(cfg, ("evaluation",)),
+         "versions": package_versions()},
         fdir / "cluster_synergy_summary.json",
     )  # fmt: skip
     print(synergy.format_summary(summary))

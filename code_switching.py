@@ -30,6 +30,7 @@ from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.provenance import data_record
 from langsae.stages import finished
 
 log = logging.getLogger(__name__)
@@ -120,17 +121,17 @@ def main(argv=None) -> dict:
          "items": list(ps.concepts), "n_texts": len(probes), "probe_file": str(args.probe_file),
          "noun_tokens": "tokens whose character span overlaps the noun's (offset mapping); a token straddling the "
                         "prefix and the noun counts (items.csv: straddles)",
-         "cases": code_switch.CASES, "contrasts": code_switch.CONTRASTS,
          "alone_texts": "one per prefixed text (X, Y): the neutral start + that text's noun token ids, "
                         "cut from its ids (never retokenised), so each after-prefix − alone contrast "
                         "compares identical ids; items.csv: text alone, prefix_lang = the text cut from",
+         "cases": code_switch.CASES, "contrasts": code_switch.CONTRASTS,
          "heatmap_layer": best, "heatmap_layer_rule": f"largest mean over languages of {code_switch.EFFECT}, on all items",
          "heatmap_layer_bootstrap_wins": {str(L): w for L, w in wins.items()},
          "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
                        "resampling": "items with replacement, one draw shared by all languages and layers"},
          "n_straddling_nouns": sum(s for s, p in zip(tokens.straddles, probes) if not p.alone),
          "figures": [str(f) for f in figures],
-         "versions": package_versions()},
+         "versions": package_versions(), "data": data_record(files=(args.probe_file,))},
         fdir / "code_switching_meta.json",
     )  # fmt: skip
     mean_effect = [r for r in results if r["case"] == code_switch.EFFECT and r["language"] == code_switch.ALL_LANGUAGES and r["layer"] == best]

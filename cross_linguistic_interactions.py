@@ -23,6 +23,7 @@ from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
+from langsae.provenance import data_record
 from langsae.stages import finished
 
 DEFAULT_K = 5
@@ -130,7 +131,8 @@ def main(argv=None):
                        "resampling": "sentence ids with replacement, one draw shared by all languages",
                        "random_reference": "draws resampled with replacement as well as sentence ids",
                        "stability_resamples": args.stability_boot},
-         "figures": [str(f) for f in figures], "versions": package_versions()},
+         "figures": [str(f) for f in figures], "data": data_record(cfg, ("evaluation",)),
+         "versions": package_versions()},
         fdir / "interaction_meta.json",
     )  # fmt: skip
     print(interactions.format_clusters(clusters))

@@ -29,6 +29,7 @@ from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.provenance import data_record
 from langsae.stages import finished
 
 TOY = PRESETS["toy"].defaults
@@ -170,7 +171,8 @@ def main(argv=None):
          "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
                        "resampling": "items with replacement; XQuAD and SIB-200 ids jointly across languages, Amazon reviews per language; deltas paired by item",
                        "random_control": "mean over draws; its CI resamples draws as well as items"},
-         "summary_rule": downstream.SUMMARY_RULE, "figures": [str(f) for f in figures], "versions": package_versions()},
+         "summary_rule": downstream.SUMMARY_RULE, "figures": [str(f) for f in figures], "versions": package_versions(),
+         "data": data_record(cfg, (selection,), items)},
         fdir / f"downstream_meta{suffix}.json",
     )  # fmt: skip
     print(downstream.format_summary(summary))

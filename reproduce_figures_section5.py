@@ -20,6 +20,7 @@ from langsae.artifacts import package_versions, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.model import check_layers, model_config
+from langsae.provenance import data_record
 from langsae.stages import finished
 
 
@@ -67,7 +68,8 @@ def main(argv=None):
                        "random_control": "draws resampled with replacement as well as sentence ids"},
          "split_seed": cfg.seed, "peak_rule": section5.PEAK_RULE,
          "n_sentence_ids": len(set(evalset.sentence_ids.tolist())),
-         "figures": [str(f) for f in figures], "versions": package_versions()},
+         "figures": [str(f) for f in figures], "data": data_record(cfg, ("evaluation",)),
+         "versions": package_versions()},
         fdir / f"section5_meta{suffix}.json",
     )  # fmt: skip
     print(section5.format_summary(summary))

@@ -33,6 +33,7 @@ from langsae.data import load_texts, validate_languages
 from langsae.downstream import UnitStore
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.provenance import data_record
 from langsae.stages import finished
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,8 @@ def main(argv=None):
          "degenerate_rule": "empty, or one token more than half of the generated tokens", "evaluation": evaluation.source,
          "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
                        "resampling": "sentence ids with replacement, jointly across languages; random draws resampled for the controls"},
-         "best_rule": se.BEST_RULE, "figures": [str(f) for f in figures], "versions": package_versions()},
+         "best_rule": se.BEST_RULE, "figures": [str(f) for f in figures], "versions": package_versions(),
+         "data": data_record(cfg, (selection, evaluation))},
         fdir / "steering_meta.json",
     )  # fmt: skip
     if summary:

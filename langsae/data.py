@@ -35,6 +35,10 @@ SELECTION_FILE = DATA_DIR / "flores_deng2025" / "multilingual_data.jsonl.gz"
 EVALUATION_FILE = DATA_DIR / "flores_deng2025" / "multilingual_data_test.jsonl.gz"
 SIB_DIR = DATA_DIR / "sib200"
 FLORES_PLUS_REPO = "openlanguagedata/flores_plus"
+# The commit every load asks for, so a run says which FLORES+ it read (recorded in each stage's meta).
+# Not checked against the hub from here (no access): it is the commit that several public projects pin
+# as FLORES+ v4.6. To move it, look up the hub's history and change this line (caches are per revision).
+FLORES_PLUS_REVISION = "5fec6c13f9e5a4db2f745d4ec0d7c9721ddc4f06"
 
 # The paper's ten languages, in the bundled files' block order; FLORES+ code -> bundled "lan".
 BUNDLED = {
@@ -129,6 +133,8 @@ class Texts:
     source: str  # where they came from, for metadata
     ids: dict[str, list[str]] = field(default_factory=dict)  # parallel to by_language; see SENTENCE_IDS
     origins: dict[str, str] = field(default_factory=dict)  # language -> DENG, SIB or HUB; ids are parallel within one origin
+    files: tuple[Path, ...] = ()  # the bundled files they were read from (source_files)
+    hub: dict[str, str] = field(default_factory=dict)  # hub dataset -> the revision read
 
     def flat(self) -> tuple[list[str], list[int]]:
         """All texts in one list, and the language index of each."""
@@ -157,6 +163,11 @@ class SibRow(NamedTuple):
 
 def _sib_path(lang: str) -> Path:
     return SIB_DIR / f"{FLORES_PLUS_TO_SIB.get(lang, lang)}.tsv.gz"
+
+
+def sib_file(lang: str) -> Path:
+    """The bundled SIB-200 file of a FLORES+ code (which may not exist: see sib200_languages)."""
+    return _sib_path(lang)
 
 
 def sib200_languages() -> tuple[str, ...]:
@@ -268,7 +279,7 @@ TOKEN_HELP = (
 def _not_bundled(languages: list[str], why: str) -> str:
     return (
         f"not bundled (in neither Deng et al.'s files nor SIB-200): {', '.join(languages)}; "
-        f"these need the gated hub dataset {FLORES_PLUS_REPO}: {why}"
+        f"these need the gated hub dataset {FLORES_PLUS_REPO} at revision {FLORES_PLUS_REVISION}: {why}"
     )
 
 
@@ -306,9 +317,11 @@ def load_flores_plus(lang: str, split: str) -> list[str]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(FLORES_PLUS_REPO, lang, split=split, token=token)
+        ds = datasets.load_dataset(FLORES_PLUS_REPO, lang, split=split, revision=FLORES_PLUS_REVISION,
+                                   token=token)
     except Exception as e:  # datasets raises many types for network/auth problems
-        raise UserError(hub_error_message(f"dataset {FLORES_PLUS_REPO} ({lang}, {split})", e)) from e
+        what = f"dataset {FLORES_PLUS_REPO} at revision {FLORES_PLUS_REVISION} ({lang}, {split})"
+        raise UserError(hub_error_message(what, e)) from e
     return list(ds["text"])
 
 
@@ -377,7 +390,26 @@ def load_texts(languages: tuple[str, ...], which: str, n_per_lang: int, split: s
         texts, sids = loaded[lang]
         by_lang[lang] = _first_n(texts, n_per_lang, lang, _source_label(origins[lang], which, split))
         ids[lang] = sids[: len(by_lang[lang])]
-    return Texts(tuple(languages), by_lang, _describe(origins, which, split), ids, origins)
+    files, hub = source_files(languages, which, split)
+    return Texts(tuple(languages), by_lang, _describe(origins, which, split), ids, origins, tuple(files), hub)
+
+
+def source_files(languages, which: str, split: str) -> tuple[list[Path], dict[str, str]]:
+    """The bundled files and the hub datasets (repo -> revision) that `load_texts(languages, which, n,
+    split)` reads, whatever n: Deng's file and SIB's English (for sentence ids); a SIB language's
+    file, plus Deng's selection file and SIB's English when evaluating (SIB_RULE's exclusions)."""
+    files, hub = [], {}
+    for lang in languages:
+        origin = text_origin(lang, split)
+        if origin == DENG:
+            files += [_deng_path(which), _sib_path("eng_Latn")]
+        elif origin == SIB:
+            files.append(_sib_path(lang))
+            if which == "evaluation":
+                files += [SELECTION_FILE, _sib_path("eng_Latn")]
+        else:
+            hub[FLORES_PLUS_REPO] = FLORES_PLUS_REVISION
+    return list(dict.fromkeys(files)), hub
 
 
 # NTREX-128 (news, translated from one English source): the toy model's training text.

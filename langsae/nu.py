@@ -27,6 +27,7 @@ from langsae.artifacts import load_json, package_versions, save_json, save_torch
 from langsae.data import Texts
 from langsae.forward import Batch, collect_tokens, make_batches, tokenize
 from langsae.model import HookPoint
+from langsae.provenance import data_record
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,7 @@ def write_meta(out_dir: Path, settings: dict, config_hash: str, texts: Texts) ->
         "shared_top5": {str(L): d["shared_top5"] for L, d in done.items()},
         "exclusive_top1": {str(L): d["exclusive_top1"] for L, d in done.items()},
         "versions": package_versions(),
+        "data": data_record(sets=(texts,)),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_json(meta, Path(out_dir) / "meta.json")

@@ -16,12 +16,13 @@ import gzip
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from langsae import metrics
-from langsae.data import DATA_DIR, SIB_CATEGORIES, Texts, read_sib200, sib_id
+from langsae.data import DATA_DIR, SIB_CATEGORIES, Texts, read_sib200, sib_file, sib_id
 from langsae.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ XQUAD = {  # FLORES+ code -> XQuAD file code (ISO 639-1)
     "deu_Latn": "de", "ell_Grek": "el", "hin_Deva": "hi", "ron_Latn": "ro", "rus_Cyrl": "ru", "tur_Latn": "tr",
 }  # fmt: skip
 AMAZON = "mteb/AmazonReviewsClassification"
+# The commit every load asks for (recorded in the downstream meta): the one MTEB itself pins for this
+# dataset (mteb's AmazonReviewsClassification task). Caches are per revision: fetch this one.
+AMAZON_REVISION = "6b5d328eaae8ef408dd7d775040245cf86f92e9d"
 AMAZON_CONFIGS = {"eng_Latn": "en", "spa_Latn": "es", "fra_Latn": "fr", "jpn_Jpan": "ja", "cmn_Hans": "zh", "deu_Latn": "de"}
 RATINGS = (1, 2, 3, 4, 5)
 
@@ -157,16 +161,18 @@ def answer_text(generated: str) -> str:
 def cache_help(lang: str) -> str:
     config = AMAZON_CONFIGS[lang]
     return (
-        f"the sentiment task needs {AMAZON} ('{config}', test split), which is not in the local Hugging Face cache "
-        f"and the hub cannot be reached; on a machine with hub access run `python -c \"import datasets; "
-        f"datasets.load_dataset('{AMAZON}', '{config}', split='test')\"` and copy its HF_HOME datasets cache here, "
+        f"the sentiment task needs {AMAZON} at revision {AMAZON_REVISION} ('{config}', test split), which is "
+        "not in the local Hugging Face cache and the hub cannot be reached; on a machine with hub access run "
+        f"`python -c \"import datasets; datasets.load_dataset('{AMAZON}', '{config}', split='test', "
+        f"revision='{AMAZON_REVISION}')\"` and copy its HF_HOME datasets cache here, "
         "or leave sentiment out (--tasks qa,topic)"
     )
 
 
 def load_amazon(lang: str) -> tuple[list[str], list[int]]:
-    """Review texts and star ratings 1-5 of a language's test split, through `datasets.load_dataset`
-    (the local cache when offline). Raises DatasetUnavailable when it cannot be had."""
+    """Review texts and star ratings 1-5 of a language's test split at AMAZON_REVISION, through
+    `datasets.load_dataset` (the local cache when offline). Raises DatasetUnavailable when it cannot
+    be had."""
     if lang not in AMAZON_CONFIGS:
         raise UserError(f"{AMAZON} has no {lang}; it has {', '.join(AMAZON_CONFIGS)}")
     import datasets
@@ -175,10 +181,23 @@ def load_amazon(lang: str) -> tuple[list[str], list[int]]:
 
     go_offline_if_unreachable()
     try:
-        ds = datasets.load_dataset(AMAZON, AMAZON_CONFIGS[lang], split="test")
+        ds = datasets.load_dataset(AMAZON, AMAZON_CONFIGS[lang], split="test", revision=AMAZON_REVISION)
     except Exception as e:  # connection, cache and file errors come in many types
         raise DatasetUnavailable(cache_help(lang)) from e
     return list(ds["text"]), [int(x) + 1 for x in ds["label"]]  # labels 0-4 are 1-5 stars
+
+
+def task_sources(task: str, languages) -> tuple[list[Path], dict[str, str]]:
+    """The bundled files and the hub datasets (repo -> revision) that a task's items of `languages` read
+    (the topic task's selection-set exclusions aside: those are the selection texts' own files)."""
+    languages = list(languages)
+    if task == "qa":
+        return [XQUAD_DIR / f"xquad.{XQUAD[lang]}.json.gz" for lang in languages], {}
+    if task == "sentiment":
+        return [], {AMAZON: AMAZON_REVISION} if languages else {}
+    if task == "topic":
+        return [sib_file(lang) for lang in languages], {}
+    raise ValueError(task)
 
 
 def stratified_sample(labels: Sequence[int], n_per_label: int, seed: int, classes: Sequence[int] = RATINGS) -> list[int]:

@@ -5,11 +5,15 @@ The oracles here read the gzipped files directly, not through langsae.data.
 
 import csv
 import gzip
+import hashlib
 import json
+import re
+from pathlib import Path
 
+import datasets
 import pytest
 
-from langsae import data
+from langsae import data, tasks
 from langsae.data import PAPER_LANGUAGES, load_texts, read_sib200, validate_languages
 from langsae.errors import UserError
 
@@ -188,3 +192,134 @@ def test_validate_languages_accepts_every_bundled_code():
         validate_languages(["zho_Hans"])
     with pytest.raises(UserError, match="fil_Latn"):
         validate_languages(["tgl_Latn"])
+
+
+# ------------------------------------------------------------------------- provenance: pinned and hashed data
+
+SHA = re.compile(r"[0-9a-f]{40}")
+
+
+@pytest.mark.parametrize(
+    "languages, which, split",
+    [
+        (PAPER_LANGUAGES, "selection", "dev"),
+        (("eng_Latn", "glg_Latn"), "evaluation", "dev"),
+        (("glg_Latn",), "selection", "devtest"),
+        (("eng_Latn", "cmn_Hans"), "evaluation", "devtest"),
+    ],
+)
+def test_source_files_are_the_files_load_texts_opens(no_hub, monkeypatch, languages, which, split):
+    """The files a stage's meta hashes for a set are exactly those that loading it opens (spied on)."""
+    opened, real_open = set(), gzip.open
+
+    def spy(path, *args, **kwargs):
+        opened.add(Path(path).resolve())
+        return real_open(path, *args, **kwargs)
+
+    data._deng_selection_sib_ids.cache_clear()  # else an earlier test's read hides this one's
+    monkeypatch.setattr(gzip, "open", spy)
+    texts = load_texts(languages, which, 5, split)
+    files, hub = data.source_files(languages, which, split)
+    assert {Path(f).resolve() for f in files} == opened == {Path(f).resolve() for f in texts.files}
+    assert hub == texts.hub == {}
+
+
+def test_hub_sets_name_the_pinned_flores_plus_commit():
+    assert data.source_files(("wuu_Hans", "eng_Latn"), "selection", "dev")[1] == {
+        "openlanguagedata/flores_plus": data.FLORES_PLUS_REVISION
+    }
+    assert SHA.fullmatch(data.FLORES_PLUS_REVISION) and SHA.fullmatch(tasks.AMAZON_REVISION)
+
+
+def test_hub_loads_ask_for_the_pinned_commit(monkeypatch):
+    asked = []
+
+    def fake_load(repo, config, split, **kwargs):
+        asked.append((repo, kwargs.get("revision")))
+        return {"text": ["a review"], "label": [4]}
+
+    monkeypatch.setattr("langsae.hub.hf_token", lambda *a: "hf_test")
+    monkeypatch.setattr("langsae.hub.go_offline_if_unreachable", lambda: None)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert data.load_flores_plus("wuu_Hans", "dev") == ["a review"]
+    assert tasks.load_amazon("eng_Latn") == (["a review"], [5])
+    pins = [(data.FLORES_PLUS_REPO, data.FLORES_PLUS_REVISION), (tasks.AMAZON, tasks.AMAZON_REVISION)]
+    assert asked == pins
+    assert data.FLORES_PLUS_REPO == "openlanguagedata/flores_plus"
+
+
+@pytest.fixture
+def empty_offline_hub(monkeypatch, tmp_path):
+    """Offline, with empty hub and datasets caches: no revision of anything is cached."""
+    from huggingface_hub import constants
+
+    for module, name in ((constants, "HF_HUB_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE")):
+        monkeypatch.setattr(module, name, True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr("langsae.hub.hf_token", lambda *a: "hf_test")
+
+
+@pytest.mark.parametrize(
+    "load, repo, revision",
+    [
+        (lambda: data.load_flores_plus("wuu_Hans", "dev"), data.FLORES_PLUS_REPO, data.FLORES_PLUS_REVISION),
+        (lambda: tasks.load_amazon("eng_Latn"), tasks.AMAZON, tasks.AMAZON_REVISION),
+    ],
+)
+def test_a_pinned_revision_not_cached_offline_is_one_line_naming_it(empty_offline_hub, load, repo, revision):
+    with pytest.raises(UserError) as e:
+        load()
+    msg = str(e.value)
+    assert "\n" not in msg and repo in msg and revision in msg
+
+
+def test_data_record_hashes_each_file_with_hashlib_and_names_it_from_the_project_root(tmp_path):
+    from langsae import provenance
+
+    texts = load_texts(("eng_Latn", "glg_Latn"), "evaluation", 3)
+    outside = tmp_path / "probe.jsonl"
+    outside.write_text("{}\n")
+    rec = provenance.data_record(None, (texts,), {"qa": ["eng_Latn"], "sentiment": ["eng_Latn"]}, [outside])
+    expected = [*texts.files, data.DATA_DIR / "xquad" / "xquad.en.json.gz", outside]
+    def name(p):
+        return str(outside) if p == outside else str(p.relative_to(data.DATA_DIR.parent))
+
+    assert rec["bundled"] == {name(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in expected}
+    assert "data/sib200/glg_Latn.tsv.gz" in rec["bundled"]
+    assert rec["hub"] == {tasks.AMAZON: tasks.AMAZON_REVISION}
+    outside.write_text("changed\n")  # a file that changes is hashed again, not served from the cache
+    again = provenance.data_record(files=[outside])["bundled"][str(outside)]
+    assert again == hashlib.sha256(b"changed\n").hexdigest()
+
+
+def _sha(relative: str) -> str:
+    return hashlib.sha256((data.DATA_DIR.parent / relative).read_bytes()).hexdigest()
+
+
+def test_check_data_meta_records_every_file_it_read_with_its_sha256(tmp_path, monkeypatch):
+    import check_data
+    from langsae.cli import run_main
+
+    def not_cached(lang):
+        raise tasks.DatasetUnavailable("not cached")
+
+    monkeypatch.setattr(tasks, "load_amazon", not_cached)  # Amazon read nowhere: no hub entry
+    out = tmp_path / "run"
+    argv = ["--model", "toy", "--languages", "eng_Latn,glg_Latn", "--out-dir", str(out), "--no-tokenizer"]
+    assert run_main(check_data.main, argv) == 0
+    record = json.loads((out / "data_checks.json").read_text())["data"]
+    read = [
+        "data/flores_deng2025/multilingual_data.jsonl.gz",
+        "data/flores_deng2025/multilingual_data_test.jsonl.gz",
+        "data/sib200/eng_Latn.tsv.gz",
+        "data/sib200/glg_Latn.tsv.gz",
+        "data/xquad/xquad.en.json.gz",
+    ]
+    assert record == {"bundled": {path: _sha(path) for path in read}, "hub": {}}
+
+
+def test_nu_meta_records_the_selection_files_with_their_sha256(small_toy_nu):
+    record = json.loads((small_toy_nu / "meta.json").read_text())["data"]
+    read = ["data/flores_deng2025/multilingual_data.jsonl.gz", "data/sib200/eng_Latn.tsv.gz"]  # ten, dev
+    assert record == {"bundled": {path: _sha(path) for path in read}, "hub": {}}
