@@ -43,8 +43,12 @@ XQUAD_DIR = DATA_DIR / "xquad"
 TASK_SETS = ("sib200", "xquad", "amazon")  # sets that cover only some languages
 
 
+# the data alone: no model runs, no layer is read and the checks always rerun
+UNUSED_FLAGS = ("--layers", "--n-texts-per-lang", "--device", "--dtype", "--batch-size", "--force")
+
+
 def parse_args(argv):
-    p = build_parser(__doc__)
+    p = build_parser(__doc__, ignored=UNUSED_FLAGS)
     g = p.add_argument_group("data checks")
     g.add_argument("--amazon-per-label", type=int, default=40, help="reviews per star rating in the stratified Amazon sample checked (the sentiment task's --n-per-label)")
     g.add_argument("--no-tokenizer", action="store_true", help="skip token lengths (no model files needed; the check is a WARN)")

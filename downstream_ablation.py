@@ -36,13 +36,15 @@ TOY = PRESETS["toy"].defaults
 log = logging.getLogger(__name__)
 
 SECTION5_SCRIPT = "reproduce_figures_section5.py"
+IGNORED = ("--n-texts-per-lang", "--batch-size")  # items come from the tasks, batches from --rows-per-forward
 LAYER_RULE = "the most common held-out peak layer across languages in the Section 5 summary (ties: the lowest layer)"
 
 
 def parse_args(argv):
-    p = build_parser(__doc__)
+    p = build_parser(__doc__, f"the preset's (10 for qwen3-0.6b), else {LAYER_RULE}", ignored=IGNORED)
     g = p.add_argument_group("downstream")
-    g.add_argument("--tasks", default=",".join(tasks.TASKS), help="comma-separated: qa, sentiment, topic")
+    tasks_help = f"comma-separated: qa, sentiment, topic; default all, toy preset {TOY['downstream_tasks']}"
+    g.add_argument("--tasks", help=tasks_help)
     g.add_argument(
         "--mode", choices=ablation.MODES, default="directional",
         help="directional: project the block's output off the features' unit decoder directions (paper); feature: subtract their contributions",
@@ -66,7 +68,6 @@ def parse_args(argv):
         "--skip-unavailable", action="store_true",
         help="skip a task in a language whose data is not cached (Amazon reviews offline) with a notice, instead of stopping",
     )  # fmt: skip
-    p.description += f" Default --layers: the preset's (10 for qwen3-0.6b), else {LAYER_RULE}."
     return p.parse_args(argv)
 
 
@@ -77,11 +78,18 @@ def default_layers(cfg, mode: str) -> tuple[int, ...]:
     suffix = "" if mode == "directional" else f"_{mode}"
     path = cfg.features_dir / f"section5_summary{suffix}.csv"
     if not path.exists():
-        raise UserError(f"no Section 5 summary at {path} to choose the layer from; run `python {SECTION5_SCRIPT} --model {cfg.preset.name} --mode {mode}` or give --layers")
+        run = features.stage_command(SECTION5_SCRIPT, cfg, f"--mode {mode}")  # with --out-dir, --split...
+        raise UserError(f"no Section 5 summary at {path} to choose the layer from: run `{run}`, or --layers")
     with open(path, newline="") as f:
         peaks = collections.Counter(int(r["peak_layer"]) for r in csv.DictReader(f))
     top = max(peaks.values())
     return (min(L for L, n in peaks.items() if n == top),)
+
+
+def chosen_tasks(args, cfg) -> list[str]:
+    """--tasks, else the preset's (the toy's run offline), else every task."""
+    text = args.tasks or cfg.preset.defaults.get("downstream_tasks", ",".join(tasks.TASKS))
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def load_items(task, lang, tokenizer, args, cfg, selection):
@@ -98,7 +106,7 @@ def main(argv=None):
     for name, default in (("n_items", 200), ("n_topic_items", -1)):  # CPU-sized on the toy preset
         if getattr(args, name) is None:
             setattr(args, name, cfg.preset.defaults.get(f"downstream_{name}", default))
-    task_list = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    task_list = chosen_tasks(args, cfg)
     bad = [t for t in task_list if t not in tasks.TASKS]
     if bad or not task_list:
         raise UserError(f"--tasks: unknown {','.join(bad) or '(none)'}; choose from {','.join(tasks.TASKS)}")

@@ -13,19 +13,23 @@ Needs `python compute_nu_scores.py` (same model, SAE and languages) first.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from langsae import feature_figures, features
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import UserError
+from langsae.model import check_layers, model_config
 from langsae.stages import finished
 
 PAPER_LAYER = 10  # the seed reproduction's dominant layer
+# no model runs and figures are always redrawn: these common flags mean nothing here
+IGNORED = ("--device", "--dtype", "--batch-size", "--n-texts-per-lang", "--force")
 
 
 def parse_args(argv):
-    p = build_parser(__doc__)
+    p = build_parser(__doc__, "every layer with ν results", ignored=IGNORED)
     g = p.add_argument_group("feature figures")
     g.add_argument("--layer", type=int, default=None, help=f"layer of Figure 1 and the specificity heatmap; default {PAPER_LAYER} when computed, else the middle computed layer")
     g.add_argument("--top-k", type=int, default=5, help="top features per language in Figure 1, the overlap and the specificity heatmap")
@@ -33,11 +37,32 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def model_layers(cfg) -> int | None:
+    """The model's layer count, from its config if that is already on this machine (this stage never
+    builds the toy or downloads a model), else None."""
+    if not (cfg.features_dir / "meta.json").exists():
+        return None  # no ν results: that is the message
+    try:
+        return model_config(dataclasses.replace(cfg.preset, prepare=None)).num_hidden_layers
+    except UserError:
+        return None
+
+
+def check_model_layers(cfg, layer: int | None) -> None:
+    """Name a layer the model lacks as such, not as ν results to compute."""
+    n_model = model_layers(cfg)
+    if n_model is not None:
+        check_layers(cfg.layers, n_model)
+        if layer is not None:
+            check_layers((layer,), n_model, "--layer")
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
     if args.top_k < 1 or not 1 <= args.n_table <= 20:
         raise UserError("--top-k must be at least 1 and --n-table between 1 and 20")
+    check_model_layers(cfg, args.layer)
     nu = features.load_nu_results(cfg, cfg.layers, 1)  # refuses missing or stale ν results with the command that makes them
     layers = sorted(nu.layers)
     layer = args.layer if args.layer is not None else (PAPER_LAYER if PAPER_LAYER in layers else layers[len(layers) // 2])

@@ -43,7 +43,9 @@ TOY = PRESETS["toy"].defaults
 
 
 def parse_args(argv):
-    p = build_parser(__doc__)
+    toy = TOY["steer_layer"]
+    layers = f"the preset's steering layer (toy {toy}), else its downstream layer (qwen3-0.6b: 10)"
+    p = build_parser(__doc__, layers, ignored=("--n-texts-per-lang",))  # --n-texts sets the texts here
     g = p.add_argument_group("steering")
     g.add_argument("--tasks", default=",".join(se.TASKS), help="comma-separated: lid (language identification), continuation, collateral (ΔCE on the other languages; needed for the trade-off and the summary)")
     g.add_argument("--source", help=f"comma-separated source languages (the prompts' language); default: every --languages but the targets (toy preset {TOY['steer_source']})")
@@ -58,7 +60,6 @@ def parse_args(argv):
     g.add_argument("--max-new-tokens", type=int, default=48, help="continuation: tokens generated (stops early only at EOS)")
     g.add_argument("--lid-max-new-tokens", type=int, default=8, help="lid: the answer's length limit (stops at a newline or EOS)")
     g.add_argument("--rows-per-forward", type=int, default=64, help="items x conditions stacked into one forward (memory vs speed)")
-    p.description += f" Default --layers: the preset's steering layer (toy {TOY['steer_layer']}), else its downstream layer (qwen3-0.6b: 10)."
     return p.parse_args(argv)
 
 

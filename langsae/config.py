@@ -12,7 +12,7 @@ import argparse
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -66,7 +66,8 @@ PRESETS: dict[str, Preset] = {
         # downstream_*: downstream_ablation.py's --n-items (qa) and --n-topic-items
         defaults={"device": "cpu", "dtype": "float32", "batch_size": 16, "n_eval_texts": 40, "steer_layer": 1, "steer_source": "spa_Latn",
                   "steer_target": "eng_Latn", "steer_alphas": "2,8", "steer_n_texts": 6, "steer_random_draws": 1,
-                  "downstream_n_items": 40, "downstream_n_topic_items": 60},
+                  "downstream_n_items": 40, "downstream_n_topic_items": 60,
+                  "downstream_tasks": "qa,topic"},  # the tasks whose data is bundled: the toy stays offline
         prepare=ensure_built,
     ),
 }
@@ -125,12 +126,16 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
     for part in _comma_list(text):
         try:
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                layers.extend(range(int(lo), int(hi) + 1))
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:  # else an empty range: later messages would blame missing results
+                    raise UserError(f"--layers: the range {part} runs downwards; write it as {hi}-{lo}")
+                layers.extend(range(lo, hi + 1))
             else:
                 layers.append(int(part))
         except ValueError:
             raise UserError(f"--layers: cannot read {part!r}; give comma-separated integers such as 0,5,10 or a range 0-27") from None
+    if not layers:
+        raise UserError(f"--layers {text!r} names no layer; give e.g. 0,5,10, a range 0-27, or all")
     return tuple(sorted(set(layers)))
 
 
@@ -138,11 +143,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag's help, and the script's docstring (its examples) kept as written."""
+    """Defaults after each flag's help, and the script's docstring (its examples) kept as written.
+
+    A default of None (the help says what unset means) or an off switch's False says nothing: left out.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or (action.default is False and action.nargs == 0):
+            return action.help
+        return super()._get_help_string(action)
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """The parser every stage starts from; a stage adds only its own flags."""
+def build_parser(
+    description: str, layers_default: str = "every layer", ignored: Sequence[str] = ()
+) -> argparse.ArgumentParser:
+    """The parser every stage starts from; a stage adds only its own flags.
+
+    layers_default: what an unset --layers means in this script. ignored: common flags the script
+    accepts (run_pipeline.py passes every stage the same ones) but never reads, left out of its --help.
+    """
     # no abbreviations: run_pipeline.py passes every flag but its own on to the stages, so `--stage` must not mean `--stages`
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("model and SAE")
@@ -161,7 +180,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         help="comma-separated FLORES+ codes; bundled (offline): the paper's ten and the 205 SIB-200 languages "
         "(e.g. glg_Latn, kas_Arab); others (e.g. wuu_Hans) come from the gated hub dataset",
     )
-    g.add_argument("--layers", default=None, help="comma-separated layers or ranges (0-27); default: every layer")
+    g.add_argument("--layers", help=f"comma-separated layers or ranges (0-27); default: {layers_default}")
     g.add_argument(
         "--n-texts-per-lang", type=int, default=-1,
         help="first N selection texts of each language (the nu stage), in file order; -1 = all. Section 5 sets its evaluation texts with --n-texts",
@@ -174,7 +193,18 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, help="texts per forward pass; default 8 (toy preset: 16)")
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     g.add_argument("--force", action="store_true", help="recompute results even when cached ones match")
+    _hide(p, ignored)
     return p
+
+
+def _hide(p: argparse.ArgumentParser, flags: Sequence[str]) -> None:
+    """Leave `flags` out of --help, still accepted: a flag a script ignores must not look like a setting."""
+    actions = {opt: a for a in p._actions for opt in a.option_strings}
+    unknown = [f for f in flags if f not in actions]
+    if unknown:
+        raise ValueError(f"no such common flag: {unknown}")
+    for flag in flags:
+        actions[flag].help = argparse.SUPPRESS
 
 
 def resolve_preset(args: argparse.Namespace) -> Preset:

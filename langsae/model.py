@@ -130,13 +130,14 @@ def model_config(preset: Preset):
         raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
 
 
-def check_layers(layers: tuple[int, ...] | None, n_layers: int) -> tuple[int, ...]:
-    """Every layer if None; otherwise each must lie in [0, n_layers)."""
+def check_layers(layers: tuple[int, ...] | None, n_layers: int, flag: str = "--layers") -> tuple[int, ...]:
+    """Every layer if None; otherwise each must lie in [0, n_layers). Checked before any result is
+    looked for, so a layer the model lacks is named as such, not as a missing result to compute."""
     if layers is None:
         return tuple(range(n_layers))
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise UserError(f"layer(s) {bad} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+        raise UserError(f"{flag}: layer(s) {bad} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
     return layers
 
 

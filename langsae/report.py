@@ -805,7 +805,9 @@ def update_readme(readme: Path, report: Path, report_link: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from langsae.config import OUTPUT_ROOT, PROJECT_ROOT, build_parser, resolve
 
-    p = build_parser(__doc__.split("\n\n")[0])
+    # the report reads the run's files, whatever settings made them
+    unread = ("--languages", "--layers", "--n-texts-per-lang", "--split", "--device", "--dtype", "--batch-size")
+    p = build_parser(__doc__.split("\n\n")[0], ignored=(*unread, "--seed", "--force"))
     p.add_argument("--readme", action="store_true", help="replace README.md's toy results block with the claims of output/<run>/REPORT.md (default run: toy)")
     argv = sys.argv[1:] if argv is None else argv
     if "--readme" in argv and "--model" not in argv:

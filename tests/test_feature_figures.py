@@ -78,7 +78,8 @@ def test_every_figure_and_the_table(run, tmp_path):
     assert md.count("| kor_Hang |") == 6  # 3 rows x 2 layers
 
 
-def test_script_writes_under_output_and_refuses_missing_nu(run, tmp_path, capsys):
+def test_script_writes_under_output_and_refuses_missing_nu(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(plot_sae_features, "model_layers", lambda cfg: 28)  # layer 5 exists: whether the toy is built or not
     argv = ["--model", "toy", "--out-dir", str(run.features_dir), "--languages", ",".join(LANGS), "--top-k", "2"]
     assert plot_sae_features.main(argv) == {"computed": 11, "cached": 0, "unit": "file"}
     out = config.OUTPUT_ROOT / run.run_name / "features"
