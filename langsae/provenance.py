@@ -38,7 +38,7 @@ def sha256(path: Path) -> str:
 
 
 def data_record(
-    cfg=None, sets: Iterable = (), tasks: Mapping[str, Iterable[str]] | None = None, files: Iterable[Path] = ()
+    cfg=None, sets: Iterable = (), tasks: Mapping[str, Iterable] | None = None, files: Iterable[Path] = ()
 ) -> dict:
     """{"bundled": {project path: sha256}, "hub": {repo: revision}} of the data a stage read.
 
