@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +34,7 @@ from langsae.errors import UserError
 from langsae.features import NU_SCRIPT, LayerFeatures, NuResults
 from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, stacked, tokenize
 from langsae.model import load_model
+from langsae.units import claim_file, claim_units
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +187,15 @@ def ablated_ce(
     max_rows: int = 64,
     chunk_tokens: int | None = None,
     desc: str | None = None,
+    inputs: dict | None = None,
 ) -> torch.Tensor:
     """Per-text mean CE under each ablation at `layer`: [C, N] fp32.
 
     Per batch, layer L's input is computed once; then up to max_rows // B conditions at a
     time run layers L..end as one stacked forward. All ablations must act at one hook point.
     Identity ablations are not run here (the caller fills them with the baseline).
+    inputs: a dict kept by the caller across calls at one layer, caching each batch's layer-L
+    input on the CPU (so computing a layer's conditions group by group runs layers 0..L-1 once).
     """
     if len({a.hook for a in ablations}) > 1:
         raise ValueError("ablations in one call must share a hook point")
@@ -199,9 +205,14 @@ def ablated_ce(
         return out
     dev = _device(model)
     hook = ablations[0].hook
-    for batch in tqdm(batches, desc=desc or f"layer {layer}", unit="batch", leave=False):
+    for bi, batch in enumerate(tqdm(batches, desc=desc or f"layer {layer}", unit="batch", leave=False)):
         b = batch.to(dev)
-        h = hidden_before_layer(model, b, layer)
+        if inputs is None:
+            h = hidden_before_layer(model, b, layer)
+        else:
+            if (layer, bi) not in inputs:
+                inputs[(layer, bi)] = hidden_before_layer(model, b, layer).cpu()
+            h = inputs[(layer, bi)].to(dev)
         rows = h.shape[0]
         per_forward = max(1, max_rows // rows)
         for s in range(0, len(ablations), per_forward):
@@ -269,34 +280,82 @@ class SweepResult:
 
 
 class ConditionStore:
-    """Per-text CEs on disk under sae_features/<run>/ablation/: the baseline and one file per layer.
+    """Per-text CEs on disk under sae_features/<run>/ablation/: one file per entry, <name>/<key>.pt,
+    name being "baseline" or "layer_L" (condition files of one layer share a folder).
 
     Entries are keyed by config_hash(run settings + what determines the numbers), so a
     changed model, evaluation set or nu run never reuses old numbers, and a finished
-    condition is never recomputed. Every write is atomic.
+    condition is never recomputed. Every entry is its own atomic file, so concurrent runs never
+    lose each other's entries (no file is read, modified and rewritten) and a killed run keeps
+    every condition it finished. Stores written as one file per layer (<name>.pt, before
+    per-condition files) are still read.
     """
 
     def __init__(self, root: Path, settings: dict):
         self.root = Path(root)
         self.settings = settings
+        self._combined: dict[str, dict] = {}
 
     def key(self, what: dict) -> str:
         return config_hash({**self.settings, **what})
 
-    def _file(self, name: str) -> Path:
-        return self.root / f"{name}.pt"
+    def path(self, name: str, key: str) -> Path:
+        return self.root / name / f"{key}.pt"
 
-    def read(self, name: str) -> dict:
-        path = self._file(name)
-        return torch.load(path, weights_only=False) if path.exists() else {}
+    def claim_of(self, name: str, unit: str) -> Path:
+        """The claim file of a unit of work (a key, or a group of keys named by their hash) under `name`."""
+        return claim_file(self.root / name, unit)
+
+    def _combined_file(self, name: str) -> dict:
+        # the former one-file-per-layer layout, read-only now (nothing writes it, so it is read once)
+        if name not in self._combined:
+            path = self.root / f"{name}.pt"
+            self._combined[name] = (_load_entry(path) or {}) if path.exists() else {}
+        return self._combined[name]
+
+    def has(self, name: str, key: str) -> bool:
+        return self.path(name, key).exists() or key in self._combined_file(name)
 
     def get(self, name: str, key: str):
-        return self.read(name).get(key)
+        """The entry, or None when it is absent or its file is corrupt (then removed, so that it is
+        recomputed)."""
+        path = self.path(name, key)
+        if path.exists():
+            entry = _load_entry(path)
+            if entry is not None:
+                return entry
+            log.warning("%s is corrupt: removed, its condition is computed again", path)
+            path.unlink(missing_ok=True)
+            return None
+        return self._combined_file(name).get(key)
+
+    def read(self, name: str) -> dict:
+        """Every entry under `name`: {key: entry}."""
+        keys = [p.stem for p in sorted((self.root / name).glob("*.pt"))]
+        return {**self._combined_file(name), **{k: e for k in keys if (e := self.get(name, k)) is not None}}
 
     def put(self, name: str, entries: dict) -> None:
-        data = self.read(name)
-        data.update(entries)
-        save_torch(data, self._file(name))
+        """Write each entry to its own file."""
+        for key, entry in entries.items():
+            save_torch(entry, self.path(name, key))
+
+
+def _load_entry(path: Path):
+    """torch.load, None for a file that cannot be read whole (torn by a disk fault or a foreign copy)."""
+    try:
+        return torch.load(path, weights_only=False)
+    except FileNotFoundError:
+        return None
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile):
+        return None
+
+
+def condition_groups(keys: Sequence[str], size: int) -> list[tuple[str, ...]]:
+    """The layer's distinct condition keys in order, in groups of `size`: one claim and one stacked
+    forward per batch each. Fixed by the full list (not by what is left to do), so that a resumed or
+    a concurrent run stacks the same conditions together as an uninterrupted one."""
+    distinct = list(dict.fromkeys(keys))
+    return [tuple(distinct[s : s + size]) for s in range(0, len(distinct), size)]
 
 
 def run_sweep(
@@ -310,54 +369,82 @@ def run_sweep(
     max_rows: int = 64,
     force: bool = False,
 ) -> SweepResult:
-    """Measure every condition on every evaluation text, reusing whatever the store already holds."""
-    batches = make_batches(evalset.token_ids, batch_size, pad_id)
-    base_key = store.key({"baseline": True})
-    cached = None if force else store.get("baseline", base_key)
-    if cached is None:
-        log.info("baseline CE on %d evaluation texts", len(evalset.token_ids))
-        ce, count = baseline_ce(model, batches)
-        cached = {"ce": ce, "n_tokens": count}
-        store.put("baseline", {base_key: cached})
-    baseline, n_tokens = cached["ce"].numpy(), cached["n_tokens"].numpy()
+    """Measure every condition on every evaluation text, reusing whatever the store already holds.
 
+    Work is claimed (langsae.units) in groups of max_rows // batch_size conditions of one layer and
+    mode, and each group's conditions are saved as soon as they are computed: concurrent runs share
+    the groups, and a killed run loses at most the group it was computing. force: recompute
+    everything in this process (claims still keep concurrent runs from computing one group at once).
+    """
+    batches = make_batches(evalset.token_ids, batch_size, pad_id)
     keys = [store.key(c.numbers_key()) for c in conditions]
-    by_layer: dict[int, list[int]] = {}
-    for i, c in enumerate(conditions):
-        by_layer.setdefault(c.layer, []).append(i)
+    # ablating nothing is the baseline itself
+    by_key = {k: c for k, c in zip(keys, conditions) if c.feature_ids}
+    base_key = store.key({"baseline": True})
+    mine: set[tuple[str, str]] = set()  # (name, key) computed by this process
+
+    def done(name: str, keys: Sequence[str]) -> bool:
+        return all((name, k) in mine if force else store.has(name, k) for k in keys)
+
+    for _ in range(3):  # a file found corrupt when read back is removed and computed again
+        claimed = claim_units(
+            [base_key], lambda k: store.claim_of("baseline", k), lambda k: done("baseline", [k])
+        )
+        for _ in claimed:
+            log.info("baseline CE on %d evaluation texts", len(evalset.token_ids))
+            ce, count = baseline_ce(model, batches)
+            store.put("baseline", {base_key: {"ce": ce, "n_tokens": count}})
+            mine.add(("baseline", base_key))
+        per_group = max(1, max_rows // batch_size)
+        _compute_groups(model, batches, nu, by_key, store, per_group, max_rows, done, mine)
+        entries = {("baseline", base_key): store.get("baseline", base_key)}
+        entries.update({(f"layer_{c.layer}", k): store.get(f"layer_{c.layer}", k) for k, c in by_key.items()})
+        missing = {nk for nk, e in entries.items() if e is None}
+        if not missing:
+            break
+        mine -= missing
+    else:
+        raise RuntimeError(f"{len(missing)} files under {store.root} stayed unreadable, computed again")
+    base = entries["baseline", base_key]
+    baseline = base["ce"].numpy()
     ablated = np.full((len(conditions), len(baseline)), np.nan, dtype=np.float32)
-    dev = _device(model)
-    n_computed = n_cached = 0
-    for L in tqdm(sorted(by_layer), desc="layers", unit="layer"):
-        name = f"layer_{L}"
-        have = {} if force else store.read(name)
-        todo: dict[str, Condition] = {}
-        read: set[str] = set()
-        for i in by_layer[L]:
-            c, k = conditions[i], keys[i]
-            if not c.feature_ids:  # ablating nothing is the baseline itself
-                ablated[i] = baseline
-            elif k in have:
-                ablated[i] = have[k]["ce"].numpy()
-                read.add(k)
-            else:
-                todo.setdefault(k, c)
-        if todo:
-            by_mode: dict[str, list[str]] = {}
-            for k, c in todo.items():
-                by_mode.setdefault(c.mode, []).append(k)
-            new = {}
-            for mode, ks in by_mode.items():
-                abls = [make_ablation(nu.layers[L], todo[k].feature_ids, mode, dev) for k in ks]
-                ce = ablated_ce(model, batches, L, abls, max_rows, desc=f"layer {L} ({len(ks)} conditions)")
-                new.update({k: {"condition": todo[k].numbers_key(), "ce": ce[j]} for j, k in enumerate(ks)})
-            store.put(name, new)
-            for i in by_layer[L]:
-                if keys[i] in new:
-                    ablated[i] = new[keys[i]]["ce"].numpy()
-        n_computed, n_cached = n_computed + len(todo), n_cached + len(read)
-        log.info("layer %d: %d conditions computed, %d from cache", L, len(todo), len(read))
+    for i, (c, k) in enumerate(zip(conditions, keys)):
+        ablated[i] = entries[f"layer_{c.layer}", k]["ce"].numpy() if c.feature_ids else baseline
+    n_computed = len({k for _, k in mine} & set(by_key))
+    log.info("%d conditions computed, %d from cache", n_computed, len(by_key) - n_computed)
+    n_tokens, n_cached = base["n_tokens"].numpy(), len(by_key) - n_computed
     return SweepResult(evalset, list(conditions), baseline, n_tokens, ablated, computed=n_computed, cached=n_cached)
+
+
+def _compute_groups(
+    model, batches, nu, by_key: dict, store: ConditionStore, size: int, max_rows: int, done, mine: set
+) -> None:
+    """Compute the conditions not done yet, claimed and saved group by group (see run_sweep)."""
+    units = [
+        (f"layer_{L}", group)
+        for L in sorted({c.layer for c in by_key.values()})
+        for mode in dict.fromkeys(c.mode for c in by_key.values())
+        for group in condition_groups([k for k, c in by_key.items() if (c.layer, c.mode) == (L, mode)], size)
+    ]
+    inputs: dict = {}  # each batch's input of the layer being computed, shared by its groups
+    dev = _device(model)
+
+    def claim_of(unit):
+        return store.claim_of(unit[0], config_hash({"group": unit[1]}))
+
+    progress = tqdm(total=len(units), desc="condition groups", unit="group")
+    for name, group in claim_units(units, claim_of, lambda u: done(*u)):
+        todo = [k for k in group if not done(name, [k])]
+        L = by_key[todo[0]].layer
+        if any(key[0] != L for key in inputs):
+            inputs.clear()
+        abls = [make_ablation(nu.layers[L], by_key[k].feature_ids, by_key[k].mode, dev) for k in todo]
+        desc = f"layer {L} ({len(todo)} conditions)"
+        ce = ablated_ce(model, batches, L, abls, max_rows, desc=desc, inputs=inputs)
+        store.put(name, {k: {"condition": by_key[k].numbers_key(), "ce": ce[j]} for j, k in enumerate(todo)})
+        mine.update((name, k) for k in todo)
+        progress.update()
+    progress.close()
 
 
 # ----------------------------------------------------------------------------- what every ΔCE stage shares
@@ -429,7 +516,7 @@ def open_sweep(cfg: RunConfig, nu: NuResults, n_texts: int) -> SweepSetup:
     evalset = build_eval_set(tokenizer, texts)
     d = cfg.describe()
     settings = {
-        "model_id": d["model_id"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
+        "model": d["model"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
         "dtype": d["dtype"], "split": cfg.split, "nu_config_hash": nu.meta["config_hash"], "eval_texts": evalset.digest(),
     }  # fmt: skip
     return SweepSetup(model, tokenizer, evalset, ConditionStore(cfg.features_dir / "ablation", settings))

@@ -1,0 +1,237 @@
+"""Claiming units of work, so that concurrent runs of one stage share its units instead of each computing all.
+
+Every stage's unit loop (Section 5 condition groups, downstream and steering units, nu layers, ...) is
+
+    for unit in claim_units(units, claim_of, is_done):
+        compute(unit); save(unit)        # saved before the next iteration: the claim is then dropped
+
+which yields the units this process should compute: a unit already done is skipped; a unit another LIVE
+process has claimed is skipped now and revisited at the end (waited for, or taken over if its owner died);
+a claim whose owner died is taken over. `share` picks the units a process tries at all: today every unit;
+a "rank r of n" share for torchrun (`units[r::n]`) is one more function of the same shape.
+
+Mechanism: a claim is a file `<name>.claim` beside the unit's output (no artifact ends in `.claim`),
+created with os.open(O_CREAT | O_EXCL), which is atomic on local file systems and on NFSv3+, and holds its
+owner (host, pid, start time, a random token). Its mtime is the heartbeat: a daemon thread touches every
+claim this process holds every HEARTBEAT_S seconds, so a unit may run for hours. A claim is dead when its
+heartbeat is older than STALE_AFTER_S, or at once when its owner is on this host and its pid is gone.
+Why not `filelock`: its flock locks do vanish with a dead owner, but they say nothing about who holds
+them (for the log), are unreliable on network file systems that torchrun jobs share, and leave their
+lock files behind.
+
+Claims save time, they do not make results right: every output is written atomically and deterministic,
+so the rare race in which two processes both take over one dead claim costs a duplicate computation, never
+a wrong or torn file. A shared file that is read, modified and rewritten still needs a real lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SUFFIX = ".claim"
+HEARTBEAT_S = 30.0  # how often a held claim's mtime is touched
+STALE_AFTER_S = 600.0  # a claim not touched for this long is dead (its owner hung, or died on another host)
+POLL_S = 2.0  # how often a unit claimed by another live process is looked at again
+
+
+def claim_file(folder: Path, name: str) -> Path:
+    """The claim of the unit whose outputs are named `name` in `folder`."""
+    return Path(folder) / f"{name}{SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    host: str
+    pid: int
+    started: float
+    token: str
+
+    @classmethod
+    def me(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), _STARTED, secrets.token_hex(8))
+
+
+_STARTED = time.time()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def read_owner(path: Path) -> Owner | None:
+    """The owner a claim file names; None when it is gone or not (yet) written whole."""
+    try:
+        return Owner(**json.loads(Path(path).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def is_dead(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
+    """Whether the claim at `path` belongs to nobody alive (see the module docstring); False when it is gone."""
+    try:
+        age = time.time() - Path(path).stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > stale_after:
+        return True
+    owner = read_owner(path)
+    return owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid)
+
+
+class _Heartbeat:
+    """One daemon thread touching every claim this process holds."""
+
+    def __init__(self):
+        self.held: set[Path] = set()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, path: Path) -> None:
+        with self.lock:
+            self.held.add(path)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="unit-claims", daemon=True)
+                self.thread.start()
+
+    def discard(self, path: Path) -> None:
+        with self.lock:
+            self.held.discard(path)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            with self.lock:
+                held = list(self.held)
+            for p in held:
+                try:
+                    os.utime(p)
+                except OSError:  # taken over after all (e.g. this process was suspended past STALE_AFTER_S)
+                    pass
+
+
+_HEARTBEAT = _Heartbeat()
+
+
+class Claim:
+    """A held claim: released (its file removed, if still ours) on exit from the `with` block."""
+
+    def __init__(self, path: Path, owner: Owner):
+        self.path, self.owner = path, owner
+        _HEARTBEAT.add(path)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        _HEARTBEAT.discard(self.path)
+        owner = read_owner(self.path)
+        if owner is not None and owner.token == self.owner.token:
+            self.path.unlink(missing_ok=True)
+
+
+def try_claim(path: Path, stale_after: float = STALE_AFTER_S) -> Claim | None:
+    """Claim `path`, taking it over if its owner is dead; None if a live process holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):  # the second try follows the removal of a dead claim
+        owner = Owner.me()
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            if not _break_dead(path, stale_after):
+                return None
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(owner)))
+        return Claim(path, owner)
+    return None
+
+
+def _break_dead(path: Path, stale_after: float) -> bool:
+    """Remove the claim at `path` if its owner is dead. It is first renamed aside, so that of several
+    processes breaking it at once one succeeds; a live claim that replaced it meanwhile is put back."""
+    if not is_dead(path, stale_after):
+        return False
+    dead = read_owner(path)
+    aside = path.with_name(f"{path.name}.{secrets.token_hex(4)}.dead")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # someone else removed it: try to create ours
+    moved = read_owner(aside)
+    if moved != dead and not is_dead(aside, stale_after):  # a fresh claim appeared in between: give it back
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    aside.unlink(missing_ok=True)
+    log.warning("took over the claim %s of %s", path, "an unreadable owner" if dead is None else f"{dead.host}:{dead.pid}")
+    return True
+
+
+def everything(units: Sequence[T]) -> Sequence[T]:
+    """The default share: this process tries every unit."""
+    return units
+
+
+def claim_units(
+    units: Sequence[T],
+    claim_of: Callable[[T], Path],
+    is_done: Callable[[T], bool],
+    share: Callable[[Sequence[T]], Sequence[T]] = everything,
+    wait: bool = True,
+    stale_after: float = STALE_AFTER_S,
+    poll: float = POLL_S,
+) -> Iterator[T]:
+    """Yield, in order, the units of `share(units)` this process should compute, each with its claim held
+    until the loop asks for the next one (so save the unit's output inside the loop body). Units claimed by
+    a live other process are revisited after the others; with wait=True this returns once every unit is done
+    (by whichever process), else it leaves them to their owners."""
+    later = []
+    for unit in share(units):
+        if not is_done(unit):
+            got = yield from _attempt(unit, claim_of, is_done, stale_after)
+            if not got:
+                later.append(unit)
+    while later and wait:
+        time.sleep(poll)
+        pending = []
+        for unit in later:
+            if not is_done(unit):
+                got = yield from _attempt(unit, claim_of, is_done, stale_after)
+                if not got:
+                    pending.append(unit)
+        later = pending
+
+
+def _attempt(unit, claim_of, is_done, stale_after):
+    """Claim `unit` and yield it unless it got done meanwhile; False when a live process holds it."""
+    claim = try_claim(claim_of(unit), stale_after)
+    if claim is None:
+        return False
+    with claim:
+        if not is_done(unit):  # another process may have finished it between our check and our claim
+            yield unit
+    return True
