@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     tokens = code_switch.tokenize_probes(tokenizer, probes)
     d = cfg.describe()
     settings = {
-        "model_id": d["model_id"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
+        "model": d["model"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
         "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"], "languages": languages, "rank": args.rank,
         "probe_file_sha256": file_sha256(args.probe_file), "neutral_start": code_switch.neutral_start(tokenizer)[1],
         # what actually runs: a change in how probes are built or tokenised invalidates the cache too

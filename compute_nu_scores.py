@@ -22,6 +22,7 @@ from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
+from langsae.features import NU_DEFAULTS
 from langsae.forward import tokenize
 from langsae.model import check_layers, check_sae_ids, load_model, load_sae, load_tokenizer, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
 from langsae.prefetch import Prefetcher
@@ -30,9 +31,13 @@ from langsae.stages import finished
 
 def parse_args(argv):
     p = build_parser(__doc__)
-    p.add_argument("--top-k", type=int, default=5, help="top features per language whose directions are saved for ablation")
-    p.add_argument("--control-pool", type=int, default=64, help="random live features per layer saved for control ablations")
-    p.add_argument("--weighting", choices=["token", "text"], default="token", help="mu as a mean over tokens (paper) or over texts")
+    d = NU_DEFAULTS  # shared with the hints that remake this stage's results (features.nu_command)
+    p.add_argument("--top-k", type=int, default=d["top_k"],
+                   help="top features per language whose directions are saved for ablation")
+    p.add_argument("--control-pool", type=int, default=d["control_pool"],
+                   help="random live features per layer saved for control ablations")
+    p.add_argument("--weighting", choices=["token", "text"], default=d["weighting"],
+                   help="mu as a mean over tokens (paper) or over texts")
     p.add_argument("--cache-gb", type=float, default=8.0, help="memory for cached SAE inputs; layers beyond it take another model pass")
     return p.parse_args(argv)
 
@@ -50,7 +55,7 @@ def main(argv=None):
     flat_texts, lang_ids = texts.flat()
     tokenizer = load_tokenizer(cfg.preset)  # before the weights: the position-0 rule depends on it and enters the hash
     settings = {
-        **cfg.describe(), "texts_sha": config_hash({"t": flat_texts}), "data_source": texts.source,
+        **cfg.key(), "texts_sha": config_hash({"t": flat_texts}), "data_source": texts.source,
         "weighting": args.weighting, "position_0": nu.position_0_rule(tokenizer), "top_k": args.top_k,
         "control_pool": args.control_pool, "seed": cfg.seed,
     }  # fmt: skip
@@ -93,7 +98,8 @@ def main(argv=None):
                     print(f"layer {L}: done in {time.time() - t0:.1f}s (waited {t_wait:.1f}s for its SAE); top-5 shared with another language: {list(layer.summary['shared_top5'].values())}")
                 del inputs
 
-    meta = nu.write_meta(cfg.features_dir, settings, chash, texts)
+    # the key holds the model's content identity; its name or path goes into meta.json for people only
+    meta = nu.write_meta(cfg.features_dir, {**settings, "model_id": cfg.preset.model_id}, chash, texts)
     print(f"meta.json: {len(meta['layers'])} layers; top-1 in no other language's top-5, per layer:")
     for L in meta["layers"]:
         excl = meta["exclusive_top1"][str(L)]

@@ -142,7 +142,7 @@ def main(argv=None):
 
     model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
     d = cfg.describe()
-    settings = {"model_id": d["model_id"], "sae_release": d["sae_release"], "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"]}
+    settings = {"model": d["model"], "sae_release": d["sae_release"], "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"]}
     task_settings = {
         "prompt_version": tasks.PROMPT_VERSION, "n_items": args.n_items, "n_topic_items": args.n_topic_items, "shots": args.shots, "topic_shots": args.topic_shots,
         "n_per_label": args.n_per_label, "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens, "seed": cfg.seed,

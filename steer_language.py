@@ -146,7 +146,7 @@ def main(argv=None):
 
     model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, load_tokenizer(cfg.preset))
     d = cfg.describe()
-    settings = {"model_id": d["model_id"], "sae_release": d["sae_release"], "dtype": d["dtype"]}
+    settings = {"model": d["model"], "sae_release": d["sae_release"], "dtype": d["dtype"]}
     vec_settings = {**settings, "languages": list(pair_langs), "selection": selection.source, "n_selection": nu_cfg.get("n_texts_per_lang", -1),
                     "split": nu_cfg.get("split", "dev"), "rule": "mean residual (block output) over tokens, position 0 and padding out"}  # fmt: skip
     vec_hash = config_hash(vec_settings)

@@ -4,6 +4,9 @@ A preset names a model and an SAE release; `--model-id`, `--sae-release` and
 `--sae-id-template` override its parts. Each run's artifacts live under
 `sae_features/<run>/` and its figures under `output/<run>/`, where `<run>` names the
 preset (or the model and release of a custom run), so runs of different models never mix.
+A run folder elsewhere (`--out-dir`) keeps its figures beside it, in `<out-dir>/figures/`
+(`--figures-dir` chooses another place). Cache keys name the model by content
+(`RunConfig.key`), so a run folder can be copied or moved and is reused as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from langsae.data import PAPER_LANGUAGES, validate_languages
 from langsae.errors import UserError
+from langsae.model import model_identity
 from langsae.toy import TOY_RELEASE, TOY_ROOT, ensure_built
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +79,9 @@ PRESET_ALIASES = {"gemma-2b": "gemma-2-2b"}
 CUSTOM = "custom"
 
 
+LABELS = ("model_id",)  # in RunConfig.describe() for people, left out of RunConfig.key()
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything common to every stage, resolved from the command line."""
@@ -97,10 +104,12 @@ class RunConfig:
         return self.preset.sae_id_template.format(layer=layer)
 
     def describe(self) -> dict:
-        """The settings that identify a run, for metadata."""
+        """The settings that identify a run, for metadata: `model` is the model's content identity
+        (model.model_identity), `model_id` its name or path for people (not part of `key`)."""
         return {
             "preset": self.preset.name,
             "model_id": self.preset.model_id,
+            "model": model_identity(self.preset.model_id),
             "sae_release": self.preset.sae_release,
             "sae_id_template": self.preset.sae_id_template,
             "languages": list(self.languages),
@@ -108,6 +117,12 @@ class RunConfig:
             "n_texts_per_lang": self.n_texts_per_lang,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+
+    def key(self) -> dict:
+        """`describe()` without what names a place: what cache keys and staleness checks compare, so a
+        run folder (or the toy, or the clone) copied elsewhere keeps its results. The SAE is its
+        release and ids; its local cache's path never enters (the toy's is in the toy's identity)."""
+        return {k: v for k, v in self.describe().items() if k not in LABELS}
 
 
 def _slug(text: str) -> str:
@@ -187,7 +202,16 @@ def build_parser(
     )
     g.add_argument("--split", default="dev", choices=["dev", "devtest"], help="FLORES split; on devtest the ten come from SIB-200 too")
     g = p.add_argument_group("run")
-    g.add_argument("--out-dir", type=Path, help="the run's artifact folder; default sae_features/<run>/")
+    g.add_argument(
+        "--out-dir", type=Path,
+        help="the run's artifact folder; default sae_features/<run>/. Results are keyed by content (model "
+        "and SAE identity, settings), not by path: a run folder copied or moved elsewhere is reused as it is",
+    )
+    g.add_argument(
+        "--figures-dir", type=Path,
+        help="where figures and REPORT.md go; default output/<path below sae_features/> for a run folder "
+        "under sae_features/ (output/<run>/), else <out-dir>/figures/ beside the run",
+    )
     g.add_argument("--device", help="torch device; default cuda if present, else cpu (toy preset: cpu)")
     g.add_argument("--dtype", choices=list(DTYPES), help="model and SAE dtype; default bfloat16 (toy preset: float32)")
     g.add_argument("--batch-size", type=int, help="texts per forward pass; default 8 (toy preset: 16)")
@@ -241,6 +265,24 @@ def run_name_for(preset: Preset) -> str:
     return f"{_slug(Path(preset.model_id).name if Path(preset.model_id).exists() else preset.model_id)}__{_slug(preset.sae_release)}"
 
 
+def _under_features_root(features_dir: Path) -> Path | None:
+    """The run folder's path below sae_features/; None if it lies elsewhere (or is sae_features/ itself)."""
+    try:
+        rel = Path(features_dir).resolve().relative_to(FEATURES_ROOT.resolve())
+    except ValueError:
+        return None
+    return rel if rel.parts else None
+
+
+def figures_dir_for(features_dir: Path) -> Path:
+    """Where a run's figures and REPORT.md go unless --figures-dir says otherwise: output/<path below
+    sae_features/> for a run folder there (the default layout, sae_features/<run>/ -> output/<run>/), else
+    <run folder>/figures/, beside the run, so that folder is self-contained and movable. Either way no two
+    run folders share a figure folder (the basename alone would: /elsewhere/toy and sae_features/toy)."""
+    inside = _under_features_root(features_dir)
+    return OUTPUT_ROOT / inside if inside else Path(features_dir) / "figures"
+
+
 def resolve(args: argparse.Namespace) -> RunConfig:
     """Turn parsed arguments into a RunConfig, validating everything that can be checked offline."""
     preset = resolve_preset(args)
@@ -252,15 +294,13 @@ def resolve(args: argparse.Namespace) -> RunConfig:
         raise UserError("--batch-size must be at least 1")
     if args.n_texts_per_lang == 0 or args.n_texts_per_lang < -1:
         raise UserError("--n-texts-per-lang must be a positive number, or -1 for all")
-    run_name = run_name_for(preset)
-    features_dir = Path(args.out_dir) if args.out_dir else FEATURES_ROOT / run_name
-    if args.out_dir:
-        run_name = Path(args.out_dir).resolve().name
+    features_dir = Path(args.out_dir) if args.out_dir else FEATURES_ROOT / run_name_for(preset)
+    inside = _under_features_root(features_dir)
     return RunConfig(
         preset=preset,
-        run_name=run_name,
+        run_name=inside.as_posix() if inside else Path(features_dir).resolve().name,  # titles and messages
         features_dir=features_dir,
-        output_dir=OUTPUT_ROOT / run_name,
+        output_dir=Path(args.figures_dir) if args.figures_dir else figures_dir_for(features_dir),
         languages=tuple(validate_languages(_comma_list(args.languages))),
         layers=parse_layers(args.layers),
         n_texts_per_lang=args.n_texts_per_lang,

@@ -82,11 +82,11 @@ class Condition:
         return f"L{self.layer}_{mode}_{self.name}" + ("" if self.draw is None else str(self.draw))
 
 
-STAGE3_IDENTITY = ("model_id", "sae_release", "nu_config_hash")  # what must match for stage 3's distances to describe this run
+STAGE3_IDENTITY = ("model", "sae_release", "nu_config_hash")  # what must match for stage 3's distances to describe this run
 
 
 def cross_language(lang: str, nu_languages: Sequence[str], clusters_file: Path, expect: Mapping | None = None) -> str:
-    """The cross-language control's language (CROSS_RULE). expect: this run's model_id,
+    """The cross-language control's language (CROSS_RULE). expect: this run's model (content identity),
     sae_release and nu_config_hash; a stage-3 file made from another model or nu run is not
     used (a warning says so) and the fallback applies."""
     others = [x for x in nu_languages if x != lang]

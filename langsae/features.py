@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from langsae.artifacts import load_json
-from langsae.config import FEATURES_ROOT, RunConfig, run_name_for
+from langsae.config import FEATURES_ROOT, RunConfig, figures_dir_for, run_name_for
 from langsae.errors import UserError
 from langsae.model import HookPoint, hook_point
 
@@ -126,8 +126,9 @@ class NuResults:
 
 
 def stage_command(script: str, cfg: RunConfig, *extra: str) -> str:
-    """`python <script>` with the flags that point it at this run (model, out dir, languages, and the
-    split and dtype where they are not the defaults: stored conditions depend on both), then `extra`."""
+    """`python <script>` with the flags that reproduce this run's common settings (model, out dir, figures
+    dir, languages, layers, and split, dtype, texts per language and seed where they are not the
+    defaults: stored results depend on them), then `extra` (a --layers there replaces the run's)."""
     p = cfg.preset
     if p.name == "custom":
         parts = ["--model custom", f"--model-id {p.model_id}", f"--sae-release {p.sae_release}", f"--sae-id-template '{p.sae_id_template}'"]
@@ -135,23 +136,57 @@ def stage_command(script: str, cfg: RunConfig, *extra: str) -> str:
         parts = [f"--model {p.name}"]
     if Path(cfg.features_dir).resolve() != (FEATURES_ROOT / run_name_for(p)).resolve():
         parts.append(f"--out-dir {cfg.features_dir}")
+    if Path(cfg.output_dir).resolve() != figures_dir_for(cfg.features_dir).resolve():
+        parts.append(f"--figures-dir {cfg.output_dir}")
     parts.append(f"--languages {','.join(cfg.languages)}")
+    if cfg.layers is not None and not any(e.startswith("--layers") for e in extra):
+        parts.append(f"--layers {','.join(map(str, cfg.layers))}")
     if cfg.split != "dev":
         parts.append(f"--split {cfg.split}")
     dtype = str(cfg.dtype).removeprefix("torch.")
     if dtype != p.defaults.get("dtype", "bfloat16"):
         parts.append(f"--dtype {dtype}")
+    if cfg.n_texts_per_lang != -1:
+        parts.append(f"--n-texts-per-lang {cfg.n_texts_per_lang}")
+    if cfg.seed != 0:
+        parts.append(f"--seed {cfg.seed}")
     return f"python {script} " + " ".join([*parts, *extra])
 
 
-def nu_command(cfg: RunConfig, layers: Sequence[int] | None = None, top_k: int | None = None) -> str:
-    """The command that makes nu results matching this run."""
+NU_DEFAULTS = {"top_k": 5, "control_pool": 64, "weighting": "token"}  # compute_nu_scores.py's own flags
+
+
+def nu_command(
+    cfg: RunConfig, layers: Sequence[int] | None = None, top_k: int = 1, made: dict | None = None
+) -> str:
+    """The command that (re)makes nu results for this run: its common settings, the nu stage's own
+    settings as `made` (the nu run's meta.json config) recorded them, else the stage's defaults, and at
+    least `top_k` features per language saved (what the stage asking needs). Flags at their default
+    are left out, so the command reproduces what was asked for rather than a narrower run."""
+    made = made or {}
     extra = []
     if layers is not None:
         extra.append(f"--layers {','.join(map(str, layers))}")
-    if top_k is not None:
-        extra.append(f"--top-k {top_k}")
+    own = {key: made.get(key, default) for key, default in NU_DEFAULTS.items()}
+    own["top_k"] = max(top_k, own["top_k"])
+    extra += [f"--{key.replace('_', '-')} {own[key]}" for key in NU_DEFAULTS if own[key] != NU_DEFAULTS[key]]
     return stage_command(NU_SCRIPT, cfg, *extra)
+
+
+NU_IDENTITY = ("model", "sae_release", "sae_id_template")  # content identities (RunConfig.key), never a path
+
+
+def identity_mismatch(made: dict, cfg: RunConfig) -> str | None:
+    """What differs between the model and SAE a nu run recorded (its meta.json config) and this run's,
+    in words, or None. Compared by content identity, so a moved run folder or toy still matches."""
+    want = cfg.describe()
+    for key in NU_IDENTITY:
+        if made.get(key) != want[key]:
+            if key == "model":
+                was = f"{made.get('model_id')!r} ({made.get('model') or 'no content identity'})"
+                return f"model {was}, not {want['model_id']!r} ({want['model']})"
+            return f"{key} {made.get(key)!r}, not {want[key]!r}"
+    return None
 
 
 def _layer_is_current(features_dir: Path, layer: int, nu_hash: str) -> bool:
@@ -168,21 +203,21 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
     fdir = Path(cfg.features_dir)
     meta_path = fdir / "meta.json"
     if not meta_path.exists():
-        raise UserError(f"no nu-score results in {fdir}; run `{nu_command(cfg, layers, max(top_k, 2))}` first")
+        raise UserError(f"no nu-score results in {fdir}; run `{nu_command(cfg, layers, top_k)}` first")
     meta = load_json(meta_path)
-    made, want = meta.get("config", {}), cfg.describe()
-    for key in ("model_id", "sae_release", "sae_id_template"):
-        if made.get(key) != want[key]:
-            raise UserError(
-                f"nu results in {fdir} were made with {key} {made.get(key)!r}, not {want[key]!r}; "
-                f"run `{nu_command(cfg, layers, max(top_k, 2))}` (or point --out-dir elsewhere)"
-            )
+    made = meta.get("config", {})
+    stale = identity_mismatch(made, cfg)
+    if stale:
+        raise UserError(
+            f"nu results in {fdir} were made with {stale}; "
+            f"run `{nu_command(cfg, layers, top_k, made)}` (or point --out-dir elsewhere)"
+        )
     nu_langs = tuple(meta["languages"])
     missing = [lang for lang in cfg.languages if lang not in nu_langs]
     if missing:
         raise UserError(
             f"nu results in {fdir} cover {','.join(nu_langs)}, not {','.join(missing)}; "
-            f"run `{nu_command(cfg, layers, max(top_k, 2))}`"
+            f"run `{nu_command(cfg, layers, top_k, made)}`"
         )
     computed = [int(L) for L in meta["layers"]]
     if layers is None:
@@ -191,19 +226,20 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
     if not layers or absent:
         raise UserError(
             f"layer(s) {absent or 'any'} have no nu results in {fdir} (computed: {computed or 'none'}); "
-            f"run `{nu_command(cfg, sorted(set(computed) | set(absent)) or None, max(top_k, 2))}`"
+            f"run `{nu_command(cfg, sorted(set(computed) | set(absent)) or None, top_k, made)}`"
         )
     top_k_saved = int(meta["top_k_saved"])
     if top_k < 1 or top_k > top_k_saved:
         raise UserError(
             f"--top-k {top_k} is out of range: the nu stage saved the top {top_k_saved} features per language; "
-            f"use 1..{top_k_saved} or run `{nu_command(cfg, layers, top_k)}`"
+            f"use 1..{top_k_saved} or run `{nu_command(cfg, layers, top_k, made)}`"
         )
     loaded = {}
     for L in layers:
         path = fdir / f"layer_{L}_directions.pt"
         if not path.exists() or not _layer_is_current(fdir, L, meta["config_hash"]):
-            raise UserError(f"nu results for layer {L} in {fdir} are missing or stale; run `{nu_command(cfg, layers, top_k_saved)}`")
+            remake = nu_command(cfg, layers, top_k_saved, made)
+            raise UserError(f"nu results for layer {L} in {fdir} are missing or stale; run `{remake}`")
         d = torch.load(path, map_location="cpu", weights_only=True)
         lf = LayerFeatures(
             layer=L, hook_in=d["hook_name"], hook_out=d.get("hook_name_out") or d["hook_name"], d_sae=int(d["d_sae"]),
@@ -213,6 +249,7 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
             input_bias=None if d.get("input_bias") is None else d["input_bias"].float(),
         )  # fmt: skip
         if lf.languages != nu_langs or lf.top_indices.shape[1] < top_k:
-            raise UserError(f"{path} does not match meta.json (languages or top-k); run `{nu_command(cfg, layers, top_k_saved)}`")
+            remake = nu_command(cfg, layers, top_k_saved, made)
+            raise UserError(f"{path} does not match meta.json (languages or top-k); run `{remake}`")
         loaded[L] = lf
     return NuResults(meta, nu_langs, loaded, top_k_saved)

@@ -9,14 +9,18 @@ input or output each one is, per model (this is the only place that knows the ma
 from __future__ import annotations
 
 import difflib
+import functools
+import hashlib
 import logging
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from langsae.artifacts import file_sha256
 from langsae.errors import UserError
 from langsae.hub import hf_token, hub_error_message, local_hub_cache
 
@@ -170,6 +174,63 @@ def load_model(
     except (OSError, ValueError) as e:
         raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
     return model.to(device).eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- identity
+#
+# Cache keys and staleness checks name the model by what it is, never by where it lies, so a run
+# folder, the toy or a whole clone can move and keep its results. A hub model is its repo id and
+# the commit the local cache holds (hashing a GB of hub weights at every stage start would cost
+# more than it tells); a local folder is the SHA-256 of its files; the toy is its build's fingerprint.
+# The SAE needs nothing more than its release and ids (config.RunConfig.key): a hub release is
+# content-addressed by name, and the toy's transcoders are part of the toy's fingerprint.
+
+IDENTITY_FILES = ("config.json", "tokenizer.json", "tokenizer.model")  # besides the weight files
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def hub_commit(repo_id: str, cache_dir: str | Path | None = None) -> str | None:
+    """The commit `repo_id`'s main resolves to in the local Hugging Face cache, or None if not cached."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    try:
+        return (repo / "refs" / "main").read_text().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def folder_identity(folder: Path) -> str:
+    """SHA-256 of a local model folder's config, tokenizer and weight files, by name (not by path).
+    Hashed once per process for each state of the files (their sizes and mtimes key the cache)."""
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.iterdir() if p.name in IDENTITY_FILES or p.suffix in WEIGHT_SUFFIXES)
+    files = [p for p in files if p.is_file()]
+    return _files_hash(folder, tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _files_hash(folder: Path, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name, *_ in stamp:
+        h.update(f"{name}\0{file_sha256(folder / name)}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def model_identity(model_id: str) -> str:
+    """What the model is, for cache keys: 'toy-sha256:…' (a toy build's model folder: `root/model` beside
+    its build.json), 'sha256:…' (another local folder), or the hub id with '@<commit>' when cached."""
+    from langsae.toy import build_identity  # langsae.toy imports this module
+
+    path = Path(model_id)
+    if path.is_dir():
+        toy = build_identity(path.parent) if path.name == "model" else None
+        return toy or folder_identity(path)
+    if path.is_absolute() or model_id.startswith("."):  # a local folder that is not there (yet): no content
+        return f"absent:{path.name}"
+    commit = hub_commit(model_id)
+    return f"{model_id}@{commit}" if commit else model_id
 
 
 # ----------------------------------------------------------------------------- SAEs

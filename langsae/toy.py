@@ -21,6 +21,7 @@ their tiny fixtures, so toy runs, test runs and real runs share one loading path
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -291,6 +292,23 @@ def fingerprint(root: Path) -> dict:
     files = [p for part in ("model", "hub") for p in (root / part).rglob("*") if p.is_file()] + [root / "quality.json"]
     names = sorted((str(p.relative_to(root)) for p in files), key=_artifact_rank)
     return {"sha256": {name: file_sha256(root / name) for name in names}, "quality": load_json(root / "quality.json")}
+
+
+def build_identity(root: Path) -> str | None:
+    """The content identity of the build in `root` (model, tokenizer, transcoders and quality report):
+    a hash of its fingerprint, whose names are relative to `root`, so a moved or copied build keeps it.
+    None when `root` holds no complete build. Hashed once per build per process (the toy is a few MB)."""
+    stamp = Path(root) / "build.json"
+    if not stamp.exists():
+        return None
+    return _fingerprint_hash(Path(root).resolve(), stamp.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint_hash(root: Path, build_stamp: int) -> str:
+    """build_stamp (build.json's mtime) is only a cache key: a rebuild rewrites build.json last."""
+    blob = json.dumps(fingerprint(root), sort_keys=True).encode()
+    return "toy-sha256:" + hashlib.sha256(blob).hexdigest()
 
 
 def first_difference(actual: dict, expected: dict) -> str | None:

@@ -473,8 +473,9 @@ def test_feature_past_d_sae_and_unsaved_feature_are_one_line_errors(tiny_transco
 def test_missing_or_foreign_nu_results_are_refused(tmp_path, tiny_args, nu_run):
     with pytest.raises(UserError, match=r"no nu-score results.*python compute_nu_scores\.py"):
         features.load_nu_results(_cfg(tiny_args, tmp_path / "empty"), None, 2)
-    edit_meta(nu_run.features_dir, config={**nu_run.describe(), "model_id": "Qwen/Qwen3-0.6B"})
-    with pytest.raises(UserError, match=r"made with model_id 'Qwen/Qwen3-0.6B'.*python compute_nu_scores\.py"):
+    # the model is compared by content: a nu run keyed by another model is refused, whatever its name
+    edit_meta(nu_run.features_dir, config={**nu_run.describe(), "model_id": "Qwen/Qwen3-0.6B", "model": "Qwen/Qwen3-0.6B@c0"})
+    with pytest.raises(UserError, match=r"made with model 'Qwen/Qwen3-0.6B' \(Qwen/Qwen3-0.6B@c0\).*compute_nu_scores\.py"):
         features.load_nu_results(nu_run, None, 2)
 
 

@@ -118,7 +118,7 @@ def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
         degenerate = len({(r["lang_a"], r["lang_b"]) for r in rows if r["layer"] == layer and r["degenerate"] == "True"})
         assert n["with_degenerate"] == 10 and n["without_degenerate"] == 10 - degenerate
     for name in ("synergy_intra_inter", "synergy_vs_cosine", "synergy_pairs"):
-        assert (tmp_path / "output" / "run" / f"{name}.png").stat().st_size > 1000, name
+        assert (run / "figures" / f"{name}.png").stat().st_size > 1000, name
 
     def fail(*a, **k):
         raise AssertionError("recomputed")

@@ -55,3 +55,39 @@ def test_hf_token_env_wins_over_secrets(tmp_path, monkeypatch):
     secrets.write_text("[huggingface]\ntoken = hf_...\n")  # the example's placeholder is no token
     monkeypatch.delenv("HF_TOKEN")
     assert hf_token(secrets) is None
+
+
+def test_figures_follow_the_whole_run_folder_not_its_basename(tmp_path):
+    """Issue 21.4: `--out-dir /elsewhere/toy` wrote its figures over the project's own output/toy/."""
+    from langsae import config
+
+    default = cfg("--model", "toy")
+    assert default.features_dir == config.FEATURES_ROOT / "toy"
+    assert default.output_dir == config.OUTPUT_ROOT / "toy"  # the default layout is unchanged
+    a = cfg("--model", "toy", "--out-dir", str(tmp_path / "a" / "toy"))
+    b = cfg("--model", "toy", "--out-dir", str(tmp_path / "b" / "toy"))
+    assert len({a.output_dir, b.output_dir, default.output_dir}) == 3
+    assert a.output_dir == tmp_path / "a" / "toy" / "figures"  # beside the run: the folder moves as one
+    nested = cfg("--model", "toy", "--out-dir", str(config.FEATURES_ROOT / "exp" / "toy"))  # output/<path>
+    assert nested.output_dir == config.OUTPUT_ROOT / "exp" / "toy" and nested.run_name == "exp/toy"
+    explicit = cfg("--model", "toy", "--out-dir", str(a.features_dir), "--figures-dir", str(tmp_path / "f"))
+    assert explicit.output_dir == tmp_path / "f" and explicit.features_dir == a.features_dir
+
+
+def test_stage_commands_reproduce_the_run_they_name(tmp_path):
+    """A "run this" hint, read back by the same parser, resolves to the same run folders and settings."""
+    from langsae.features import stage_command
+
+    argv = ["--model", "toy", "--out-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
+    argv += ["--layers", "1", "--languages", "eng_Latn,spa_Latn", "--split", "devtest", "--dtype", "bfloat16"]
+    argv += ["--n-texts-per-lang", "4", "--seed", "3"]
+    want = cfg(*argv)
+    command = stage_command("x.py", want).split()
+    assert command[:2] == ["python", "x.py"]
+    got = cfg(*command[2:])
+    fields = ("features_dir", "output_dir", "languages", "layers", "split", "dtype", "n_texts_per_lang")
+    fields += ("seed",)
+    for field in fields:
+        assert getattr(got, field) == getattr(want, field), field
+    derived = cfg("--model", "toy", "--out-dir", str(tmp_path / "r"))
+    assert "--figures-dir" not in stage_command("x.py", derived)

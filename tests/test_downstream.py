@@ -48,7 +48,7 @@ def test_cross_language_from_interaction_matrix(tmp_path):
 def test_cross_language_ignores_a_stage3_file_of_another_run(tmp_path, caplog):
     nu_langs = ["eng_Latn", "spa_Latn", "cmn_Hans", "arb_Arab"]
     path = tmp_path / "interaction_clusters.json"
-    store = {"model_id": "m", "sae_release": "r", "nu_config_hash": "h1"}
+    store = {"model": "sha256:m", "sae_release": "r", "nu_config_hash": "h1"}
     path.write_text(json.dumps({"languages": nu_langs, "distance": [[0, 1, 3, 2], [1, 0, 2, 5], [3, 2, 0, 4], [2, 5, 4, 0]],
                                 "settings": {"store": store}}))  # fmt: skip
     assert downstream.cross_language("spa_Latn", nu_langs, path, {**store, "dtype": "float32"}) == "arb_Arab"
@@ -154,8 +154,6 @@ def _rows(path):
 
 
 def test_stage_on_toy_qa_and_topic(toy_run):
-    from langsae import config
-
     flags = ["--tasks", "qa,topic", "--languages", "eng_Latn,cmn_Hans", "--n-items", "4", "--n-topic-items", "5", "--random-draws", "2"]
     first = _stage(toy_run, *flags)
     n_units = 2 * 2 * (1 + 1 + 2 + 1)  # tasks x languages x (baseline, own, 2 random, cross)
@@ -187,7 +185,7 @@ def test_stage_on_toy_qa_and_topic(toy_run):
     assert summary["rule"] == downstream.SUMMARY_RULE
     assert {(e["task"], e["metric"]) for e in summary["entries"]} == {("qa", "em"), ("qa", "f1"), ("qa", "lang_f1"), ("topic", "accuracy"), ("topic", "macro_f1")}
     assert all(isinstance(e["own_drop_exceeds_random"], bool) for e in summary["entries"])
-    assert (config.OUTPUT_ROOT / toy_run.name / "downstream_qa_L1.png").exists()
+    assert (toy_run / "figures" / "downstream_qa_L1.png").exists()
     # resumable: nothing is recomputed, and the table is the same
     assert _stage(toy_run, *flags) == {"computed": 0, "cached": n_units, "unit": "(task, language, layer, condition)"}
     assert _rows(toy_run / "downstream_results.csv") == rows

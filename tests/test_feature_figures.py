@@ -6,7 +6,7 @@ import torch
 from nu_artifacts import write_fake_nu
 
 import plot_sae_features
-from langsae import config, feature_figures, nu
+from langsae import feature_figures, nu
 from langsae.artifacts import save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
@@ -82,7 +82,7 @@ def test_script_writes_under_output_and_refuses_missing_nu(run, tmp_path, capsys
     monkeypatch.setattr(plot_sae_features, "model_layers", lambda cfg: 28)  # layer 5 exists: whether the toy is built or not
     argv = ["--model", "toy", "--out-dir", str(run.features_dir), "--languages", ",".join(LANGS), "--top-k", "2"]
     assert plot_sae_features.main(argv) == {"computed": 11, "cached": 0, "unit": "file"}
-    out = config.OUTPUT_ROOT / run.run_name / "features"
+    out = run.features_dir / "figures" / "features"  # beside a run folder outside sae_features/
     assert (out / "figure1_layer1.png").exists()  # layer 10 not computed: the middle of layers 0, 1
     assert run_main(plot_sae_features.main, [*argv, "--layer", "5"]) == 2
     assert "compute_nu_scores.py" in capsys.readouterr().err

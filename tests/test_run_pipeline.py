@@ -5,7 +5,6 @@ import json
 import pytest
 
 import run_pipeline
-from langsae import config
 from langsae.cli import run_main
 from langsae.errors import SkippedTask, UserError
 from langsae.stages import Stage, work
@@ -76,7 +75,7 @@ def test_failed_stage_stops_with_one_line_and_the_resume_command(stages, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "stage c failed: no nu results" in err
     assert f"`python run_pipeline.py --model toy --out-dir {out} --layers 1 --stages a,c,d --from c`" in err
-    assert (config.OUTPUT_ROOT / "run" / "REPORT.md").exists()  # rebuilt after the failed stage too
+    assert (out / "figures" / "REPORT.md").exists()  # rebuilt after the failed stage too
     rows = {r["stage"]: r["status"] for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]}
     assert rows == {"a": "done", "c": "failed"}
 
@@ -124,8 +123,10 @@ def test_layers_widen_the_analysis_stages_but_not_downstream_or_steering(monkeyp
     calls = {}
 
     def fake(stage):
-        return Stage(stage.name, stage.script, lambda argv: calls.setdefault(stage.name, list(argv)) and None,
-                     stage.flags, stage.drops)  # fmt: skip
+        def main(argv):
+            calls[stage.name] = list(argv)
+
+        return Stage(stage.name, stage.script, main, stage.flags, stage.drops)
 
     monkeypatch.setattr(run_pipeline, "STAGES", [fake(s) for s in run_pipeline.STAGES])
     common = ["--model", "toy", "--out-dir", str(tmp_path / "run")]

@@ -212,7 +212,7 @@ def test_script_end_to_end_and_resume(tiny_args, nu_dir, tmp_path, monkeypatch, 
     for name in ("figure5_data.csv", "figure6_data.csv", "section5_summary.csv", "section5_meta.json"):
         assert (nu_dir / name).exists(), name
     for name in ("figure5.png", "figure5.pdf", "figure6.png", "figure6.pdf"):
-        assert (tmp_path / "output" / "run" / name).stat().st_size > 1000, name
+        assert (nu_dir / "figures" / name).stat().st_size > 1000, name
     assert "peak" in capsys.readouterr().out
     summary = _read_csv(nu_dir / "section5_summary.csv")
     assert {r["language"] for r in summary} == set(LANGS)
@@ -247,7 +247,7 @@ def test_feature_mode_joins_the_same_table(tiny_args, nu_dir, tmp_path, monkeypa
     assert {r["mode"] for r in rows} == {"directional", "feature"}
     feature = [r for r in rows if r["mode"] == "feature"]
     assert len(feature) == 3 * 3 and {r["features"] for r in feature} == {"top1"}
-    assert (tmp_path / "output" / "run" / "figure5_feature.png").exists()
+    assert (nu_dir / "figures" / "figure5_feature.png").exists()
 
 
 @pytest.mark.parametrize(

@@ -37,15 +37,13 @@ def test_nu_stage_on_toy_matches_brute_force(toy_nu, small_toy):
 
 
 def test_section5_on_toy(toy_nu):
-    from langsae import config
-
     argv = [*TOY, "--out-dir", str(toy_nu), "--layers", "1", "--n-texts", "3", "--random-draws", "1"]
     assert run_main(reproduce_figures_section5.main, argv) == 0
     with open(toy_nu / "ablation_results.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["features"] for r in rows} >= {"top1", "top2", "top1+2", "random"}
     assert len({r["eval_lang"] for r in rows}) == 10
-    figures = config.OUTPUT_ROOT / toy_nu.name
+    figures = toy_nu / "figures"
     assert (figures / "figure5.png").exists() and (figures / "figure6.pdf").exists()
 
 
@@ -68,14 +66,14 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
     """`python run_pipeline.py --model toy` on the session's small toy: every stage, then a REPORT.md
     with a verdict in every claim row (and a real verdict for every claim whose stage ran)."""
     import run_pipeline
-    from langsae import config, report
+    from langsae import report
 
     out = tmp_path / "toy_all"
     argv = [*TOY, "--layers", "1", "--n-texts-per-lang", "4", "--out-dir", str(out)]
     assert run_main(run_pipeline.main, argv) == 0
     assert (out / "layer_1_indices.pt").exists() and (out / "ablation_results.csv").exists()
     assert json.loads((out / "data_checks.json").read_text())["status"] in ("PASS", "WARN")
-    figures = config.OUTPUT_ROOT / "toy_all"
+    figures = out / "figures"
     assert (figures / "figure5.png").exists() and (figures / "features" / "figure1_layer1.png").exists()
     rows = json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]
     assert [(r["stage"], r["status"]) for r in rows] == [(s.name, "done") for s in run_pipeline.STAGES]
@@ -99,10 +97,9 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
 
 def test_code_switching_on_toy(toy_nu):
     import code_switching
-    from langsae import config
 
     assert code_switching.main([*TOY, "--out-dir", str(toy_nu), "--layers", "0,1"]) == {"computed": 2, "cached": 0, "unit": "layer"}
     with open(toy_nu / "code_switching_results.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["language"] for r in rows} == {*PAPER_LANGUAGES, "mean"} and {r["layer"] for r in rows} == {"0", "1"}
-    assert (config.OUTPUT_ROOT / toy_nu.name / "code_switching_heatmap.png").exists()
+    assert (toy_nu / "figures" / "code_switching_heatmap.png").exists()
