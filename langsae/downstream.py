@@ -28,13 +28,14 @@ import numpy as np
 
 from langsae import metrics, tasks
 from langsae.ablation import make_ablation
-from langsae.artifacts import atomic_path, config_hash, load_json, save_json
+from langsae.artifacts import atomic_path, config_hash, file_sha256, load_json, save_json
 from langsae.data import SIB_CATEGORIES
 from langsae.errors import UserError
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
 from langsae.stats import N_BOOT, JointBootstrap, Resampled, mean_over_draws
 from langsae.sweep import NO_LANGUAGE, random_draw
+from langsae.units import claim_batches, claim_file
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +146,34 @@ class UnitStore:
         folder = self.root / task / lang
         return folder / f"{unit}.jsonl", folder / f"{unit}.json"
 
+    def claim_of(self, task: str, lang: str, unit: str) -> Path:
+        """The claim file of a unit (langsae.units), beside its results."""
+        return claim_file(self.root / task / lang, unit)
+
     def load(self, task: str, lang: str, unit: str, key: str) -> list[dict] | None:
+        """The unit's records; None when it is not done, stale, or its files are corrupt (then it is
+        computed again: the sidecar records the JSONL's size and SHA-256)."""
         data, done = self._paths(task, lang, unit)
-        if not (data.exists() and done.exists()) or load_json(done).get("config_hash") != key:
+        try:
+            marker = load_json(done)
+            record = marker.get("jsonl")
+            if marker.get("config_hash") != key or (record and record != _file_record(data)):
+                return None
+            with open(data, encoding="utf-8") as f:
+                return [json.loads(line) for line in f]
+        except (OSError, ValueError, AttributeError):  # absent, torn or not JSON
             return None
-        with open(data, encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
 
     def save(self, task: str, lang: str, unit: str, key: str, records: list[dict], meta: dict) -> None:
         data, done = self._paths(task, lang, unit)
         with atomic_path(data) as tmp:
             tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        save_json({**meta, "config_hash": key, "n_items": len(records)}, done)  # written last: the unit is done
+        marker = {**meta, "config_hash": key, "n_items": len(records), "jsonl": _file_record(data)}
+        save_json(marker, done)  # written last: the unit is done
+
+
+def _file_record(path: Path) -> dict:
+    return {"size": Path(path).stat().st_size, "sha256": file_sha256(path)}
 
 
 # ----------------------------------------------------------------------------- running a task
@@ -217,16 +234,20 @@ def run_units(
     store: UnitStore, task_settings: dict, eng: EngineSettings, force: bool,
 ) -> tuple[dict[str, list[dict]], int, int]:
     """Per-item records of every condition's unit ({unit: records}), computing only unfinished ones
-    (all of them together, stacked); returns (records, n computed, n cached)."""  # fmt: skip
-    out, todo = {}, []
-    for c in conditions:
-        unit, key = c.unit(mode), store.key(task, lang, c, mode, task_settings)
-        cached = None if force else store.load(task, lang, unit, key)
-        if cached is not None and len(cached) == len(items):
-            out[unit] = cached
-        else:
-            todo.append((c, unit, key))
-    if todo:
+    (those this process can claim together, stacked; units claimed by another live process are waited
+    for, langsae.units); returns (records, n computed, n cached)."""  # fmt: skip
+    out, n_computed = {}, 0
+    units = [(c, c.unit(mode), store.key(task, lang, c, mode, task_settings)) for c in conditions]
+
+    def done(u) -> bool:
+        _, unit, key = u
+        if unit not in out and not force:
+            cached = store.load(task, lang, unit, key)
+            if cached is not None and len(cached) == len(items):
+                out[unit] = cached
+        return unit in out
+
+    for todo in claim_batches(units, lambda u: store.claim_of(task, lang, u[1]), done):
         edits = [None if c.name == BASELINE else make_ablation(nu.layers[c.layer], c.feature_ids, mode, eng.device) for c, _, _ in todo]
         log.info("%s %s: %d units to compute (%d items each), %d cached", task, lang, len(todo), len(items), len(out))
         records = compute_records(model, tokenizer, task, lang, items, edits, eng)
@@ -235,7 +256,8 @@ def run_units(
                     "draw": c.draw, "feature_ids": list(c.feature_ids), "mode": None if c.name == BASELINE else mode}  # fmt: skip
             store.save(task, lang, unit, key, recs, meta)
             out[unit] = recs
-    return out, len(todo), len(conditions) - len(todo)
+        n_computed += len(todo)
+    return out, n_computed, len(conditions) - n_computed
 
 
 # ----------------------------------------------------------------------------- metrics and the results table

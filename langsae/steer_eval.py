@@ -44,6 +44,7 @@ from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, eos_token_ids, greedy_generate, stop_token_ids
 from langsae.steering import Gate, Steering, SteeringVectors, make_gate, random_direction_like, stacked_steering
 from langsae.sweep import random_draw
+from langsae.units import claim_batches
 
 TASKS = ("lid", "continuation", "collateral")
 NONE, SV, GATED, RANDOM_DIR, RANDOM_GATE = "none", "sv", "gated", "random_dir", "random_gate"
@@ -321,21 +322,26 @@ def run_units(
 ) -> tuple[dict[SteerCondition, list[dict]], int, int]:
     """Per-item records of every condition's unit of (task, source), computing only the unfinished ones, all
     together: compute(todo conditions) -> [C][N] records. what: everything else the records depend on
-    (task settings, vectors' and nu's hashes, gate k, seed). Returns (records, n computed, n cached)."""  # fmt: skip
-    out, todo = {}, []
-    for c in conditions:
-        key = config_hash({**store.settings, **what, "task": task, **c.key()})
-        cached = None if force else store.load(task, source, c.unit(), key)
-        if cached is not None and (n_items is None or len(cached) == n_items):
-            out[c] = cached
-        else:
-            todo.append((c, key))
-    if todo:
+    (task settings, vectors' and nu's hashes, gate k, seed). Units are claimed (langsae.units): those
+    another live process holds are waited for. Returns (records, n computed, n cached)."""  # fmt: skip
+    out, n_computed = {}, 0
+    units = [(c, config_hash({**store.settings, **what, "task": task, **c.key()})) for c in conditions]
+
+    def done(u) -> bool:
+        c, key = u
+        if c not in out and not force:
+            cached = store.load(task, source, c.unit(), key)
+            if cached is not None and (n_items is None or len(cached) == n_items):
+                out[c] = cached
+        return c in out
+
+    for todo in claim_batches(units, lambda u: store.claim_of(task, source, u[0].unit()), done):
         records = compute([c for c, _ in todo])
         for (c, key), recs in zip(todo, records):
             store.save(task, source, c.unit(), key, recs, {"task": task, **c.key()})
             out[c] = recs
-    return out, len(todo), len(conditions) - len(todo)
+        n_computed += len(todo)
+    return out, n_computed, len(conditions) - n_computed
 
 
 # ----------------------------------------------------------------------------- the results table

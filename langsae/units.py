@@ -86,7 +86,7 @@ def read_owner(path: Path) -> Owner | None:
 
 
 def is_dead(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
-    """Whether the claim at `path` belongs to nobody alive (see the module docstring); False when it is gone."""
+    """Whether the claim at `path` belongs to nobody alive (module docstring); False when it is gone."""
     try:
         age = time.time() - Path(path).stat().st_mtime
     except FileNotFoundError:
@@ -187,7 +187,8 @@ def _break_dead(path: Path, stale_after: float) -> bool:
         except FileExistsError:
             pass
     aside.unlink(missing_ok=True)
-    log.warning("took over the claim %s of %s", path, "an unreadable owner" if dead is None else f"{dead.host}:{dead.pid}")
+    who = "an unreadable owner" if dead is None else f"{dead.host}:{dead.pid}"
+    log.warning("took over the claim %s of %s", path, who)
     return True
 
 
@@ -203,7 +204,7 @@ def claim_units(
     share: Callable[[Sequence[T]], Sequence[T]] = everything,
     wait: bool = True,
     stale_after: float = STALE_AFTER_S,
-    poll: float = POLL_S,
+    poll: float | None = None,  # None: POLL_S
 ) -> Iterator[T]:
     """Yield, in order, the units of `share(units)` this process should compute, each with its claim held
     until the loop asks for the next one (so save the unit's output inside the loop body). Units claimed by
@@ -216,7 +217,7 @@ def claim_units(
             if not got:
                 later.append(unit)
     while later and wait:
-        time.sleep(poll)
+        time.sleep(POLL_S if poll is None else poll)
         pending = []
         for unit in later:
             if not is_done(unit):
@@ -235,3 +236,36 @@ def _attempt(unit, claim_of, is_done, stale_after):
         if not is_done(unit):  # another process may have finished it between our check and our claim
             yield unit
     return True
+
+
+def claim_batches(
+    units: Sequence[T],
+    claim_of: Callable[[T], Path],
+    is_done: Callable[[T], bool],
+    stale_after: float = STALE_AFTER_S,
+    poll: float | None = None,  # None: POLL_S
+) -> Iterator[list[T]]:
+    """Like claim_units, for units computed together (stacked along the batch): yields every unfinished
+    unit this process can claim now as one list, claims held until the loop asks for the next list; then
+    the units that were held by live processes and have not been finished since, once they are claimable.
+    Returns once every unit is done."""
+    pending = [u for u in units if not is_done(u)]
+    while pending:
+        held, later = [], []
+        for unit in pending:
+            claim = try_claim(claim_of(unit), stale_after)
+            if claim is None:
+                later.append(unit)
+            elif is_done(unit):  # finished between our check and our claim
+                claim.release()
+            else:
+                held.append((unit, claim))
+        try:
+            if held:
+                yield [u for u, _ in held]
+        finally:
+            for _, claim in held:
+                claim.release()
+        if later and not held:
+            time.sleep(POLL_S if poll is None else poll)
+        pending = [u for u in later if not is_done(u)]

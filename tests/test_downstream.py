@@ -226,3 +226,55 @@ def test_default_layer_rule(tmp_path):
     assert downstream_ablation.default_layers(cfg, "directional") == (1,)  # 1 and 2 tie: the lowest
     qwen = resolve(build_parser("x").parse_args(["--out-dir", str(tmp_path)]))
     assert downstream_ablation.default_layers(qwen, "directional") == (10,)
+
+
+def test_run_units_recomputes_a_corrupt_unit_alone_and_waits_for_a_live_claim(tmp_path, monkeypatch):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from langsae import units
+
+    D = downstream
+    store = D.UnitStore(tmp_path, {"s": 1})
+    conds = [D.Condition(D.BASELINE), D.Condition(D.OWN, 1, "eng_Latn", (3, 4))]
+    conds.append(D.Condition(D.RANDOM, 1, "none", (5, 6), 0))
+    computed = []
+
+    def fake_records(model, tok, task, lang, items, edits, eng):
+        computed.append(list(edits))
+        return [[{"id": it, "edit": str(e)} for it in items] for e in edits]
+
+    monkeypatch.setattr(D, "make_ablation", lambda lf, ids, mode, dev: ids)
+    monkeypatch.setattr(D, "compute_records", fake_records)
+    monkeypatch.setattr(units, "POLL_S", 0.05)
+    eng = D.EngineSettings(0, 1, 1, "cpu")
+
+    def run():
+        nu = SimpleNamespace(layers={1: None})
+        return D.run_units(None, None, "qa", "eng_Latn", ["a", "b"], conds, nu, "m", store, {}, eng, False)
+
+    first, n, cached = run()
+    assert (n, cached) == (3, 0) and computed == [[None, (3, 4), (5, 6)]]
+    own = tmp_path / "qa" / "eng_Latn" / f"{conds[1].unit('m')}.jsonl"
+    own.write_text(own.read_text().replace('"a"', '"z"'))  # same size, other bytes
+    computed.clear()
+    again, n, cached = run()
+    assert (n, cached) == (1, 2) and computed == [[(3, 4)]] and again == first
+
+    # a unit claimed by a live process elsewhere is not computed here: its owner's result is read once saved
+    rand = conds[2].unit("m")
+    (tmp_path / "qa" / "eng_Latn" / f"{rand}.json").unlink()
+    claim = store.claim_of("qa", "eng_Latn", rand)
+    claim.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0.0, "token": "t"}))
+    key = store.key("qa", "eng_Latn", conds[2], "m", {})
+
+    def owner():
+        time.sleep(0.3)
+        store.save("qa", "eng_Latn", rand, key, [{"id": i, "edit": "theirs"} for i in "ab"], {})
+        claim.unlink()
+
+    threading.Thread(target=owner).start()
+    computed.clear()
+    out, n, cached = run()
+    assert (n, cached) == (0, 3) and computed == [] and out[rand][0]["edit"] == "theirs"

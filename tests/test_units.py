@@ -50,7 +50,8 @@ def test_a_live_claim_is_respected_and_a_dead_one_taken_over(tmp_path):
     _fake_claim(live, "another-host", 1, age=units.STALE_AFTER_S / 2)  # elsewhere, heartbeat recent
     assert units.try_claim(live) is None and json.loads(live.read_text())["token"] == "someone"
 
-    for name, host, pid, age in [("pid", me, _dead_pid(), 0.0), ("old", "another-host", 1, units.STALE_AFTER_S + 5)]:
+    old = units.STALE_AFTER_S + 5
+    for name, host, pid, age in [("pid", me, _dead_pid(), 0.0), ("old", "another-host", 1, old)]:
         dead = tmp_path / f"{name}.claim"
         _fake_claim(dead, host, pid, age)
         claim = units.try_claim(dead)
@@ -97,7 +98,8 @@ def test_an_exception_in_the_loop_releases_the_claim(tmp_path):
 def _driver(run: Path, log: Path, *, exit_after: int = 0, delay: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(DRIVER), str(log), str(exit_after), str(delay), *ARGS, "--out-dir", str(run)]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _written(log: Path) -> list[str]:
@@ -168,15 +170,16 @@ def test_a_corrupt_condition_file_is_recomputed_alone(reference, small_toy_nu, t
 
 
 def test_per_condition_ce_does_not_depend_on_which_conditions_share_a_forward(small_toy_nu, small_toy):
-    """The claim behind claiming condition groups: stacking differently changes no CE (checked to the bit here;
-    grouping is kept deterministic anyway, since other BLAS kernels may differ in the last bits)."""
+    """The claim behind claiming condition groups: stacking differently changes no CE (checked to the bit
+    here; grouping is kept deterministic anyway, since other BLAS kernels may differ in the last bits)."""
     from langsae import features
     from langsae.config import build_parser, resolve
     from langsae.data import load_texts
     from langsae.forward import make_batches
     from langsae.model import load_model
 
-    cfg = resolve(build_parser("t").parse_args(["--model", "toy", "--out-dir", str(small_toy_nu), "--languages", ",".join(LANGS5)]))
+    argv = ["--model", "toy", "--out-dir", str(small_toy_nu), "--languages", ",".join(LANGS5)]
+    cfg = resolve(build_parser("t").parse_args(argv))
     nu = features.load_nu_results(cfg, None, 2)
     model, tok = load_model(cfg.preset, "cpu", torch.float32)
     evalset = sweep.build_eval_set(tok, load_texts(LANGS5, "evaluation", 4, cfg.split))
