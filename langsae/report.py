@@ -179,6 +179,39 @@ def _short(lang: str) -> str:
     return lang.split("_")[0]
 
 
+N_LISTED = 4  # a claims cell lists at most this many languages' results, else the strongest and the weakest
+
+
+def _spread(items: Sequence[tuple[str, float, str]], sep: str = "; ") -> str:
+    """A claims cell's one-line summary of per-language results (label, strength, text): each one when
+    there are few, else the strongest and the weakest (NaN: the weakest); the stage's section has them all."""
+    if len(items) <= N_LISTED:
+        return sep.join(f"{label} {text}" for label, _, text in items)
+    ranked = sorted(items, key=lambda it: it[1] if math.isfinite(it[1]) else -math.inf)
+    return f"strongest {ranked[-1][0]} {ranked[-1][2]}, weakest {ranked[0][0]} {ranked[0][2]}"
+
+
+def _by_lang(rows: Sequence[dict], get: Callable[[dict], Interval], direction: int = 1) -> str:
+    """_spread of one interval per Section 5 row, ranked by its value in the claimed direction."""
+    return _spread([(_short(r["language"]), direction * get(r).value, str(get(r))) for r in rows])
+
+
+def _layer_span(layers: Sequence[int]) -> str:
+    layers = sorted(int(L) for L in layers)
+    contiguous = layers and layers == list(range(layers[0], layers[-1] + 1))
+    return f"{layers[0]}-{layers[-1]}" if contiguous else ",".join(map(str, layers))
+
+
+def _peaks_by_layer(rows: Sequence[dict]) -> str:
+    """Each language's held-out peak layer when there are few, else how many peak at each layer."""
+    if len(rows) <= N_LISTED:
+        return ", ".join(f"{_short(r['language'])} {r['peak_layer']}" for r in rows)
+    counts = {}
+    for r in rows:
+        counts[int(r["peak_layer"])] = counts.get(int(r["peak_layer"]), 0) + 1
+    return ", ".join(f"L{L} {n}" for L, n in sorted(counts.items()))
+
+
 def _peak_shares(row: dict) -> dict[int, float]:
     """section5_summary's peak_frequency "L:share;..." as {layer: share}."""
     out = {}
@@ -204,15 +237,18 @@ def _peak_claim(a: Artifacts, layer: int, languages: Sequence[str] | None, how: 
         if missing:
             return Evidence(f"{', '.join(missing)} not in this run", "-", figure, INCONCLUSIVE)
         rows = [r for r in rows if r["language"] in languages]
-    held_out = ", ".join(f"{_short(r['language'])} {r['peak_layer']}" for r in rows)
+    held_out = f"held-out peaks: {_peaks_by_layer(rows)}"
     if layer not in meta["layers"]:
-        return Evidence(f"layer {layer} not measured (layers {meta['layers']}); held-out peaks: {held_out}", "-", figure, INCONCLUSIVE)
+        measured = _layer_span(meta["layers"])
+        numbers = f"layer {layer} not measured (layers {measured}); {held_out}"
+        return Evidence(numbers, "-", figure, INCONCLUSIVE)
     shares = [_peak_shares(r).get(layer, 0.0) for r in rows]
     at = sum(int(r["peak_layer"]) == layer for r in rows)
-    numbers = f"held-out peak at layer {layer} for {at}/{len(rows)}; share of resamples peaking there: " + ", ".join(
-        f"{_short(r['language'])} {s:.2f}" for r, s in zip(rows, shares)
-    )
-    control = "peak chosen on half A of the sentences, reported on half B; other peaks: " + held_out
+    sure = sum(frequency_verdict(s) == SUPPORTED for s in shares)
+    spread = _spread([(_short(r["language"]), s, f"{s:.2f}") for r, s in zip(rows, shares)], ", ")
+    n = len(rows)
+    numbers = f"held-out peak at layer {layer} for {at}/{n}; in ≥ 95% of resamples {sure}/{n}: {spread}"
+    control = f"peak chosen on half A of the sentences, reported on half B; {held_out}"
     return Evidence(numbers, control, figure, combine([frequency_verdict(s) for s in shares], how))
 
 
@@ -230,12 +266,15 @@ def hurts_mainly_target(a: Artifacts) -> Evidence | None:
     if s5 is None:
         return None
     rows, _ = s5
-    verdicts = [combine([interval_verdict(_iv(r, "specificity_diff")), interval_verdict(_iv(r, "self_delta_ce", "self"), _iv(r, "random_delta_ce", "random"))], "every") for r in rows]
-    numbers = "self − others ΔCE at the held-out peak: " + "; ".join(f"{_short(r['language'])} {_iv(r, 'specificity_diff')}" for r in rows)
-    control = "own ΔCE vs k random live features: " + "; ".join(
-        f"{_short(r['language'])} {_iv(r, 'self_delta_ce', 'self').value:+.3f} vs {_iv(r, 'random_delta_ce', 'random')}" for r in rows
-    )
-    return Evidence(f"{verdicts.count(SUPPORTED)}/{len(rows)} languages supported. {numbers}", control, a.figure("figure5.png"), combine(verdicts, "most"))
+    own = [_iv(r, "self_delta_ce", "self") for r in rows]
+    beyond_random = [interval_verdict(o, _iv(r, "random_delta_ce", "random")) for o, r in zip(own, rows)]
+    specific = [interval_verdict(_iv(r, "specificity_diff")) for r in rows]
+    verdicts = [combine([v, b], "every") for v, b in zip(specific, beyond_random)]
+    numbers = f"self − others ΔCE at the peak: {_by_lang(rows, lambda r: _iv(r, 'specificity_diff'))}"
+    control = f"own ΔCE beyond k random live features in {beyond_random.count(SUPPORTED)}/{len(rows)}"
+    verdict = combine(verdicts, "most")
+    numbers = f"{verdicts.count(SUPPORTED)}/{len(rows)} languages supported. {numbers}"
+    return Evidence(numbers, control, a.figure("figure5.png"), verdict)
 
 
 def own_features_beat_others(a: Artifacts) -> Evidence | None:
@@ -243,11 +282,16 @@ def own_features_beat_others(a: Artifacts) -> Evidence | None:
     if s5 is None:
         return None
     rows, _ = s5
-    verdicts = [interval_verdict(_iv(r, "self_delta_ce", "self"), _iv(r, "other_lang_features_delta_ce", "other_lang_features")) for r in rows]
-    numbers = f"{verdicts.count(SUPPORTED)}/{len(rows)} languages supported. own features on own texts: " + "; ".join(f"{_short(r['language'])} {_iv(r, 'self_delta_ce', 'self')}" for r in rows)
-    control = "the other languages' same-size feature sets on these texts: " + "; ".join(
-        f"{_short(r['language'])} {_iv(r, 'other_lang_features_delta_ce', 'other_lang_features')}" for r in rows
-    )
+
+    def own(r):
+        return _iv(r, "self_delta_ce", "self")
+
+    def other(r):
+        return _iv(r, "other_lang_features_delta_ce", "other_lang_features")
+
+    verdicts = [interval_verdict(own(r), other(r)) for r in rows]
+    numbers = f"{verdicts.count(SUPPORTED)}/{len(rows)} languages supported; own: {_by_lang(rows, own)}"
+    control = f"other languages' features: {_by_lang(rows, other)}"
     return Evidence(numbers, control, a.figure("figure5.png"), combine(verdicts, "most"))
 
 
@@ -260,7 +304,8 @@ def some_synergy(a: Artifacts) -> Evidence | None:
         return Evidence("synergy needs --top-k 2 or more in Section 5", "-", None, INCONCLUSIVE)
     verdicts = [interval_verdict(_iv(r, "synergy")) for r in rows]
     sub = sum(interval_verdict(_iv(r, "synergy"), direction=-1) == SUPPORTED for r in rows)
-    numbers = f"synergy > 0 in {verdicts.count(SUPPORTED)}/{len(rows)}, < 0 (sub-additive) in {sub}: " + "; ".join(f"{_short(r['language'])} {_iv(r, 'synergy')}" for r in rows)
+    spread = _by_lang(rows, lambda r: _iv(r, "synergy"))
+    numbers = f"synergy > 0 in {verdicts.count(SUPPORTED)}/{len(rows)}, < 0 (sub-additive) in {sub}: {spread}"
     return Evidence(numbers, "none: synergy is a paired difference of the same texts' ΔCEs", a.figure("figure6.png"), combine(verdicts, "some"))
 
 
@@ -274,15 +319,16 @@ def exclusive_top1(a: Artifacts) -> Evidence | None:
     excl = meta["exclusive_top1"].get(str(layer))
     figure = a.figure("features/topk_overlap.png")
     if excl is None:
-        return Evidence(f"layer {layer} has no ν results (layers {meta['layers']})", "-", figure, INCONCLUSIVE)
+        computed = _layer_span(meta["layers"])
+        return Evidence(f"layer {layer} has no ν results (layers {computed})", "-", figure, INCONCLUSIVE)
     n, yes = len(excl), sum(excl.values())
     shared = ", ".join(_short(lang) for lang, v in excl.items() if not v) or "none"
     verdict = SUPPORTED if yes == n else NOT_SUPPORTED if yes <= n / 2 else INCONCLUSIVE
-    return Evidence(
-        f"layer {layer} ({'no Section 5 yet' if peak is None else 'most common held-out peak'}): exclusive top-1 for {yes}/{n}; shared: {shared}",
-        "by layer: " + ", ".join(f"L{L} {sum(v.values())}/{len(v)}" for L, v in meta["exclusive_top1"].items()),
-        figure, verdict,
-    )  # fmt: skip
+    where = "no Section 5 yet" if peak is None else "most common held-out peak"
+    by_layer = [(f"L{L}", sum(v.values()), f"{sum(v.values())}/{len(v)}")
+                for L, v in meta["exclusive_top1"].items()]
+    numbers = f"layer {layer} ({where}): exclusive top-1 for {yes}/{n}; shared: {shared}"
+    return Evidence(numbers, f"by layer: {_spread(by_layer, ', ')}", figure, verdict)
 
 
 # ----------------------------------------------------------------------------- stages 3-5, code switching, steering
@@ -313,8 +359,12 @@ def _cluster_evidence(a: Artifacts, lang: str, shares: dict[str, float], how: st
         return Evidence(f"{_short(lang)} or the languages it is compared with are not in this run", "-", figure, INCONCLUSIVE)
     n = c["ari"]["n_resamples"]
     point = ", ".join(_short(x) for x, g in c["labels"].items() if g == c["labels"][lang])
-    numbers = f"{what} (k={c['settings']['k']}), share of {n} resamples: " + ", ".join(f"{_short(x)} {s:.2f}" for x, s in shares.items())
-    return Evidence(f"{numbers}; point cluster of {_short(lang)}: {point}", control, figure, combine([frequency_verdict(s) for s in shares.values()], how))
+    verdicts = [frequency_verdict(s) for s in shares.values()]
+    spread = _spread([(_short(x), s, f"{s:.2f}") for x, s in shares.items()], ", ")
+    sure = f"{verdicts.count(SUPPORTED)}/{len(shares)}"
+    numbers = f"{what} (k={c['settings']['k']}), in ≥ {FREQ_SURE:.0%} of {n} resamples: {sure}; {spread}"
+    numbers += f"; point cluster of {_short(lang)}: {point}"
+    return Evidence(numbers, control, figure, combine(verdicts, how))
 
 
 def vietnamese_clusters(a: Artifacts) -> Evidence | None:
@@ -327,7 +377,7 @@ def vietnamese_clusters(a: Artifacts) -> Evidence | None:
         return _cluster_evidence(a, vie, {}, "every", "", "-")
     shares = {x: co[i[vie]][i[x]] for x in ("eng_Latn", "spa_Latn", "fra_Latn", "por_Latn") if x in i}
     rivals = ", ".join(f"{_short(x)} {co[i[vie]][i[x]]:.2f}" for x in ("tha_Thai", "kor_Hang") if x in i) or "-"
-    control = f"shares a cluster with tha/kor: {rivals}; mean ARI of the resamples vs the point clusters {c['ari']['mean']:.2f}"
+    control = f"with tha/kor: {rivals}; mean ARI, resamples vs point clusters {c['ari']['mean']:.2f}"
     return _cluster_evidence(a, vie, shares, "every", "vie shares a cluster with", control)
 
 
@@ -339,12 +389,13 @@ def arabic_isolated(a: Artifacts) -> Evidence | None:
     arb, co = "arb_Arab", c["co_clustering"]
     shares = {x: 1 - co[i[arb]][k] for x, k in i.items() if x != arb} if arb in i else {}
     control = f"mean ARI of the resamples vs the point clusters {c['ari']['mean']:.2f}"
-    return _cluster_evidence(a, arb, shares, "every", "arb in another cluster than", control)
+    return _cluster_evidence(a, arb, shares, "every", "arb apart from", control)
 
 
 def intra_subadditive(a: Artifacts) -> Evidence | None:
     """Pooled over layers, without the pairs that share (or nearly share) a top-1 feature, whose
-    sub-additivity is built in: intra-cluster synergy below zero and below the inter-cluster pairs'."""
+    sub-additivity is built in: intra-cluster synergy below zero and below the inter-cluster pairs'.
+    The regression on |cosine| and the per-layer numbers are in the stage's section."""
     s = a.json("cluster_synergy_summary.json")
     if s is None:
         return None
@@ -358,14 +409,11 @@ def intra_subadditive(a: Artifacts) -> Evidence | None:
     verdict = interval_verdict(part("without_degenerate", "intra"), part("without_degenerate", "inter"), -1) if n_intra else INCONCLUSIVE
     if verdict == SUPPORTED and not clean["permutation_p"] < PERMUTATION_ALPHA:
         verdict = INCONCLUSIVE  # the sentence bootstrap holds the pairs fixed; which languages share a cluster is tested by permutation
-    numbers = (f"intra-cluster synergy, pooled over layers, without degenerate pairs: {part('without_degenerate', 'intra')} ({n_intra} pair-layers); "
-               f"with them: {part('with_degenerate', 'intra')} ({full['intra']['n_pairs']}; {w['n_same_feature']} share a top-1, "
-               f"{w['n_overlapping']} overlap)")  # fmt: skip
-    r = full["regression"]
-    control = (f"inter-cluster pairs: {part('without_degenerate', 'inter')}; intra − inter {part('without_degenerate', 'difference')}, "
-               f"permutation p = {clean['permutation_p']:.3g} ({clean['n_permutations']} permutations); with degenerate pairs p = "
-               f"{full['permutation_p']:.3g}; synergy on the pair's decoder |cosine| (all pairs): slope {r['slope']:+.3f}, r {r['r']:+.2f}; "
-               f"cluster effect beyond |cosine| (intra coefficient of synergy ~ |cosine| + intra, all pairs): {_given_cos(full)}")  # fmt: skip
+    without, with_ = part("without_degenerate", "intra"), part("with_degenerate", "intra")
+    numbers = (f"intra-cluster synergy, pooled over layers, without degenerate pairs: {without} "
+               f"({n_intra} pair-layers); with them: {with_} ({full['intra']['n_pairs']})")
+    inter = part("without_degenerate", "inter")
+    control = f"inter-cluster pairs: {inter}; permutation p = {clean['permutation_p']:.3g}"
     return Evidence(numbers, control, a.figure("synergy_vs_cosine.png"), verdict)
 
 
@@ -412,10 +460,8 @@ def _robust_verdict(e: dict) -> str:
     return SUPPORTED if diff.low > -ROBUST_SHARE * margin else INCONCLUSIVE
 
 
-def _task_line(e: dict) -> str:
-    base, margin = _ivl(e["baseline"]), _margin(e)
-    at = "at chance" if not math.isfinite(margin) else f"margin over chance {margin:.3f}"
-    return f"{e['task']} {e['metric']} {_short(e['lang'])}: baseline {base.value:.3f} ({at}), own Δ {_ivl(e['own_delta'])}"
+def _task_label(e: dict) -> str:
+    return f"{e['task']} {_short(e['lang'])}"
 
 
 def _task_figure(a: Artifacts, entries: list[dict], layer: int) -> str | None:
@@ -431,8 +477,14 @@ def collapse(a: Artifacts) -> Evidence | None:
     if not entries:
         return Evidence(f"{where}no QA, sentiment or topic results", "-", None, INCONCLUSIVE)
     verdicts = [_collapse_verdict(e) for e in entries]
-    numbers = f"{where}{verdicts.count(SUPPORTED)}/{len(entries)} task-languages collapse. " + "; ".join(_task_line(e) for e in entries)
-    control = "own − mean of the random draws: " + "; ".join(f"{e['task']} {_short(e['lang'])} {_ivl(e['own_minus_random'])}" for e in entries)
+    at_chance = sum(not math.isfinite(_margin(e)) for e in entries)
+    own = [_ivl(e["own_delta"]) for e in entries]
+    drops = _spread([(_task_label(e), -o.value, str(o)) for e, o in zip(entries, own)])
+    n = len(entries)
+    numbers = f"{where}{verdicts.count(SUPPORTED)}/{n} task-languages collapse ({at_chance} at chance)"
+    numbers += f"; own Δ: {drops}"
+    beyond = sum(interval_verdict(o, _ivl(e["random_delta"]), -1) == SUPPORTED for e, o in zip(entries, own))
+    control = f"own drop beyond the random features' in {beyond}/{len(entries)}"
     return Evidence(numbers, control, _task_figure(a, entries, layer), combine(verdicts, "most"))
 
 
@@ -446,9 +498,15 @@ def arabic_robust(a: Artifacts) -> Evidence | None:
     if not arb:
         return Evidence(f"{where}no Arabic task results", "-", None, INCONCLUSIVE)
     others = [e for e in entries if e["lang"] != "arb_Arab"]
-    control = "own − random for ar: " + "; ".join(f"{e['task']} {_ivl(e['own_minus_random'])}" for e in arb)
-    control += "; other languages' own Δ: " + ("; ".join(f"{e['task']} {_short(e['lang'])} {_ivl(e['own_delta']).value:+.3f}" for e in others) or "-")
-    return Evidence(where + "; ".join(_task_line(e) for e in arb), control, _task_figure(a, arb, layer), combine([_robust_verdict(e) for e in arb], "every"))
+    at_chance = ", ".join(e["task"] for e in arb if not math.isfinite(_margin(e))) or "none"
+    arb_diffs = "; ".join(f"{e['task']} {_ivl(e['own_minus_random'])}" for e in arb)
+    numbers = f"{where}arb own − random: {arb_diffs}"
+    control = f"baseline at chance: {at_chance}"
+    own = sorted((_ivl(e["own_delta"]).value, _task_label(e)) for e in others)
+    if own:
+        control += f"; others' own Δ from {own[0][0]:+.3f} ({own[0][1]}) to {own[-1][0]:+.3f} ({own[-1][1]})"
+    verdict = combine([_robust_verdict(e) for e in arb], "every")
+    return Evidence(numbers, control, _task_figure(a, arb, layer), verdict)
 
 
 def _modal_peak(a: Artifacts) -> int | None:
@@ -470,19 +528,22 @@ def code_switching_claim(a: Artifacts) -> Evidence | None:
     effect = [r for r in rows if r["case"] == "context_on_foreign_nouns"]
     peak = _modal_peak(a)
     if peak is not None and any(r["layer"] == str(peak) for r in effect):
-        layer, how = str(peak), "the most common held-out peak of Section 5, chosen without these items"
+        layer, how = str(peak), "most common held-out peak"
     else:
-        layer, how = str(meta["heatmap_layer"]), "largest mean effect, chosen on the same items"
+        layer, how = str(meta["heatmap_layer"]), "largest mean effect, chosen on these items"
     at = [r for r in effect if r["layer"] == layer and r["language"] != "mean"]
     verdicts = [interval_verdict(_value_ci(r)) for r in at]
-    numbers = (f"layer {layer} ({how}; {at[0]['n_items'] if at else '?'} items): {verdicts.count(SUPPORTED)}/{len(at)} languages "
-               "with a CI above zero: " + "; ".join(f"{_short(r['language'])} {_value_ci(r)}" for r in at))  # fmt: skip
-    by_layer = "; ".join(f"L{r['layer']} {_value_ci(r)}" for r in effect if r["language"] == "mean")
-    control = (
-        "paired: the same noun token ids alone (cut from each code-switched text, after a neutral start); "
-        f"mean over languages by layer: {by_layer}"
-    )
+    spread = _spread([(_short(r["language"]), _value_ci(r).value, str(_value_ci(r))) for r in at])
+    n_items = at[0]["n_items"] if at else "?"
+    above = f"{verdicts.count(SUPPORTED)}/{len(at)} above 0"
+    numbers = f"layer {layer} ({how}; {n_items} items): {above}: {spread}"
+    mean = next((_value_ci(r) for r in effect if r["layer"] == layer and r["language"] == "mean"), None)
+    control = f"vs the same noun ids alone; mean {mean}"  # every layer and language: in the section
     return Evidence(numbers, control, a.figure("code_switching_prefix_feature.png"), combine(verdicts, "most"))
+
+
+def _rate(iv: Interval) -> str:
+    return f"{iv.value:.2f} [{iv.low:.2f}, {iv.high:.2f}]" if iv.finite() else "n/a"
 
 
 def gated_steering(a: Artifacts) -> Evidence | None:
@@ -494,26 +555,28 @@ def gated_steering(a: Artifacts) -> Evidence | None:
     by_cell: dict[tuple, dict[str, dict]] = {}
     for e in s["entries"]:
         by_cell.setdefault((e["task"], e["source"], e["target"], e["layer"], e["n_layers"]), {})[e["method"]] = e
-    lines, controls, verdicts = [], [], []
+    gated_items, beaten, verdicts = [], {}, []
     for (task, src, tgt, layer, n), methods in by_cell.items():
         gated = methods.get("gated")
         if gated is None:
             continue
+        success = _ivl(gated["success"])  # None (no α within the budget): NaN, inconclusive
         name = f"{task} {_short(src)}→{_short(tgt)} L{layer}x{n}"
-        base = _ivl(gated["baseline_success"])
-        ctrl = [base] + [_ivl(m["success"]) for k, m in methods.items() if k.startswith("random") and m["success"]]
-        strongest = max(ctrl, key=lambda c: c.high if c.finite() else -math.inf)
-        if gated["success"] is None:
-            lines.append(f"{name}: no α within the budget")
-            verdicts.append(INCONCLUSIVE)
-        else:
-            lines.append(f"{name}: {_ivl(gated['success'])} at α {gated['best_alpha']:g}, collateral ΔCE {_ivl(gated['collateral_delta_ce'])}")
-            verdicts.append(interval_verdict(_ivl(gated["success"]), strongest))
-        controls.append(f"{name}: none {base}, strongest control {strongest}")
+        gated_items.append((name, success.value, _rate(success)))
+        controls = {"no steering": _ivl(gated["baseline_success"])}
+        randoms = {k: m for k, m in methods.items() if k.startswith("random") and m["success"]}
+        controls |= {k: _ivl(m["success"]) for k, m in randoms.items()}
+        for k, c in controls.items():
+            beaten[k] = beaten.get(k, 0) + (interval_verdict(success, c) == SUPPORTED)
+        strongest = max(controls.values(), key=lambda c: c.high if c.finite() else -math.inf)
+        verdicts.append(interval_verdict(success, strongest))
     if not verdicts:
         return Evidence("no gated steering in this run", "-", None, INCONCLUSIVE)
-    numbers = f"success rate, {verdicts.count(SUPPORTED)}/{len(verdicts)} beyond every control (budget {s['budget']} nats): " + "; ".join(lines)
-    return Evidence(numbers, "; ".join(controls), a.figure("steering_lid_success.png") or a.figure("steering_continuation_success.png"), combine(verdicts, "most"))
+    n = len(verdicts)
+    numbers = f"{verdicts.count(SUPPORTED)}/{n} beyond every control; success: {_spread(gated_items)}"
+    control = "beyond " + ", ".join(f"{k.replace('_', ' ')} {m}/{n}" for k, m in beaten.items())
+    figure = a.figure("steering_lid_success.png") or a.figure("steering_continuation_success.png")
+    return Evidence(numbers, control, figure, combine(verdicts, "most"))
 
 
 CLAIMS: list[Claim] = [
@@ -554,7 +617,7 @@ def claims_table(a: Artifacts) -> str:
     lines = ["| # | claim | source | evidence from this run | control | figure | verdict |", "|---|---|---|---|---|---|---|"]
     for i, claim in enumerate(CLAIMS, 1):
         ev, verdict = claim_row(claim, a)
-        fig = f"[{Path(ev.figure).stem}]({ev.figure})" if ev.figure else "-"
+        fig = f"[figure]({ev.figure})" if ev.figure else "-"  # the row stays short; the name is in the link
         lines.append(f"| {i} | {_cell(claim.text)} | {claim.source} | {_cell(ev.numbers)} | {_cell(ev.control)} | {fig} | **{verdict}** |")
     return "\n".join(lines)
 
@@ -648,13 +711,20 @@ def section5_section(a: Artifacts) -> list[str]:
     rows, meta = s5
     lines = ["## Stage 2: Section 5 (ΔCE)", "", f"{meta['mode']} ablation, {meta['n_texts_per_lang']} evaluation texts per language, layers {meta['layers']}. {meta['peak_rule']}.", ""]
     lines += _img(a, "figure5.png", "Figure 5") + _img(a, "figure6.png", "Figure 6")
-    lines += ["| language | held-out peak (share) | self ΔCE [95% CI] | self − others [95% CI] | synergy [95% CI] | random k [95% CI] | other languages' features | shared top-k with |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['language']} | {r['peak_layer']} ({_f(r, 'modal_peak_share'):.2f}) | {_iv(r, 'self_delta_ce', 'self')} | {_iv(r, 'specificity_diff')} | "
-            f"{_iv(r, 'synergy')} | {_iv(r, 'random_delta_ce', 'random')} | {_iv(r, 'other_lang_features_delta_ce', 'other_lang_features')} | {r['shared_with'] or '-'} |"
-        )
-    return lines + [""]
+    head = ["language", "held-out peak (share)", "share of resamples by peak layer", "self ΔCE [95% CI]",
+            "self − others [95% CI]", "synergy [95% CI]", "random k [95% CI]", "other languages' features",
+            "shared top-k with"]
+
+    def by_share(r: dict) -> str:
+        return ", ".join(f"{L} {v:.2f}" for L, v in sorted(_peak_shares(r).items(), key=lambda x: -x[1]))
+
+    return lines + _table(head, [
+        (r["language"], f"{r['peak_layer']} ({_f(r, 'modal_peak_share'):.2f})", by_share(r),
+         _iv(r, "self_delta_ce", "self"), _iv(r, "specificity_diff"), _iv(r, "synergy"),
+         _iv(r, "random_delta_ce", "random"), _iv(r, "other_lang_features_delta_ce", "other_lang_features"),
+         r["shared_with"] or "-")
+        for r in rows
+    ])
 
 
 def _not_run(title: str, a: Artifacts, stage: str, command: str) -> list[str]:
@@ -669,6 +739,10 @@ def _images(a: Artifacts, names: Sequence[str]) -> list[str]:
 
 def _table(head: Sequence[str], rows: list[Sequence]) -> list[str]:
     return [f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + [f"| {' | '.join(_cell(x) for x in r)} |" for r in rows] + [""]
+
+
+def _rows_of(names: Sequence[str], matrix: Sequence[Sequence[float]]) -> list[tuple]:
+    return [(x, *(f"{v:.2f}" for v in row)) for x, row in zip(names, matrix)]
 
 
 def interactions_section(a: Artifacts) -> list[str]:
@@ -690,6 +764,9 @@ def interactions_section(a: Artifacts) -> list[str]:
     if ward_d:
         lines += ["Ward run directly on D (the earlier reproduction's): " + "; ".join(
             ", ".join(_short(x) for x, y in ward_d.items() if y == g) for g in sorted(set(ward_d.values()))), ""]
+    short = [_short(x) for x in c["languages"]]
+    lines += [f"Share of the {c['ari']['n_resamples']} resamples in which two languages share a cluster:", ""]
+    lines += _table(["", *short], _rows_of(short, c["co_clustering"]))
     return lines + _images(a, ["interaction_matrix.png", "interaction_mds.png", "interaction_coclustering.png", "interaction_dendrogram.png"])
 
 
@@ -703,13 +780,22 @@ def cluster_synergy_section(a: Artifacts) -> list[str]:
         for which in ("with_degenerate", "without_degenerate"):
             d = w[which]
             iv = {k: _value_ci(d[k]) for k in ("intra", "inter", "difference")}
-            rows.append((layer, which.replace("_", " "), f"{iv['intra']} ({d['intra']['n_pairs']})", f"{iv['inter']} ({d['inter']['n_pairs']})",
-                         iv["difference"], f"{d['permutation_p']:.3g}", f"{d['regression']['slope']:+.3f} (r {d['regression']['r']:+.2f})",
-                         _given_cos(d)))  # fmt: skip
+            pairs = which.replace("_", " ")
+            if which == "with_degenerate":
+                pairs += f" ({w['n_same_feature']} share a top-1, {w['n_overlapping']} overlap)"
+            n_intra, n_inter = d["intra"]["n_pairs"], d["inter"]["n_pairs"]
+            slope = f"{d['regression']['slope']:+.3f} (r {d['regression']['r']:+.2f})"
+            intra, inter = f"{iv['intra']} ({n_intra})", f"{iv['inter']} ({n_inter})"
+            p = f"{d['permutation_p']:.3g}"
+            rows.append((layer, pairs, intra, inter, iv["difference"], p, slope, _given_cos(d)))
     lines = [f"## {title}", "", "Synergy = ΔAB − ΔA − ΔB of two languages' top-1 features, per pair the mean of its two sides; degenerate pairs share "
              "their top-1 feature or have decoder |cosine| above the threshold (their sub-additivity is built in).", ""]  # fmt: skip
     lines += _table(["layer", "pairs", "intra [95% CI] (n)", "inter [95% CI] (n)", "intra − inter", "permutation p", "slope on abs(cos)", "intra beyond abs(cos), p"], rows)
     return lines + _images(a, ["synergy_intra_inter.png", "synergy_vs_cosine.png", "synergy_pairs.png"])
+
+
+def _margin_text(e: dict) -> str:
+    return "at chance" if not math.isfinite(_margin(e)) else f"{_margin(e):.3f}"
 
 
 def downstream_section(a: Artifacts) -> list[str]:
@@ -717,12 +803,15 @@ def downstream_section(a: Artifacts) -> list[str]:
     d = a.json("downstream_summary.json")
     if d is None:
         return _not_run(title, a, "downstream", "python downstream_ablation.py")
-    rows = [(e["task"], f"{e['metric']}/{e['scoring']}", _short(e["lang"]), e["layer"], f"{_ivl(e['baseline']).value:.3f}", _ivl(e["own_delta"]),
+    rows = [(e["task"], f"{e['metric']}/{e['scoring']}", _short(e["lang"]), e["layer"],
+             f"{_ivl(e['baseline']).value:.3f}", _margin_text(e), _ivl(e["own_delta"]),
              _ivl(e["random_delta"]), f"{_ivl(e['cross_delta'])} ({_short(e['cross_lang'])})", _ivl(e["own_minus_random"]),
              {True: "yes", False: "no", None: "-"}[e["own_drop_exceeds_random"]])
             for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]  # fmt: skip
     lines = [f"## {title}", "", f"{d['mode']} ablation; {d['rule']}", ""]
-    lines += _table(["task", "metric", "lang", "layer", "baseline", "own Δ", "random Δ", "cross Δ (features of)", "own − random", "own drop > random"], rows)
+    head = ["task", "metric", "lang", "layer", "baseline", "margin over chance", "own Δ", "random Δ",
+            "cross Δ (features of)", "own − random", "own drop > random"]
+    lines += _table(head, rows)
     return lines + _images(a, sorted(p.name for p in a.output_dir.glob("downstream_*.png")))
 
 
@@ -739,6 +828,12 @@ def code_switching_section(a: Artifacts) -> list[str]:
              f"({meta['heatmap_layer_rule']}). Each alone text is the neutral start + the noun token ids of the "
              "code-switched text it is paired with, so after prefix − alone compares identical ids.", ""]  # fmt: skip
     lines += _table(["layer", *names], table)
+    effect = [r for r in rows if r["case"] == "context_on_foreign_nouns" and r["language"] != "mean"]
+    langs = list(dict.fromkeys(r["language"] for r in effect))
+    by = {(r["layer"], r["language"]): _value_ci(r) for r in effect}
+    lines += ["Per language: X's feature on foreign nouns after X's prefix − the same nouns alone.", ""]
+    per_layer = [(L, *(by.get((str(L), x), "-") for x in langs)) for L in layers]
+    lines += _table(["layer", *map(_short, langs)], per_layer)
     return lines + _images(a, ["code_switching_prefix_feature.png", "code_switching_noun_feature.png", "code_switching_heatmap.png"])
 
 
@@ -750,7 +845,7 @@ def steering_section(a: Artifacts) -> list[str]:
     rows = [(e["task"], f"{_short(e['source'])}→{_short(e['target'])}", f"{e['layer']}..{e['layer'] + e['n_layers'] - 1}", e["method"],
              "-" if e["best_alpha"] is None else f"{e['best_alpha']:g}", _ivl(e["success"]), _ivl(e["collateral_delta_ce"]), _ivl(e["baseline_success"]))
             for e in s["entries"]]  # fmt: skip
-    lines = [f"## {title}", "", s["rule"], ""]
+    lines = [f"## {title}", "", f"{s['rule']} Collateral budget: {s['budget']} nats.", ""]
     lines += _table(["task", "pair", "layers", "method", "best α", "success (half B)", "collateral ΔCE", "no steering"], rows)
     return lines + _images(a, sorted(p.name for p in a.output_dir.glob("steering_*.png")))
 

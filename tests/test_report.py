@@ -6,6 +6,7 @@ import pytest
 
 from langsae import report
 from langsae.artifacts import save_csv, save_json
+from langsae.data import PAPER_LANGUAGES
 from langsae.report import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Interval, combine, frequency_verdict, interval_verdict
 
 NAN = Interval(math.nan, math.nan, math.nan)
@@ -216,15 +217,15 @@ def test_code_switching_claim(run):
     (run.features_dir / "section5_summary.csv").unlink()  # no Section 5: the layer of the largest mean effect
     save_json({"heatmap_layer": 1, "heatmap_layer_rule": "largest"}, run.features_dir / "code_switching_meta.json")
     ev = report.code_switching_claim(run)
-    assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1 (largest mean effect, chosen on the same items")
-    assert "2/2 languages" in ev.numbers  # 0.5, 0.3 > 0.1
+    assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1 (largest mean effect, chosen on these")
+    assert "2/2 above 0: eng +0.500 [+0.400, +0.600]; spa +0.300 [+0.200, +0.400]" in ev.numbers  # > 0.1
     save_json({"heatmap_layer": 0, "heatmap_layer_rule": "largest"}, run.features_dir / "code_switching_meta.json")
     assert report.code_switching_claim(run).verdict == INCONCLUSIVE  # 0.05 and 0.0 ± 0.1
     # with Section 5, the layer of most held-out peaks (1 here), whatever the largest effect's layer
     peak1 = [summary_row(lang, 1, {1: 1.0}, *[(0.5, 0.4, 0.6)] * 5) for lang in ("eng_Latn", "spa_Latn", "fra_Latn")]
     save_csv([*peak1, summary_row("kor_Hang", 0, {0: 1.0}, *[(0.5, 0.4, 0.6)] * 5)], run.features_dir / "section5_summary.csv")
     ev = report.code_switching_claim(run)
-    assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1 (the most common held-out peak of Section 5, chosen without these items")
+    assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1 (most common held-out peak;")
 
 
 def test_gated_steering_must_beat_every_control(run):
@@ -250,3 +251,187 @@ def test_readme_block_replaces_only_the_marked_text(run, tmp_path):
     assert "| 1 | Layer 10 is the dominant" in text and "[output/toy/REPORT.md](output/toy/REPORT.md)" in text
     report.update_readme(readme, path, "output/toy/REPORT.md")  # idempotent
     assert readme.read_text() == text
+
+
+# ----------------------------------------------------------------------------- a whole run of ten languages
+
+TEN = list(PAPER_LANGUAGES)  # eng spa fra jpn kor por tha vie cmn arb
+
+
+def _iv3(rng, scale=1.0):
+    v = round(float(rng.uniform(-scale, scale)), 3)
+    w = round(float(rng.uniform(0.01, 0.1)), 3)
+    return (v, round(v - w, 3), round(v + w, 3))
+
+
+@pytest.fixture
+def full_run(tmp_path):
+    """Every stage's summary for the paper's ten languages over 28 layers, with varied numbers:
+    the size of report a real run writes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    fdir, odir = tmp_path / "features", tmp_path / "output"
+    peaks = [10, 10, 3, 0, 0, 10, 1, 27, 10, 3]
+    rows = [
+        summary_row(
+            lang,
+            p,
+            {p: 0.8, 9: 0.15, 27: 0.05},
+            *(_iv3(rng) for _ in range(5)),
+            shared="eng_Latn" if k == 1 else "",
+        )
+        for k, (lang, p) in enumerate(zip(TEN, peaks))
+    ]
+    save_csv(rows, fdir / "section5_summary.csv")
+    layers = list(range(28))
+    save_json(
+        {
+            "layers": layers,
+            "top_k": 2,
+            "mode": "directional",
+            "n_texts_per_lang": 500,
+            "peak_rule": "rule",
+            "bootstrap": {"n_boot": 2000, "resampling": "ids"},
+            "config": {"preset": "qwen3-0.6b"},
+        },
+        fdir / "section5_meta.json",
+    )
+    excl = {str(L): {lang: bool(rng.random() < 0.7) for lang in TEN} for L in layers}
+    save_json(
+        {
+            "layers": layers,
+            "d_sae": 163840,
+            "position_0": "excluded",
+            "languages": TEN,
+            "exclusive_top1": excl,
+            "shared_top5": {str(L): {lang: int(rng.integers(0, 4)) for lang in TEN} for L in layers},
+            "config": {},
+        },
+        fdir / "meta.json",
+    )
+    co = rng.uniform(0, 1, (10, 10)).round(2)
+    co = ((co + co.T) / 2).round(2)
+    np.fill_diagonal(co, 1.0)
+    save_json(
+        {
+            "languages": TEN,
+            "co_clustering": co.tolist(),
+            "labels": {lang: k % 4 for k, lang in enumerate(TEN)},
+            "ari": {"n_resamples": 200, "mean": 0.6, "q05": 0.3, "q95": 0.9},
+            "silhouette": {"2": 0.3, "3": 0.4, "4": 0.35},
+            "settings": {
+                "k": 4,
+                "features": "top-1",
+                "layers": layers,
+                "aggregate": "mean",
+                "mode": "directional",
+                "n_texts": 500,
+            },
+            "distance_kind": "euclidean",
+            "negative_eigen_mass": 0.01,
+            "stress": 0.1,
+        },
+        fdir / "interaction_clusters.json",
+    )
+    run = report.Artifacts(fdir, odir)
+    synergy_summary(run, (-0.3, -0.4, -0.2), (-0.05, -0.1, 0.0))
+    entries = [
+        task_entry(task, lang, (0.6, 0.5, 0.7), _iv3(rng, 0.5), _iv3(rng, 0.05))
+        for task in ("qa", "sentiment", "topic")
+        for lang in TEN
+    ]
+    save_json({"mode": "directional", "rule": "r", "entries": entries}, fdir / "downstream_summary.json")
+    cs = [
+        {
+            "layer": L,
+            "measure": "prefix_feature",
+            "kind": "contrast",
+            "case": case,
+            "language": lang,
+            "feature": 1,
+            "value": v[0],
+            "ci_low": v[1],
+            "ci_high": v[2],
+            "n_items": 72,
+        }
+        for L in layers
+        for case in ("context_on_foreign_nouns", "same_minus_other_after_prefix")
+        for lang in [*TEN, "mean"]
+        for v in [_iv3(rng)]
+    ]
+    save_csv(cs, fdir / "code_switching_results.csv")
+    save_json({"heatmap_layer": 10, "heatmap_layer_rule": "largest"}, fdir / "code_switching_meta.json")
+    steer = [
+        {
+            "task": task,
+            "source": src,
+            "target": "eng_Latn",
+            "layer": L,
+            "n_layers": n,
+            "method": method,
+            "best_alpha": 4.0,
+            "success": list(_iv3(rng)),
+            "collateral_delta_ce": list(_iv3(rng)),
+            "baseline_success": [0.0, 0.0, 0.05],
+        }
+        for task in ("lid", "continuation")
+        for src in TEN[1:]
+        for L in (5, 10, 15)
+        for n in (1, 3)
+        for method in ("gated", "plain", "random_dir", "random_gate")
+    ]
+    save_json({"rule": "best alpha", "budget": 0.25, "entries": steer}, fdir / "steering_summary.json")
+    for name in (
+        "figure5.png",
+        "figure6.png",
+        "features/topk_overlap.png",
+        "interaction_mds.png",
+        "synergy_vs_cosine.png",
+        "downstream_qa_L10.png",
+        "code_switching_prefix_feature.png",
+        "steering_lid_success.png",
+    ):
+        (odir / name).parent.mkdir(parents=True, exist_ok=True)
+        (odir / name).write_bytes(b"")  # the claims link them: their rows as long as a real run's
+    return run
+
+
+def test_claims_rows_are_one_line_summaries_and_the_sections_keep_the_detail(full_run):
+    text = report.build_report(full_run.features_dir, full_run.output_dir, "qwen3-0.6b")
+    claims = text.split("\n## Claims\n", 1)[1].split("\n## ", 1)[0]
+    rows = [
+        line for line in claims.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()
+    ]
+    assert len(rows) == len(report.CLAIMS) and report.NOT_RUN not in report.verdicts_in(text)
+    too_long = {row.split("|")[1].strip(): row for row in rows if len(row) > 400}
+    assert not too_long, too_long
+    sections = text.split("\n## Claims\n", 1)[1].split("\n## ", 1)[1]
+    s5 = full_run.csv("section5_summary.csv")
+    for r in s5:  # every language's intervals of claims 3-5 and its resample shares of claims 1-2
+        for key, ci in (
+            ("specificity_diff", None),
+            ("self_delta_ce", "self"),
+            ("synergy", None),
+            ("other_lang_features_delta_ce", "other_lang_features"),
+        ):
+            assert str(report._iv(r, key, ci)) in sections
+    assert "10 0.80, 9 0.15, 27 0.05" in sections
+    c = full_run.json("interaction_clusters.json")
+    for j, lang in enumerate(TEN):  # claims 7-8: each pair's share of resamples
+        assert (
+            f"| {report._short(lang)} | " + " | ".join(f"{x:.2f}" for x in c["co_clustering"][j]) + " |"
+            in sections
+        )
+    chance = {"qa": 0.0, "sentiment": 1 / 5, "topic": 1 / 7}  # F1 0; 5 star ratings; 7 SIB-200 topics
+    for e in full_run.json("downstream_summary.json")["entries"]:  # claims 10-11
+        base, margin = e["baseline"][0], e["baseline"][0] - chance[e["task"]]
+        metric = f"{e['metric']}/{e['scoring']}"
+        cells = [e["task"], metric, e["lang"][:3], "10", f"{base:.3f}", f"{margin:.3f}"]
+        row = "| " + " | ".join([*cells, str(report._ivl(e["own_delta"]))]) + " |"
+        assert row in sections
+    for r in full_run.csv("code_switching_results.csv"):  # claim 12: each language at each layer
+        if r["case"] == "context_on_foreign_nouns" and r["language"] != "mean":
+            assert str(report._value_ci(r)) in sections
+    for e in full_run.json("steering_summary.json")["entries"]:  # claim 13
+        assert str(report._ivl(e["success"])) in sections
