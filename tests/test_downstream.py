@@ -206,7 +206,7 @@ def test_stage_sentiment_on_toy_with_synthetic_amazon(toy_run, tmp_path, capsys,
     argv = [*TOY, "--out-dir", str(toy_run), "--layers", "1", "--tasks", "sentiment", "--languages", "fra_Latn"]
     assert run_main(downstream_ablation.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: the sentiment task needs mteb/AmazonReviewsClassification ('fr'")
+    assert err.startswith(f"error: the sentiment task needs mteb/AmazonReviewsClassification at revision {tasks.AMAZON_REVISION} ('fr'")
     with pytest.raises(tasks.DatasetUnavailable):
         downstream_ablation.main(argv)
     assert downstream_ablation.main([*argv, "--skip-unavailable"])["computed"] == 0
