@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 import subprocess
 import sys
@@ -898,7 +899,7 @@ def update_readme(readme: Path, report: Path, report_link: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from langsae.config import OUTPUT_ROOT, PROJECT_ROOT, build_parser, resolve
+    from langsae.config import PROJECT_ROOT, build_parser, resolve
 
     # the report reads the run's files, whatever settings made them
     unread = ("--languages", "--layers", "--n-texts-per-lang", "--split", "--device", "--dtype", "--batch-size")
@@ -910,11 +911,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = resolve(args)
     if args.readme:
-        report = OUTPUT_ROOT / cfg.run_name / REPORT_NAME
+        report = cfg.output_dir / REPORT_NAME  # where the run's stages wrote it (--out-dir, --figures-dir)
         if not report.exists():
             print(f"error: no {report}; run `python run_pipeline.py --model {cfg.preset.name}` first", file=sys.stderr)
             return 2
-        update_readme(PROJECT_ROOT / "README.md", report, str(report.relative_to(PROJECT_ROOT)))
+        update_readme(PROJECT_ROOT / "README.md", report, os.path.relpath(report.resolve(), PROJECT_ROOT))
         print(f"README.md: toy results block rebuilt from {report}")
         return 0
     print(write_report(cfg.features_dir, cfg.output_dir, cfg.run_name))
