@@ -91,3 +91,12 @@ def test_stage_commands_reproduce_the_run_they_name(tmp_path):
         assert getattr(got, field) == getattr(want, field), field
     derived = cfg("--model", "toy", "--out-dir", str(tmp_path / "r"))
     assert "--figures-dir" not in stage_command("x.py", derived)
+
+
+def test_the_pipeline_passes_figures_dir_to_every_stage(tmp_path):
+    import run_pipeline
+
+    argv = ["--model", "toy", "--out-dir", str(tmp_path / "r"), "--figures-dir", str(tmp_path / "f")]
+    argv += ["--stages", "nu"]
+    assert run_pipeline.parse_args(argv).figures_dir == tmp_path / "f"  # a common flag: build_parser has it
+    assert run_pipeline.stage_argv(argv) == argv[:-2]
