@@ -17,7 +17,7 @@ import torch
 
 from langsae import nu as nu_stage
 from langsae.artifacts import load_json, save_text
-from langsae.plots import MaxNLocator, plt, save_figure
+from langsae.plots import MaxNLocator, annotate_cells, plt, save_figure
 
 N_RANDOM = 1000  # random live features per layer whose ν is the control of Figure 1
 
@@ -113,7 +113,8 @@ def nu_distributions(summaries: Sequence[LayerSummary], languages: Sequence[str]
         ax.set_title(f"layer {s.layer}", fontsize=8)
         ax.tick_params(labelsize=6)
         ax.set_xlabel("ν", fontsize=7)
-    axes.flat[0].set_ylabel("features", fontsize=7)
+    for ax in axes.flat[:n]:  # every panel: the log scale's range differs by layer
+        ax.set_ylabel("features (log count)", fontsize=7)
     h, lab = axes.flat[0].get_legend_handles_labels()
     fig.legend(h, lab, loc="outside lower center", ncol=min(5, len(lab)), fontsize=7, frameon=False)
     fig.suptitle("ν over all features, per language and layer (log count)", fontsize=10)
@@ -138,8 +139,7 @@ def _heatmap(ax, m: np.ndarray, rows: Sequence[str], cols: Sequence[str], vmin=0
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)
     ax.set_yticks(range(len(rows)), rows, fontsize=6)
     if m.size <= 400:
-        for (i, j), v in np.ndenumerate(m):
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=5, color="white" if v < (vmin + vmax) / 2 else "black")
+        annotate_cells(ax, im, [[fmt.format(v) for v in row] for row in m])
     return im
 
 
@@ -158,7 +158,8 @@ def overlap(summaries: Sequence[LayerSummary], languages: Sequence[str], stem: P
     for ax, s in zip(axes.flat, summaries):
         im = _heatmap(ax, s.jaccard, short, short)
         ax.set_title(f"layer {s.layer}: top-{k} Jaccard", fontsize=8)
-    fig.colorbar(im, ax=axes.flat[n - 2], shrink=0.7)
+        ax.set_ylabel("language", fontsize=7)
+    fig.colorbar(im, ax=axes.flat[n - 2], shrink=0.7, label=f"Jaccard index of the top-{k} sets")
     last = axes.flat[n - 1]
     layers = [s.layer for s in summaries]
     last.plot(layers, [int(s.exclusive.sum()) for s in summaries], marker="o")
@@ -166,6 +167,7 @@ def overlap(summaries: Sequence[LayerSummary], languages: Sequence[str], stem: P
     last.set_ylim(-0.3, len(languages) + 0.3)
     last.xaxis.set_major_locator(MaxNLocator(integer=True))
     last.set_xlabel("layer", fontsize=7)
+    last.set_ylabel("languages", fontsize=7)
     last.set_title(f"languages whose top-1 is in no other top-{k}", fontsize=8)
     fig.suptitle("Do languages share their top features?", fontsize=10)
     return save_figure(fig, stem)
@@ -181,6 +183,7 @@ def specificity(s: LayerSummary, languages: Sequence[str], stem: Path) -> list[P
     im = _heatmap(ax, m, rows, languages, cmap="magma")
     fig.colorbar(im, ax=ax, shrink=0.6, label="μ / row max")
     ax.set_xlabel("measured in")
+    ax.set_ylabel("language's top feature (rank, id)")
     ax.set_title(f"Specificity at layer {s.layer}: μ of each language's top-{k} in every language", fontsize=9)
     return save_figure(fig, stem)
 

@@ -15,6 +15,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import AutoLocator, MaxNLocator  # noqa: E402
 
 from langsae.artifacts import atomic_path  # noqa: E402
+from langsae.data import SIB_CATEGORIES  # noqa: E402
+
+
+def text_colour(rgba: Sequence[float]) -> str:
+    """Black or white, whichever contrasts more with a cell of this colour: black above a relative
+    luminance (WCAG 2) of 0.179, where the two contrast ratios are equal, so no value is unreadable."""
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
+
+
+def annotate_cells(ax, im, labels: Sequence[Sequence[str]], fontsize: float = 5) -> None:
+    """Write labels[i][j] on cell (i, j) of the image `im`, in the colour that reads on that cell."""
+    values = np.asarray(im.get_array())
+    for i, row in enumerate(labels):
+        for j, text in enumerate(row):
+            colour = text_colour(im.cmap(im.norm(values[i, j]))) if np.isfinite(values[i, j]) else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=colour)
 
 
 def save_figure(fig, stem: Path) -> list[Path]:
@@ -45,8 +62,9 @@ def _grid(n: int, ncols: int = 5, size: tuple[float, float] = (3.2, 2.6)):
     return fig, list(axes.flat[:n])
 
 
-def _finish(fig, axes, title: str) -> None:
-    axes[0].set_ylabel("ΔCE (nats)")
+def _finish(fig, axes, title: str, ylabel: str = "ΔCE (nats)") -> None:
+    for ax in axes:  # every panel: each has its own y scale
+        ax.set_ylabel(ylabel, fontsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
@@ -169,9 +187,13 @@ def interaction_matrix(m, languages: Sequence[str], stem: Path, what: str) -> li
     low, high = m.interval()
     G, names = len(languages), _short(languages)
     fig, axes = plt.subplots(1, 2, figsize=(2 * (0.6 * G + 2.5), 0.6 * G + 1.5), layout="constrained")
-    for ax, values, title, cmap in ((axes[0], m.point, f"ΔCE (nats): M[eval, ablated] ({what})", "viridis"), (axes[1], high - low, "95% CI width", "Greys")):
+    panels = ((axes[0], m.point, f"ΔCE (nats): M[eval, ablated] ({what})", "viridis", "ΔCE (nats)"),
+              (axes[1], high - low, "95% CI width", "Greys", "95% CI width of ΔCE (nats)"))
+    images = []
+    for ax, values, title, cmap, unit in panels:
         im = ax.imshow(values, cmap=cmap)
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        images.append(im)
+        fig.colorbar(im, ax=ax, shrink=0.8, label=unit)
         ax.set_xticks(range(G), names, rotation=90, fontsize=7)
         ax.set_yticks(range(G), names, fontsize=7)
         ax.set_xlabel("ablated language's features")
@@ -180,9 +202,9 @@ def interaction_matrix(m, languages: Sequence[str], stem: Path, what: str) -> li
         for i in range(G):
             ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.2))
     if G <= 12:
-        for i in range(G):
-            for j in range(G):
-                axes[0].text(j, i, f"{m.point[i, j]:.2f}\n±{(high[i, j] - low[i, j]) / 2:.2f}", ha="center", va="center", fontsize=5, color="white")
+        half = (high - low) / 2
+        cells = [[f"{m.point[i, j]:.2f}\n±{half[i, j]:.2f}" for j in range(G)] for i in range(G)]
+        annotate_cells(axes[0], images[0], cells)
     return save_figure(fig, stem)
 
 
@@ -231,13 +253,11 @@ def co_clustering(co, languages: Sequence[str], stem: Path, ari: Mapping) -> lis
     G = len(languages)
     fig, ax = plt.subplots(figsize=(0.5 * G + 2.5, 0.5 * G + 1.5), layout="constrained")
     im = ax.imshow(co, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of resamples in one cluster")
     names = _short(languages)
     ax.set_xticks(range(G), names, rotation=90, fontsize=7)
     ax.set_yticks(range(G), names, fontsize=7)
-    for i in range(G):
-        for j in range(G):
-            ax.text(j, i, f"{co[i][j]:.2f}", ha="center", va="center", fontsize=5, color="black" if co[i][j] < 0.6 else "white")
+    annotate_cells(ax, im, [[f"{co[i][j]:.2f}" for j in range(G)] for i in range(G)])
     ax.set_title(f"co-clustering over {ari['n_resamples']} resamples (ARI vs point: mean {ari['mean']:.2f})", fontsize=9)
     return save_figure(fig, stem)
 
@@ -260,7 +280,7 @@ def synergy_intra_inter(summary: Mapping, stem: Path) -> list[Path]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_title(which.replace("_", " ") + " pairs", fontsize=9, pad=14)
-    axes[0].set_ylabel("synergy ΔAB − ΔA − ΔB (nats)")
+        ax.set_ylabel("synergy ΔAB − ΔA − ΔB (nats)")
     axes[0].legend(fontsize=7)
     return save_figure(fig, stem)
 
@@ -307,7 +327,7 @@ def synergy_pairs(rows: Sequence[Mapping], languages: Sequence[str], order: Sequ
         s = s[np.ix_(order, order)]
         lim = np.nanmax(np.abs(s)) if np.isfinite(s).any() else 1.0
         im = ax.imshow(s, cmap="RdBu_r", vmin=-lim, vmax=lim)
-        fig.colorbar(im, ax=ax, shrink=0.7)
+        fig.colorbar(im, ax=ax, shrink=0.7, label="synergy (nats)")
         names = [_short(languages)[i] for i in order]
         ax.set_xticks(range(G), names, rotation=90, fontsize=6)
         ax.set_yticks(range(G), names, fontsize=6)
@@ -324,6 +344,14 @@ def _grid_plain(n: int, G: int, ncols: int = 4):
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
+
+
+N_CLASSES = {"topic": len(SIB_CATEGORIES), "sentiment": 5}  # 5 star ratings; QA is free text: no chance
+
+
+def chance_level(task: str, metric: str) -> float | None:
+    """The accuracy of a uniform guess, 1 / number of classes; None where there is no such level."""
+    return 1 / N_CLASSES[task] if metric == "accuracy" and task in N_CLASSES else None
 
 
 DOWNSTREAM_SERIES = {"baseline": ("black", "o"), "own": ("tab:red", "v"), "random": ("grey", "s"), "cross": ("tab:green", "D")}
@@ -349,11 +377,15 @@ def downstream_figure(rows: Sequence[dict], task: str, layer: int, stem: Path) -
             lo = [pts[lang]["value"] - pts[lang]["ci_low"] for lang in langs if lang in pts]
             hi = [pts[lang]["ci_high"] - pts[lang]["value"] for lang in langs if lang in pts]
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt=marker, color=colour, ms=4, lw=0.8, capsize=2, label=name)
+        chance = chance_level(task, metric)
+        if chance is not None:
+            ax.axhline(chance, color="black", ls=":", lw=0.8, label=f"chance (1/{N_CLASSES[task]})")
         ax.set_xticks(range(len(langs)), [lang.split("_")[0] for lang in langs], fontsize=7)
         ax.tick_params(labelsize=7)
+        ax.set_ylabel(metric.replace("_", " "), fontsize=7)
         ax.set_title(f"{metric} ({scoring})", fontsize=9)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    legend = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=5, fontsize=7, frameon=False)
     fig.suptitle(f"{task}, ablation at layer {layer}: baseline vs own top-1+2 vs random (same k) vs another language's top-1+2; 95% CI", fontsize=9)
     return save_figure(fig, stem)
 
@@ -388,8 +420,7 @@ def steering_success(rows: Sequence[dict], task: str, stem: Path) -> list[Path]:
         ax.set_xlabel("α", fontsize=7)
         ax.xaxis.set_major_locator(AutoLocator())
         ax.set_ylim(-0.05, 1.05)
-    _finish(fig, axes, f"{task}: success rate against α (95% CI)")
-    axes[0].set_ylabel("success rate")
+    _finish(fig, axes, f"{task}: success rate against α (95% CI)", "success rate")
     return save_figure(fig, stem)
 
 
@@ -414,6 +445,6 @@ def steering_tradeoff(rows: Sequence[dict], task: str, budget: float, stem: Path
         ax.set_xlabel("collateral ΔCE (nats/token)", fontsize=7)
         ax.xaxis.set_major_locator(AutoLocator())
         ax.set_ylim(-0.05, 1.05)
-    _finish(fig, axes, f"{task}: success against collateral ΔCE, one point per α (95% CIs; dotted: budget)")
-    axes[0].set_ylabel("success rate")
+    title = f"{task}: success against collateral ΔCE, one point per α (95% CIs; dotted: budget)"
+    _finish(fig, axes, title, "success rate")
     return save_figure(fig, stem)

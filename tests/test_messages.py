@@ -21,11 +21,17 @@ from langsae.config import build_parser, parse_layers, resolve
 from langsae.errors import UserError
 
 SCRIPTS = {
-    "check_data": check_data.parse_args, "nu": compute_nu_scores.parse_args, "section5": reproduce_figures_section5.parse_args,
-    "interactions": cross_linguistic_interactions.parse_args, "cluster_synergy": cluster_synergy.parse_args,
-    "downstream": downstream_ablation.parse_args, "code_switching": code_switching.parse_args,
-    "steering": steer_language.parse_args, "plots": plot_sae_features.parse_args, "pipeline": run_pipeline.parse_args,
-}  # fmt: skip
+    "check_data": check_data.parse_args,
+    "nu": compute_nu_scores.parse_args,
+    "section5": reproduce_figures_section5.parse_args,
+    "interactions": cross_linguistic_interactions.parse_args,
+    "cluster_synergy": cluster_synergy.parse_args,
+    "downstream": downstream_ablation.parse_args,
+    "code_switching": code_switching.parse_args,
+    "steering": steer_language.parse_args,
+    "plots": plot_sae_features.parse_args,
+    "pipeline": run_pipeline.parse_args,
+}
 
 
 def help_text(parse_args) -> str:
@@ -48,9 +54,17 @@ def one_error_line(main, argv, capsys) -> str:
 def test_a_descending_range_is_named_as_such(tmp_path, capsys):
     with pytest.raises(UserError, match="3-1 runs downwards; write it as 1-3"):
         parse_layers("3-1")
-    assert parse_layers("1-3") == (1, 2, 3) and parse_layers("5,0-1") == (0, 1, 5) and parse_layers("all") is None
+    assert (
+        parse_layers("1-3") == (1, 2, 3)
+        and parse_layers("5,0-1") == (0, 1, 5)
+        and parse_layers("all") is None
+    )
     # through a stage: one line about the range, not about ν results to compute
-    msg = one_error_line(plot_sae_features.main, ["--model", "toy", "--layers", "3-1", "--out-dir", str(tmp_path / "o")], capsys)
+    msg = one_error_line(
+        plot_sae_features.main,
+        ["--model", "toy", "--layers", "3-1", "--out-dir", str(tmp_path / "o")],
+        capsys,
+    )
     assert "runs downwards" in msg and "compute_nu_scores" not in msg
 
 
@@ -66,20 +80,37 @@ def test_plot_names_a_layer_beyond_the_model(small_toy, small_toy_nu, tmp_path, 
     argv = ["--model", "toy", "--out-dir", str(run)]
     for flags, flag in ((["--layer", "9"], "--layer"), (["--layers", "0,9"], "--layers")):
         msg = one_error_line(plot_sae_features.main, [*argv, *flags], capsys)
-        assert f"{flag}: layer(s) [9] out of range: the model has 2 layers (0-1)" in msg and "compute_nu_scores" not in msg
+        assert (
+            f"{flag}: layer(s) [9] out of range: the model has 2 layers (0-1)" in msg
+            and "compute_nu_scores" not in msg
+        )
 
 
 # ----------------------------------------------------------------------------- hints and defaults
 
 
 def test_downstream_section5_hint_keeps_the_runs_flags(tmp_path):
-    argv = ["--model", "toy", "--out-dir", str(tmp_path / "elsewhere"), "--split", "devtest", "--dtype", "bfloat16"]
+    argv = [
+        "--model",
+        "toy",
+        "--out-dir",
+        str(tmp_path / "elsewhere"),
+        "--split",
+        "devtest",
+        "--dtype",
+        "bfloat16",
+    ]
     cfg = resolve(downstream_ablation.parse_args(argv))
     with pytest.raises(UserError) as e:
         downstream_ablation.default_layers(cfg, "feature")
     hint = str(e.value).split("run `", 1)[1].split("`", 1)[0]
     assert hint.startswith("python reproduce_figures_section5.py --model toy")
-    for flag in (f"--out-dir {tmp_path / 'elsewhere'}", "--split devtest", "--dtype bfloat16", "--mode feature"):
+    for flag in (
+        f"--out-dir {tmp_path / 'elsewhere'}",
+        "--split devtest",
+        "--dtype bfloat16",
+        "--mode feature",
+    ):
         assert flag in hint
 
 
@@ -122,7 +153,9 @@ def test_help_leaves_out_flags_a_script_ignores():
     assert "--layers" not in data and "--layers" in plots
     assert "--device" in help_text(compute_nu_scores.parse_args)
     # still accepted: run_pipeline.py passes every stage the same common flags
-    args = plot_sae_features.parse_args(["--device", "cpu", "--dtype", "float32", "--batch-size", "3", "--force"])
+    args = plot_sae_features.parse_args(
+        ["--device", "cpu", "--dtype", "float32", "--batch-size", "3", "--force"]
+    )
     assert args.device == "cpu" and args.batch_size == 3 and args.force
     with pytest.raises(ValueError, match="--no-such"):
         build_parser("x", ignored=("--no-such",))
@@ -135,7 +168,9 @@ def test_help_of_the_report_module(capsys):
     assert "--readme" in text and "--device" not in text and "(default: None)" not in text
 
 
-@pytest.mark.parametrize("name, says", [("downstream", "the most common held-out peak"), ("steering", "steering layer (toy 1)")])
+@pytest.mark.parametrize(
+    "name, says", [("downstream", "the most common held-out peak"), ("steering", "steering layer (toy 1)")]
+)
 def test_help_states_the_real_layers_default(name, says):
     entry = help_text(SCRIPTS[name]).split("\n  --layers LAYERS", 1)[1].split("\n  --", 1)[0]
     layers_help = " ".join(entry.split())
