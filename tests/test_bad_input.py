@@ -61,7 +61,12 @@ def test_out_of_memory_says_which_flag_to_lower(tiny_args, tmp_path, capsys, mon
 
 @pytest.mark.parametrize(
     "flags, expected",
-    [(["--model", "llama"], "unknown --model"), (["--model", "custom"], "--model-id"), (["--batch-size", "0"], "--batch-size")],
+    [
+        (["--model", "llama"], "unknown --model"),
+        (["--model", "custom"], "--model-id"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--model", "toy", "--layers", "3-1"], "--layers: the range 3-1 runs downwards; write it as 1-3"),
+    ],
 )
 def test_bad_flags(flags, expected, tmp_path, capsys):
     assert expected in fails_cleanly(flags, tmp_path / "o", capsys)
