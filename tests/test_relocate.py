@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+import code_switching
 import compute_nu_scores
 import reproduce_figures_section5
 from langsae import config, features, model, toy
@@ -18,9 +19,12 @@ SECTION5 = ["--layers", "1", "--n-texts", "3", "--random-draws", "1"]
 
 
 def stages(out):
-    """The nu stage, then Section 5 with small settings, into `out`: their work records."""
+    """The nu stage, then Section 5 and code switching with small settings, into `out`: their work
+    records (Section 5's and code switching's together: both must be 0 computed once cached)."""
     nu = compute_nu_scores.main([*TOY, "--out-dir", str(out), *NU])
-    return nu, reproduce_figures_section5.main([*TOY, "--out-dir", str(out), *NU, *SECTION5])
+    section5 = reproduce_figures_section5.main([*TOY, "--out-dir", str(out), *NU, *SECTION5])
+    switching = code_switching.main([*TOY, "--out-dir", str(out), *NU, "--layers", "1"])
+    return nu, {k: section5[k] + switching[k] for k in ("computed", "cached")}
 
 
 @pytest.fixture(scope="module")
