@@ -41,7 +41,7 @@ AMAZON_CONFIGS = {"eng_Latn": "en", "spa_Latn": "es", "fra_Latn": "fr", "jpn_Jpa
 RATINGS = (1, 2, 3, 4, 5)
 
 # The prompts; PROMPT_VERSION is part of every cache key, so editing a prompt invalidates old results.
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # 2: answers stop at every EOS id the model lists (Qwen3's <|endoftext|> ran on before)
 QA_INSTRUCTION = "Answer the question with a short span copied from the context.\n\n"
 QA_EXAMPLE = "Context: {context}\nQuestion: {question}\nAnswer:"
 SENTIMENT_PROMPT = "Review: {review}\nRating (1 to 5 stars):"
