@@ -11,13 +11,20 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import platform
+import re
+import shutil
 import tempfile
+import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+
+from langsae.errors import CorruptArtifact, UserError
 
 _PROC_STATUS = "/proc/self/status"
 
@@ -57,31 +64,99 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~current_umask())
         yield Path(tmp)
         os.replace(tmp, path)
-    finally:
+    except OSError as e:  # a write to the temporary (ENOSPC...) names no file: name the one being written
+        if e.filename is None or e.filename == tmp:
+            e.filename, e.filename2 = str(path), None
+        raise
+    finally:  # also on KeyboardInterrupt and other BaseExceptions: no temporary is left behind
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def save_torch(obj: Any, path: Path) -> None:
-    # Through a buffer: torch.save names its zip records after the file, and the temporary
-    # name is random; this keeps identical results byte-identical.
+def _write_bytes(data: bytes, path: Path) -> dict:
+    """Write `data` atomically; return its file_record, computed from the bytes, not by re-reading."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# ----------------------------------------------------------------------------- before a stage starts
+
+STALE_TMP_S = 15 * 60  # a temporary this old is left over from a killed run, not one being written now
+_TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # atomic_path's mkstemp names: .<name>.<random>.tmp
+
+
+def preflight(cfg: Any, min_free_mb: float) -> None:
+    """Check, before any model loads, that the run's artifact and figure folders can be created and
+    written and hold `min_free_mb` MB free; otherwise a one-line UserError naming the folder and the
+    reason. A file system that fails here would otherwise fail only after the whole computation.
+
+    `min_free_mb` is each stage's rough estimate of what it writes (a constant per stage, stated where
+    it is called). It also removes stale temporaries of atomic_path under both folders: only those
+    untouched for STALE_TMP_S, since a concurrent run of the same stage may be writing its own now."""
+    for folder in dict.fromkeys([Path(cfg.features_dir), Path(cfg.output_dir)]):
+        _check_writable(folder)
+        free_mb = shutil.disk_usage(folder).free / 1e6
+        if free_mb < min_free_mb:
+            raise UserError(
+                f"{folder} has {free_mb:.0f} MB free; this stage needs about {min_free_mb:.0f} MB there: "
+                "free some space or choose another folder (--out-dir / --figures-dir)"
+            )
+        remove_stale_temporaries(folder)
+
+
+def _check_writable(folder: Path) -> None:
+    """Create `folder` and write and remove a probe file in it; an OSError becomes one UserError line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"cannot create folder {folder}: a file has that name; choose another one") from None
+    except OSError as e:
+        raise UserError(f"cannot create folder {folder}: {e.strerror or e}; choose another folder") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".preflight.", suffix=".probe", dir=folder)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write in {folder}: {e.strerror or e}; choose another folder") from None
+
+
+def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_TMP_S) -> list[Path]:
+    """Delete atomic_path temporaries under `folder` not modified for `older_than_s` seconds; return them."""
+    cutoff, removed = time.time() - older_than_s, []
+    for p in Path(folder).rglob(".*.tmp"):
+        try:
+            if _TMP_NAME.match(p.name) and p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # another run finished or removed it meanwhile
+            continue
+    return removed
+
+
+def save_torch(obj: Any, path: Path) -> dict:
+    """torch.save atomically; returns the file's record for a done marker.
+
+    Through a buffer: torch.save names its zip records after the file, and the temporary
+    name is random; this keeps identical results byte-identical."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    return _write_bytes(buf.getvalue(), path)
 
 
-def save_json(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+def save_json(obj: Any, path: Path) -> dict:
+    return save_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", path)
 
 
-def save_text(text: str, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+def save_text(text: str, path: Path) -> dict:
+    return _write_bytes(text.encode("utf-8"), path)
 
 
-def save_csv(rows: list[dict], path: Path, columns: Sequence[str] | None = None) -> None:
+def save_csv(rows: list[dict], path: Path, columns: Sequence[str] | None = None) -> dict:
     """Rows of dicts as CSV, written atomically; floats with 6 significant digits."""
     columns = list(columns or (rows[0].keys() if rows else []))
     buf = io.StringIO()
@@ -89,11 +164,66 @@ def save_csv(rows: list[dict], path: Path, columns: Sequence[str] | None = None)
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    save_text(buf.getvalue(), path)
+    return save_text(buf.getvalue(), path)
 
 
 def load_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+# ----------------------------------------------------------------------------- integrity
+# Every artifact's size and SHA-256 are recorded when it is written (in its unit's done marker or
+# the stage's meta) and checked when it is read. Hashing at read costs about 1 s per GB (a Qwen3
+# layer's values file is tens of MB), small next to recomputing anything.
+
+
+def file_record(path: Path) -> dict:
+    """{"size", "sha256"} of a file on disk, the form a done marker stores."""
+    return {"size": Path(path).stat().st_size, "sha256": file_sha256(path)}
+
+
+def _broken(path: Path, state: str, remake: str) -> CorruptArtifact:
+    return CorruptArtifact(f"{path} is {state}; remake it with `{remake}`")
+
+
+def verify_file(path: Path, record: dict | None, remake: str) -> None:
+    """Raise CorruptArtifact unless `path` exists and (given a record) has its size and SHA-256."""
+    path = Path(path)
+    if not path.is_file():
+        raise _broken(path, "missing", remake)
+    if record is None:
+        return
+    size, want = path.stat().st_size, int(record["size"])
+    if size < want:
+        raise _broken(path, f"truncated ({size} of {want} bytes)", remake)
+    if size != want:
+        raise _broken(path, f"corrupted ({size} bytes, {want} when written)", remake)
+    if file_sha256(path) != record["sha256"]:
+        raise _broken(path, "corrupted (its SHA-256 differs from the one recorded at writing)", remake)
+
+
+def read_json(path: Path, remake: str) -> Any:
+    """Parsed JSON; a missing or unparseable file is a CorruptArtifact naming it and `remake`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _broken(path, "missing", remake) from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise _broken(path, f"corrupted (not valid JSON: {e})", remake) from None
+
+
+def read_torch(
+    path: Path, remake: str, record: dict | None = None, weights_only: bool = True, map_location: Any = "cpu"
+) -> Any:
+    """torch.load after verify_file; a file torch cannot read (a torn zip raises RuntimeError, OSError
+    or EOFError, a torn pickle UnpicklingError) is a CorruptArtifact naming it and `remake`."""
+    verify_file(path, record, remake)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except (EOFError, RuntimeError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise _broken(Path(path), f"corrupted (torch cannot read it: {why})", remake) from None
 
 
 def config_hash(config: dict) -> str:

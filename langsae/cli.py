@@ -18,7 +18,7 @@ def setup_logging() -> None:
 
 
 def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
-    """Run a stage; a bad input or an out-of-memory batch is one line on stderr and exit code 2."""
+    """Run a stage; a bad input, an out-of-memory batch or a disk fault is one line on stderr, exit 2."""
     setup_logging()
     try:
         main(argv)
@@ -27,5 +27,12 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
         return 2
     except torch.OutOfMemoryError:
         print("error: out of memory on the device; lower --batch-size (and try --dtype bfloat16)", file=sys.stderr)
+        return 2
+    except OSError as e:  # a disk fault while writing (ENOSPC, EROFS, EACCES...): name the file, not a traceback
+        if e.strerror is None:  # not a file-system error with a cause to state
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        why = "a file-system fault; finished units are kept, rerun once it is fixed"
+        print(f"error: {where}{e.strerror} ({why})", file=sys.stderr)
         return 2
     return 0
