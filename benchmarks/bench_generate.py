@@ -137,6 +137,8 @@ def main(argv=None):
     if mismatches and not args.tolerate_mismatch:
         raise SystemExit(f"engine and batch-1 generate differ on {len(mismatches)} (condition, item) pairs, first {mismatches[0]}")
 
+    return result
+
 
 if __name__ == "__main__":
     main()

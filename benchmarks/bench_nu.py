@@ -1,7 +1,7 @@
 """Benchmark: the nu stage against its bare cost, at the real Qwen3-0.6B shape, in one run.
 
 Builds (in a temporary Hugging Face cache, offline) a random-weight model of the exact
-Qwen3-0.6B shape and random transcoders of the real width (163,840, stored in fp32 as the
+Qwen3-0.6B shape (with Qwen3's real tokenizer, benchmarks/real_shape.py) and random transcoders of the real width (163,840, stored in fp32 as the
 hub stores them, 1.34 GB each) for a few layers in the mwhanna layout, then measures on
 the same texts:
   read  = the time to load each transcoder into memory (`load_sae`), measured alone, from
@@ -43,51 +43,67 @@ os.environ["HF_HOME"] = str(TMP / "hf")  # before any Hugging Face import
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 from langsae.data import PAPER_LANGUAGES, load_texts  # noqa: E402
 from langsae.forward import make_batches, tokenize  # noqa: E402
 from langsae.nu import count_statistic_tokens  # noqa: E402
-from langsae.toy import train_tokenizer, write_mwhanna_release  # noqa: E402
+from langsae.toy import write_mwhanna_release  # noqa: E402
+from real_shape import plant_language_features, qwen3_tokenizer  # noqa: E402
 
 D_SAE = 163_840
 REPO = "mwhanna/qwen3-0.6b-transcoders-lowl0"
 
 
-def qwen3_06b_config(vocab_size, pad_id, eos_id):
+def qwen3_06b_config(vocab_size, pad_id, eos_id, **shape):
+    """Qwen3-0.6B's config (always the real 151,936 vocabulary rows); `shape` overrides sizes (a tiny run)."""
     from transformers import Qwen3Config
 
+    sizes = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128)  # fmt: skip
     return Qwen3Config(
-        vocab_size=151_936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-        num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-        max_position_embeddings=40_960, rope_theta=1_000_000, rms_norm_eps=1e-6,
-        pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None,
-    )  # fmt: skip
+        vocab_size=151_936, tie_word_embeddings=True, max_position_embeddings=40_960, rope_theta=1_000_000,
+        rms_norm_eps=1e-6, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, **{**sizes, **shape},
+    )
 
 
-def build_fixtures(layers, texts, dtype):
-    """The model folder and the transcoder files (fp32, W_enc [d_sae, d_in], as on the hub)."""
+def random_transcoder(d_sae, d_in, g, device):
+    """Random transcoder weights as the hub stores them (fp32, W_enc [d_sae, d_in]), drawn on `device`."""
+    return {
+        "W_enc": torch.randn(d_sae, d_in, generator=g, device=device) / d_in**0.5,
+        "W_dec": torch.randn(d_sae, d_in, generator=g, device=device) / 400,
+        "b_enc": torch.randn(d_sae, generator=g, device=device) * 0.5 - 0.5,
+        "b_dec": torch.zeros(d_in, device=device),
+    }
+
+
+def build_fixtures(layers, dtype, plant_texts=None, device="cpu", shape=None, d_sae=D_SAE):
+    """The model folder (Qwen3's real tokenizer, random weights) and the transcoder files (fp32,
+    W_enc [d_sae, d_in], as on the hub), built on `device`. plant_texts {language: texts}: give each
+    language a top feature whose ablation matters (real_shape.plant_language_features). `shape`:
+    config overrides for a tiny run."""
     from transformers import Qwen3ForCausalLM
 
     model_dir = TMP / "model"
-    tok = train_tokenizer(texts, vocab_size=8192)
+    tok = qwen3_tokenizer()
     tok.save_pretrained(model_dir)
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(qwen3_06b_config(len(tok), tok.pad_token_id, tok.eos_token_id)).to(dtype)
-    model.save_pretrained(model_dir)
+    with torch.device(device):  # initialised where it runs: seconds on a GPU, a minute on a busy CPU
+        config = qwen3_06b_config(len(tok), tok.pad_token_id, tok.eos_token_id, **(shape or {}))
+        model = Qwen3ForCausalLM(config)
+    g = torch.Generator(device).manual_seed(1)
+    d_in = model.config.hidden_size
+    tcs = {L: random_transcoder(d_sae, d_in, g, device) for L in layers}
+    planted = plant_language_features(model.eval(), tok, plant_texts, tcs) if plant_texts else {}
+    model.to(dtype).save_pretrained(model_dir)
     del model
-    g = torch.Generator().manual_seed(1)
-    tcs = {}
-    for L in layers:
-        tcs[L] = {
-            "W_enc": torch.randn(D_SAE, 1024, generator=g) / 32,
-            "W_dec": torch.randn(D_SAE, 1024, generator=g) / 400,
-            "b_enc": torch.randn(D_SAE, generator=g) * 0.5 - 0.5,
-            "b_dec": torch.zeros(1024),
-        }
+    if not layers:  # the model alone
+        return model_dir, {}, planted
+    tcs = {L: {k: v.cpu() for k, v in tc.items()} for L, tc in tcs.items()}
     snapshot = write_mwhanna_release(TMP / "hf" / "hub", REPO, tcs, "Qwen/Qwen3-0.6B")
-    return model_dir, {L: snapshot / f"layer_{L}.safetensors" for L in layers}
+    return model_dir, {L: snapshot / f"layer_{L}.safetensors" for L in layers}, planted
 
 
 def drop_from_page_cache(paths):
@@ -236,7 +252,7 @@ def main():
     load = {"start": loadavg()}
     try:
         t0 = time.perf_counter()
-        model_dir, files = build_fixtures(layers, texts, dtype)
+        model_dir, files, _ = build_fixtures(layers, dtype)
         print(f"fixtures built in {time.perf_counter() - t0:.0f}s under {TMP}", flush=True)
         preset = bench_preset(model_dir)
 

@@ -117,6 +117,8 @@ def main(argv=None):
         raise SystemExit(f"engine and uncached batch-1 generation differ on {len(mismatches)} (condition, item) pairs"
                          f"{', first ' + str(mismatches[0]) if mismatches else ''}; alpha 0 = unsteered: {alpha0_is_unsteered}")  # fmt: skip
 
+    return result
+
 
 if __name__ == "__main__":
     main()

@@ -1,10 +1,11 @@
 """Dress rehearsal: every pipeline stage on random weights of the exact Qwen3-0.6B shape.
 
 Builds, in a temporary Hugging Face cache (offline), a random-weight model of the Qwen3-0.6B
-shape (28 layers, hidden 1024, vocab 151,936; a BPE tokenizer trained here stands in for
-Qwen's) and random transcoders of the real width (163,840, fp32 as on the hub) in the mwhanna
-layout (bench_nu.build_fixtures), then runs each stage of run_pipeline.STAGES in order through
-its own `main`, timing it.
+shape (28 layers, hidden 1024, vocab 151,936, Qwen3's real tokenizer) and random transcoders of
+the real width (163,840, fp32 as on the hub) in the mwhanna layout (bench_nu.build_fixtures), in
+which each language's top feature is planted so that ablating it matters (real_shape: its own
+ΔCE is positive, so stages 3 and 4 run), then runs each stage of run_pipeline.STAGES in order
+through its own `main`, timing it.
 
   CPU, reduced (default): Section 5 with --top-k 1 and one random draw; the stages run twice, at the first layer with half the texts and at
   every --layers with all of them; per stage, wall = fixed + per_unit x units (SCALING) through
@@ -55,6 +56,7 @@ ROOT = bench_nu.ROOT
 PAPER = {"layers": 28, "n_sel": 100, "n_eval": 500, "langs": 10, "top_k": 2, "draws": 5,
          "ds_layers": 1, "qa_items": 200, "qa_langs": 6, "topic_items": 300, "ds_draws": 3,
          "st_sources": 9, "st_texts": 100, "st_alphas": 4, "st_draws": 2, "st_layers": 1}  # fmt: skip
+PLANT_TEXTS = 16  # selection texts per language that the planted features are computed from (real_shape)
 REDUCED = {"top_k": 1, "draws": 1}  # Section 5's conditions in the reduced run (its defaults are the paper's)
 
 
@@ -178,8 +180,9 @@ def rehearse(args, argv):
         points = [(layers[:1], max(args.n_sel // 2, 1), max(args.n_eval // 2, 1)), (layers, args.n_sel, args.n_eval)]
 
     t0 = time.perf_counter()
-    texts = load_texts(PAPER_LANGUAGES, "selection", -1).flat()[0]
-    model_dir, _ = bench_nu.build_fixtures(layers, texts, getattr(torch, dtype))
+    n_plant = min(PAPER["n_sel"] if args.full else args.n_sel, PLANT_TEXTS)
+    plant = load_texts(languages, "selection", n_plant).by_language
+    model_dir, _, planted = bench_nu.build_fixtures(layers, getattr(torch, dtype), plant, device)
     build_s = time.perf_counter() - t0
     passes = []
     for i, (ls, n_sel, n_eval) in enumerate(points):
@@ -210,6 +213,7 @@ def rehearse(args, argv):
         "mode": "full" if args.full else "reduced", "passes": [{"sizes": p["sizes"], "stages": p["stages"]} for p in passes],
         "paper": PAPER, "device": device, "dtype": dtype, "stages": rows, "total_s": round(sum(r["wall_s"] for r in rows), 1),
         "estimate_paper_s": round(sum(r["estimate_s"] for r in rows if r["estimate_s"] is not None), 1), "fixture_build_s": round(build_s, 1),
+        "planted_features": planted,
         "not_timed": [r["stage"] for r in rows if r["estimate_s"] is None],
         "command": shlex.join(["python", "benchmarks/dress_rehearsal.py", *argv]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
