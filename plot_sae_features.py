@@ -72,7 +72,10 @@ def main(argv=None):
     if args.top_k > d_sae:
         raise UserError(f"--top-k {args.top_k} is larger than the SAE ({d_sae} features)")
     out = cfg.output_dir / "features"
-    files = feature_figures.write_all(cfg.features_dir, out, layers, list(nu.languages), layer, args.top_k, args.n_table, cfg.seed)
+    remake = features.nu_command(cfg, layers, nu.top_k_saved, nu.meta.get("config"))  # named if a ν file is damaged
+    files = feature_figures.write_all(
+        cfg.features_dir, out, layers, list(nu.languages), layer, args.top_k, args.n_table, cfg.seed, remake
+    )
     print(f"{len(files)} files in {out} (Figure 1 and specificity at layer {layer})")
     return finished(cfg, len(files), 0, "file")
 

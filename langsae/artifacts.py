@@ -183,7 +183,10 @@ def file_record(path: Path) -> dict:
 
 
 def _broken(path: Path, state: str, remake: str) -> CorruptArtifact:
-    return CorruptArtifact(f"{path} is {state}; remake it with `{remake}`")
+    """The error, carrying `path` and `state` for a caller that recomputes rather than reports."""
+    e = CorruptArtifact(f"{path} is {state}; remake it with `{remake}`")
+    e.path, e.state = Path(path), state
+    return e
 
 
 def verify_file(path: Path, record: dict | None, remake: str) -> None:

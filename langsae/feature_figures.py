@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from langsae import nu as nu_stage
-from langsae.artifacts import load_json, save_text
+from langsae.artifacts import save_text
 from langsae.plots import MaxNLocator, annotate_cells, plt, save_figure
 
 N_RANDOM = 1000  # random live features per layer whose ν is the control of Figure 1
@@ -52,12 +52,18 @@ def jaccard(sets: Sequence[set]) -> np.ndarray:
     return out
 
 
-def summarise_layer(features_dir: Path, layer: int, top_k: int, seed: int, bins: int = 60) -> LayerSummary:
-    """One layer's summary from its ν artifacts (indices, values, mean_acts)."""
-    files = nu_stage.layer_files(features_dir, layer)
-    values = torch.load(files["values"], weights_only=True).float()
-    indices = torch.load(files["indices"], weights_only=True).long()
-    mu = torch.load(files["mean_acts"], weights_only=True).float()
+NU_REMAKE = "python compute_nu_scores.py"  # a caller with the run's config passes features.nu_command's
+
+
+def summarise_layer(
+    features_dir: Path, layer: int, top_k: int, seed: int, bins: int = 60, remake: str = NU_REMAKE
+) -> LayerSummary:
+    """One layer's summary from its ν artifacts (indices, values, mean_acts), each checked against the
+    size and SHA-256 its done marker recorded; a damaged one is one line naming it and `remake`."""
+    def load(key: str) -> torch.Tensor:
+        return nu_stage.load_layer_file(features_dir, layer, key, remake)
+
+    values, indices, mu = load("values").float(), load("indices").long(), load("mean_acts").float()
     n_lang = values.shape[0]
     nu = torch.empty_like(values).scatter_(1, indices, values)  # back to feature order: nu[l, f]
     live = torch.nonzero(mu.sum(0) > 0).flatten()
@@ -188,12 +194,14 @@ def specificity(s: LayerSummary, languages: Sequence[str], stem: Path) -> list[P
     return save_figure(fig, stem)
 
 
-def top_features_markdown(features_dir: Path, layers: Sequence[int], languages: Sequence[str], n: int) -> str:
+def top_features_markdown(
+    features_dir: Path, layers: Sequence[int], languages: Sequence[str], n: int, remake: str = NU_REMAKE
+) -> str:
     """Per layer and language, the top-n features with ν, μ in the language, the largest μ in
     another language, and the Neuronpedia link when the SAE has a Neuronpedia id."""
     lines = ["# Top features by ν", "", "ν = μ in the language − mean μ in the others; μ = mean activation over the language's selection tokens.", ""]
     for L in layers:
-        top20 = load_json(nu_stage.layer_files(features_dir, L)["top20"])
+        top20 = nu_stage.load_layer_file(features_dir, L, "top20", remake)
         lines += [f"## Layer {L}", "", "| language | rank | feature | ν | μ (own) | largest μ elsewhere | Neuronpedia |", "|---|---|---|---|---|---|---|"]
         for lang in languages:
             for row in top20[lang][:n]:
@@ -204,11 +212,16 @@ def top_features_markdown(features_dir: Path, layers: Sequence[int], languages: 
     return "\n".join(lines)
 
 
-def write_all(features_dir: Path, out_dir: Path, layers: Sequence[int], languages: Sequence[str], layer: int, top_k: int, n_table: int, seed: int) -> list[Path]:
-    """Every stage 6 figure and top_features.md into out_dir; returns the files written."""
+def write_all(
+    features_dir: Path, out_dir: Path, layers: Sequence[int], languages: Sequence[str], layer: int, top_k: int,
+    n_table: int, seed: int, remake: str = NU_REMAKE,
+) -> list[Path]:
+    """Every stage 6 figure and top_features.md into out_dir; returns the files written. `remake` is
+    the command named when a ν artifact turns out damaged."""
     from tqdm.auto import tqdm
 
-    summaries = [summarise_layer(features_dir, L, top_k, seed) for L in tqdm(layers, desc="read nu layers", unit="layer")]
+    layer_iter = tqdm(layers, desc="read nu layers", unit="layer")
+    summaries = [summarise_layer(features_dir, L, top_k, seed, remake=remake) for L in layer_iter]
     at = summaries[list(layers).index(layer)]
     out = Path(out_dir)
     files = figure1(at, languages, out / f"figure1_layer{layer}")
@@ -216,6 +229,6 @@ def write_all(features_dir: Path, out_dir: Path, layers: Sequence[int], language
     files += top1_by_layer(summaries, languages, out / "top1_nu_by_layer")
     files += overlap(summaries, languages, out / "topk_overlap")
     files += specificity(at, languages, out / f"specificity_layer{layer}")
-    save_text(top_features_markdown(features_dir, layers, languages, n_table), out / "top_features.md")
+    save_text(top_features_markdown(features_dir, layers, languages, n_table, remake), out / "top_features.md")
     return files + [out / "top_features.md"]
 

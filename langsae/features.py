@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from langsae.artifacts import load_json
+from langsae.artifacts import read_json, read_torch
 from langsae.config import FEATURES_ROOT, RunConfig, figures_dir_for, run_name_for
 from langsae.errors import UserError
 from langsae.model import HookPoint, hook_point
@@ -189,9 +189,14 @@ def identity_mismatch(made: dict, cfg: RunConfig) -> str | None:
     return None
 
 
-def _layer_is_current(features_dir: Path, layer: int, nu_hash: str) -> bool:
+def _current_marker(features_dir: Path, layer: int, nu_hash: str, remake: str) -> dict | None:
+    """The layer's done marker when it was made with the nu run's config, else None; a marker that
+    cannot be parsed is a CorruptArtifact naming it and `remake`."""
     done = Path(features_dir) / f"layer_{layer}_done.json"
-    return done.exists() and load_json(done).get("config_hash") == nu_hash
+    if not done.exists():
+        return None
+    marker = read_json(done, remake)
+    return marker if marker.get("config_hash") == nu_hash else None
 
 
 def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) -> NuResults:
@@ -204,7 +209,7 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
     meta_path = fdir / "meta.json"
     if not meta_path.exists():
         raise UserError(f"no nu-score results in {fdir}; run `{nu_command(cfg, layers, top_k)}` first")
-    meta = load_json(meta_path)
+    meta = read_json(meta_path, nu_command(cfg, layers, top_k))
     made = meta.get("config", {})
     stale = identity_mismatch(made, cfg)
     if stale:
@@ -237,10 +242,11 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
     loaded = {}
     for L in layers:
         path = fdir / f"layer_{L}_directions.pt"
-        if not path.exists() or not _layer_is_current(fdir, L, meta["config_hash"]):
-            remake = nu_command(cfg, layers, top_k_saved, made)
+        remake = nu_command(cfg, layers, top_k_saved, made)
+        marker = _current_marker(fdir, L, meta["config_hash"], remake)
+        if not path.exists() or marker is None:
             raise UserError(f"nu results for layer {L} in {fdir} are missing or stale; run `{remake}`")
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        d = read_torch(path, remake, marker.get("files", {}).get("directions"))  # checked against its record
         lf = LayerFeatures(
             layer=L, hook_in=d["hook_name"], hook_out=d.get("hook_name_out") or d["hook_name"], d_sae=int(d["d_sae"]),
             languages=tuple(d["languages"]), top_indices=d["top_indices"].long(), control_indices=d["control_indices"].long(),

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 import time
 
-from langsae.artifacts import load_json, package_versions, save_json, save_torch
+from langsae.artifacts import package_versions, read_json, read_torch, save_json, save_torch, verify_file
 from langsae.data import Texts
+from langsae.errors import CorruptArtifact
 from langsae.forward import Batch, collect_tokens, make_batches, tokenize
 from langsae.model import HookPoint
 from langsae.provenance import data_record
@@ -238,22 +239,58 @@ def layer_files(out_dir: Path, layer: int) -> dict[str, Path]:
     return {n.split(".")[0]: Path(out_dir) / f"layer_{layer}_{n}" for n in names}
 
 
-def layer_done(out_dir: Path, layer: int, config_hash: str) -> bool:
-    """True when every file of the layer exists and was made with this config."""
+OTHER_CONFIG = "made with another configuration"
+
+
+def layer_problem(out_dir: Path, layer: int, config_hash: str) -> str | None:
+    """Why the layer does not count as done, or None when it does: no done marker, another config, or a
+    file missing or differing from the size and SHA-256 its done marker recorded (markers written
+    before records were kept are checked for existence only). Hashing reads every file of the layer
+    (tens of MB a layer for Qwen3, at about 1 GB/s): cheap next to recomputing it."""
     files = layer_files(out_dir, layer)
-    if not all(p.exists() for p in files.values()):
-        return False
-    return load_json(files["done"]).get("config_hash") == config_hash
+    if not files["done"].exists():
+        return "not computed"
+    try:
+        done = read_json(files["done"], "compute_nu_scores.py")
+        if done.get("config_hash") != config_hash:
+            return OTHER_CONFIG
+        for key, path in files.items():
+            if key != "done":
+                verify_file(path, done.get("files", {}).get(key), "compute_nu_scores.py")
+    except CorruptArtifact as e:
+        return f"{e.path.name} is {e.state}"
+    return None
+
+
+def layer_done(out_dir: Path, layer: int, config_hash: str) -> bool:
+    """True when every file of the layer exists, is intact and was made with this config; a layer
+    whose files fail verification is logged, with the reason, and counts as not done."""
+    problem = layer_problem(out_dir, layer, config_hash)
+    if problem not in (None, OTHER_CONFIG, "not computed"):
+        log.warning("layer %d in %s does not count as done: %s", layer, out_dir, problem)
+    return problem is None
+
+
+def load_layer_file(out_dir: Path, layer: int, key: str, remake: str):
+    """One of a layer's files (a key of layer_files), checked against the record in its done marker;
+    a missing or corrupt file is a CorruptArtifact naming it and `remake`."""
+    files = layer_files(out_dir, layer)
+    record = read_json(files["done"], remake).get("files", {}).get(key)
+    if files[key].suffix == ".json":
+        verify_file(files[key], record, remake)
+        return read_json(files[key], remake)
+    return read_torch(files[key], remake, record)
 
 
 def save_layer(out_dir: Path, layer: int, results: dict, top20: dict, done: dict) -> None:
-    """Write a layer's files, each atomically; the done marker goes last, so a layer whose
-    writing was interrupted is recomputed on the next run."""
+    """Write a layer's files, each atomically; the done marker goes last, with each file's size and
+    SHA-256, so a layer whose writing was interrupted or whose files were damaged later is
+    recomputed on the next run."""
     files = layer_files(out_dir, layer)
-    for key in ("indices", "values", "mean_acts", "directions"):
-        save_torch(results[key], files[key])
-    save_json(top20, files["top20"])
-    save_json(done, files["done"])
+    tensors = ("indices", "values", "mean_acts", "directions")
+    records = {key: save_torch(results[key], files[key]) for key in tensors}
+    records["top20"] = save_json(top20, files["top20"])
+    save_json({**done, "files": records}, files["done"])
 
 
 def top_table(
@@ -283,7 +320,7 @@ def finished_layers(out_dir: Path, config_hash: str) -> list[int]:
 def write_meta(out_dir: Path, settings: dict, config_hash: str, texts: Texts) -> dict:
     """meta.json: what made this run's nu-scores; lists only the layers made with this config."""
     layers = finished_layers(out_dir, config_hash)
-    done = {L: load_json(layer_files(out_dir, L)["done"]) for L in layers}
+    done = {L: read_json(layer_files(out_dir, L)["done"], "compute_nu_scores.py") for L in layers}
     any_done = next(iter(done.values()), {})
     meta = {
         "stage": "compute_nu_scores",
