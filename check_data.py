@@ -27,7 +27,7 @@ import sys
 import time
 
 from langsae import checks, langid, tasks
-from langsae.artifacts import package_versions, save_json
+from langsae.artifacts import package_versions, preflight, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.data import BUNDLED, DATA_DIR, SIB_CATEGORIES, Texts, load_texts, read_sib200, sib200_languages, sib_id
@@ -105,6 +105,7 @@ def xquad_contexts(files: dict[str, dict]) -> dict[str, list[str]]:
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    preflight(cfg, min_free_mb=20)  # a JSON report of the data checks
     if args.amazon_per_label < 1:
         raise UserError("--amazon-per-label must be at least 1")
     langs = cfg.languages

@@ -18,7 +18,7 @@ import sys
 
 
 from langsae import features, interactions, plots, stats, sweep, synergy
-from langsae.artifacts import package_versions, save_csv, save_json
+from langsae.artifacts import package_versions, preflight, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
@@ -39,6 +39,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    preflight(cfg, min_free_mb=200)  # cached ablation conditions, CSVs and figures
     n_texts = sweep.check_sweep_args(args, cfg)
     languages = list(cfg.languages)
     if len(languages) < 3:

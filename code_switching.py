@@ -25,10 +25,12 @@ from pathlib import Path
 import torch
 
 from langsae import code_switch, features, plots, stats
-from langsae.artifacts import config_hash, file_sha256, package_versions, save_csv, save_json, save_torch
+from langsae.artifacts import (
+    config_hash, file_sha256, package_versions, preflight, read_torch, save_csv, save_json, save_torch,
+)
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
-from langsae.errors import SkippedTask, UserError
+from langsae.errors import CorruptArtifact, SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
 from langsae.stages import finished
@@ -48,15 +50,23 @@ def parse_args(argv):
 
 
 def cached_layer(path: Path, chash: str) -> torch.Tensor | None:
+    """A layer's cached activations when made with this config; None (recompute) when absent, stale or
+    unreadable: a truncated or damaged cache file is logged and remade, never a traceback."""
     if not path.exists():
         return None
-    d = torch.load(path, map_location="cpu", weights_only=True)
-    return d["acts"] if d.get("config_hash") == chash else None
+    try:
+        d = read_torch(path, "code_switching.py --force")
+    except CorruptArtifact as e:
+        log.warning("code switching cache %s is %s; recomputing that layer", path, e.state)
+        return None
+    ok = isinstance(d, dict) and d.get("config_hash") == chash and isinstance(d.get("acts"), torch.Tensor)
+    return d["acts"] if ok else None
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = resolve(args)
+    preflight(cfg, min_free_mb=100)  # probe activations per layer and CSVs/figures: a few MB for Qwen3
     if args.rank < 1:
         raise UserError("--rank must be at least 1")
     if cfg.layers is not None:

@@ -17,7 +17,7 @@ import sys
 import time
 
 from langsae import nu
-from langsae.artifacts import config_hash
+from langsae.artifacts import config_hash, preflight
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.data import load_texts
@@ -45,6 +45,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    preflight(cfg, min_free_mb=500)  # per layer indices, values, mu [K, d_sae]: up to tens of MB for Qwen3
     if len(cfg.languages) < 2:
         raise UserError("nu-scores compare languages: give at least two in --languages")
     if args.top_k < 1 or args.control_pool < 0:

@@ -23,7 +23,7 @@ import logging
 import sys
 
 from langsae import ablation, downstream, features, plots, stats, tasks
-from langsae.artifacts import package_versions, save_csv, save_json
+from langsae.artifacts import package_versions, preflight, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
@@ -103,6 +103,7 @@ def load_items(task, lang, tokenizer, args, cfg, selection):
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    preflight(cfg, min_free_mb=200)  # generations and scores per unit, CSVs and figures
     for name, default in (("n_items", 200), ("n_topic_items", -1)):  # CPU-sized on the toy preset
         if getattr(args, name) is None:
             setattr(args, name, cfg.preset.defaults.get(f"downstream_{name}", default))

@@ -17,6 +17,7 @@ import dataclasses
 import sys
 
 from langsae import feature_figures, features
+from langsae.artifacts import preflight
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import UserError
@@ -60,6 +61,7 @@ def check_model_layers(cfg, layer: int | None) -> None:
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    preflight(cfg, min_free_mb=50)  # figures and top_features.md
     if args.top_k < 1 or not 1 <= args.n_table <= 20:
         raise UserError("--top-k must be at least 1 and --n-table between 1 and 20")
     check_model_layers(cfg, args.layer)

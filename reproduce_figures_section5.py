@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from langsae import features, plots, section5, stats, sweep
-from langsae.artifacts import package_versions, save_csv, save_json
+from langsae.artifacts import package_versions, preflight, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.model import check_layers, model_config
@@ -33,6 +33,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    preflight(cfg, min_free_mb=200)  # cached sweep conditions, CSVs and figures
     n_texts = sweep.check_sweep_args(args, cfg)
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)

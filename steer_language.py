@@ -26,7 +26,7 @@ import sys
 
 from langsae import features, plots, stats, steering
 from langsae import steer_eval as se
-from langsae.artifacts import config_hash, package_versions, save_csv, save_json
+from langsae.artifacts import config_hash, package_versions, preflight, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import PRESETS, _comma_list, build_parser, resolve
 from langsae.data import load_texts, validate_languages
@@ -131,6 +131,7 @@ def settings_from(args, cfg):
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
+    preflight(cfg, min_free_mb=100)  # steered generations, CSVs and figures
     run = settings_from(args, cfg)
     if "collateral" not in run["tasks"]:
         log.warning("without the collateral task there is no trade-off figure and no best-alpha summary")

@@ -93,16 +93,26 @@ def preflight(cfg: Any, min_free_mb: float) -> None:
 
     `min_free_mb` is each stage's rough estimate of what it writes (a constant per stage, stated where
     it is called). It also removes stale temporaries of atomic_path under both folders: only those
-    untouched for STALE_TMP_S, since a concurrent run of the same stage may be writing its own now."""
-    for folder in dict.fromkeys([Path(cfg.features_dir), Path(cfg.output_dir)]):
-        _check_writable(folder)
-        free_mb = shutil.disk_usage(folder).free / 1e6
-        if free_mb < min_free_mb:
-            raise UserError(
-                f"{folder} has {free_mb:.0f} MB free; this stage needs about {min_free_mb:.0f} MB there: "
-                "free some space or choose another folder (--out-dir / --figures-dir)"
-            )
-        remove_stale_temporaries(folder)
+    untouched for STALE_TMP_S, since a concurrent run of the same stage may be writing its own now.
+    Folders it had to create are removed again when still empty (the stage makes them as it writes),
+    so a stage whose later input checks fail leaves nothing behind."""
+    for folder in dict.fromkeys([Path(cfg.output_dir), Path(cfg.features_dir)]):
+        created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+        try:
+            _check_writable(folder)
+            free_mb = shutil.disk_usage(folder).free / 1e6
+            if free_mb < min_free_mb:
+                raise UserError(
+                    f"{folder} has {free_mb:.0f} MB free; this stage needs about {min_free_mb:.0f} MB there: "
+                    "free some space or choose another folder (--out-dir / --figures-dir)"
+                )
+            remove_stale_temporaries(folder)
+        finally:
+            for made in created:
+                try:
+                    made.rmdir()
+                except OSError:  # not empty (a concurrent run wrote there) or never made
+                    break
 
 
 def _check_writable(folder: Path) -> None:
