@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from langsae.artifacts import load_json, package_versions, save_text
+from langsae.artifacts import package_versions, read_json, save_text
+from langsae.errors import CorruptArtifact
 
 REPORT_NAME = "REPORT.md"
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run"
@@ -121,21 +122,40 @@ def combine(verdicts: Sequence[str], how: str) -> str:
 
 
 class Artifacts:
-    """Read-only access to one run's files: sae_features/<run>/ and output/<run>/ (None when absent)."""
+    """Read-only access to one run's files: sae_features/<run>/ and output/<run>/ (None when absent).
+
+    A file that cannot be read (truncated JSON, undecodable bytes) is also None, so its section takes
+    the not-run path, and is noted in `corrupt` (name -> what is wrong), which that path states with
+    the command that remakes it; build_report clears it before each section and claim."""
 
     def __init__(self, features_dir: Path, output_dir: Path):
         self.features_dir, self.output_dir = Path(features_dir), Path(output_dir)
+        self.corrupt: dict[str, str] = {}
 
     def json(self, name: str) -> dict | None:
         path = self.features_dir / name
-        return load_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return read_json(path, "-")
+        except CorruptArtifact as e:
+            self.corrupt[name] = f"{path} is {e.state}"
+            return None
 
     def csv(self, name: str) -> list[dict] | None:
         path = self.features_dir / name
         if not path.exists():
             return None
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error) as e:
+            self.corrupt[name] = f"{path} is corrupted ({e})"
+            return None
+
+    def damaged(self) -> str | None:
+        """The unreadable files met since `corrupt` was last cleared, in words, or None."""
+        return "; ".join(self.corrupt.values()) or None
 
     def figure(self, name: str) -> str | None:
         """A figure's link relative to REPORT.md, if it exists."""
@@ -599,11 +619,14 @@ CLAIMS: list[Claim] = [
 
 def claim_row(claim: Claim, a: Artifacts) -> tuple[Evidence, str]:
     """The claim's evidence and verdict; "not run" when its stage left nothing to read."""
+    a.corrupt.clear()
     ev = claim.evidence(a)
     if ev is not None:
         return ev, ev.verdict
+    damaged = a.damaged()
     status = a.stage_status(claim.stage)
     why = f"stage {claim.stage} was {status}" if status in ("skipped", "failed") else f"stage {claim.stage} not run"
+    why = f"unreadable: {damaged}; rerun stage {claim.stage}" if damaged else why
     return Evidence(why, "-", None, NOT_RUN), NOT_RUN
 
 
@@ -642,7 +665,10 @@ def git_commit() -> str:
 
 def _toy_build(model_id: str) -> dict | None:
     path = Path(model_id).parent / "build.json"
-    return load_json(path) if path.exists() else None
+    try:
+        return read_json(path, "-") if path.exists() else None
+    except CorruptArtifact:  # the header then shows no build record, as for a toy built elsewhere
+        return None
 
 
 def header(a: Artifacts, run: str) -> list[str]:
@@ -677,7 +703,7 @@ def header(a: Artifacts, run: str) -> list[str]:
 def data_section(a: Artifacts) -> list[str]:
     checks = a.json("data_checks.json")
     if checks is None:
-        return ["## Data checks", "", "Not run (`python check_data.py`).", ""]
+        return _not_run("Data checks", a, None, "python check_data.py")
     lines = ["## Data checks", "", f"Overall: **{checks['status']}** (details in `data_checks.json`).", "", "| check | status | summary |", "|---|---|---|"]
     lines += [f"| {c['name']} | {c['status']} | {_cell(c['summary'])} |" for c in checks["checks"]]
     return lines + [""]
@@ -690,7 +716,7 @@ def _img(a: Artifacts, name: str, alt: str) -> list[str]:
 def nu_section(a: Artifacts) -> list[str]:
     meta = a.json("meta.json")
     if meta is None:
-        return ["## Stage 1: ν-scores", "", "Not run (`python compute_nu_scores.py`).", ""]
+        return _not_run("Stage 1: ν-scores", a, None, "python compute_nu_scores.py")
     lines = ["## Stage 1: ν-scores", "", f"{len(meta['layers'])} layers, d_sae {meta.get('d_sae')}, position 0 {meta.get('position_0', '')}.", ""]
     lines += ["| layer | languages with an exclusive top-1 | top-5 features shared with another language, per language |", "|---|---|---|"]
     for L in meta["layers"] if "exclusive_top1" in meta and "shared_top5" in meta else []:
@@ -708,7 +734,7 @@ def nu_section(a: Artifacts) -> list[str]:
 def section5_section(a: Artifacts) -> list[str]:
     s5 = _section5(a)
     if s5 is None:
-        return ["## Stage 2: Section 5 (ΔCE)", "", "Not run (`python reproduce_figures_section5.py`).", ""]
+        return _not_run("Stage 2: Section 5 (ΔCE)", a, None, "python reproduce_figures_section5.py")
     rows, meta = s5
     lines = ["## Stage 2: Section 5 (ΔCE)", "", f"{meta['mode']} ablation, {meta['n_texts_per_lang']} evaluation texts per language, layers {meta['layers']}. {meta['peak_rule']}.", ""]
     lines += _img(a, "figure5.png", "Figure 5") + _img(a, "figure6.png", "Figure 6")
@@ -728,8 +754,13 @@ def section5_section(a: Artifacts) -> list[str]:
     ])
 
 
-def _not_run(title: str, a: Artifacts, stage: str, command: str) -> list[str]:
-    status = a.stage_status(stage)
+def _not_run(title: str, a: Artifacts, stage: str | None, command: str) -> list[str]:
+    """A section without results: not run, skipped or failed, or its files unreadable (named, with the
+    command that remakes them)."""
+    damaged = a.damaged()
+    if damaged:
+        return [f"## {title}", "", f"Unreadable: {damaged}; remake it with `{command}`.", ""]
+    status = a.stage_status(stage) if stage else None
     why = f"Stage {status}" if status in ("skipped", "failed") else "Not run"
     return [f"## {title}", "", f"{why} (`{command}`).", ""]
 
@@ -858,6 +889,7 @@ def build_report(features_dir: Path, output_dir: Path, run: str | None = None) -
     lines += ["## Claims", "", VERDICT_RULE, "", claims_table(a), ""]
     for section in (data_section, nu_section, section5_section, interactions_section, cluster_synergy_section,
                     downstream_section, code_switching_section, steering_section):
+        a.corrupt.clear()  # each section names only the unreadable files it read itself
         lines += section(a)
     return "\n".join(lines)
 
