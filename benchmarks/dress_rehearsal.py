@@ -62,10 +62,11 @@ REDUCED = {"top_k": 1, "draws": 1}  # Section 5's conditions in the reduced run 
 
 def reduced_sizes(layers: int, n_sel: int, n_eval: int, langs: int) -> dict:
     """A reduced run's sizes, in PAPER's keys: the later stages run on as many items as evaluation
-    texts, at every run layer, one random draw, steering one pair at one alpha."""
+    texts (steering on 2 at least, its minimum), at every run layer, one random draw, steering one
+    pair at one alpha."""
     return {"layers": layers, "n_sel": n_sel, "n_eval": n_eval, "langs": langs, **REDUCED,
             "ds_layers": layers, "qa_items": n_eval, "qa_langs": min(PAPER["qa_langs"], langs), "topic_items": n_eval, "ds_draws": 1,
-            "st_sources": 1, "st_texts": n_eval, "st_alphas": 1, "st_draws": 1, "st_layers": layers}  # fmt: skip
+            "st_sources": 1, "st_texts": max(n_eval, 2), "st_alphas": 1, "st_draws": 1, "st_layers": layers}  # fmt: skip
 
 
 def conditions(s: dict) -> int:

@@ -7,7 +7,8 @@
 Parts (each timed on its own, with its peak GPU memory; fixtures are built offline in a temporary
 Hugging Face cache, random weights of the real shape, Qwen3's real tokenizer):
   nu        the nu stage (`compute_nu_scores.py`, a subprocess as a user runs it) against reading its
-            transcoder files from a cold page cache (bench_nu): ratio_stage_to_read, target <= 1.5
+            transcoder files from a cold page cache (bench_nu): ratio_stage_to_read on its 4 layers, and
+            at 28 layers with the stage's imports paid once (the target, <= 1.5)
   section5  `reproduce_figures_section5.py` on 2 layers x 10 languages x 500 evaluation texts (top-k 2,
             5 random draws: its defaults), per layer and extrapolated to 28 layers
   generate  the generation engine against batch-1 `generate` (bench_generate), target >= 20x
@@ -15,14 +16,15 @@ Hugging Face cache, random weights of the real shape, Qwen3's real tokenizer):
   identity  an edit that returns its input, stacked with real ablations through the engine's hooks
             (sweep.ablated_ce): its ΔCE must be exactly 0.0 on every text, in bf16
 
-Time budget on one H200 (16 CPU cores), about 5 of the 8 minutes:
+Time budget on one H200 (16 CPU cores), about 5 of the 8 minutes (estimated from the CPU runs and the
+parts' FLOPs: not yet measured on a GPU; each part's wall time is printed, so a first run tells):
   imports ~10 s; fixtures ~30 s: the model is initialised on the GPU and saved in bf16, and only the
   transcoders the parts read are drawn (torch.randn on the GPU, 1.3 GB each saved in fp32): the nu
   part's 4 layers, which Section 5 reuses (its 2 layers alone without nu); nu ~60 s (cold reads + the
   stage's imports, model load, 4 layers of 1,000 selection texts); section5 ~90 s (2 layers x 40
   conditions x 5,000 texts); generate and steering ~40 s each (their own random model is initialised
-  on the CPU; the batch-1 loops dominate); identity ~20 s. The wall time of each part and of the
-  fixtures is printed and saved.
+  on the CPU; the batch-1 loops dominate); identity ~20 s (a baseline and 3 stacked rows per text).
+Over budget: drop a part with --parts; Section 5 (the largest) can run alone later.
 Writes bench_results/gpu_check.json (--tiny: gpu_check_tiny.json) and prints one table.
 """
 
@@ -198,7 +200,7 @@ def run_section5(run: Namespace) -> dict:
     import reproduce_figures_section5
 
     layers = run.sizes["s5_layers"]
-    if not (bench_nu.TMP / "out").exists():  # --parts without nu: its features, untimed here
+    if not (bench_nu.TMP / "out").exists():  # --parts without nu: its features (in wall_s, not stage_wall_s)
         compute_nu_scores.main(section5_argv(run, layers))
     t0 = time.perf_counter()
     langs = [
