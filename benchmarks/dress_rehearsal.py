@@ -56,7 +56,6 @@ ROOT = bench_nu.ROOT
 PAPER = {"layers": 28, "n_sel": 100, "n_eval": 500, "langs": 10, "top_k": 2, "draws": 5,
          "ds_layers": 1, "qa_items": 200, "qa_langs": 6, "topic_items": 300, "ds_draws": 3,
          "st_sources": 9, "st_texts": 100, "st_alphas": 4, "st_draws": 2, "st_layers": 1}  # fmt: skip
-PLANT_TEXTS = 16  # selection texts per language that the planted features are computed from (real_shape)
 REDUCED = {"top_k": 1, "draws": 1}  # Section 5's conditions in the reduced run (its defaults are the paper's)
 
 
@@ -181,8 +180,7 @@ def rehearse(args, argv):
         points = [(layers[:1], max(args.n_sel // 2, 1), max(args.n_eval // 2, 1)), (layers, args.n_sel, args.n_eval)]
 
     t0 = time.perf_counter()
-    n_plant = min(PAPER["n_sel"] if args.full else args.n_sel, PLANT_TEXTS)
-    plant = load_texts(languages, "selection", n_plant).by_language
+    plant = load_texts(languages, "selection", -1).by_language  # every selection text: tokenised only
     model_dir, _, planted = bench_nu.build_fixtures(layers, getattr(torch, dtype), plant, device)
     build_s = time.perf_counter() - t0
     passes = []

@@ -39,8 +39,10 @@ from argparse import Namespace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_nu  # first: it points HF_HOME at its temporary cache before any Hugging Face import
+
+# isort: split
 import bench_generate
-import bench_nu
 import bench_steering
 import torch
 
