@@ -119,8 +119,9 @@ def _check_writable(folder: Path) -> None:
     """Create `folder` and write and remove a probe file in it; an OSError becomes one UserError line."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"cannot create folder {folder}: a file has that name; choose another one") from None
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
+        raise UserError(f"cannot create folder {folder}: {blocker} is a file; choose another folder") from None
     except OSError as e:
         raise UserError(f"cannot create folder {folder}: {e.strerror or e}; choose another folder") from None
     try:
