@@ -121,7 +121,7 @@ def _check_writable(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
-        raise UserError(f"cannot create folder {folder}: {blocker} is a file; choose another folder") from None
+        raise UserError(f"cannot create folder {folder}: {blocker} is a file; choose another one") from None
     except OSError as e:
         raise UserError(f"cannot create folder {folder}: {e.strerror or e}; choose another folder") from None
     try:

@@ -24,7 +24,8 @@ STALE = time.time() - 2 * artifacts.STALE_TMP_S
 
 def error_lines(capsys) -> list[str]:
     err = capsys.readouterr().err
-    errors = [line[line.index("error: ") :] for line in err.splitlines() if "error: " in line]  # after any progress bar
+    lines = err.splitlines()
+    errors = [line[line.index("error: ") :] for line in lines if "error: " in line]  # after any progress bar
     assert len(errors) == 1 and "Traceback" not in err, err
     return errors
 
@@ -140,7 +141,8 @@ def test_stale_temporaries_are_removed_fresh_ones_kept(tmp_path):
     feats, figs = tmp_path / "run", tmp_path / "fig"
     (feats / "sub").mkdir(parents=True)
     figs.mkdir()
-    stale = [feats / ".layer_0_values.pt.k3j_9xq2.tmp", feats / "sub" / ".u.json.abcdefgh.tmp", figs / ".f.png.0a1b2c3d.tmp"]
+    stale = [feats / ".layer_0_values.pt.k3j_9xq2.tmp", feats / "sub" / ".u.json.abcdefgh.tmp"]
+    stale.append(figs / ".f.png.0a1b2c3d.tmp")
     fresh = feats / ".layer_1_values.pt.zz00zz00.tmp"  # a concurrent run may be writing it now
     foreign = feats / ".notes.tmp"  # not atomic_path's pattern
     for p in [*stale, fresh, foreign]:
@@ -159,7 +161,8 @@ def test_records_and_verification(tmp_path):
     path = tmp_path / "x.json"
     record = artifacts.save_json({"a": [1, 2]}, path)
     data = path.read_bytes()
-    assert record == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} == artifacts.file_record(path)
+    assert record == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert artifacts.file_record(path) == record
     artifacts.verify_file(path, record, "remake")
     path.write_bytes(data.replace(b"1", b"7"))  # same size, other content
     with pytest.raises(CorruptArtifact, match=r"x\.json is corrupted .*remake it with `python a\.py`"):
@@ -186,14 +189,17 @@ def test_truncated_layer_is_recomputed_alone_and_identically(small_toy_nu, tmp_p
     assert {L: nu.layer_files(run, L)["values"].stat().st_ino for L in others} == others  # not rewritten
 
 
-@pytest.mark.parametrize("name", ["layer_0_values.pt", "layer_0_directions.pt", "layer_0_top20.json", "meta.json"])
+DAMAGED = ["layer_0_values.pt", "layer_0_directions.pt", "layer_0_top20.json", "meta.json"]
+
+
+@pytest.mark.parametrize("name", DAMAGED)
 def test_plot_stage_names_a_damaged_file_and_its_remake(small_toy_nu, tmp_path, capsys, name):
     run = copy_run(small_toy_nu, tmp_path / "run")
     truncate(run / name)
     assert run_main(plot_sae_features.main, [*TOY, "--out-dir", str(run)]) == 2
     (line,) = error_lines(capsys)
     assert str(run / name) in line and f"python compute_nu_scores.py --model toy --out-dir {run}" in line
-    assert run_main(compute_nu_scores.main, [*TOY, "--out-dir", str(run)]) == 0  # the named command repairs it
+    assert run_main(compute_nu_scores.main, [*TOY, "--out-dir", str(run)]) == 0  # that command repairs it
     assert run_main(plot_sae_features.main, [*TOY, "--out-dir", str(run)]) == 0
     assert (run / name).read_bytes() == (small_toy_nu / name).read_bytes() or name == "meta.json"
 
