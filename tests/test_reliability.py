@@ -210,3 +210,18 @@ def test_report_names_a_damaged_file(small_toy_nu, tmp_path):
     text = report.build_report(run, tmp_path / "figures", "run")
     section = text.split("## Stage 1: ν-scores", 1)[1].split("\n## ", 1)[0]
     assert f"{run / 'meta.json'} is corrupted" in section and "`python compute_nu_scores.py`" in section
+
+
+def test_code_switching_cache_damaged_is_a_miss(tmp_path, caplog):
+    import torch
+
+    import code_switching
+
+    path = tmp_path / "layer_0.pt"
+    acts = torch.arange(6.0).reshape(2, 3)
+    artifacts.save_torch({"config_hash": "h", "acts": acts}, path)
+    assert torch.equal(code_switching.cached_layer(path, "h"), acts)
+    assert code_switching.cached_layer(path, "other") is None
+    truncate(path)
+    assert code_switching.cached_layer(path, "h") is None  # recomputed, not a traceback
+    assert "layer_0.pt is corrupted" in caplog.text
