@@ -13,7 +13,7 @@ correlation between languages survives; resampling each language on its own woul
 it. Per-language means are linear in the per-text values, so paired quantities
 (synergy = Δ(1+2) − Δ(1) − Δ(2)) stay paired text by text.
 
-Further rules (see METHOD.md, "Statistics that do not overstate"):
+Further rules (see docs/method.md, "Statistics that do not overstate"):
 - ratio_estimate: a ratio's interval becomes (−inf, +inf), flagged, when more than α/2 of
   its denominator's replicates are ≤ 0; denominators ≤ 0 are never silently dropped.
 - mean_over_draws: a mean over random-feature draws resamples the draws too, not only texts.
