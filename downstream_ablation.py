@@ -124,6 +124,7 @@ def main(argv=None):
     nu_cfg = nu.meta["config"]
     selection = load_texts(tuple(nu.languages), "selection", nu_cfg.get("n_texts_per_lang", -1), nu_cfg.get("split", "dev"))
     clusters = cfg.features_dir / "interaction_clusters.json"
+    clusters_remake = features.stage_command("cross_linguistic_interactions.py", cfg)  # if it is unreadable
 
     tokenizer = load_tokenizer(cfg.preset)
     items, skipped = {}, {}
@@ -154,7 +155,7 @@ def main(argv=None):
     for task, by_lang in items.items():
         res = downstream.TaskResults(task, list(by_lang), by_lang, {}, {})
         for lang, its in by_lang.items():
-            cross[lang] = downstream.cross_language(lang, nu.languages, clusters, settings)
+            cross[lang] = downstream.cross_language(lang, nu.languages, clusters, settings, clusters_remake)
             res.conditions[lang] = downstream.conditions_for(lang, nu, layers, args.random_draws, cfg.seed, cross[lang])
             res.records[lang], n_new, n_old = downstream.run_units(
                 model, tokenizer, task, lang, its, res.conditions[lang], nu, args.mode, store, task_settings, eng, cfg.force

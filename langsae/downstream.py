@@ -28,9 +28,9 @@ import numpy as np
 
 from langsae import metrics, tasks
 from langsae.ablation import make_ablation
-from langsae.artifacts import atomic_path, config_hash, file_sha256, load_json, save_json
+from langsae.artifacts import config_hash, read_json, save_json, save_text, verify_file
 from langsae.data import SIB_CATEGORIES
-from langsae.errors import UserError
+from langsae.errors import CorruptArtifact, UserError
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
 from langsae.stats import N_BOOT, JointBootstrap, Resampled, mean_over_draws
@@ -86,14 +86,18 @@ class Condition:
 STAGE3_IDENTITY = ("model", "sae_release", "nu_config_hash")  # what must match for stage 3's distances to describe this run
 
 
-def cross_language(lang: str, nu_languages: Sequence[str], clusters_file: Path, expect: Mapping | None = None) -> str:
+def cross_language(
+    lang: str, nu_languages: Sequence[str], clusters_file: Path, expect: Mapping | None = None,
+    remake: str = "cross_linguistic_interactions.py",
+) -> str:
     """The cross-language control's language (CROSS_RULE). expect: this run's model (content identity),
     sae_release and nu_config_hash; a stage-3 file made from another model or nu run is not
-    used (a warning says so) and the fallback applies."""
+    used (a warning says so) and the fallback applies. A stage-3 file that exists but cannot be read is
+    a CorruptArtifact naming it and `remake` (the command that makes it again)."""
     others = [x for x in nu_languages if x != lang]
     if not others:
         raise UserError(f"the nu run has no language besides {lang}: no cross-language control is possible")
-    data = load_json(clusters_file) if Path(clusters_file).exists() else None
+    data = read_json(clusters_file, remake) if Path(clusters_file).exists() else None
     if data is not None and expect is not None:
         made = data.get("settings", {}).get("store", {})
         stale = [k for k in STAGE3_IDENTITY if made.get(k) != expect.get(k)]
@@ -154,26 +158,22 @@ class UnitStore:
         """The unit's records; None when it is not done, stale, or its files are corrupt (then it is
         computed again: the sidecar records the JSONL's size and SHA-256)."""
         data, done = self._paths(task, lang, unit)
+        remake = "downstream_ablation.py"  # never shown: a unit that cannot be read is computed again
         try:
-            marker = load_json(done)
-            record = marker.get("jsonl")
-            if marker.get("config_hash") != key or (record and record != _file_record(data)):
+            marker = read_json(done, remake)
+            if marker.get("config_hash") != key:
                 return None
+            verify_file(data, marker.get("jsonl"), remake)
             with open(data, encoding="utf-8") as f:
                 return [json.loads(line) for line in f]
-        except (OSError, ValueError, AttributeError):  # absent, torn or not JSON
+        except (CorruptArtifact, OSError, ValueError, AttributeError):  # absent, torn or not JSON
             return None
 
     def save(self, task: str, lang: str, unit: str, key: str, records: list[dict], meta: dict) -> None:
         data, done = self._paths(task, lang, unit)
-        with atomic_path(data) as tmp:
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        marker = {**meta, "config_hash": key, "n_items": len(records), "jsonl": _file_record(data)}
+        record = save_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), data)
+        marker = {**meta, "config_hash": key, "n_items": len(records), "jsonl": record}
         save_json(marker, done)  # written last: the unit is done
-
-
-def _file_record(path: Path) -> dict:
-    return {"size": Path(path).stat().st_size, "sha256": file_sha256(path)}
 
 
 # ----------------------------------------------------------------------------- running a task

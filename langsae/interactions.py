@@ -35,7 +35,7 @@ from sklearn.manifold import MDS
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from tqdm.auto import tqdm
 
-from langsae.artifacts import load_json
+from langsae.artifacts import read_json
 from langsae.config import RunConfig
 from langsae.errors import UserError
 from langsae.features import NuResults, stage_command
@@ -312,7 +312,7 @@ def load_clusters(cfg: RunConfig, store_settings: dict, mode: str, n_texts: int)
     """Stage 3's saved clusters (interaction_clusters.json), refused when missing or made from
     other evaluation texts, model, nu run, ablation mode or languages."""
     path = require_clusters(cfg, mode, n_texts)
-    clusters = load_json(path)
+    clusters = read_json(path, stage3_command(cfg, n_texts, mode))  # unreadable: one line naming it
     made = clusters.get("settings", {})
     if made.get("store") != store_settings or made.get("mode") != mode or made.get("languages") != list(cfg.languages):
         raise UserError(

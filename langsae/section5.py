@@ -18,7 +18,7 @@ from typing import Collection, Sequence
 
 import numpy as np
 
-from langsae.artifacts import load_json, save_csv
+from langsae.artifacts import read_json, save_csv
 from langsae.config import RunConfig
 from langsae.errors import UserError
 from langsae.features import stage_command
@@ -281,7 +281,7 @@ def load_peaks(cfg: RunConfig, store_settings: dict, mode: str, n_texts: int) ->
     command = stage_command(SCRIPT, cfg, f"--n-texts {n_texts}", f"--mode {mode}")
     if not meta_path.exists() or not summary_path.exists():
         raise UserError(f"no Section 5 summary in {cfg.features_dir} (its held-out peak layers are needed); run `{command}` first")
-    meta = load_json(meta_path)
+    meta = read_json(meta_path, command)
     with open(summary_path, newline="") as f:
         peaks = {r["language"]: int(r["peak_layer"]) for r in csv.DictReader(f)}
     if meta.get("settings") != store_settings or meta.get("mode") != mode or not set(cfg.languages) <= set(peaks):

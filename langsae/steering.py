@@ -27,6 +27,7 @@ so that conditions can be stacked along the batch of one forward.
 
 from __future__ import annotations
 
+import logging
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +35,14 @@ from typing import Iterator, Sequence
 
 import torch
 
-from langsae.artifacts import save_json, save_torch
+from langsae.artifacts import read_torch, save_json, save_torch
 from langsae.data import Texts
-from langsae.errors import UserError
+from langsae.errors import CorruptArtifact, UserError
 from langsae.features import FeatureEncoder, LayerFeatures
 from langsae.forward import Batch, collect_tokens, edit_output, make_batches, tokenize
 from langsae.model import HookPoint
 
+log = logging.getLogger(__name__)
 METHODS = ("sv", "gated")
 
 
@@ -122,11 +124,16 @@ def save_vectors(steering_dir: Path, sv: SteeringVectors, config_hash: str, sett
 
 
 def load_vectors(steering_dir: Path, layer: int, config_hash: str) -> SteeringVectors | None:
-    """The saved vectors of one layer if they were made with `config_hash`, else None."""
+    """The saved vectors of one layer if they were made with `config_hash`, else None; also None (they are
+    computed again, with a warning) when the file cannot be read whole, e.g. torn by a disk fault."""
     path = vectors_path(steering_dir, layer)
     if not path.exists():
         return None
-    d = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        d = read_torch(path, "steer_language.py")
+    except CorruptArtifact as e:
+        log.warning("%s is %s: its steering vectors are computed again", path, e.state)
+        return None
     if d.get("config_hash") != config_hash:
         return None
     return SteeringVectors(int(d["layer"]), tuple(d["languages"]), d["mean"], d["n_tokens"])

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,10 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from langsae.ablation import MODES, Ablation, make_ablation
-from langsae.artifacts import config_hash, save_torch
+from langsae.artifacts import config_hash, read_torch, save_torch
 from langsae.config import PRESETS, RunConfig
 from langsae.data import Texts, load_texts
-from langsae.errors import UserError
+from langsae.errors import CorruptArtifact, UserError
 from langsae.features import NU_SCRIPT, LayerFeatures, NuResults
 from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, stacked, tokenize
 from langsae.model import load_model
@@ -341,12 +339,11 @@ class ConditionStore:
 
 
 def _load_entry(path: Path):
-    """torch.load, None for a file that cannot be read whole (torn by a disk fault or a foreign copy)."""
+    """The entry, None for a file that is gone or cannot be read whole (torn by a disk fault or a foreign
+    copy): the caller recomputes it, so the remake command in the error is never shown."""
     try:
-        return torch.load(path, weights_only=False)
-    except FileNotFoundError:
-        return None
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile):
+        return read_torch(path, "reproduce_figures_section5.py", weights_only=False)
+    except CorruptArtifact:
         return None
 
 
