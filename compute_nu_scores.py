@@ -27,6 +27,7 @@ from langsae.forward import tokenize
 from langsae.model import check_layers, check_sae_ids, load_model, load_sae, load_tokenizer, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
 from langsae.prefetch import Prefetcher
 from langsae.stages import finished
+from langsae.units import claim_batches, claim_file
 
 
 def parse_args(argv):
@@ -40,6 +41,65 @@ def parse_args(argv):
                    help="mu as a mean over tokens (paper) or over texts")
     p.add_argument("--cache-gb", type=float, default=8.0, help="memory for cached SAE inputs; layers beyond it take another model pass")
     return p.parse_args(argv)
+
+
+def score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) -> list[int]:
+    """Score the `pending` layers; return those this process computed.
+
+    Layers are claimed (langsae.units, one claim file per layer) before anything runs, at most as many
+    at a time as one forward pass caches (--cache-gb), so concurrent runs of this stage split the layers
+    and the model runs only for layers this process holds; it is loaded only once one is claimed. Layers
+    another live process holds are waited for at the end (and taken over if it dies). A layer's results
+    depend on no other layer (the cached inputs are read-only hooks on the same batches), so any split
+    gives byte-identical files."""
+    sae_cfgs = {L: sae_config(cfg.preset, L) for L in pending}  # hook names, without the weights
+    token_ids = tokenize(tokenizer, flat_texts)
+    hidden = model_config(cfg.preset).hidden_size
+    bytes_per_layer = nu.count_statistic_tokens(token_ids) * hidden * cfg.dtype.itemsize
+    per_pass = max(1, int(args.cache_gb * 2**30 // max(bytes_per_layer, 1)))
+    computed, model = [], None
+
+    def is_done(L):  # with --force, only what this process wrote counts as done
+        return L in computed or (not cfg.force and nu.layer_done(cfg.features_dir, L, chash))
+
+    def load(L):  # runs in the prefetcher's thread; load_sae is looked up at call time (tests wrap it)
+        return load_sae(cfg.preset, L, cfg.device, cfg.dtype)
+
+    def claim_of(L):
+        return claim_file(cfg.features_dir, f"layer_{L}")
+
+    for group in claim_batches(pending, claim_of, is_done, most=per_pass):
+        if model is None:
+            model, _ = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
+        # The prefetcher starts after the model is loaded because the SAE loader points
+        # huggingface_hub's process-wide cache settings at the preset's cache while it runs.
+        # The first transcoder is then read during the forward pass, each next one while the
+        # one before it encodes.
+        with Prefetcher(group, load, "SAE layer") as saes:
+            reads = {L: sae_hook_points(sae_cfgs[L])[0] for L in group}
+            pad = tokenizer.pad_token_id
+            inputs = nu.collect_sae_inputs(model, token_ids, lang_ids, reads, cfg.batch_size, pad)
+            n_langs = len(cfg.languages)
+            weights = nu.token_weights(inputs.token_lang, inputs.token_text, n_langs, args.weighting)
+            token_counts = dict(zip(cfg.languages, inputs.token_lang.bincount(minlength=n_langs).tolist()))
+            for L in group:
+                t0 = time.time()
+                sae = saes.take(L)  # each SAE is loaded once per run, in the prefetcher's thread
+                t_wait = time.time() - t0
+                layer = nu.score_layer(
+                    sae, inputs.by_layer.pop(L), weights, L, cfg.languages, args.top_k, args.control_pool,
+                    cfg.seed + L, sae_hook_names(sae_cfgs[L]), neuronpedia_id(cfg.preset, L),
+                )  # fmt: skip
+                del sae  # before the next take: then at most one more SAE is in memory, the one being read
+                done = {"config_hash": chash, "layer": L, "sae_id": cfg.sae_id(L), **layer.summary,
+                        "token_counts": token_counts}
+                nu.save_layer(cfg.features_dir, L, layer.files, layer.top20, done)
+                computed.append(L)
+                shared = list(layer.summary["shared_top5"].values())
+                print(f"layer {L}: done in {time.time() - t0:.1f}s (waited {t_wait:.1f}s for its SAE); "
+                      f"top-5 shared with another language: {shared}")
+            del inputs
+    return computed
 
 
 def main(argv=None):
@@ -64,40 +124,7 @@ def main(argv=None):
     pending = [L for L in layers if cfg.force or not nu.layer_done(cfg.features_dir, L, chash)]
     print(f"run {cfg.run_name}: {len(layers) - len(pending)} of {len(layers)} layers already done -> {cfg.features_dir}")
 
-    if pending:
-        sae_cfgs = {L: sae_config(cfg.preset, L) for L in pending}  # hook names, without the weights
-        model, _ = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
-        token_ids = tokenize(tokenizer, flat_texts)
-        bytes_per_layer = nu.count_statistic_tokens(token_ids) * model.config.hidden_size * cfg.dtype.itemsize
-        per_pass = max(1, int(args.cache_gb * 2**30 // max(bytes_per_layer, 1)))
-
-        def load(L):  # runs in the prefetcher's thread; load_sae is looked up at call time (tests wrap it)
-            return load_sae(cfg.preset, L, cfg.device, cfg.dtype)
-
-        # The prefetcher starts after the model is loaded because the SAE loader points
-        # huggingface_hub's process-wide cache settings at the preset's cache while it runs.
-        # The first transcoder is then read during the forward pass, each next one while the
-        # one before it encodes.
-        with Prefetcher(pending, load, "SAE layer") as saes:
-            for start in range(0, len(pending), per_pass):
-                group = pending[start : start + per_pass]
-                reads = {L: sae_hook_points(sae_cfgs[L])[0] for L in group}
-                inputs = nu.collect_sae_inputs(model, token_ids, lang_ids, reads, cfg.batch_size, tokenizer.pad_token_id)
-                weights = nu.token_weights(inputs.token_lang, inputs.token_text, len(cfg.languages), args.weighting)
-                for L in group:
-                    t0 = time.time()
-                    sae = saes.take(L)  # each SAE is loaded once per run, in the prefetcher's thread
-                    t_wait = time.time() - t0
-                    layer = nu.score_layer(
-                        sae, inputs.by_layer.pop(L), weights, L, cfg.languages, args.top_k, args.control_pool,
-                        cfg.seed + L, sae_hook_names(sae_cfgs[L]), neuronpedia_id(cfg.preset, L),
-                    )  # fmt: skip
-                    del sae  # before the next take: then at most one more SAE is in memory, the one being read
-                    done = {"config_hash": chash, "layer": L, "sae_id": cfg.sae_id(L), **layer.summary,
-                            "token_counts": dict(zip(cfg.languages, inputs.token_lang.bincount(minlength=len(cfg.languages)).tolist()))}  # fmt: skip
-                    nu.save_layer(cfg.features_dir, L, layer.files, layer.top20, done)
-                    print(f"layer {L}: done in {time.time() - t0:.1f}s (waited {t_wait:.1f}s for its SAE); top-5 shared with another language: {list(layer.summary['shared_top5'].values())}")
-                del inputs
+    computed = score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) if pending else []
 
     # the key holds the model's content identity; its name or path goes into meta.json for people only
     meta = nu.write_meta(cfg.features_dir, {**settings, "model_id": cfg.preset.model_id}, chash, texts)
@@ -105,7 +132,7 @@ def main(argv=None):
     for L in meta["layers"]:
         excl = meta["exclusive_top1"][str(L)]
         print(f"  layer {L:>2}: {sum(excl.values())}/{len(excl)}  shared top-5 {list(meta['shared_top5'][str(L)].values())}")
-    return finished(cfg, len(pending), len(layers) - len(pending), "layer")
+    return finished(cfg, len(computed), len(layers) - len(computed), "layer")
 
 
 if __name__ == "__main__":

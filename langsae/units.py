@@ -244,16 +244,18 @@ def claim_batches(
     is_done: Callable[[T], bool],
     stale_after: float = STALE_AFTER_S,
     poll: float | None = None,  # None: POLL_S
+    most: int | None = None,
 ) -> Iterator[list[T]]:
     """Like claim_units, for units computed together (stacked along the batch): yields every unfinished
-    unit this process can claim now as one list, claims held until the loop asks for the next list; then
+    unit this process can claim now as one list (at most `most` of them: the rest stay free for other
+    processes and are tried after this list), claims held until the loop asks for the next list; then
     the units that were held by live processes and have not been finished since, once they are claimable.
     Returns once every unit is done."""
     pending = [u for u in units if not is_done(u)]
     while pending:
         held, later = [], []
         for unit in pending:
-            claim = try_claim(claim_of(unit), stale_after)
+            claim = None if most is not None and len(held) >= most else try_claim(claim_of(unit), stale_after)
             if claim is None:
                 later.append(unit)
             elif is_done(unit):  # finished between our check and our claim

@@ -1,6 +1,6 @@
 """Claimed units of work (langsae.units) and Section 5 saving each condition group as it finishes.
 
-The Section 5 tests run the stage on the small toy in subprocesses (tests/section5_driver.py) that log
+The Section 5 tests run the stage on the small toy in subprocesses (tests/stage_driver.py) that log
 which condition files each of them wrote, and compare the CSV artifacts byte for byte with an
 uninterrupted one-process run.
 """
@@ -21,7 +21,7 @@ from langsae import sweep, units
 from test_interactions import LANGS5, copy_nu
 
 ROOT = Path(__file__).resolve().parent.parent
-DRIVER = Path(__file__).resolve().parent / "section5_driver.py"
+DRIVER = Path(__file__).resolve().parent / "stage_driver.py"
 ARGS = ["--model", "toy", "--languages", ",".join(LANGS5), "--n-texts", "4", "--random-draws", "2"]
 ARTIFACTS = ("ablation_results.csv", "section5_summary.csv", "figure5_data.csv", "figure6_data.csv")
 
@@ -95,9 +95,10 @@ def test_an_exception_in_the_loop_releases_the_claim(tmp_path):
 # ----------------------------------------------------------------------------- Section 5 on the small toy
 
 
-def _driver(run: Path, log: Path, *, exit_after: int = 0, delay: float = 0.0) -> subprocess.Popen:
+def _driver(run: Path, log: Path, *, exit_after: int = 0, delay: float = 0.0, stage: str = "section5",
+            args: tuple = tuple(ARGS)) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(DRIVER), str(log), str(exit_after), str(delay), *ARGS, "--out-dir", str(run)]
+    cmd = [sys.executable, str(DRIVER), stage, str(log), str(exit_after), str(delay), *args, "--out-dir", str(run)]
     return subprocess.Popen(cmd, env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -190,3 +191,43 @@ def test_per_condition_ce_does_not_depend_on_which_conditions_share_a_forward(sm
     together = sweep.ablated_ce(model, batches, L, abls, max_rows=8 * len(abls))
     alone = torch.cat([sweep.ablated_ce(model, batches, L, [a], max_rows=8) for a in abls])
     assert torch.equal(together, alone), (together - alone).abs().max()
+
+
+# ----------------------------------------------------------------------------- the nu stage on the small toy
+# --cache-gb 1e-9: one layer per forward pass, so one claim at a time and two processes split the 2 layers;
+# the reference (small_toy_nu) ran every layer in one pass, so the files also show that a layer's results
+# do not depend on which other layers shared its forward pass.
+NU_ARGS = ("--model", "toy", "--n-texts-per-lang", "8", "--cache-gb", "1e-9")
+
+
+def _same_layers(a: Path, b: Path, layers=(0, 1)) -> None:
+    from langsae import nu
+
+    for L in layers:
+        for name, path in nu.layer_files(a, L).items():
+            assert path.read_bytes() == nu.layer_files(b, L)[name].read_bytes(), f"layer {L} {name}"
+
+
+def test_two_nu_processes_split_the_layers_and_match_one_process(small_toy_nu, tmp_path):
+    run = tmp_path / "run"
+    logs = [tmp_path / f"written_{i}.log" for i in range(2)]
+    procs = [_driver(run, log, delay=1.0, stage="nu", args=NU_ARGS) for log in logs]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    a, b = (_written(log) for log in logs)
+    assert sorted(a + b) == ["layer_0", "layer_1"], "each layer is scored by exactly one process"
+    _same_layers(run, small_toy_nu)
+    assert json.loads((run / "meta.json").read_text())["layers"] == [0, 1]  # both wait for every layer
+    assert not list(run.glob("*.claim"))
+
+
+def test_a_killed_nu_run_leaves_its_claim_and_the_next_run_scores_only_the_rest(small_toy_nu, tmp_path):
+    run, first, second = tmp_path / "run", tmp_path / "first.log", tmp_path / "second.log"
+    p = _driver(run, first, exit_after=1, stage="nu", args=NU_ARGS)  # os._exit after layer 0 is saved
+    assert p.wait() == 9, p.stderr.read()
+    assert _written(first) == ["layer_0"] and list(run.glob("layer_*.claim"))
+    p = _driver(run, second, stage="nu", args=NU_ARGS)  # takes the dead claim over at once
+    assert p.wait() == 0, p.stderr.read()
+    assert _written(second) == ["layer_1"]
+    _same_layers(run, small_toy_nu)
+    assert [p.name for p in run.glob("*.claim")] == ["layer_0.claim"]  # the dead run's, of a layer it finished
