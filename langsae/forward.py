@@ -17,7 +17,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 from tqdm.auto import tqdm
 
-from langsae.model import HookPoint, decoder_layers, hook_module
+from langsae.model import HookPoint, architecture, decoder_layers, hook_module
 
 MAX_TOKENS = 512  # FLORES sentences are far shorter; this only guards against runaway inputs
 
@@ -179,7 +179,8 @@ class _StopForward(Exception):
 def _run_until_stopped(model, batch: Batch, handle) -> None:
     """Run the decoder until a hook (registered as `handle`) raises _StopForward; remove the hook."""
     try:
-        model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        decoder = architecture(model).decoder(model)
+        decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     except _StopForward:
         pass
     finally:
@@ -234,8 +235,7 @@ def collect_tokens(
 # input of layer L once per batch (`hidden_before_layer`) and then runs only layers L..end,
 # the final norm and the LM head for each condition (`run_from_layer`, `next_token_ce`),
 # with several conditions stacked along the batch dimension. Masks, rotary embeddings and
-# the final norm are the model's own, so this works for any HF decoder laid out like
-# Qwen3 / Gemma 2 (model.model.layers, .rotary_emb, .norm, model.lm_head).
+# the final norm are the model's own, reached through the family's adapter (`langsae.model.Arch`).
 
 LOGIT_CHUNK_ELEMENTS = 2**26  # logits materialised at once (256 MB in fp32); bounds CE memory
 
@@ -281,22 +281,15 @@ def run_from_layer(model, hidden: torch.Tensor, attention_mask: torch.Tensor, st
     Returns the final normalised hidden states [R, T, d], the LM head's input. Hooks on
     the layers (e.g. `edit_output`) fire as in a full forward.
     """
+    arch = architecture(model)
     T = hidden.shape[1]
     position_ids = torch.arange(T, device=hidden.device).unsqueeze(0)  # as the model's forward, right padding
-    position_embeddings = model.model.rotary_emb(hidden, position_ids)
+    position_embeddings = arch.position_embeddings(model, hidden, position_ids)
     masks = _layer_masks(model, hidden, attention_mask, position_ids)
-    layers = decoder_layers(model)
+    layers = arch.layers(model)
     for i in range(start_layer, len(layers)):
-        out = layers[i](
-            hidden,
-            attention_mask=masks[i],
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-            past_key_values=None,
-            use_cache=False,
-        )
-        hidden = _first_tensor(out)
-    return model.model.norm(hidden)
+        hidden = arch.run_layer(layers[i], hidden, masks[i], position_ids, position_embeddings)
+    return arch.final_norm(model)(hidden)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 We run plain `transformers` models with forward hooks. A transcoder says where it reads
 and writes through its own metadata (`hook_name`, `hook_name_out`), in TransformerLens
 names; `hook_point` maps them to HookPoints and `hook_module` finds the HF module whose
-input or output each one is, per model (this is the only place that knows the mapping).
+input or output each one is. `Arch` (looked up by `architecture`) is the only place that knows
+a model family's layout: its layers, rotary embedding, final norm, LM head and hooked modules.
 """
 
 from __future__ import annotations
@@ -82,31 +83,104 @@ def hook_point(hook_name: str) -> HookPoint:
     )
 
 
+@dataclass(frozen=True)
+class Arch:
+    """Everything langsae knows about one family of HF decoder models; nothing else reaches into a model.
+
+    The methods answer for the layout Qwen3 and Gemma 2 share: `model.model` holds `.layers`,
+    `.rotary_emb` and the final `.norm`; `model.lm_head` is the LM head; a decoder layer takes
+    (hidden, attention_mask=, position_ids=, position_embeddings=). A family laid out the same way
+    is one more `ARCHITECTURES` entry, keyed by its `config.model_type`, naming what differs in
+    fields; one laid out otherwise subclasses Arch and overrides the methods that differ:
+
+        class Renamed(Arch):
+            def decoder(self, model):
+                return model.transformer
+
+        ARCHITECTURES["renamed"] = Renamed(mlp_output_norm=None)
+
+    mlp_output_norm: the decoder layer's attribute holding the norm applied to the MLP's output
+    before it joins the residual stream (Gemma 2's post_feedforward_layernorm), or None (Qwen3).
+    """
+
+    mlp_output_norm: str | None = None
+
+    def decoder(self, model: PreTrainedModel) -> torch.nn.Module:
+        """The decoder stack without the LM head (what `model(...)` runs before the head)."""
+        return model.model
+
+    def layers(self, model: PreTrainedModel) -> torch.nn.ModuleList:
+        return self.decoder(model).layers
+
+    def final_norm(self, model: PreTrainedModel) -> torch.nn.Module:
+        return self.decoder(model).norm
+
+    def lm_head(self, model: PreTrainedModel) -> torch.nn.Module:
+        return model.lm_head
+
+    def position_embeddings(self, model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor):
+        """The rotary embedding's (cos, sin) for `position_ids`, as the decoder's forward makes them."""
+        return self.decoder(model).rotary_emb(hidden, position_ids)
+
+    def run_layer(self, layer: torch.nn.Module, hidden, mask, position_ids, position_embeddings) -> torch.Tensor:
+        """One decoder layer on hidden [R, T, d], without a KV cache; returns its output hidden states."""
+        out = layer(
+            hidden,
+            attention_mask=mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+            past_key_values=None,
+            use_cache=False,
+        )
+        return out[0] if isinstance(out, tuple) else out
+
+    def hook_module(self, model: PreTrainedModel, hp: HookPoint) -> torch.nn.Module:
+        """See the module-level `hook_module`."""
+        layer = self.layers(model)[hp.layer]
+        if hp.module == "block":
+            return layer
+        if hp.io == "output" and self.mlp_output_norm is not None:
+            return getattr(layer, self.mlp_output_norm)
+        return layer.mlp
+
+
+ARCHITECTURES: dict[str, Arch] = {  # config.model_type -> its adapter: the one place to add a model family
+    "qwen3": Arch(),
+    "gemma2": Arch(mlp_output_norm="post_feedforward_layernorm"),
+}
+
+
+def architecture(model: PreTrainedModel) -> Arch:
+    """The adapter for the model's family; an unknown family is one error naming where to add it."""
+    model_type = getattr(model.config, "model_type", None)
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        raise UserError(
+            f"model type {model_type!r} is not supported (known: {', '.join(ARCHITECTURES)}); "
+            "add its adapter to ARCHITECTURES in langsae/model.py"
+        )
+    return arch
+
+
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    return model.model.layers
+    return architecture(model).layers(model)
 
 
 def hook_module(model: PreTrainedModel, hp: HookPoint) -> torch.nn.Module:
     """The HF module whose first input (hp.io == "input") or output (hp.io == "output") is `hp`.
 
-    block: model.model.layers[L], in and out.
+    block: the decoder layer L, in and out.
     mlp input: the MLP module's first argument, as TransformerLens's `blocks.L.mlp.hook_in`:
         post_attention_layernorm's output on Qwen3, pre_feedforward_layernorm's on Gemma 2,
         both after their gain.
     mlp output: TransformerLens's `blocks.L.hook_mlp_out`, what is added to the residual
-        stream: post_feedforward_layernorm's output where the layer has that norm (Gemma 2),
-        else the MLP module's output (Qwen3). Its input is then the raw MLP output, not the
-        MLP input: code that needs both takes the input at its own hook point
-        (`HookPoint.sublayer_input`), never from the hooked module's arguments.
+        stream: the output of the layer's MLP-output norm where the family has one (Gemma 2's
+        post_feedforward_layernorm, `Arch.mlp_output_norm`), else the MLP module's output (Qwen3).
+        Its input is then the raw MLP output, not the MLP input: code that needs both takes
+        the input at its own hook point (`HookPoint.sublayer_input`), never from the hooked
+        module's arguments.
     """
-    layer = decoder_layers(model)[hp.layer]
-    if hp.module == "block":
-        return layer
-    if hp.io == "output":
-        post_norm = getattr(layer, "post_feedforward_layernorm", None)
-        if post_norm is not None:
-            return post_norm
-    return layer.mlp
+    return architecture(model).hook_module(model, hp)
 
 
 # ----------------------------------------------------------------------------- model
@@ -173,6 +247,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
     except (OSError, ValueError) as e:
         raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
+    architecture(model)  # a family langsae cannot hook is refused here, before any stage work
     return model.to(device).eval(), tokenizer
 
 
