@@ -7,7 +7,8 @@ from its ids, never retokenised), so every "after prefix − alone" contrast com
 At every layer it reads each language's top feature (the nu stage's saved
 encoder rows, at the SAE's read point: the MLP input for a transcoder) on the noun's tokens, found
 by offset mapping. Writes:
-  sae_features/<run>/code_switching/layer_L.pt     per-probe noun activations (cache, keyed by a config hash)
+  sae_features/<run>/code_switching/layer_L.pt     per-probe noun activations (cache, keyed by a config hash;
+                                                   layer_L_done.json: its size and SHA-256, checked on reuse)
   sae_features/<run>/code_switching_items.csv      per layer x probe x feature language (every number's source)
   sae_features/<run>/code_switching_results.csv    per layer x case/contrast x language, 95% CI over items
   sae_features/<run>/code_switching_heatmap.csv    prefix language x noun language at the layer of largest effect
@@ -26,7 +27,8 @@ import torch
 
 from langsae import code_switch, features, plots, stats
 from langsae.artifacts import (
-    config_hash, file_sha256, package_versions, preflight, read_torch, save_csv, save_json, save_torch,
+    config_hash, file_sha256, package_versions, preflight, read_json, read_torch, save_csv, save_json,
+    save_torch,
 )
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
@@ -34,6 +36,7 @@ from langsae.errors import CorruptArtifact, SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
 from langsae.stages import finished
+from langsae.units import claim_batches, claim_file
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +52,34 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+REMAKE = "code_switching.py --force"  # never shown: a cache file that cannot be read is recomputed
+
+
+def cache_marker(path: Path) -> Path:
+    """The done marker of a layer's cache file: its config hash and the file's size and SHA-256."""
+    return path.with_name(f"{path.stem}_done.json")
+
+
+def save_cached_layer(path: Path, chash: str, entry: dict) -> None:
+    """Write a layer's cache file, then its marker (last: the layer is done), so that a file damaged
+    later, even silently (same size), fails verification and is recomputed."""
+    record = save_torch({"config_hash": chash, **entry}, path)
+    save_json({"config_hash": chash, "file": record}, cache_marker(path))
+
+
 def cached_layer(path: Path, chash: str) -> torch.Tensor | None:
-    """A layer's cached activations when made with this config; None (recompute) when absent, stale or
-    unreadable: a truncated or damaged cache file is logged and remade, never a traceback."""
-    if not path.exists():
+    """A layer's cached activations when made with this config; None (recompute) when absent, stale,
+    without a marker (older caches) or failing its marker's record: a truncated or damaged cache file
+    is logged and remade, never a traceback."""
+    if not path.exists() or not cache_marker(path).exists():
         return None
     try:
-        d = read_torch(path, "code_switching.py --force")
+        done = read_json(cache_marker(path), REMAKE)
+        if not isinstance(done, dict) or done.get("config_hash") != chash:
+            return None
+        d = read_torch(path, REMAKE, done.get("file"))
     except CorruptArtifact as e:
-        log.warning("code switching cache %s is %s; recomputing that layer", path, e.state)
+        log.warning("code switching cache %s is %s; recomputing that layer", e.path, e.state)
         return None
     ok = isinstance(d, dict) and d.get("config_hash") == chash and isinstance(d.get("acts"), torch.Tensor)
     return d["acts"] if ok else None
@@ -99,16 +121,28 @@ def main(argv=None) -> dict:
     }  # fmt: skip
     chash = config_hash(settings)
     cdir = cfg.features_dir / "code_switching"
-    acts = {} if cfg.force else {L: a for L in layers if (a := cached_layer(cdir / f"layer_{L}.pt", chash)) is not None}
-    todo = [L for L in layers if L not in acts]
-    print(f"run {cfg.run_name}: {len(ps.concepts)} items x {len(languages)} languages, {len(probes)} texts; "
-          f"layers {layers} ({len(todo)} to compute, {len(acts)} cached)")  # fmt: skip
-    if todo:
-        model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
-        encoders = {L: nu.layers[L].encoder(feats[L], cfg.device) for L in todo}
-        for L, a in code_switch.noun_activations(model, tokens, encoders, cfg.batch_size, tokenizer.pad_token_id).items():
-            save_torch({"config_hash": chash, "layer": L, "features": feats[L], "acts": a}, cdir / f"layer_{L}.pt")
+    acts: dict[int, torch.Tensor] = {}
+
+    def is_done(L):  # reads a finished layer once; with --force only what this process computed counts
+        if L not in acts and not cfg.force and (a := cached_layer(cdir / f"layer_{L}.pt", chash)) is not None:
             acts[L] = a
+        return L in acts
+
+    todo = [L for L in layers if not is_done(L)]
+    print(f"run {cfg.run_name}: {len(ps.concepts)} items x {len(languages)} languages, {len(probes)} texts; "
+          f"layers {layers} ({len(todo)} to compute, {len(layers) - len(todo)} cached)")
+    computed, model = [], None
+    # Layers are claimed (langsae.units) so that concurrent runs split them: one forward serves the layers
+    # this process holds, the model loads only once one is held, and layers a live other process holds are
+    # waited for and read from its cache files.
+    for group in claim_batches(todo, lambda L: claim_file(cdir, f"layer_{L}"), is_done):
+        if model is None:
+            model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
+        encoders = {L: nu.layers[L].encoder(feats[L], cfg.device) for L in group}
+        pad = tokenizer.pad_token_id
+        for L, a in code_switch.noun_activations(model, tokens, encoders, cfg.batch_size, pad).items():
+            save_cached_layer(cdir / f"layer_{L}.pt", chash, {"layer": L, "features": feats[L], "acts": a})
+            acts[L], computed = a, computed + [L]
 
     n_items = len(ps.concepts)
     values = {L: code_switch.per_item_values(acts[L].numpy(), probes, languages, n_items) for L in layers}
@@ -149,7 +183,7 @@ def main(argv=None) -> dict:
         r = mean_effect[0]
         print(f"layer {best}: {code_switch.EFFECT} (mean over languages) = {r['value']:.4g} [{r['ci_low']:.4g}, {r['ci_high']:.4g}]")
     print(f"results: {fdir / 'code_switching_results.csv'}; figures: {out}")
-    return finished(cfg, len(todo), len(layers) - len(todo), "layer")
+    return finished(cfg, len(computed), len(layers) - len(computed), "layer")
 
 
 if __name__ == "__main__":

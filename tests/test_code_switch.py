@@ -324,3 +324,43 @@ def test_probe_languages_are_those_every_item_has(tmp_path):
     short = tmp_path / "probes.jsonl"  # item 0 without Korean
     short.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if not (r["item"] == rows[0]["item"] and r["lang"] == "kor_Hang")))
     assert code_switch.probe_languages(short) == tuple(sorted(set(PAPER_LANGUAGES) - {"kor_Hang"}))
+
+
+def test_a_layer_another_live_process_holds_is_waited_for_and_read(tiny_args, fake_nu, tmp_path, monkeypatch):
+    """Claims (langsae.units): this run computes only the layers it can claim, in one forward, and reads the
+    layer a live other process holds once that one has written it; the results are those of one run."""
+    import os
+    import shutil
+    import threading
+
+    from langsae import units
+
+    monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
+    monkeypatch.setattr(units, "POLL_S", 0.05)
+    argv = [*tiny_args, "--out-dir", str(fake_nu.features_dir), "--languages", ",".join(LANGS), "--batch-size", "16"]
+    code_switching.main(argv)  # every layer cached (made here or by an earlier test)
+    fdir, cdir = fake_nu.features_dir, fake_nu.features_dir / "code_switching"
+    reference = (fdir / "code_switching_results.csv").read_bytes()
+    aside = tmp_path / "layer_1"
+    shutil.copytree(cdir, aside)
+    shutil.rmtree(cdir)
+    claim = units.claim_file(cdir, "layer_1")
+    claim.parent.mkdir()
+    other = {"host": units.socket.gethostname(), "pid": os.getppid(), "started": 0.0, "token": "other"}
+    claim.write_text(json.dumps(other))  # our parent: a live process on this host
+
+    def other_process_finishes():
+        threading.Event().wait(1.0)
+        for name in ("layer_1.pt", "layer_1_done.json"):
+            shutil.copy(aside / name, cdir / name)
+        claim.unlink()
+
+    seen, real = [], code_switch.noun_activations
+    monkeypatch.setattr(
+        code_switch, "noun_activations", lambda m, t, enc, *a: seen.append(sorted(enc)) or real(m, t, enc, *a)
+    )
+    threading.Thread(target=other_process_finishes).start()
+    assert code_switching.main(argv) == {"computed": 2, "cached": 1, "unit": "layer"}
+    assert seen == [[0, 2]], "one forward, for the layers this run held"
+    assert (fdir / "code_switching_results.csv").read_bytes() == reference
+    assert not list(cdir.glob("*.claim"))

@@ -219,9 +219,17 @@ def test_code_switching_cache_damaged_is_a_miss(tmp_path, caplog):
 
     path = tmp_path / "layer_0.pt"
     acts = torch.arange(6.0).reshape(2, 3)
-    artifacts.save_torch({"config_hash": "h", "acts": acts}, path)
+    code_switching.save_cached_layer(path, "h", {"acts": acts})
     assert torch.equal(code_switching.cached_layer(path, "h"), acts)
     assert code_switching.cached_layer(path, "other") is None
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 1  # silent damage: same size, one bit (in the zip's directory or the tensor data)
+    path.write_bytes(bytes(data))
+    assert code_switching.cached_layer(path, "h") is None
+    assert "layer_0.pt is corrupted (its SHA-256 differs" in caplog.text
     truncate(path)
     assert code_switching.cached_layer(path, "h") is None  # recomputed, not a traceback
-    assert "layer_0.pt is corrupted" in caplog.text
+    assert "layer_0.pt is truncated" in caplog.text
+    artifacts.save_torch({"config_hash": "h", "acts": acts}, path)  # a cache from before the markers' records:
+    code_switching.cache_marker(path).unlink()  # without its marker, it is recomputed (a cache, not a result)
+    assert code_switching.cached_layer(path, "h") is None
