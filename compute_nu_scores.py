@@ -8,7 +8,9 @@ Writes to sae_features/<run>/, per layer L:
                                          features and of a pool of random live control features
   layer_L_done.json                      completion marker with the config hash
 and meta.json (languages, layers, model, SAE, data, token counts, versions).
-Finished layers with a matching config are skipped (--force recomputes).
+Finished layers with a matching config are skipped (--force recomputes). Runs started at the same time
+on the same folder split the layers: each claims as many as one model pass caches (--cache-gb), so a
+smaller --cache-gb splits finer, at one more forward pass per share.
 """
 
 from __future__ import annotations

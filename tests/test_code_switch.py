@@ -337,9 +337,9 @@ def test_a_layer_another_live_process_holds_is_waited_for_and_read(tiny_args, fa
 
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
     monkeypatch.setattr(units, "POLL_S", 0.05)
-    argv = [*tiny_args, "--out-dir", str(fake_nu.features_dir), "--languages", ",".join(LANGS), "--batch-size", "16"]
-    code_switching.main(argv)  # every layer cached (made here or by an earlier test)
     fdir, cdir = fake_nu.features_dir, fake_nu.features_dir / "code_switching"
+    argv = [*tiny_args, "--out-dir", str(fdir), "--languages", ",".join(LANGS), "--batch-size", "16"]
+    code_switching.main(argv)  # every layer cached (made here or by an earlier test)
     reference = (fdir / "code_switching_results.csv").read_bytes()
     aside = tmp_path / "layer_1"
     shutil.copytree(cdir, aside)

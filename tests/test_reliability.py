@@ -230,6 +230,7 @@ def test_code_switching_cache_damaged_is_a_miss(tmp_path, caplog):
     truncate(path)
     assert code_switching.cached_layer(path, "h") is None  # recomputed, not a traceback
     assert "layer_0.pt is truncated" in caplog.text
-    artifacts.save_torch({"config_hash": "h", "acts": acts}, path)  # a cache from before the markers' records:
-    code_switching.cache_marker(path).unlink()  # without its marker, it is recomputed (a cache, not a result)
+    # a cache from before the markers' records, without a marker: recomputed (a cache, not a result)
+    artifacts.save_torch({"config_hash": "h", "acts": acts}, path)
+    code_switching.cache_marker(path).unlink()
     assert code_switching.cached_layer(path, "h") is None
