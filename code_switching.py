@@ -151,9 +151,13 @@ def main(argv=None) -> dict:
     fdir = cfg.features_dir
     results = code_switch.result_rows(m, feats)
     heat = code_switch.heatmap_rows(code_switch.pair_matrices(acts[best].numpy(), probes, languages, n_items), languages, best, cfg.seed)
-    save_csv(code_switch.item_rows(acts, probes, tokens, ps, feats), fdir / "code_switching_items.csv")
-    save_csv(results, fdir / "code_switching_results.csv")
-    save_csv(heat, fdir / "code_switching_heatmap.csv")
+    outputs = {  # each file's size and SHA-256, for the meta: a reader can tell these files from others
+        "code_switching_items.csv": save_csv(
+            code_switch.item_rows(acts, probes, tokens, ps, feats), fdir / "code_switching_items.csv"
+        ),
+        "code_switching_results.csv": save_csv(results, fdir / "code_switching_results.csv"),
+        "code_switching_heatmap.csv": save_csv(heat, fdir / "code_switching_heatmap.csv"),
+    }
     out = cfg.output_dir
     figures = []
     for measure, cases in code_switch.CASES.items():
@@ -174,7 +178,7 @@ def main(argv=None) -> dict:
          "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
                        "resampling": "items with replacement, one draw shared by all languages and layers"},
          "n_straddling_nouns": sum(s for s, p in zip(tokens.straddles, probes) if not p.alone),
-         "figures": [str(f) for f in figures],
+         "figures": [str(f) for f in figures], "outputs": outputs,
          "versions": package_versions(), "data": data_record(files=(args.probe_file,))},
         fdir / "code_switching_meta.json",
     )  # fmt: skip

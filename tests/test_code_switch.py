@@ -2,6 +2,7 @@
 against a brute-force per-item loop, activations against a batch-1 forward, and the script."""
 
 import csv
+import hashlib
 import json
 
 import numpy as np
@@ -288,6 +289,10 @@ def test_script_end_to_end_resumes_and_recomputes_from_items(tiny_args, fake_nu,
     assert len(diffs) == n_items * (len(LANGS) - 1)
     assert float(row["value"]) == pytest.approx(np.mean(diffs), rel=1e-4)
     meta = json.loads((fdir / "code_switching_meta.json").read_text())
+    assert set(meta["outputs"]) == {f"code_switching_{n}.csv" for n in ("items", "results", "heatmap")}
+    for name, record in meta["outputs"].items():  # the records of the files the report reads
+        data = (fdir / name).read_bytes()
+        assert record == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     assert meta["heatmap_layer"] in (0, 1, 2) and meta["features"]["2"][x] == int(row["feature"])
     assert len(_read_csv(fdir / "code_switching_heatmap.csv")) == 2 * len(LANGS) ** 2
     figures = resolve(build_parser("t").parse_args(argv)).output_dir  # wherever the run's config puts them
