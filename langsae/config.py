@@ -22,7 +22,7 @@ import torch
 from langsae.data import PAPER_LANGUAGES, validate_languages
 from langsae.errors import UserError
 from langsae.model import model_identity
-from langsae.toy import TOY_RELEASE, TOY_ROOT, ensure_built
+from langsae.toy_paths import TOY_RELEASE, TOY_ROOT
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURES_ROOT = PROJECT_ROOT / "sae_features"
@@ -36,8 +36,9 @@ class Preset:
     `sae_converter` names a sae-lens loader for releases that are not in sae-lens's
     directory (a bare repo id); `sae_hub_cache` is a local Hugging Face cache holding
     the SAE files (the toy model's transcoders live in the project, not in ~/.cache).
-    `defaults` overrides the command line's defaults for this preset. `prepare`, if set, is
-    called before the model or SAE is loaded (the toy builds itself there on first use).
+    `defaults` overrides the command line's defaults for this preset. `prepare`, if set (a callable
+    or a "module:function" name), is called before the model or SAE is loaded (the toy builds
+    itself there on first use).
     """
 
     name: str
@@ -47,7 +48,7 @@ class Preset:
     sae_converter: str | None = None
     sae_hub_cache: Path | None = None
     defaults: dict = field(default_factory=dict)
-    prepare: Callable[[], object] | None = None
+    prepare: str | Callable[[], object] | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -72,7 +73,7 @@ PRESETS: dict[str, Preset] = {
                   "steer_target": "eng_Latn", "steer_alphas": "2,8", "steer_n_texts": 6, "steer_random_draws": 1,
                   "downstream_n_items": 40, "downstream_n_topic_items": 60,
                   "downstream_tasks": "qa,topic"},  # the tasks whose data is bundled: the toy stays offline
-        prepare=ensure_built,
+        prepare="langsae.toy:ensure_built",  # imported when called: the presets need no training code
     ),
 }
 PRESET_ALIASES = {"gemma-2b": "gemma-2-2b"}

@@ -13,6 +13,7 @@ import difflib
 import functools
 import hashlib
 import logging
+import pkgutil
 import re
 import warnings
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ class Arch:
         """The rotary embedding's (cos, sin) for `position_ids`, as the decoder's forward makes them."""
         return self.decoder(model).rotary_emb(hidden, position_ids)
 
-    def run_layer(self, layer: torch.nn.Module, hidden, mask, position_ids, position_embeddings) -> torch.Tensor:
+    def run_layer(self, layer: torch.nn.Module, hidden, mask, position_ids, position_embeddings):
         """One decoder layer on hidden [R, T, d], without a KV cache; returns its output hidden states."""
         out = layer(
             hidden,
@@ -192,9 +193,13 @@ def _hub_kwargs() -> dict:
 
 
 def _prepare(preset: Preset) -> None:
-    """Let the preset make its files first (the toy builds itself on first use)."""
-    if preset.prepare is not None:
-        preset.prepare()
+    """Let the preset make its files first (the toy builds itself on first use). A hook named as
+    "module:function" is imported only now, so the presets do not import the toy's training code."""
+    hook = preset.prepare
+    if isinstance(hook, str):
+        hook = pkgutil.resolve_name(hook)
+    if hook is not None:
+        hook()
 
 
 def model_config(preset: Preset):

@@ -131,7 +131,7 @@ def test_a_failed_build_leaves_the_old_one_intact(small_toy, tmp_path, monkeypat
         (out / "model" / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(toy, "_train_in_pinned_process", killed)
+    monkeypatch.setattr(toy.build, "_train_in_pinned_process", killed)  # where build_toy looks it up
     with pytest.raises(KeyboardInterrupt):
         toy.build_toy(copy, seed=0, scale="small", force=True)
     assert _snapshot(copy) == before
@@ -225,3 +225,25 @@ def test_unknown_scale_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="small"):
         toy.build_toy(tmp_path / "toy", scale="huge")
+
+
+def test_the_presets_do_not_import_the_toys_training_code():
+    """config names the toy's prepare hook by a string and takes TOY_ROOT from langsae.toy_paths, so
+    importing it (every stage does) loads none of the toy package; the hook still resolves when called."""
+    import subprocess
+    import sys
+
+    code = "import sys, langsae.config; print(sorted(m for m in sys.modules if m.startswith('langsae.toy')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['langsae.toy_paths']"
+    import pkgutil
+
+    assert pkgutil.resolve_name(PRESETS["toy"].prepare) is toy.ensure_built
+
+
+def test_python_dash_m_langsae_toy_still_runs_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "langsae.toy", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--write-fingerprint" in done.stdout

@@ -1,0 +1,57 @@
+"""The toy's scales: the hyper-parameters of a build, all recorded in its build.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from langsae.errors import UserError
+
+
+@dataclass(frozen=True)
+class ToyScale:
+    """The hyper-parameters of one build; all of them are recorded in build.json."""
+
+    texts_per_language: int  # NTREX sentences per language for the tokenizer and the model (-1: all)
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_tokens: int  # training texts are truncated to this many tokens
+    lm_steps: int
+    lm_batch_size: int  # texts per step
+    lm_lr: float
+    lm_warmup_steps: int
+    lm_weight_decay: float
+    tc_expansion: int  # transcoder width = tc_expansion * hidden_size
+    tc_texts_per_language: int  # NTREX sentences whose activations train the transcoders
+    tc_steps: int
+    tc_batch_tokens: int
+    tc_lr: float
+    tc_l1: float  # sparsity coefficient on normalised activations, so one value fits every layer
+    eval_texts_per_language: int  # FLORES evaluation texts for quality.json
+
+
+SCALES = {
+    "full": ToyScale(
+        texts_per_language=-1, vocab_size=8192, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+        head_dim=32, intermediate_size=384, max_tokens=128, lm_steps=600, lm_batch_size=32, lm_lr=3e-3,
+        lm_warmup_steps=30, lm_weight_decay=0.1, tc_expansion=8, tc_texts_per_language=300, tc_steps=400,
+        tc_batch_tokens=1024, tc_lr=3e-3, tc_l1=0.1, eval_texts_per_language=100,
+    ),
+    # For the tests: builds in seconds and still has every part of the full build.
+    "small": ToyScale(
+        texts_per_language=80, vocab_size=600, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+        head_dim=16, intermediate_size=96, max_tokens=48, lm_steps=150, lm_batch_size=16, lm_lr=1e-2,
+        lm_warmup_steps=5, lm_weight_decay=0.1, tc_expansion=8, tc_texts_per_language=40, tc_steps=300,
+        tc_batch_tokens=512, tc_lr=3e-3, tc_l1=0.1, eval_texts_per_language=10,
+    ),
+}  # fmt: skip
+
+
+def _scale(name: str) -> ToyScale:
+    if name not in SCALES:
+        raise UserError(f"unknown toy scale {name!r}; choose one of {', '.join(SCALES)}")
+    return SCALES[name]
