@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from langsae.artifacts import MODEL_PACKAGES, file_sha256, load_json, package_versions, save_json
+from langsae.artifacts import (
+    MODEL_PACKAGES,
+    file_sha256,
+    load_json,
+    package_versions,
+    save_json,
+)
 from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, ntrex_file
 from langsae.errors import UserError
 from langsae.toy.reproduce import _train_in_pinned_process, fingerprint

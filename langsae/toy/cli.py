@@ -15,8 +15,8 @@ from langsae.toy.reproduce import (
     committed_fingerprints,
     cpu_model,
     cpu_vendor,
-    first_difference,
     fingerprint,
+    first_difference,
     max_ce_difference,
 )
 from langsae.toy.scales import SCALES

@@ -14,7 +14,14 @@ from tqdm.auto import tqdm
 
 from langsae.artifacts import save_json
 from langsae.data import PAPER_LANGUAGES, load_ntrex, load_texts
-from langsae.forward import Batch, collect_tokens, make_batches, next_token_ce, predicted_tokens, tokenize
+from langsae.forward import (
+    Batch,
+    collect_tokens,
+    make_batches,
+    next_token_ce,
+    predicted_tokens,
+    tokenize,
+)
 from langsae.model import HookPoint
 from langsae.toy.build import TOY_MODEL_NAME, write_mwhanna_release
 from langsae.toy.reproduce import PINNED_ATEN, PINNED_KERNELS, build_threads
