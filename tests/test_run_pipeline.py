@@ -105,13 +105,21 @@ def test_the_real_pipeline_lists_every_stage_once():
     assert len({s.name for s in real}) == len(real)
 
 
-def test_a_report_that_cannot_be_built_is_a_warning_with_the_retry_command(tmp_path, caplog):
+def test_a_report_that_cannot_be_built_is_a_warning_with_the_retry_command(tmp_path, caplog, monkeypatch):
+    from langsae import report
     from langsae.config import build_parser, resolve
     from langsae.stages import finished
 
     cfg = resolve(build_parser("x").parse_args(["--model", "toy", "--out-dir", str(tmp_path / "run")]))
     cfg.features_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.features_dir / "meta.json").write_text("{")  # an artifact the report cannot read
+    (cfg.features_dir / "meta.json").write_text("{")  # an artifact the report cannot read: named in it
+    assert finished(cfg, 1, 2, "thing") == work(1, 2, "thing")
+    assert "meta.json is corrupted" in (cfg.output_dir / report.REPORT_NAME).read_text()
+
+    def broken(*args, **kwargs):  # any failure of the builder itself
+        raise ValueError("no report today")
+
+    monkeypatch.setattr(report, "write_report", broken)
     assert finished(cfg, 1, 2, "thing") == work(1, 2, "thing")  # the stage still ends normally
     assert "REPORT.md not rebuilt" in caplog.text and "python -m langsae.report --model toy" in caplog.text
 
