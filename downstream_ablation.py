@@ -22,7 +22,7 @@ import csv
 import logging
 import sys
 
-from langsae import ablation, downstream, features, plots, stats, tasks
+from langsae import ablation, downstream, features, plots, stats, tasks, units
 from langsae.artifacts import package_versions, preflight, save_csv, save_json
 from langsae.cli import run_main
 from langsae.config import PRESETS, build_parser, resolve
@@ -149,7 +149,7 @@ def main(argv=None):
         "prompt_version": tasks.PROMPT_VERSION, "n_items": args.n_items, "n_topic_items": args.n_topic_items, "shots": args.shots, "topic_shots": args.topic_shots,
         "n_per_label": args.n_per_label, "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens, "seed": cfg.seed,
     }  # fmt: skip
-    store = downstream.UnitStore(cfg.features_dir / "downstream", settings)
+    store = units.UnitStore(cfg.features_dir / "downstream", settings)
     eng = downstream.EngineSettings(tokenizer.pad_token_id, args.max_new_tokens, args.rows_per_forward, cfg.device)
     rows, summary, figures, computed, cached, cross = [], [], [], 0, 0, {}
     for task, by_lang in items.items():

@@ -30,11 +30,11 @@ from langsae.artifacts import config_hash, package_versions, preflight, save_csv
 from langsae.cli import run_main
 from langsae.config import PRESETS, _comma_list, build_parser, resolve
 from langsae.data import load_texts, validate_languages
-from langsae.downstream import UnitStore
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
 from langsae.stages import finished
+from langsae.units import UnitStore
 
 log = logging.getLogger(__name__)
 

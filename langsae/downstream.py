@@ -17,7 +17,6 @@ is recomputed on each replicate. The random control's mean over draws also resam
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -28,14 +27,14 @@ import numpy as np
 
 from langsae import metrics, tasks
 from langsae.ablation import make_ablation
-from langsae.artifacts import config_hash, read_json, save_json, save_text, verify_file
+from langsae.artifacts import read_json
+from langsae.controls import NO_LANGUAGE, random_draw
 from langsae.data import SIB_CATEGORIES
-from langsae.errors import CorruptArtifact, UserError
+from langsae.errors import UserError
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
 from langsae.stats import N_BOOT, JointBootstrap, Resampled, mean_over_draws
-from langsae.sweep import NO_LANGUAGE, random_draw
-from langsae.units import claim_batches, claim_file
+from langsae.units import UnitStore, claim_batches
 
 log = logging.getLogger(__name__)
 
@@ -131,49 +130,16 @@ def conditions_for(
     return out
 
 
-# ----------------------------------------------------------------------------- the unit store
+# ----------------------------------------------------------------------------- a unit's config hash
 
 
-class UnitStore:
-    """Per-item results of finished units: <root>/<task>/<lang>/<unit>.jsonl and its sidecar <unit>.json."""
-
-    def __init__(self, root: Path, settings: dict):
-        self.root, self.settings = Path(root), settings
-
-    def key(self, task: str, lang: str, condition: Condition, mode: str, task_settings: dict) -> str:
-        what = {"task": task, "lang": lang, "task_settings": task_settings}
-        if condition.name != BASELINE:
-            what.update(layer=condition.layer, mode=mode, feature_ids=sorted(condition.feature_ids))
-        return config_hash({**self.settings, **what})
-
-    def _paths(self, task: str, lang: str, unit: str) -> tuple[Path, Path]:
-        folder = self.root / task / lang
-        return folder / f"{unit}.jsonl", folder / f"{unit}.json"
-
-    def claim_of(self, task: str, lang: str, unit: str) -> Path:
-        """The claim file of a unit (langsae.units), beside its results."""
-        return claim_file(self.root / task / lang, unit)
-
-    def load(self, task: str, lang: str, unit: str, key: str) -> list[dict] | None:
-        """The unit's records; None when it is not done, stale, or its files are corrupt (then it is
-        computed again: the sidecar records the JSONL's size and SHA-256)."""
-        data, done = self._paths(task, lang, unit)
-        remake = "downstream_ablation.py"  # never shown: a unit that cannot be read is computed again
-        try:
-            marker = read_json(done, remake)
-            if marker.get("config_hash") != key:
-                return None
-            verify_file(data, marker.get("jsonl"), remake)
-            with open(data, encoding="utf-8") as f:
-                return [json.loads(line) for line in f]
-        except (CorruptArtifact, OSError, ValueError, AttributeError):  # absent, torn or not JSON
-            return None
-
-    def save(self, task: str, lang: str, unit: str, key: str, records: list[dict], meta: dict) -> None:
-        data, done = self._paths(task, lang, unit)
-        record = save_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), data)
-        marker = {**meta, "config_hash": key, "n_items": len(records), "jsonl": record}
-        save_json(marker, done)  # written last: the unit is done
+def unit_key(store: UnitStore, task: str, lang: str, condition: Condition, mode: str, task_settings: dict) -> str:
+    """The config hash of a unit: the store's settings, the task and language, and (but for the baseline)
+    the ablation's layer, mode and features."""
+    what = {"task": task, "lang": lang, "task_settings": task_settings}
+    if condition.name != BASELINE:
+        what.update(layer=condition.layer, mode=mode, feature_ids=sorted(condition.feature_ids))
+    return store.key(what)
 
 
 # ----------------------------------------------------------------------------- running a task
@@ -237,7 +203,7 @@ def run_units(
     (those this process can claim together, stacked; units claimed by another live process are waited
     for, langsae.units); returns (records, n computed, n cached)."""  # fmt: skip
     out, n_computed = {}, 0
-    units = [(c, c.unit(mode), store.key(task, lang, c, mode, task_settings)) for c in conditions]
+    units = [(c, c.unit(mode), unit_key(store, task, lang, c, mode, task_settings)) for c in conditions]
 
     def done(u) -> bool:
         _, unit, key = u

@@ -21,7 +21,7 @@ that made the vectors and chose the features):
                 but the source (recorded), averaged over every language but the source and the target:
                 delta_ce = steered − unsteered, paired per text, mean per language, then mean over languages
 Every unit (task, source, condition) is one JSONL file of per-item records, skipped on a rerun when its
-config hash matches (the `downstream.UnitStore`).
+config hash matches (the `units.UnitStore`).
 """
 
 from __future__ import annotations
@@ -37,14 +37,12 @@ import numpy as np
 import torch
 
 from langsae import stats
-from langsae.artifacts import config_hash
+from langsae.controls import random_draw
 from langsae.data import Texts
-from langsae.downstream import UnitStore
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, eos_token_ids, greedy_generate, stop_token_ids
 from langsae.steering import Gate, Steering, SteeringVectors, make_gate, random_direction_like, stacked_steering
-from langsae.sweep import random_draw
-from langsae.units import claim_batches
+from langsae.units import UnitStore, claim_batches
 
 TASKS = ("lid", "continuation", "collateral")
 NONE, SV, GATED, RANDOM_DIR, RANDOM_GATE = "none", "sv", "gated", "random_dir", "random_gate"
@@ -325,7 +323,7 @@ def run_units(
     (task settings, vectors' and nu's hashes, gate k, seed). Units are claimed (langsae.units): those
     another live process holds are waited for. Returns (records, n computed, n cached)."""  # fmt: skip
     out, n_computed = {}, 0
-    units = [(c, config_hash({**store.settings, **what, "task": task, **c.key()})) for c in conditions]
+    units = [(c, store.key({**what, "task": task, **c.key()})) for c in conditions]
 
     def done(u) -> bool:
         c, key = u

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from langsae.ablation import MODES, Ablation, make_ablation
 from langsae.artifacts import config_hash, read_torch, save_torch
 from langsae.config import PRESETS, RunConfig
+from langsae.controls import NO_LANGUAGE, random_draw
 from langsae.data import Texts, load_texts
 from langsae.errors import CorruptArtifact, UserError
 from langsae.features import NU_SCRIPT, LayerFeatures, NuResults
@@ -37,7 +38,6 @@ from langsae.units import claim_file, claim_units
 log = logging.getLogger(__name__)
 
 RANDOM = "random"  # `features` of a random-feature control
-NO_LANGUAGE = "none"  # `ablated_lang` of a random-feature control
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -68,12 +68,6 @@ def feature_sets(top_k: int) -> list[tuple[int, ...]]:
     """Each single top feature, then all of them together: top_k=2 -> (1,), (2,), (1, 2)."""
     singles = [(r,) for r in range(1, top_k + 1)]
     return singles + ([tuple(range(1, top_k + 1))] if top_k > 1 else [])
-
-
-def random_draw(pool: torch.Tensor, k: int, seed: int, layer: int, draw: int) -> tuple[int, ...]:
-    """k features from the control pool, seeded by (seed, layer, k, draw) so each draw is reproducible on its own."""
-    rng = np.random.default_rng([seed, layer, k, draw])
-    return tuple(sorted(int(pool[i]) for i in rng.choice(len(pool), size=k, replace=False)))
 
 
 def language_conditions(lf: LayerFeatures, languages: Sequence[str], mode: str, ranks: Sequence[int]) -> list[Condition]:

@@ -38,6 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from langsae.artifacts import config_hash, read_json, save_json, save_text, verify_file
+from langsae.errors import CorruptArtifact
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -271,3 +274,47 @@ def claim_batches(
         if later and not held:
             time.sleep(POLL_S if poll is None else poll)
         pending = [u for u in later if not is_done(u)]
+
+
+# ----------------------------------------------------------------------------- a store of finished units
+
+
+class UnitStore:
+    """Per-item results of finished units: <root>/<task>/<lang>/<unit>.jsonl and its sidecar <unit>.json
+    (downstream tasks, steering): the sidecar, written last, holds the config hash that made the unit."""
+
+    def __init__(self, root: Path, settings: dict):
+        self.root, self.settings = Path(root), settings
+
+    def key(self, what: dict) -> str:
+        """The config hash of a unit made from `what` (what its records depend on besides the settings)."""
+        return config_hash({**self.settings, **what})
+
+    def _paths(self, task: str, lang: str, unit: str) -> tuple[Path, Path]:
+        folder = self.root / task / lang
+        return folder / f"{unit}.jsonl", folder / f"{unit}.json"
+
+    def claim_of(self, task: str, lang: str, unit: str) -> Path:
+        """The claim file of a unit, beside its results."""
+        return claim_file(self.root / task / lang, unit)
+
+    def load(self, task: str, lang: str, unit: str, key: str) -> list[dict] | None:
+        """The unit's records; None when it is not done, stale, or its files are corrupt (then it is
+        computed again: the sidecar records the JSONL's size and SHA-256)."""
+        data, done = self._paths(task, lang, unit)
+        remake = "its stage"  # never shown: a unit that cannot be read is computed again
+        try:
+            marker = read_json(done, remake)
+            if marker.get("config_hash") != key:
+                return None
+            verify_file(data, marker.get("jsonl"), remake)
+            with open(data, encoding="utf-8") as f:
+                return [json.loads(line) for line in f]
+        except (CorruptArtifact, OSError, ValueError, AttributeError):  # absent, torn or not JSON
+            return None
+
+    def save(self, task: str, lang: str, unit: str, key: str, records: list[dict], meta: dict) -> None:
+        data, done = self._paths(task, lang, unit)
+        record = save_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), data)
+        marker = {**meta, "config_hash": key, "n_items": len(records), "jsonl": record}
+        save_json(marker, done)  # written last: the unit is done

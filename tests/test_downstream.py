@@ -236,7 +236,7 @@ def test_run_units_recomputes_a_corrupt_unit_alone_and_waits_for_a_live_claim(tm
     from langsae import units
 
     D = downstream
-    store = D.UnitStore(tmp_path, {"s": 1})
+    store = units.UnitStore(tmp_path, {"s": 1})
     conds = [D.Condition(D.BASELINE), D.Condition(D.OWN, 1, "eng_Latn", (3, 4))]
     conds.append(D.Condition(D.RANDOM, 1, "none", (5, 6), 0))
     computed = []
@@ -267,7 +267,7 @@ def test_run_units_recomputes_a_corrupt_unit_alone_and_waits_for_a_live_claim(tm
     (tmp_path / "qa" / "eng_Latn" / f"{rand}.json").unlink()
     claim = store.claim_of("qa", "eng_Latn", rand)
     claim.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": 0.0, "token": "t"}))
-    key = store.key("qa", "eng_Latn", conds[2], "m", {})
+    key = D.unit_key(store, "qa", "eng_Latn", conds[2], "m", {})
 
     def owner():
         time.sleep(0.3)
