@@ -33,7 +33,7 @@ from langsae.data import SIB_CATEGORIES
 from langsae.errors import UserError
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
-from langsae.stats import N_BOOT, JointBootstrap, Resampled, mean_over_draws
+from langsae.stats import N_BOOT, JointBootstrap, Resampled, format_interval, mean_over_draws
 from langsae.units import UnitStore, claim_batches
 
 log = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ def format_summary(entries: Sequence[dict]) -> str:
     """The summary as a fixed-width table for the terminal."""
 
     def ci(v):
-        return "n/a" if v is None or not math.isfinite(v[0]) else f"{v[0]:+.3f} [{v[1]:+.3f},{v[2]:+.3f}]"
+        return "n/a" if v is None else format_interval(v[0], v[1], v[2], sep=",")
 
     head = (f"{'task':<10}{'lang':<10}{'layer':>5}  {'metric':<18}{'baseline':>9}  {'own Δ [95% CI]':<27}"
             f"{'random Δ':<27}{'cross Δ (lang)':<38}{'own − random':<27}own drop > random")  # fmt: skip

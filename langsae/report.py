@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 from langsae.artifacts import package_versions, read_json, save_text
 from langsae.errors import CorruptArtifact
+from langsae.stats import format_interval
 
 REPORT_NAME = "REPORT.md"
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run"
@@ -81,7 +82,7 @@ class Interval:
         return all(math.isfinite(x) for x in (self.value, self.low, self.high))
 
     def __str__(self) -> str:
-        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]" if self.finite() else "n/a"
+        return format_interval(self.value, self.low, self.high) if self.finite() else "n/a"
 
 
 def interval_verdict(effect: Interval, control: Interval | None = None, direction: int = 1) -> str:
@@ -564,7 +565,7 @@ def code_switching_claim(a: Artifacts) -> Evidence | None:
 
 
 def _rate(iv: Interval) -> str:
-    return f"{iv.value:.2f} [{iv.low:.2f}, {iv.high:.2f}]" if iv.finite() else "n/a"
+    return format_interval(iv.value, iv.low, iv.high, digits=2, signed=False) if iv.finite() else "n/a"
 
 
 def gated_steering(a: Artifacts) -> Evidence | None:

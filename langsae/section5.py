@@ -22,7 +22,10 @@ from langsae.artifacts import read_json, save_csv
 from langsae.config import RunConfig
 from langsae.errors import UserError
 from langsae.features import stage_command
-from langsae.stats import N_BOOT, Estimate, JointBootstrap, Resampled, argmax_frequency, mean_over_draws, ratio_estimate, split_halves
+from langsae.stats import (
+    N_BOOT, Estimate, JointBootstrap, Resampled, argmax_frequency, format_interval, mean_over_draws, ratio_estimate,
+    split_halves,
+)
 from langsae.sweep import NO_LANGUAGE, RANDOM, SweepResult, feature_set_name
 
 RESULTS_COLUMNS = [
@@ -248,7 +251,7 @@ def format_summary(rows: Sequence[dict]) -> str:
 
     def ci(r, key, ci=None):
         v, lo, hi = (float(r[k]) for k in (key, f"{ci or key}_ci_low", f"{ci or key}_ci_high"))
-        return f"{v:+.3f} [{lo:+.3f},{hi:+.3f}]" if np.isfinite(v) else "n/a"
+        return format_interval(v, lo, hi, sep=",")
 
     def ratio(r):
         if str(r["specificity_ratio_unbounded"]) == "True":

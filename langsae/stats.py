@@ -249,3 +249,16 @@ def split_halves(sentence_ids: Sequence, seed: int) -> tuple[np.ndarray, np.ndar
     perm = np.random.default_rng([seed, SLOT_SPLIT, len(uniq)]).permutation(len(uniq))
     cut = len(uniq) // 2
     return np.sort(uniq[perm[:cut]]), np.sort(uniq[perm[cut:]])
+
+
+def format_interval(
+    value: float, low: float, high: float, digits: int = 3, signed: bool = True, sep: str = ", ",
+    kind: str = "f",
+) -> str:
+    """'value [low, high]', the one way every table and report writes an estimate with its interval; 'n/a'
+    when the value is not finite. digits, signed (a '+' on positive numbers), sep (between the bounds) and
+    kind (a format type such as 'f' or 'g') keep each table's established look."""
+    if not math.isfinite(value):
+        return "n/a"
+    spec = f"{'+' if signed else ''}.{digits}{kind}"
+    return f"{value:{spec}} [{low:{spec}}{sep}{high:{spec}}]"

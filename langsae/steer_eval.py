@@ -478,7 +478,7 @@ def format_summary(entries: Sequence[dict]) -> str:
     """The best-alpha summary as a fixed-width table."""
 
     def ci(v):
-        return "n/a" if v is None or not math.isfinite(v[0]) else f"{v[0]:.3f} [{v[1]:.3f},{v[2]:.3f}]"
+        return "n/a" if v is None else stats.format_interval(v[0], v[1], v[2], signed=False, sep=",")
 
     head = f"{'task':<13}{'source→target':<22}{'layers':<8}{'method':<13}{'best α':>8}  {'success (half B)':<24}{'collateral ΔCE':<26}baseline success"
     lines = [head, "-" * len(head)]

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.stats import linregress
 
 from langsae.features import NuResults
-from langsae.stats import Estimate, JointBootstrap, Resampled
+from langsae.stats import Estimate, JointBootstrap, Resampled, format_interval
 from langsae.sweep import Condition, SweepResult, language_conditions
 
 SINGLE = "top1"
@@ -275,7 +275,7 @@ def format_summary(summary: Mapping) -> str:
     """Intra vs inter per layer for the terminal, with and without degenerate pairs."""
 
     def ci(e):
-        return f"{e['value']:+.3f} [{e['ci_low']:+.3f},{e['ci_high']:+.3f}]" if np.isfinite(e["value"]) else "n/a"
+        return format_interval(e["value"], e["ci_low"], e["ci_high"], sep=",")
 
     head = (f"{'layer':<11}{'pairs':<9}{'intra [95% CI]':<27}{'inter [95% CI]':<27}{'intra − inter [95% CI]':<27}{'perm. p':>8}"
             f"  synergy ~ |cos|: slope, r    intra beyond |cos|, perm. p")

@@ -153,3 +153,16 @@ def test_empty_group_gives_nan():
     assert math.isnan(stats.mean_ci(np.array([]), 0).value)
     m = stats.JointBootstrap(np.array(["a"]), np.array([0]), 2, 0, 10).means(np.array([1.0]))
     assert math.isnan(m.point[1]) and np.isnan(m.reps[:, 1]).all()
+
+
+def test_format_interval_writes_each_tables_look():
+    """Hand-written strings: the report's signed 3 digits, the terminal tables' compact bounds, unsigned
+    rates, 'g' formatting, and 'n/a' for a value that is not finite (the bounds are then not looked at)."""
+    fmt = stats.format_interval
+    assert fmt(0.5, -0.25, 1.0) == "+0.500 [-0.250, +1.000]"
+    assert fmt(0.36819, 0.3198, 0.41849, sep=",") == "+0.368 [+0.320,+0.418]"
+    assert fmt(0.5, 0.25, 0.75, digits=2, signed=False) == "0.50 [0.25, 0.75]"
+    assert fmt(-0.1234, -0.5, 0.0, signed=False, sep=",") == "-0.123 [-0.500,0.000]"
+    assert fmt(0.000123456, 1e-5, 2.0, digits=4, signed=False, kind="g") == "0.0001235 [1e-05, 2]"
+    assert fmt(math.nan, 0.1, 0.2) == "n/a" and fmt(math.inf, 0.0, 1.0, sep=",") == "n/a"
+    assert fmt(0.5, math.nan, math.nan) == "+0.500 [+nan, +nan]"  # callers that need finite bounds check them
