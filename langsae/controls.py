@@ -11,6 +11,6 @@ NO_LANGUAGE = "none"  # `ablated_lang` of a random-feature control
 
 
 def random_draw(pool: torch.Tensor, k: int, seed: int, layer: int, draw: int) -> tuple[int, ...]:
-    """k features from the control pool, seeded by (seed, layer, k, draw): each draw reproducible on its own."""
+    """k features from the control pool, seeded by (seed, layer, k, draw): each draw reproducible alone."""
     rng = np.random.default_rng([seed, layer, k, draw])
     return tuple(sorted(int(pool[i]) for i in rng.choice(len(pool), size=k, replace=False)))

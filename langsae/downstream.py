@@ -133,7 +133,9 @@ def conditions_for(
 # ----------------------------------------------------------------------------- a unit's config hash
 
 
-def unit_key(store: UnitStore, task: str, lang: str, condition: Condition, mode: str, task_settings: dict) -> str:
+def unit_key(
+    store: UnitStore, task: str, lang: str, condition: Condition, mode: str, task_settings: dict
+) -> str:
     """The config hash of a unit: the store's settings, the task and language, and (but for the baseline)
     the ablation's layer, mode and features."""
     what = {"task": task, "lang": lang, "task_settings": task_settings}

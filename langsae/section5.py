@@ -23,8 +23,8 @@ from langsae.config import RunConfig
 from langsae.errors import UserError
 from langsae.features import stage_command
 from langsae.stats import (
-    N_BOOT, Estimate, JointBootstrap, Resampled, argmax_frequency, format_interval, mean_over_draws, ratio_estimate,
-    split_halves,
+    N_BOOT, Estimate, JointBootstrap, Resampled, argmax_frequency, format_interval, mean_over_draws,
+    ratio_estimate, split_halves,
 )
 from langsae.sweep import NO_LANGUAGE, RANDOM, SweepResult, feature_set_name
 
