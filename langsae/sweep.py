@@ -279,14 +279,13 @@ class ConditionStore:
     changed model, evaluation set or nu run never reuses old numbers, and a finished
     condition is never recomputed. Every entry is its own atomic file, so concurrent runs never
     lose each other's entries (no file is read, modified and rewritten) and a killed run keeps
-    every condition it finished. Stores written as one file per layer (<name>.pt, before
-    per-condition files) are still read.
+    every condition it finished. (Stores of the earlier one-file-per-layer layout, <name>.pt, are not
+    read: every run made with it was a CPU toy run, cheaper to recompute than a second read path.)
     """
 
     def __init__(self, root: Path, settings: dict):
         self.root = Path(root)
         self.settings = settings
-        self._combined: dict[str, dict] = {}
 
     def key(self, what: dict) -> str:
         return config_hash({**self.settings, **what})
@@ -298,15 +297,8 @@ class ConditionStore:
         """The claim file of a unit of work (a key, or a group of keys named by their hash) under `name`."""
         return claim_file(self.root / name, unit)
 
-    def _combined_file(self, name: str) -> dict:
-        # the former one-file-per-layer layout, read-only now (nothing writes it, so it is read once)
-        if name not in self._combined:
-            path = self.root / f"{name}.pt"
-            self._combined[name] = (_load_entry(path) or {}) if path.exists() else {}
-        return self._combined[name]
-
     def has(self, name: str, key: str) -> bool:
-        return self.path(name, key).exists() or key in self._combined_file(name)
+        return self.path(name, key).exists()
 
     def get(self, name: str, key: str):
         """The entry, or None when it is absent or its file is corrupt (then removed, so that it is
@@ -318,13 +310,7 @@ class ConditionStore:
                 return entry
             log.warning("%s is corrupt: removed, its condition is computed again", path)
             path.unlink(missing_ok=True)
-            return None
-        return self._combined_file(name).get(key)
-
-    def read(self, name: str) -> dict:
-        """Every entry under `name`: {key: entry}."""
-        keys = [p.stem for p in sorted((self.root / name).glob("*.pt"))]
-        return {**self._combined_file(name), **{k: e for k in keys if (e := self.get(name, k)) is not None}}
+        return None
 
     def put(self, name: str, entries: dict) -> None:
         """Write each entry to its own file."""
