@@ -34,7 +34,7 @@ from langsae.errors import UserError
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
 from langsae.stats import N_BOOT, JointBootstrap, Resampled, format_interval, mean_over_draws
-from langsae.units import UnitStore, claim_batches
+from langsae.units import UnitStore
 
 log = logging.getLogger(__name__)
 
@@ -204,27 +204,20 @@ def run_units(
     """Per-item records of every condition's unit ({unit: records}), computing only unfinished ones
     (those this process can claim together, stacked; units claimed by another live process are waited
     for, langsae.units); returns (records, n computed, n cached)."""  # fmt: skip
-    out, n_computed = {}, 0
-    units = [(c, c.unit(mode), unit_key(store, task, lang, c, mode, task_settings)) for c in conditions]
+    by_unit = {c.unit(mode): c for c in conditions}
 
-    def done(u) -> bool:
-        _, unit, key = u
-        if unit not in out and not force:
-            cached = store.load(task, lang, unit, key)
-            if cached is not None and len(cached) == len(items):
-                out[unit] = cached
-        return unit in out
+    def meta(c: Condition) -> dict:
+        return {"task": task, "lang": lang, "layer": c.layer, "condition": c.name, "ablated_lang": c.ablated_lang,
+                "draw": c.draw, "feature_ids": list(c.feature_ids), "mode": None if c.name == BASELINE else mode}  # fmt: skip
 
-    for todo in claim_batches(units, lambda u: store.claim_of(task, lang, u[1]), done):
-        edits = [None if c.name == BASELINE else make_ablation(nu.layers[c.layer], c.feature_ids, mode, eng.device) for c, _, _ in todo]
-        log.info("%s %s: %d units to compute (%d items each), %d cached", task, lang, len(todo), len(items), len(out))
-        records = compute_records(model, tokenizer, task, lang, items, edits, eng)
-        for (c, unit, key), recs in zip(todo, records):
-            meta = {"task": task, "lang": lang, "layer": c.layer, "condition": c.name, "ablated_lang": c.ablated_lang,
-                    "draw": c.draw, "feature_ids": list(c.feature_ids), "mode": None if c.name == BASELINE else mode}  # fmt: skip
-            store.save(task, lang, unit, key, recs, meta)
-            out[unit] = recs
-        n_computed += len(todo)
+    def compute(todo) -> list[list[dict]]:
+        cs = [by_unit[unit] for unit, _, _ in todo]
+        edits = [None if c.name == BASELINE else make_ablation(nu.layers[c.layer], c.feature_ids, mode, eng.device) for c in cs]
+        log.info("%s %s: %d units to compute (%d items each)", task, lang, len(todo), len(items))
+        return compute_records(model, tokenizer, task, lang, items, edits, eng)
+
+    units = [(c.unit(mode), unit_key(store, task, lang, c, mode, task_settings), meta(c)) for c in conditions]
+    out, n_computed = store.run(task, lang, units, compute, len(items), force)
     return out, n_computed, len(conditions) - n_computed
 
 

@@ -42,7 +42,7 @@ from langsae.data import Texts
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, eos_token_ids, greedy_generate, stop_token_ids
 from langsae.steering import Gate, Steering, SteeringVectors, make_gate, random_direction_like, stacked_steering
-from langsae.units import UnitStore, claim_batches
+from langsae.units import UnitStore
 
 TASKS = ("lid", "continuation", "collateral")
 NONE, SV, GATED, RANDOM_DIR, RANDOM_GATE = "none", "sv", "gated", "random_dir", "random_gate"
@@ -322,24 +322,11 @@ def run_units(
     together: compute(todo conditions) -> [C][N] records. what: everything else the records depend on
     (task settings, vectors' and nu's hashes, gate k, seed). Units are claimed (langsae.units): those
     another live process holds are waited for. Returns (records, n computed, n cached)."""  # fmt: skip
-    out, n_computed = {}, 0
-    units = [(c, store.key({**what, "task": task, **c.key()})) for c in conditions]
-
-    def done(u) -> bool:
-        c, key = u
-        if c not in out and not force:
-            cached = store.load(task, source, c.unit(), key)
-            if cached is not None and (n_items is None or len(cached) == n_items):
-                out[c] = cached
-        return c in out
-
-    for todo in claim_batches(units, lambda u: store.claim_of(task, source, u[0].unit()), done):
-        records = compute([c for c, _ in todo])
-        for (c, key), recs in zip(todo, records):
-            store.save(task, source, c.unit(), key, recs, {"task": task, **c.key()})
-            out[c] = recs
-        n_computed += len(todo)
-    return out, n_computed, len(conditions) - n_computed
+    by_unit = {c.unit(): c for c in conditions}
+    units = [(c.unit(), store.key({**what, "task": task, **c.key()}), {"task": task, **c.key()}) for c in conditions]
+    out, n_computed = store.run(task, source, units, lambda todo: compute([by_unit[u] for u, _, _ in todo]),
+                                n_items, force)  # fmt: skip
+    return {c: out[c.unit()] for c in conditions}, n_computed, len(conditions) - n_computed
 
 
 # ----------------------------------------------------------------------------- the results table

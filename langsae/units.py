@@ -318,3 +318,31 @@ class UnitStore:
         record = save_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), data)
         marker = {**meta, "config_hash": key, "n_items": len(records), "jsonl": record}
         save_json(marker, done)  # written last: the unit is done
+
+    def run(
+        self, task: str, lang: str, units: Sequence[tuple[str, str, dict]],
+        compute: Callable[[list[tuple[str, str, dict]]], list[list[dict]]],
+        n_items: int | None = None, force: bool = False,
+    ) -> tuple[dict[str, list[dict]], int]:
+        """Per-item records of each unit (name, key, meta) of (task, lang): {name: records}, and how many
+        this process computed. Finished units are read (with n_items, only if they hold that many records;
+        force: none is); the rest are claimed (claim_batches) and those held at once are computed together
+        by compute(units) -> one record list per unit, each saved as soon as computed; units a live other
+        process holds are waited for. The one unit loop of downstream tasks and steering."""
+        out: dict[str, list[dict]] = {}
+
+        def done(u) -> bool:
+            name, key, _ = u
+            if name not in out and not force:
+                cached = self.load(task, lang, name, key)
+                if cached is not None and (n_items is None or len(cached) == n_items):
+                    out[name] = cached
+            return name in out
+
+        n_computed = 0
+        for todo in claim_batches(units, lambda u: self.claim_of(task, lang, u[0]), done):
+            for (name, key, meta), records in zip(todo, compute(todo)):
+                self.save(task, lang, name, key, records, meta)
+                out[name] = records
+            n_computed += len(todo)
+        return out, n_computed
