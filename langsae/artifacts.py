@@ -7,6 +7,7 @@ kill at any moment leaves either the old file or the new one, never a truncated 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -252,6 +253,20 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def cached_sha256(path: Path) -> str:
+    """file_sha256, computed once per process while the file's size and mtime are unchanged: for inputs
+    (bundled data, a local model's files) that every stage of a pipeline names. Never for checking an
+    artifact against its record (verify_file), where a damaged file must be read again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _cached_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
 MODEL_PACKAGES = ("torch", "transformers", "sae-lens", "tokenizers", "numpy")  # what a model's numbers depend on

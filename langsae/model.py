@@ -10,7 +10,6 @@ a model family's layout: its layers, rotary embedding, final norm, LM head and h
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
 import logging
 import pkgutil
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from langsae.artifacts import file_sha256
+from langsae.artifacts import cached_sha256
 from langsae.errors import UserError
 from langsae.hub import hf_token, hub_error_message, local_hub_cache
 
@@ -283,18 +282,13 @@ def hub_commit(repo_id: str, cache_dir: str | Path | None = None) -> str | None:
 
 def folder_identity(folder: Path) -> str:
     """SHA-256 of a local model folder's config, tokenizer and weight files, by name (not by path).
-    Hashed once per process for each state of the files (their sizes and mtimes key the cache)."""
+    Each file is hashed once per process while its size and mtime are unchanged (cached_sha256)."""
     folder = Path(folder).resolve()
     files = sorted(p for p in folder.iterdir() if p.name in IDENTITY_FILES or p.suffix in WEIGHT_SUFFIXES)
-    files = [p for p in files if p.is_file()]
-    return _files_hash(folder, tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-
-
-@functools.lru_cache(maxsize=16)
-def _files_hash(folder: Path, stamp: tuple) -> str:
     h = hashlib.sha256()
-    for name, *_ in stamp:
-        h.update(f"{name}\0{file_sha256(folder / name)}\n".encode())
+    for p in files:
+        if p.is_file():
+            h.update(f"{p.name}\0{cached_sha256(p)}\n".encode())
     return "sha256:" + h.hexdigest()
 
 

@@ -8,33 +8,19 @@ its size or modification time changes), so the pipeline's stages share the work.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from langsae.artifacts import file_sha256
-from langsae.data import DATA_DIR, Texts, source_files
+from langsae.artifacts import cached_sha256
+from langsae.config import PROJECT_ROOT
+from langsae.data import Texts, source_files
 from langsae.tasks import task_sources
-
-PROJECT_ROOT = DATA_DIR.parent
 
 
 def project_path(path: Path) -> str:
     """`path` relative to the project root, or absolute when it lies outside the project."""
     path = Path(path).resolve()
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
-
-
-@functools.lru_cache(maxsize=None)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    return file_sha256(Path(path))
-
-
-def sha256(path: Path) -> str:
-    """The file's SHA-256, computed once per process while the file is unchanged."""
-    path = Path(path).resolve()
-    st = path.stat()
-    return _sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
 def data_record(
@@ -53,5 +39,5 @@ def data_record(
     for task, languages in (tasks or {}).items():
         found = task_sources(task, languages)
         paths, hub = paths + found[0], hub | found[1]
-    bundled = {project_path(p): sha256(p) for p in paths}
+    bundled = {project_path(p): cached_sha256(p) for p in paths}
     return {"bundled": dict(sorted(bundled.items())), "hub": dict(sorted(hub.items()))}
