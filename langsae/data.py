@@ -161,13 +161,9 @@ class SibRow(NamedTuple):
     text: str  # exactly as stored (a few begin or end with spaces)
 
 
-def _sib_path(lang: str) -> Path:
-    return SIB_DIR / f"{FLORES_PLUS_TO_SIB.get(lang, lang)}.tsv.gz"
-
-
 def sib_file(lang: str) -> Path:
     """The bundled SIB-200 file of a FLORES+ code (which may not exist: see sib200_languages)."""
-    return _sib_path(lang)
+    return SIB_DIR / f"{FLORES_PLUS_TO_SIB.get(lang, lang)}.tsv.gz"
 
 
 def sib200_languages() -> tuple[str, ...]:
@@ -178,7 +174,7 @@ def sib200_languages() -> tuple[str, ...]:
 
 def read_sib200(lang: str) -> list[SibRow]:
     """Every row of one language's SIB-200 file (FLORES+ code, e.g. cmn_Hans), in file order."""
-    path = _sib_path(lang)
+    path = sib_file(lang)
     if not path.exists():
         raise UserError(f"{lang} is not in the bundled SIB-200 ({SIB_DIR}); see sib200_languages()")
     # The files are CSV-quoted (a text containing a quote is wrapped in quotes): split("\t") would be wrong.
@@ -336,7 +332,7 @@ def text_origin(lang: str, split: str) -> str:
     """DENG, SIB or HUB: where `lang`'s texts come from on `split` (the module docstring's rules)."""
     if split == "dev" and lang in BUNDLED:
         return DENG
-    return SIB if _sib_path(lang).exists() else HUB
+    return SIB if sib_file(lang).exists() else HUB
 
 
 def uses_bundled(languages: tuple[str, ...], split: str) -> bool:
@@ -402,11 +398,11 @@ def source_files(languages, which: str, split: str) -> tuple[list[Path], dict[st
     for lang in languages:
         origin = text_origin(lang, split)
         if origin == DENG:
-            files += [_deng_path(which), _sib_path("eng_Latn")]
+            files += [_deng_path(which), sib_file("eng_Latn")]
         elif origin == SIB:
-            files.append(_sib_path(lang))
+            files.append(sib_file(lang))
             if which == "evaluation":
-                files += [SELECTION_FILE, _sib_path("eng_Latn")]
+                files += [SELECTION_FILE, sib_file("eng_Latn")]
         else:
             hub[FLORES_PLUS_REPO] = FLORES_PLUS_REVISION
     return list(dict.fromkeys(files)), hub
