@@ -17,6 +17,7 @@ import torch
 
 from langsae import nu as nu_stage
 from langsae.artifacts import save_text
+from langsae.features import NU_SCRIPT
 from langsae.plots import MaxNLocator, annotate_cells, plt, save_figure
 
 N_RANDOM = 1000  # random live features per layer whose ν is the control of Figure 1
@@ -52,7 +53,7 @@ def jaccard(sets: Sequence[set]) -> np.ndarray:
     return out
 
 
-NU_REMAKE = "python compute_nu_scores.py"  # a caller with the run's config passes features.nu_command's
+NU_REMAKE = f"python {NU_SCRIPT}"  # a caller with the run's config passes features.nu_command's
 
 
 def summarise_layer(
