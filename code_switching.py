@@ -27,7 +27,7 @@ import torch
 
 from langsae import code_switch, features, plots, stats
 from langsae.artifacts import (
-    config_hash, file_sha256, package_versions, preflight, read_json, read_torch, save_csv, save_json,
+    cached_sha256, config_hash, package_versions, preflight, read_json, read_torch, save_csv, save_json,
     save_torch,
 )
 from langsae.cli import run_main
@@ -112,7 +112,8 @@ def main(argv=None) -> dict:
     settings = {
         "model": d["model"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
         "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"], "languages": languages, "rank": args.rank,
-        "probe_file_sha256": file_sha256(args.probe_file), "neutral_start": code_switch.neutral_start(tokenizer)[1],
+        "probe_file_sha256": cached_sha256(args.probe_file),  # data_record below reuses it
+        "neutral_start": code_switch.neutral_start(tokenizer)[1],
         # what actually runs: a change in how probes are built or tokenised invalidates the cache too
         "probe_tokens": config_hash({
             "ids": tokens.token_ids, "noun_positions": tokens.noun_positions,
