@@ -1,6 +1,6 @@
 """GPU check: the project's performance claims at the real Qwen3-0.6B shape, in one command, in bf16.
 
-    python benchmarks/gpu_check.py                        # one H100/H200, under 8 minutes with its fixtures
+    python benchmarks/gpu_check.py                        # one H100/H200, about 7.5 minutes
     python benchmarks/gpu_check.py --parts nu,identity    # a subset
     python benchmarks/gpu_check.py --tiny                 # the same code on the CPU (a test runs it)
 
@@ -9,21 +9,20 @@ Hugging Face cache, random weights of the real shape, Qwen3's real tokenizer):
   nu        the nu stage (`compute_nu_scores.py`, a subprocess as a user runs it) against reading its
             transcoder files from a cold page cache (bench_nu): ratio_stage_to_read on its 4 layers, and
             at 28 layers with the stage's imports paid once (the target, <= 1.5)
-  section5  `reproduce_figures_section5.py` on 2 layers x 10 languages x 500 evaluation texts (top-k 2,
-            5 random draws: its defaults), per layer and extrapolated to 28 layers
+  section5  `reproduce_figures_section5.py` on 1 layer x 10 languages x 500 evaluation texts (top-k 2,
+            5 random draws: its defaults), extrapolated to 28 layers
   generate  the generation engine against batch-1 `generate` (bench_generate), target >= 20x
   steering  the steering engine against the uncached batch-1 loop (bench_steering)
   identity  an edit that returns its input, stacked with real ablations through the engine's hooks
-            (sweep.ablated_ce): its ΔCE must be exactly 0.0 on every text, in bf16
+            (sweep.ablated_ce): its ΔCE must be exactly 0.0 on every text, in bf16; and the same edit
+            alone, in the baseline's batch shape (tells the hooks from shape-dependent kernels)
 
-Time budget on one H200 (16 CPU cores), about 5 of the 8 minutes (estimated from the CPU runs and the
-parts' FLOPs: not yet measured on a GPU; each part's wall time is printed, so a first run tells):
-  imports ~10 s; fixtures ~30 s: the model is initialised on the GPU and saved in bf16, and only the
-  transcoders the parts read are drawn (torch.randn on the GPU, 1.3 GB each saved in fp32): the nu
-  part's 4 layers, which Section 5 reuses (its 2 layers alone without nu); nu ~60 s (cold reads + the
-  stage's imports, model load, 4 layers of 1,000 selection texts); section5 ~90 s (2 layers x 40
-  conditions x 5,000 texts); generate and steering ~40 s each (their own random model is initialised
-  on the CPU; the batch-1 loops dominate); identity ~20 s (a baseline and 3 stacked rows per text).
+Time budget on one H200 (16 CPU cores), measured 2026-12-04 (docs/benchmarks.md, "GPU check"): imports
+~10 s; fixtures 20 s (the model initialised on the GPU and saved in bf16, the nu part's 4 transcoders
+drawn with torch.randn on the GPU, 1.3 GB each in fp32; Section 5 reuses them); nu 51 s; section5 194 s
+per layer (40 conditions x 5,000 texts at batch 32); generate 64 s and steering 61 s (the batch-1 loops
+dominate); identity ~40 s. About 450 s in all, inside one 10-minute device command; the JSON is
+rewritten after every part, so a run stopped at a time limit keeps what it finished.
 Over budget: drop a part with --parts; Section 5 (the largest) can run alone later.
 Writes bench_results/gpu_check.json (--tiny: gpu_check_tiny.json) and prints one table.
 """
@@ -54,7 +53,7 @@ N_LAYERS = 28  # Qwen3-0.6B's depth: Section 5's per-layer cost is extrapolated 
 # The real run's sizes, and --tiny's: the same code on a 2-layer, 64-wide model and 256-wide transcoders.
 REAL = {
     "nu_layers": "0,1,2,3",
-    "s5_layers": "0,1",
+    "s5_layers": "0",
     "n_sel": 100,
     "n_eval": 500,
     "languages": PAPER_LANGUAGES,
@@ -269,11 +268,16 @@ def run_identity(run: Namespace) -> dict:
         model, batches, layer, [rand[0], IdentityEdit(hook), rand[1]], max_rows=3 * run.sizes["batch_size"]
     )
     delta = ce[1] - base
+    # The same edit alone, in the baseline's batch shape: if this one is exact and the stacked one is not,
+    # the stacked rows' differences come from kernels chosen by shape, not from the hooks.
+    alone = ablated_ce(model, batches, layer, [IdentityEdit(hook)], max_rows=run.sizes["batch_size"])[0] - base
     return {
         "layer": layer,
         "n_texts": len(ids),
         "n_exactly_zero": int((delta == 0).sum()),
         "max_abs_delta_ce": float(delta.abs().max()),
+        "alone_max_abs_delta_ce": float(alone.abs().max()),
+        "alone_n_exactly_zero": int((alone == 0).sum()),
         "random_ablation_mean_abs_delta_ce": float((ce[0] - base).abs().mean()),
         "exact": bool((delta == 0).all()),
     }
@@ -293,8 +297,9 @@ def build(run: Namespace, parts: list[str]) -> dict:
     return files
 
 
-def check(args) -> dict:
-    """Every asked part in order: {part: its numbers, wall_s, peak_gib}."""
+def check(args, save) -> dict:
+    """Every asked part in order: {part: its numbers, wall_s, peak_gib}; `save(results)` after each, so
+    a run stopped at its time limit keeps the parts it finished."""
     device = "cpu" if args.tiny else "cuda"
     dtype_name = "float32" if args.tiny else "bfloat16"
     run = Namespace(
@@ -308,6 +313,7 @@ def check(args) -> dict:
         files = build(run, args.parts) if {"nu", "section5", "identity"} & set(args.parts) else {}
     results["fixtures"] = {"wall_s": p.wall_s, "peak_gib": p.peak_gib, "transcoders": len(files)}
     print(f"== fixtures: {p.wall_s:.1f} s", flush=True)
+    save(results)
     steps = {
         "nu": lambda: run_nu(run, files),
         "section5": lambda: run_section5(run),
@@ -325,6 +331,7 @@ def check(args) -> dict:
                 "peak_gib": p.peak_gib,
             }
             print(f"== {part}: {p.wall_s:.1f} s", flush=True)
+            save(results)
     return results
 
 
@@ -337,7 +344,7 @@ def verdict(part: str, r: dict, tiny: bool) -> tuple[str, str, str]:
         return f"{key} {r[key]:.2f}{raw}", f"{op} {target:g}", "n/a" if tiny else "ok" if ok else "FAIL"
     if part == "identity":
         return (
-            f"max |ΔCE| {r['max_abs_delta_ce']:.1e} on {r['n_texts']} texts",
+            f"max |ΔCE| {r['max_abs_delta_ce']:.1e} ({r['alone_max_abs_delta_ce']:.1e} alone), {r['n_texts']} texts",
             "== 0",
             "ok" if r["exact"] else "FAIL",
         )
@@ -370,19 +377,26 @@ def main(argv=None):
     except BaseException:  # a bad flag, no GPU, --help: nothing built, the empty fixture folder goes
         shutil.rmtree(bench_nu.TMP, ignore_errors=True)
         raise
-    try:
-        results = check(args)
-    finally:
-        if not args.keep:
-            shutil.rmtree(bench_nu.TMP, ignore_errors=True)  # gigabytes of random weights
-    results["total_wall_s"] = round(time.perf_counter() - t0, 1)
-    results["mode"] = "tiny (CPU, fp32)" if args.tiny else "GPU, bf16"
-    results["machine"] = bench_nu.machine("cpu" if args.tiny else "cuda")
     out = args.out or bench_nu.ROOT / "bench_results" / (
         "gpu_check_tiny.json" if args.tiny else "gpu_check.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    head = {
+        "mode": "tiny (CPU, fp32)" if args.tiny else "GPU, bf16",
+        "machine": bench_nu.machine("cpu" if args.tiny else "cuda"),
+    }
+
+    def save(results: dict) -> None:
+        results["total_wall_s"] = round(time.perf_counter() - t0, 1)
+        out.write_text(json.dumps({**results, **head}, indent=2, default=str) + "\n")
+
+    try:
+        results = check(args, save)
+    finally:
+        if not args.keep:
+            shutil.rmtree(bench_nu.TMP, ignore_errors=True)  # gigabytes of random weights
+    save(results)
+    results.update(head)
     print(table(results, args.tiny))
     print(f"total {results['total_wall_s']} s -> {out}")
     return results
