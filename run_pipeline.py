@@ -29,38 +29,14 @@ import shlex
 import sys
 import time
 
-import check_data
-import cluster_synergy
-import code_switching
-import compute_nu_scores
-import cross_linguistic_interactions
-import downstream_ablation
-import plot_sae_features
-import reproduce_figures_section5
-import steer_language
 from langsae import report
 from langsae.artifacts import load_json, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
-from langsae.stages import Stage, rebuild_report
+from langsae.stages import TIMINGS_FILE, Stage, rebuild_report, registry
 
-# The pipeline, in order. Adding a stage is one line here: its script's main(argv) follows langsae.stages.
-STAGES = [
-    Stage("check-data", "check_data.py", check_data.main),
-    Stage("nu", "compute_nu_scores.py", compute_nu_scores.main),
-    Stage("section5", "reproduce_figures_section5.py", reproduce_figures_section5.main),
-    Stage("interactions", "cross_linguistic_interactions.py", cross_linguistic_interactions.main),
-    Stage("cluster-synergy", "cluster_synergy.py", cluster_synergy.main),
-    # offline, Amazon reviews are usually not cached: the pipeline runs the other tasks and says so
-    # --layers picks the layers to analyse; these two ablate/steer at their own layer (module docstring)
-    Stage("downstream", "downstream_ablation.py", downstream_ablation.main,
-          flags=("--skip-unavailable",), drops=("--layers",)),
-    Stage("code-switching", "code_switching.py", code_switching.main),
-    Stage("steering", "steer_language.py", steer_language.main, drops=("--layers",)),
-    Stage("plots", "plot_sae_features.py", plot_sae_features.main),
-]
-TIMINGS_FILE = "pipeline_timings.json"
+STAGES = registry()  # the pipeline, in order: langsae.stages.STAGE_MODULES
 PIPELINE_FLAGS = ("--stages", "--from")
 log = logging.getLogger("run_pipeline")
 

@@ -46,10 +46,10 @@ def _timed(fn, argv) -> dict:
 
 
 def toy(args) -> dict:
-    import cluster_synergy
-    import compute_nu_scores
-    import cross_linguistic_interactions
-    import reproduce_figures_section5
+    from langsae.stages import cluster_synergy
+    from langsae.stages import nu as compute_nu_scores
+    from langsae.stages import interactions as cross_linguistic_interactions
+    from langsae.stages import section5 as reproduce_figures_section5
 
     from langsae import config
 

@@ -197,8 +197,8 @@ def section5_argv(run: Namespace, layers: str) -> list[str]:
 
 def run_section5(run: Namespace) -> dict:
     """Section 5 at its defaults on the nu stage's features; the nu stage runs first when its part did not."""
-    import compute_nu_scores
-    import reproduce_figures_section5
+    from langsae.stages import nu as compute_nu_scores
+    from langsae.stages import section5 as reproduce_figures_section5
 
     layers = run.sizes["s5_layers"]
     if not (bench_nu.TMP / "out").exists():  # --parts without nu: its features (in wall_s, not stage_wall_s)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import TYPE_CHECKING, Collection, Sequence
 
 import numpy as np
 
@@ -27,6 +27,11 @@ from langsae.stats import (
     ratio_estimate, split_halves,
 )
 from langsae.sweep import NO_LANGUAGE, RANDOM, SweepResult, feature_set_name
+
+if TYPE_CHECKING:
+    from langsae.verdicts import Artifacts
+
+RESULTS_FILE, SUMMARY_FILE, META_FILE = "ablation_results.csv", "section5_summary.csv", "section5_meta.json"
 
 RESULTS_COLUMNS = [
     "layer", "ablated_lang", "features", "mode", "eval_lang", "delta_ce", "ci_low", "ci_high",
@@ -290,3 +295,19 @@ def load_peaks(cfg: RunConfig, store_settings: dict, mode: str, n_texts: int) ->
     if meta.get("settings") != store_settings or meta.get("mode") != mode or not set(cfg.languages) <= set(peaks):
         raise UserError(f"the Section 5 summary in {cfg.features_dir} was made with other settings; run `{command}`")
     return {lang: peaks[lang] for lang in cfg.languages}
+
+
+# ----------------------------------------------------------------------------- reading a run's results
+
+
+def summary(a: Artifacts) -> tuple[list[dict], dict] | None:
+    """The run's Section 5 summary rows and meta, or None before Section 5 (or when either is unreadable)."""
+    rows, meta = a.csv(SUMMARY_FILE), a.json(META_FILE)
+    return (rows, meta) if rows and meta else None
+
+
+def modal_peak(a: Artifacts) -> int | None:
+    """The layer where most of Section 5's held-out peaks lie (None before Section 5)."""
+    s5 = summary(a)
+    peaks = [int(r["peak_layer"]) for r in s5[0]] if s5 else []
+    return max(set(peaks), key=peaks.count) if peaks else None

@@ -251,6 +251,12 @@ def split_halves(sentence_ids: Sequence, seed: int) -> tuple[np.ndarray, np.ndar
     return np.sort(uniq[perm[:cut]]), np.sort(uniq[perm[cut:]])
 
 
+def bootstrap_record(seed: int, resampling: str, **more: str) -> dict:
+    """A stage meta's "bootstrap" entry: how its intervals were made (resampling: what was drawn; more:
+    e.g. how a random control's draws enter)."""
+    return {"n_boot": N_BOOT, "alpha": ALPHA, "interval": "percentile", "seed": seed, "resampling": resampling, **more}
+
+
 def format_interval(
     value: float, low: float, high: float, digits: int = 3, signed: bool = True, sep: str = ", ",
     kind: str = "f",

@@ -63,7 +63,7 @@ def small_toy() -> Path:
 def small_toy_nu(small_toy, tmp_path_factory) -> Path:
     """The nu stage on the small toy (8 selection texts per language). Tests copy its files into a
     run folder of their own (test_interactions.copy_nu) and never write here."""
-    import compute_nu_scores
+    from langsae.stages import nu as compute_nu_scores
     from langsae.cli import run_main
 
     out = tmp_path_factory.mktemp("small_toy_nu") / "run"

@@ -1,20 +1,9 @@
 """Every bad input is one error line on stderr, exit code 2, and nothing written."""
 
+from helpers import fails_cleanly
 import pytest
 import torch
 
-import compute_nu_scores
-from langsae.cli import run_main
-
-
-def fails_cleanly(argv, out_dir, capsys) -> str:
-    rc = run_main(compute_nu_scores.main, [*argv, "--out-dir", str(out_dir), "--n-texts-per-lang", "2"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
-    errors = [line for line in err if line.startswith("error: ")]  # progress bars may precede it
-    assert len(errors) == 1 and err[-1] == errors[0], err
-    assert not out_dir.exists() or not any(out_dir.iterdir()), "nothing may be half-written"
-    return errors[0]
 
 
 def test_unknown_language_lists_close_matches(tiny_args, tmp_path, capsys):

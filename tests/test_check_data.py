@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import check_data
+from langsae.stages import check_data
 from langsae import checks, langid, tasks
 from langsae.cli import run_main
 from langsae.data import SIB_CATEGORIES, SibRow, load_texts

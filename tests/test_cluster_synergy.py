@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 from scipy.stats import kstest
-from test_interactions import LANGS5, TOY, copy_nu, read_csv, stage3
+from helpers import LANGS5, TOY, copy_nu, read_csv, stage3
 
-import cluster_synergy
+from langsae.stages import cluster_synergy
 from langsae import config, sweep, synergy
 from langsae.cli import run_main
 from langsae.stats import Resampled

@@ -10,7 +10,7 @@ import pytest
 import torch
 from nu_artifacts import load_tiny, write_fake_nu
 
-import code_switching
+from langsae.stages import code_switching
 from langsae import code_switch, config
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve

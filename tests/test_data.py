@@ -298,7 +298,7 @@ def _sha(relative: str) -> str:
 
 
 def test_check_data_meta_records_every_file_it_read_with_its_sha256(tmp_path, monkeypatch):
-    import check_data
+    from langsae.stages import check_data
     from langsae.cli import run_main
 
     def not_cached(lang):

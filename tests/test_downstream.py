@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_nu import run_nu
+from helpers import run_nu
 
-import downstream_ablation
+from langsae.stages import downstream as downstream_ablation
 from langsae import downstream, tasks
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve

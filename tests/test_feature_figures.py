@@ -5,7 +5,7 @@ import pytest
 import torch
 from nu_artifacts import write_fake_nu
 
-import plot_sae_features
+from langsae.stages import plots as plot_sae_features
 from langsae import feature_figures, nu
 from langsae.artifacts import save_json
 from langsae.cli import run_main

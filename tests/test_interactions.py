@@ -1,7 +1,7 @@
 """Stage 3: distances and clusters against hand values and sklearn, stability on planted and random
 matrices, and the script end to end on the tiny fixture against a batch-1 reference."""
 
-import csv
+from helpers import LANGS5, SHARED, STAGE3, TOY, copy_nu, read_csv, stage3
 import json
 import math
 from contextlib import nullcontext
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
-import cross_linguistic_interactions
-import reproduce_figures_section5
+from langsae.stages import interactions as cross_linguistic_interactions
+from langsae.stages import section5 as reproduce_figures_section5
 from langsae import config, features, interactions, sweep
 from langsae.ablation import make_ablation
 from langsae.cli import run_main
@@ -144,33 +144,10 @@ def test_layer_matrices_and_aggregates_by_hand():
 # ----------------------------------------------------------------------------- the script on the small toy
 
 
-# The small toy, not the random tiny fixture: the ratio distance needs each language's own ΔCE to
-# be positive, which a random model does not give. eng and spa share their top-1 feature there.
-LANGS5 = ["eng_Latn", "spa_Latn", "jpn_Jpan", "tha_Thai", "arb_Arab"]
-TOY = ["--model", "toy"]
-SHARED = ["--languages", ",".join(LANGS5), "--n-texts", "4", "--random-draws", "2"]
-STAGE3 = ["--k", "3", "--stability-boot", "20"]
-
-
-def copy_nu(src, dst):
-    """A fresh run folder holding only the nu stage's files (no condition store, no Section 5)."""
-    dst.mkdir(parents=True)
-    for f in [*src.glob("layer_*"), src / "meta.json"]:
-        (dst / f.name).write_bytes(f.read_bytes())
-    return dst
-
-
-def stage3(out, *extra):
-    return cross_linguistic_interactions.main([*TOY, "--out-dir", str(out), *SHARED, *STAGE3, *extra])
 
 
 def section5_run(out):
     assert run_main(reproduce_figures_section5.main, [*TOY, "--out-dir", str(out), *SHARED]) == 0
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _reference_delta(model, ids: list[int], ablation) -> float:

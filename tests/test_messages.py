@@ -5,16 +5,16 @@ import io
 
 import pytest
 
-import check_data
-import cluster_synergy
-import code_switching
-import compute_nu_scores
-import cross_linguistic_interactions
-import downstream_ablation
-import plot_sae_features
-import reproduce_figures_section5
+from langsae.stages import check_data
+from langsae.stages import cluster_synergy
+from langsae.stages import code_switching
+from langsae.stages import nu as compute_nu_scores
+from langsae.stages import interactions as cross_linguistic_interactions
+from langsae.stages import downstream as downstream_ablation
+from langsae.stages import plots as plot_sae_features
+from langsae.stages import section5 as reproduce_figures_section5
 import run_pipeline
-import steer_language
+from langsae.stages import steering as steer_language
 from langsae import code_switch, report, tasks
 from langsae.cli import run_main
 from langsae.config import build_parser, parse_layers, resolve
@@ -74,7 +74,7 @@ def test_no_layer_at_all_is_an_error():
 
 
 def test_plot_names_a_layer_beyond_the_model(small_toy, small_toy_nu, tmp_path, capsys):
-    from test_interactions import copy_nu
+    from helpers import copy_nu
 
     run = copy_nu(small_toy_nu, tmp_path / "run")
     argv = ["--model", "toy", "--out-dir", str(run)]

@@ -1,5 +1,6 @@
 """The nu stage against brute force, invariances, resume, and the real sae-lens loading path."""
 
+from helpers import N_TEXTS, run_nu, load_layer, brute_force_mu, transcoder_encode, mlp_input_hook
 import json
 import shutil
 import threading
@@ -8,21 +9,9 @@ import weakref
 import pytest
 import torch
 
-import compute_nu_scores
+from langsae.stages import nu as compute_nu_scores
 from langsae import nu
-from langsae.cli import run_main
-from langsae.data import PAPER_LANGUAGES, load_texts
-
-N_TEXTS = 6  # per language; enough to exercise ranking, small enough to be fast
-
-
-def run_nu(args, out_dir, *extra):
-    return run_main(compute_nu_scores.main, [*args, "--out-dir", str(out_dir), "--n-texts-per-lang", str(N_TEXTS), *extra])
-
-
-def load_layer(out_dir, layer):
-    files = nu.layer_files(out_dir, layer)
-    return {k: torch.load(files[k], weights_only=False) for k in ("indices", "values", "mean_acts", "directions")}
+from langsae.data import PAPER_LANGUAGES
 
 
 @pytest.fixture(scope="module")
@@ -30,41 +19,6 @@ def nu_run(tiny_args, tmp_path_factory):
     out = tmp_path_factory.mktemp("nu_run")
     assert run_nu(tiny_args, out, "--batch-size", "4") == 0
     return out
-
-
-def brute_force_mu(model_dir, hook, encode, weighting="token"):
-    """Per text, batch 1, a hand-written hook on the module itself; per-language means in float64."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    texts = load_texts(PAPER_LANGUAGES, "selection", N_TEXTS)
-    mus = []
-    for lang in PAPER_LANGUAGES:
-        per_text = []
-        for text in texts.by_language[lang]:
-            seen = {}
-            handle = hook(model, seen)
-            with torch.no_grad():
-                model(torch.tensor([tok(text)["input_ids"]]))
-            handle.remove()
-            acts = encode(seen["x"][0, 1:].double())  # position 0 dropped
-            per_text.append(acts)
-        if weighting == "token":
-            mus.append(torch.cat(per_text).mean(0))
-        else:
-            mus.append(torch.stack([a.mean(0) for a in per_text]).mean(0))
-    return torch.stack(mus)
-
-
-def transcoder_encode(weights):
-    return lambda x: torch.relu(x @ weights["W_enc"].double().T + weights["b_enc"].double())
-
-
-def mlp_input_hook(layer):
-    return lambda model, seen: model.model.layers[layer].mlp.register_forward_pre_hook(
-        lambda m, args: seen.__setitem__("x", args[0])
-    )
 
 
 def test_nu_matches_brute_force(nu_run, tiny_model_dir, tiny_transcoders):

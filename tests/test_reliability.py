@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import compute_nu_scores
-import plot_sae_features
+from langsae.stages import nu as compute_nu_scores
+from langsae.stages import plots as plot_sae_features
 from langsae import artifacts, nu, report
 from langsae.cli import run_main
 from langsae.errors import CorruptArtifact
@@ -215,7 +215,7 @@ def test_report_names_a_damaged_file(small_toy_nu, tmp_path):
 def test_code_switching_cache_damaged_is_a_miss(tmp_path, caplog):
     import torch
 
-    import code_switching
+    from langsae.stages import code_switching
 
     path = tmp_path / "layer_0.pt"
     acts = torch.arange(6.0).reshape(2, 3)

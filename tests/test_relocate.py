@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-import code_switching
-import compute_nu_scores
-import reproduce_figures_section5
+from langsae.stages import code_switching
+from langsae.stages import nu as compute_nu_scores
+from langsae.stages import section5 as reproduce_figures_section5
 from langsae import config, features, model, toy
 from langsae.errors import UserError
 

@@ -4,10 +4,17 @@ import math
 
 import pytest
 
+from langsae.stages import cluster_synergy as cluster_synergy_stage
+from langsae.stages import code_switching as code_switching_stage
+from langsae.stages import downstream as downstream_stage
+from langsae.stages import interactions as interactions_stage
+from langsae.stages import section5 as section5_stage
+from langsae.stages import steering as steering_stage
+from langsae import verdicts as v
 from langsae import report
 from langsae.artifacts import save_csv, save_json
 from langsae.data import PAPER_LANGUAGES
-from langsae.report import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Interval, combine, frequency_verdict, interval_verdict
+from langsae.verdicts import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Interval, combine, frequency_verdict, interval_verdict
 
 NAN = Interval(math.nan, math.nan, math.nan)
 
@@ -56,9 +63,9 @@ def summary_row(lang, peak, shares, self_, others_diff, random, synergy, other_f
     """One section5_summary.csv row (the columns the claims read), intervals as (value, low, high)."""
     row = {"language": lang, "peak_layer": peak, "peak_frequency": ";".join(f"{L}:{s}" for L, s in shares.items()),
            "modal_peak_share": max(shares.values()), "shared_with": shared}  # fmt: skip
-    for name, ci, v in (("self_delta_ce", "self", self_), ("specificity_diff", "specificity_diff", others_diff), ("random_delta_ce", "random", random),
+    for name, ci, val in (("self_delta_ce", "self", self_), ("specificity_diff", "specificity_diff", others_diff), ("random_delta_ce", "random", random),
                         ("synergy", "synergy", synergy), ("other_lang_features_delta_ce", "other_lang_features", other_feats)):  # fmt: skip
-        row.update({name: v[0], f"{ci}_ci_low": v[1], f"{ci}_ci_high": v[2]})
+        row.update({name: val[0], f"{ci}_ci_low": val[1], f"{ci}_ci_high": val[2]})
     return row
 
 
@@ -78,26 +85,26 @@ def run(tmp_path):
     save_csv(rows, fdir / "section5_summary.csv")
     save_json({"layers": [0, 9, 10], "top_k": 2, "mode": "directional", "n_texts_per_lang": 40, "peak_rule": "rule",
                "bootstrap": {"n_boot": 2000, "resampling": "ids"}, "config": {"preset": "toy"}}, fdir / "section5_meta.json")  # fmt: skip
-    return report.Artifacts(fdir, odir)
+    return v.Artifacts(fdir, odir)
 
 
 def test_claims_from_constructed_summary(run):
     # at layer 10: eng 1.0 and spa 0.97 supported, kor 0.0 not, tha 0.4 inconclusive: 2 of 4 is not "most"
-    assert report.layer10_dominant(run).verdict == INCONCLUSIVE
-    kt = report.korean_thai_layer0(run)
+    assert section5_stage.layer10_dominant(run).verdict == INCONCLUSIVE
+    kt = section5_stage.korean_thai_layer0(run)
     assert kt.verdict == INCONCLUSIVE and "kor 1.00, tha 0.60" in kt.numbers
-    hurt = report.hurts_mainly_target(run)
+    hurt = section5_stage.hurts_mainly_target(run)
     assert hurt.verdict == SUPPORTED and hurt.numbers.startswith("3/4 languages supported")
-    syn = report.some_synergy(run)
+    syn = section5_stage.some_synergy(run)
     assert syn.verdict == SUPPORTED and "synergy > 0 in 1/4, < 0 (sub-additive) in 1" in syn.numbers
-    own = report.own_features_beat_others(run)
+    own = section5_stage.own_features_beat_others(run)
     assert own.verdict == SUPPORTED and own.numbers.startswith("3/4")  # kor: 0.1 [0, 0.2] vs 0.3 [0.2, 0.4] inconclusive
 
 
 def test_layer_not_measured_is_inconclusive(run, tmp_path):
     meta = run.json("section5_meta.json")
     save_json({**meta, "layers": [0, 9]}, run.features_dir / "section5_meta.json")
-    ev = report.layer10_dominant(run)
+    ev = section5_stage.layer10_dominant(run)
     assert ev.verdict == INCONCLUSIVE and ev.numbers.startswith("layer 10 not measured")
 
 
@@ -105,17 +112,17 @@ def test_not_run_rows_and_the_document(run):
     text = report.build_report(run.features_dir, run.output_dir, "toy")
     assert "**Toy run.**" in text and report.VERDICT_RULE in text
     verdicts = report.verdicts_in(text)
-    assert len(verdicts) == len(report.CLAIMS)
+    assert len(verdicts) == len(report.claims())
     assert all(v in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN) for v in verdicts)
-    by_stage = dict(zip([c.stage for c in report.CLAIMS], verdicts))
+    by_stage = dict(zip([stage for stage, _ in report.claims()], verdicts))
     assert by_stage["downstream"] == NOT_RUN and by_stage["nu"] == NOT_RUN  # no meta.json here
     assert "Not run (`python check_data.py`)" in text
 
 
 def test_a_skipped_stage_says_so(run):
     save_json({"stages": [{"stage": "downstream", "status": "skipped", "wall_s": 1.0}]}, run.features_dir / "pipeline_timings.json")
-    claims = {c.stage: c for c in report.CLAIMS}
-    ev, verdict = report.claim_row(claims["downstream"], run)
+    claims = {stage: c for stage, c in report.claims()}
+    ev, verdict = report.claim_row(claims["downstream"], "downstream", run)
     assert verdict == NOT_RUN and ev.numbers == "stage downstream was skipped"
     assert "Stage skipped (`python downstream_ablation.py`)" in report.build_report(run.features_dir, run.output_dir, "toy")
 
@@ -137,15 +144,15 @@ def clusters_file(run, co_vie, co_arb):
 
 
 def test_cluster_claims_pair_by_pair(run):
-    assert report.vietnamese_clusters(run) is None and report.arabic_isolated(run) is None
+    assert interactions_stage.vietnamese_clusters(run) is None and interactions_stage.arabic_isolated(run) is None
     clusters_file(run, {"eng_Latn": 0.99, "spa_Latn": 0.97, "fra_Latn": 0.96, "por_Latn": 0.95, "tha_Thai": 0.01}, {})
-    vie = report.vietnamese_clusters(run)
+    vie = interactions_stage.vietnamese_clusters(run)
     assert vie.verdict == SUPPORTED and "eng 0.99, spa 0.97, fra 0.96, por 0.95" in vie.numbers and "tha 0.01, kor 0.00" in vie.control
-    assert report.arabic_isolated(run).verdict == SUPPORTED  # never with anyone
+    assert interactions_stage.arabic_isolated(run).verdict == SUPPORTED  # never with anyone
     clusters_file(run, {"eng_Latn": 0.99, "spa_Latn": 0.97, "fra_Latn": 0.5, "por_Latn": 0.95}, {"kor_Hang": 0.5})
-    assert report.vietnamese_clusters(run).verdict == INCONCLUSIVE and report.arabic_isolated(run).verdict == INCONCLUSIVE
+    assert interactions_stage.vietnamese_clusters(run).verdict == INCONCLUSIVE and interactions_stage.arabic_isolated(run).verdict == INCONCLUSIVE
     clusters_file(run, {"eng_Latn": 0.99, "spa_Latn": 0.97, "fra_Latn": 0.02, "por_Latn": 0.95}, {"kor_Hang": 0.99})
-    assert report.vietnamese_clusters(run).verdict == NOT_SUPPORTED and report.arabic_isolated(run).verdict == NOT_SUPPORTED
+    assert interactions_stage.vietnamese_clusters(run).verdict == NOT_SUPPORTED and interactions_stage.arabic_isolated(run).verdict == NOT_SUPPORTED
 
 
 def synergy_summary(run, intra, inter, n_intra=6, p=0.01):
@@ -171,7 +178,7 @@ def synergy_summary(run, intra, inter, n_intra=6, p=0.01):
 )
 def test_intra_cluster_claim_leaves_degenerate_pairs_out(run, intra, inter, n_intra, p, expected):
     synergy_summary(run, intra, inter, n_intra, p)
-    ev = report.intra_subadditive(run)
+    ev = cluster_synergy_stage.intra_subadditive(run)
     assert ev.verdict == expected and "with them: -0.900" in ev.numbers
 
 
@@ -197,16 +204,16 @@ def task_entry(task, lang, baseline, own, random, layer=10):
 def test_task_claims_need_a_margin_over_chance(run, baseline, own, random, collapse, robust):
     entries = [task_entry("qa", lang, baseline, own, random) for lang in ("eng_Latn", "arb_Arab")]
     save_json({"mode": "directional", "rule": "r", "entries": entries}, run.features_dir / "downstream_summary.json")
-    assert report.collapse(run).verdict == collapse and report.arabic_robust(run).verdict == robust
+    assert downstream_stage.collapse(run).verdict == collapse and downstream_stage.arabic_robust(run).verdict == robust
 
 
 def test_task_claims_at_chance_for_classification_and_another_layer(run):
     # topic accuracy 0.15 with a CI reaching 1/7 is at chance; the toy's layer 3 is reported as such
     entries = [task_entry("topic", "eng_Latn", (0.15, 0.12, 0.18), (-0.1, -0.12, -0.08), (0.0, -0.01, 0.01), layer=3)]
     save_json({"mode": "directional", "rule": "r", "entries": entries}, run.features_dir / "downstream_summary.json")
-    ev = report.collapse(run)
+    ev = downstream_stage.collapse(run)
     assert ev.verdict == INCONCLUSIVE and ev.numbers.startswith("layer 10 not run; at layer 3") and "at chance" in ev.numbers
-    assert report.arabic_robust(run).numbers.endswith("no Arabic task results")
+    assert downstream_stage.arabic_robust(run).numbers.endswith("no Arabic task results")
 
 
 def test_code_switching_claim(run):
@@ -216,15 +223,15 @@ def test_code_switching_claim(run):
     save_csv(rows, run.features_dir / "code_switching_results.csv")
     (run.features_dir / "section5_summary.csv").unlink()  # no Section 5: the layer of the largest mean effect
     save_json({"heatmap_layer": 1, "heatmap_layer_rule": "largest"}, run.features_dir / "code_switching_meta.json")
-    ev = report.code_switching_claim(run)
+    ev = code_switching_stage.code_switching_claim(run)
     assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1 (largest mean effect, chosen on these")
     assert "2/2 above 0: eng +0.500 [+0.400, +0.600]; spa +0.300 [+0.200, +0.400]" in ev.numbers  # > 0.1
     save_json({"heatmap_layer": 0, "heatmap_layer_rule": "largest"}, run.features_dir / "code_switching_meta.json")
-    assert report.code_switching_claim(run).verdict == INCONCLUSIVE  # 0.05 and 0.0 ± 0.1
+    assert code_switching_stage.code_switching_claim(run).verdict == INCONCLUSIVE  # 0.05 and 0.0 ± 0.1
     # with Section 5, the layer of most held-out peaks (1 here), whatever the largest effect's layer
     peak1 = [summary_row(lang, 1, {1: 1.0}, *[(0.5, 0.4, 0.6)] * 5) for lang in ("eng_Latn", "spa_Latn", "fra_Latn")]
     save_csv([*peak1, summary_row("kor_Hang", 0, {0: 1.0}, *[(0.5, 0.4, 0.6)] * 5)], run.features_dir / "section5_summary.csv")
-    ev = report.code_switching_claim(run)
+    ev = code_switching_stage.code_switching_claim(run)
     assert ev.verdict == SUPPORTED and ev.numbers.startswith("layer 1 (most common held-out peak;")
 
 
@@ -234,11 +241,11 @@ def test_gated_steering_must_beat_every_control(run):
                 "success": list(success), "collateral_delta_ce": [0.1, 0.05, 0.15], "baseline_success": list(baseline)}  # fmt: skip
 
     save_json({"budget": 0.25, "entries": [entry("gated", (0.8, 0.7, 0.9)), entry("random_gate", (0.2, 0.1, 0.3))]}, run.features_dir / "steering_summary.json")
-    assert report.gated_steering(run).verdict == SUPPORTED
+    assert steering_stage.gated_steering(run).verdict == SUPPORTED
     save_json({"budget": 0.25, "entries": [entry("gated", (0.8, 0.7, 0.9)), entry("random_dir", (0.8, 0.7, 0.95))]}, run.features_dir / "steering_summary.json")
-    assert report.gated_steering(run).verdict == INCONCLUSIVE  # a random direction does as well
+    assert steering_stage.gated_steering(run).verdict == INCONCLUSIVE  # a random direction does as well
     save_json({"budget": 0.25, "entries": [entry("gated", (0.0, 0.0, 0.0), baseline=(0.3, 0.2, 0.4))]}, run.features_dir / "steering_summary.json")
-    assert report.gated_steering(run).verdict == NOT_SUPPORTED  # worse than no steering
+    assert steering_stage.gated_steering(run).verdict == NOT_SUPPORTED  # worse than no steering
 
 
 def test_readme_block_replaces_only_the_marked_text(run, tmp_path):
@@ -334,7 +341,7 @@ def full_run(tmp_path):
         },
         fdir / "interaction_clusters.json",
     )
-    run = report.Artifacts(fdir, odir)
+    run = v.Artifacts(fdir, odir)
     synergy_summary(run, (-0.3, -0.4, -0.2), (-0.05, -0.1, 0.0))
     entries = [
         task_entry(task, lang, (0.6, 0.5, 0.7), _iv3(rng, 0.5), _iv3(rng, 0.05))
@@ -403,7 +410,7 @@ def test_claims_rows_are_one_line_summaries_and_the_sections_keep_the_detail(ful
     rows = [
         line for line in claims.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()
     ]
-    assert len(rows) == len(report.CLAIMS) and report.NOT_RUN not in report.verdicts_in(text)
+    assert len(rows) == len(report.claims()) and v.NOT_RUN not in report.verdicts_in(text)
     too_long = {row.split("|")[1].strip(): row for row in rows if len(row) > 400}
     assert not too_long, too_long
     sections = text.split("\n## Claims\n", 1)[1].split("\n## ", 1)[1]
@@ -415,12 +422,12 @@ def test_claims_rows_are_one_line_summaries_and_the_sections_keep_the_detail(ful
             ("synergy", None),
             ("other_lang_features_delta_ce", "other_lang_features"),
         ):
-            assert str(report._iv(r, key, ci)) in sections
+            assert str(v.interval_of(r, key, ci)) in sections
     assert "10 0.80, 9 0.15, 27 0.05" in sections
     c = full_run.json("interaction_clusters.json")
     for j, lang in enumerate(TEN):  # claims 7-8: each pair's share of resamples
         assert (
-            f"| {report._short(lang)} | " + " | ".join(f"{x:.2f}" for x in c["co_clustering"][j]) + " |"
+            f"| {v.short(lang)} | " + " | ".join(f"{x:.2f}" for x in c["co_clustering"][j]) + " |"
             in sections
         )
     chance = {"qa": 0.0, "sentiment": 1 / 5, "topic": 1 / 7}  # F1 0; 5 star ratings; 7 SIB-200 topics
@@ -428,10 +435,10 @@ def test_claims_rows_are_one_line_summaries_and_the_sections_keep_the_detail(ful
         base, margin = e["baseline"][0], e["baseline"][0] - chance[e["task"]]
         metric = f"{e['metric']}/{e['scoring']}"
         cells = [e["task"], metric, e["lang"][:3], "10", f"{base:.3f}", f"{margin:.3f}"]
-        row = "| " + " | ".join([*cells, str(report._ivl(e["own_delta"]))]) + " |"
+        row = "| " + " | ".join([*cells, str(v.ivl(e["own_delta"]))]) + " |"
         assert row in sections
     for r in full_run.csv("code_switching_results.csv"):  # claim 12: each language at each layer
         if r["case"] == "context_on_foreign_nouns" and r["language"] != "mean":
-            assert str(report._value_ci(r)) in sections
+            assert str(v.value_ci(r)) in sections
     for e in full_run.json("steering_summary.json")["entries"]:  # claim 13
-        assert str(report._ivl(e["success"])) in sections
+        assert str(v.ivl(e["success"])) in sections

@@ -1,5 +1,6 @@
 """The pipeline runner on stand-in stages: order, --stages/--from, skipped and failed stages, the record."""
 
+import dataclasses
 import json
 
 import pytest
@@ -22,7 +23,7 @@ def stages(monkeypatch, tmp_path):
                 raise behaviour[name]
             return work(2, 1, "thing") if name != "d" else None
 
-        return Stage(name, f"{name}.py", main)
+        return Stage(name, f"{name}.py", "(a test stage)", main)
 
     monkeypatch.setattr(run_pipeline, "STAGES", [make(n) for n in "abcd"])
     out = tmp_path / "run"
@@ -134,7 +135,7 @@ def test_layers_widen_the_analysis_stages_but_not_downstream_or_steering(monkeyp
         def main(argv):
             calls[stage.name] = list(argv)
 
-        return Stage(stage.name, stage.script, main, stage.flags, stage.drops)
+        return dataclasses.replace(stage, main=main)
 
     monkeypatch.setattr(run_pipeline, "STAGES", [fake(s) for s in run_pipeline.STAGES])
     common = ["--model", "toy", "--out-dir", str(tmp_path / "run")]

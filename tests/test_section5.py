@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import compute_nu_scores
-import reproduce_figures_section5
+from langsae.stages import nu as compute_nu_scores
+from langsae.stages import section5 as reproduce_figures_section5
 from langsae import config, section5, stats, sweep
 from langsae.sweep import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
 from langsae.cli import run_main

@@ -137,7 +137,7 @@ TOY = ["--model", "toy"]
 
 @pytest.fixture(scope="module")
 def toy_run(small_toy, tmp_path_factory):
-    from test_nu import run_nu
+    from helpers import run_nu
 
     out = tmp_path_factory.mktemp("toy_steering")
     assert run_nu(TOY, out) == 0
@@ -145,7 +145,7 @@ def toy_run(small_toy, tmp_path_factory):
 
 
 def _stage(out, *flags):
-    import steer_language
+    from langsae.stages import steering as steer_language
 
     return steer_language.main([*TOY, "--out-dir", str(out), "--n-texts", "3", "--max-new-tokens", "4", "--lid-max-new-tokens", "3", *flags])
 
@@ -175,7 +175,7 @@ def test_stage_on_toy_writes_tidy_results_and_resumes(toy_run):
 
 def test_stage_refuses_bad_flags_and_stale_nu(toy_run, tmp_path):
     from langsae.cli import run_main
-    import steer_language
+    from langsae.stages import steering as steer_language
 
     base = [*TOY, "--out-dir", str(toy_run)]
     for bad in (["--alphas", "two"], ["--methods", "sv,nope"], ["--n-layers", "5"], ["--source", "eng_Latn", "--target", "eng_Latn"],
@@ -187,7 +187,7 @@ def test_stage_refuses_bad_flags_and_stale_nu(toy_run, tmp_path):
 def test_default_pair_outside_the_languages_is_a_skip_an_explicit_one_an_error():
     """The pipeline's language set may not hold the default pair (toy: spa_Latn -> eng_Latn): the
     stage is then skipped (SkippedTask), while a pair named on the command line must be there."""
-    import steer_language
+    from langsae.stages import steering as steer_language
 
     from langsae.config import resolve
     from langsae.errors import SkippedTask, UserError

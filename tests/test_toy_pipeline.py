@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_bad_input import fails_cleanly
-from test_nu import N_TEXTS, brute_force_mu, load_layer, mlp_input_hook, run_nu, transcoder_encode
+from helpers import fails_cleanly
+from helpers import N_TEXTS, brute_force_mu, load_layer, mlp_input_hook, run_nu, transcoder_encode
 
-import reproduce_figures_section5
+from langsae.stages import section5 as reproduce_figures_section5
 from langsae.cli import run_main
 from langsae.config import PRESETS
 from langsae.data import PAPER_LANGUAGES
@@ -67,6 +67,7 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
     with a verdict in every claim row (and a real verdict for every claim whose stage ran)."""
     import run_pipeline
     from langsae import report
+    from langsae import verdicts as v
 
     out = tmp_path / "toy_all"
     argv = [*TOY, "--layers", "1", "--n-texts-per-lang", "4", "--out-dir", str(out)]
@@ -80,10 +81,10 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
     text = (figures / "REPORT.md").read_text()
     assert "**Toy run.**" in text
     verdicts = report.verdicts_in(text)
-    assert len(verdicts) == len(report.CLAIMS)
+    assert len(verdicts) == len(report.claims())
     ran = {s.name for s in run_pipeline.STAGES}
-    for claim, verdict in zip(report.CLAIMS, verdicts):
-        allowed = (report.SUPPORTED, report.NOT_SUPPORTED, report.INCONCLUSIVE) if claim.stage in ran else (report.NOT_RUN,)
+    for (stage, claim), verdict in zip(report.claims(), verdicts):
+        allowed = (v.SUPPORTED, v.NOT_SUPPORTED, v.INCONCLUSIVE) if stage in ran else (v.NOT_RUN,)
         assert verdict in allowed, (claim.text, verdict)
     printed = capsys.readouterr().out
     assert "check-data" in printed and "plots" in printed
@@ -96,7 +97,7 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
 
 
 def test_code_switching_on_toy(toy_nu):
-    import code_switching
+    from langsae.stages import code_switching
 
     assert code_switching.main([*TOY, "--out-dir", str(toy_nu), "--layers", "0,1"]) == {"computed": 2, "cached": 0, "unit": "layer"}
     with open(toy_nu / "code_switching_results.csv") as f:

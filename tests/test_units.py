@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from langsae import sweep, units
-from test_interactions import LANGS5, copy_nu
+from helpers import LANGS5, copy_nu
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).resolve().parent / "stage_driver.py"

@@ -1,0 +1,326 @@
+"""Stage 5: question answering (XQuAD), sentiment (Amazon reviews) and topic classification (SIB-200)
+under ablation of each language's top-1+2 features, with random-feature and cross-language controls.
+
+Reads the nu stage's saved feature directions and, per task and language, runs the baseline, the
+task language's own top-1+2 ablation, --random-draws random live-feature ablations of the same k
+and a cross-language control (another language's top-1+2) at each of --layers, all stacked along
+the batch in one generation / scoring engine (KV cache on, ablation active at every position).
+Writes:
+  sae_features/<run>/downstream_results.csv     tidy: task, lang, layer, condition, ablated_lang, draw,
+                                                metric, scoring, quantity (value|delta), value, ci_low, ci_high, n
+  sae_features/<run>/downstream_summary.json    per task, language, layer and metric: does the own drop exceed random's?
+  sae_features/<run>/downstream/<task>/<lang>/<unit>.jsonl (+ .json)   per-item outputs of each finished unit
+  sae_features/<run>/downstream_meta.json
+  output/<run>/downstream_<task>_L<layer>.{png,pdf}
+(feature mode: downstream_results_feature.csv, ...). Finished units are skipped on a rerun (--force recomputes).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import logging
+import math
+
+from langsae import ablation, downstream, features, plots, stats, tasks, units
+from langsae.artifacts import package_versions, preflight, save_csv, save_json
+from langsae.config import PRESETS, build_parser, resolve
+from langsae.data import load_texts
+from langsae.errors import UserError
+from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.provenance import data_record
+from langsae.stages import Stage, finished
+from langsae.verdicts import Claim, Artifacts, COLLAPSE_SHARE, Evidence, INCONCLUSIVE, NOT_SUPPORTED, ROBUST_SHARE, SUPPORTED, combine, images, interval_verdict, ivl, not_run, short, listing, table
+
+TOY = PRESETS["toy"].defaults
+log = logging.getLogger(__name__)
+
+SECTION5_SCRIPT = "reproduce_figures_section5.py"
+IGNORED = ("--n-texts-per-lang", "--batch-size")  # items come from the tasks, batches from --rows-per-forward
+LAYER_RULE = "the most common held-out peak layer across languages in the Section 5 summary (ties: the lowest layer)"
+
+
+def parse_args(argv):
+    p = build_parser(__doc__, f"the preset's (10 for qwen3-0.6b), else {LAYER_RULE}", ignored=IGNORED)
+    g = p.add_argument_group("downstream")
+    tasks_help = f"comma-separated: qa, sentiment, topic; default all, toy preset {TOY['downstream_tasks']}"
+    g.add_argument("--tasks", help=tasks_help)
+    g.add_argument(
+        "--mode", choices=ablation.MODES, default="directional",
+        help="directional: project the block's output off the features' unit decoder directions (paper); feature: subtract their contributions",
+    )  # fmt: skip
+    g.add_argument("--random-draws", type=int, default=3, help="random live-feature controls of the same k (2) per layer; 0 = none")
+    g.add_argument(
+        "--n-items", type=int, default=None,
+        help=f"qa: the first N XQuAD questions, the same in every language; default 200, toy preset {TOY['downstream_n_items']}",
+    )  # fmt: skip
+    g.add_argument("--shots", type=int, default=0, help="qa: examples from other articles in the same language (0 = the zero-shot prompt)")
+    g.add_argument(
+        "--n-topic-items", type=int, default=None,
+        help=f"topic: the first N SIB-200 items (test+dev minus the selection set, parallel); -1 = all (default), toy preset {TOY['downstream_n_topic_items']}",
+    )  # fmt: skip
+    g.add_argument("--topic-shots", type=int, default=3, help="topic: examples from SIB-200's train split (seeded, the same sentences in every language)")
+    g.add_argument("--n-per-label", type=int, default=40, help="sentiment: reviews per star rating (stratified, seeded)")
+    g.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompts longer than this lose the end of their context (qa) or review, never the question")
+    g.add_argument("--max-new-tokens", type=int, default=32, help="generation stops at a newline, EOS or this many tokens")
+    g.add_argument("--rows-per-forward", type=int, default=64, help="items x conditions stacked into one forward (memory vs speed)")
+    g.add_argument(
+        "--skip-unavailable", action="store_true",
+        help="skip a task in a language whose data is not cached (Amazon reviews offline) with a notice, instead of stopping",
+    )  # fmt: skip
+    return p.parse_args(argv)
+
+
+def default_layers(cfg, mode: str) -> tuple[int, ...]:
+    """The preset's downstream layer, else LAYER_RULE on the Section 5 summary."""
+    if "downstream_layer" in cfg.preset.defaults:
+        return (cfg.preset.defaults["downstream_layer"],)
+    suffix = "" if mode == "directional" else f"_{mode}"
+    path = cfg.features_dir / f"section5_summary{suffix}.csv"
+    if not path.exists():
+        run = features.stage_command(SECTION5_SCRIPT, cfg, f"--mode {mode}")  # with --out-dir, --split...
+        raise UserError(f"no Section 5 summary at {path} to choose the layer from: run `{run}`, or --layers")
+    with open(path, newline="") as f:
+        peaks = collections.Counter(int(r["peak_layer"]) for r in csv.DictReader(f))
+    top = max(peaks.values())
+    return (min(L for L, n in peaks.items() if n == top),)
+
+
+def chosen_tasks(args, cfg) -> list[str]:
+    """--tasks, else the preset's (the toy's run offline), else every task."""
+    text = args.tasks or cfg.preset.defaults.get("downstream_tasks", ",".join(tasks.TASKS))
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def load_items(task, lang, tokenizer, args, cfg, selection):
+    if task == "qa":
+        return tasks.qa_items(tokenizer, lang, args.n_items, args.shots, args.max_prompt_tokens)
+    if task == "sentiment":
+        return tasks.sentiment_items(tokenizer, lang, args.n_per_label, cfg.seed, args.max_prompt_tokens)
+    return tasks.topic_items(lang, args.topic_shots, cfg.seed, selection, args.n_topic_items)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = resolve(args)
+    preflight(cfg, min_free_mb=200)  # generations and scores per unit, CSVs and figures
+    for name, default in (("n_items", 200), ("n_topic_items", -1)):  # CPU-sized on the toy preset
+        if getattr(args, name) is None:
+            setattr(args, name, cfg.preset.defaults.get(f"downstream_{name}", default))
+    task_list = chosen_tasks(args, cfg)
+    bad = [t for t in task_list if t not in tasks.TASKS]
+    if bad or not task_list:
+        raise UserError(f"--tasks: unknown {','.join(bad) or '(none)'}; choose from {','.join(tasks.TASKS)}")
+    if args.n_topic_items == 0 or args.n_topic_items < -1:
+        raise UserError("--n-topic-items must be a positive number, or -1 for all")
+    for flag, value, low in (("--random-draws", args.random_draws, 0), ("--n-items", args.n_items, 1), ("--shots", args.shots, 0),
+                             ("--topic-shots", args.topic_shots, 0), ("--n-per-label", args.n_per_label, 1),
+                             ("--max-new-tokens", args.max_new_tokens, 1), ("--rows-per-forward", args.rows_per_forward, 1)):  # fmt: skip
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}")
+    layers = cfg.layers or default_layers(cfg, args.mode)
+    check_layers(layers, model_config(cfg.preset).num_hidden_layers)
+    nu = features.load_nu_results(cfg, layers, len(downstream.TOP_RANKS))
+    nu_cfg = nu.meta["config"]
+    selection = load_texts(tuple(nu.languages), "selection", nu_cfg.get("n_texts_per_lang", -1), nu_cfg.get("split", "dev"))
+    clusters = cfg.features_dir / "interaction_clusters.json"
+    clusters_remake = features.stage_command("cross_linguistic_interactions.py", cfg)  # if it is unreadable
+
+    tokenizer = load_tokenizer(cfg.preset)
+    items, skipped = {}, {}
+    for task in task_list:
+        by_lang = {}
+        for lang in [lang for lang in cfg.languages if lang in tasks.available_languages(task)]:
+            try:
+                by_lang[lang] = load_items(task, lang, tokenizer, args, cfg, selection)
+            except tasks.DatasetUnavailable as e:  # one language's copy may be cached and another's not
+                if not args.skip_unavailable:
+                    raise
+                log.warning("skipping %s in %s: %s", task, lang, e)
+                skipped.setdefault(task, {})[lang] = str(e)
+        if by_lang:
+            items[task] = by_lang
+    print(f"run {cfg.run_name}: tasks {', '.join(items)} at layers {list(layers)} ({args.mode}), {args.random_draws} random draws")
+
+    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
+    d = cfg.describe()
+    settings = {"model": d["model"], "sae_release": d["sae_release"], "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"]}
+    task_settings = {
+        "prompt_version": tasks.PROMPT_VERSION, "n_items": args.n_items, "n_topic_items": args.n_topic_items, "shots": args.shots, "topic_shots": args.topic_shots,
+        "n_per_label": args.n_per_label, "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens, "seed": cfg.seed,
+    }  # fmt: skip
+    store = units.UnitStore(cfg.features_dir / "downstream", settings)
+    eng = downstream.EngineSettings(tokenizer.pad_token_id, args.max_new_tokens, args.rows_per_forward, cfg.device)
+    rows, summary, figures, computed, cached, cross = [], [], [], 0, 0, {}
+    for task, by_lang in items.items():
+        res = downstream.TaskResults(task, list(by_lang), by_lang, {}, {})
+        for lang, its in by_lang.items():
+            cross[lang] = downstream.cross_language(lang, nu.languages, clusters, settings, clusters_remake)
+            res.conditions[lang] = downstream.conditions_for(lang, nu, layers, args.random_draws, cfg.seed, cross[lang])
+            res.records[lang], n_new, n_old = downstream.run_units(
+                model, tokenizer, task, lang, its, res.conditions[lang], nu, args.mode, store, task_settings, eng, cfg.force
+            )
+            computed, cached = computed + n_new, cached + n_old
+        r, s = downstream.results_rows(res, layers, args.mode, cfg.seed)
+        rows, summary = rows + r, summary + s
+        for L in layers:
+            figures += plots.downstream_figure(r, task, L, cfg.output_dir / f"downstream_{task}_L{L}{'' if args.mode == 'directional' else '_' + args.mode}")
+
+    suffix = "" if args.mode == "directional" else f"_{args.mode}"
+    fdir = cfg.features_dir
+    save_csv(rows, fdir / f"downstream_results{suffix}.csv", downstream.RESULTS_COLUMNS)
+    save_json({"rule": downstream.SUMMARY_RULE, "mode": args.mode, "entries": summary}, fdir / f"downstream_summary{suffix}.json")
+    save_json(
+        {"stage": "downstream_ablation", "settings": settings, "config": d, "task_settings": task_settings, "mode": args.mode,
+         "tasks": list(items), "skipped_tasks": skipped, "languages": {t: list(v) for t, v in items.items()},
+         "n_items": {t: {lang: len(v) for lang, v in by.items()} for t, by in items.items()}, "layers": list(layers),
+         "layer_rule": "--layers" if cfg.layers else ("preset default" if "downstream_layer" in cfg.preset.defaults else LAYER_RULE),
+         "random_draws": args.random_draws, "top_ranks": list(downstream.TOP_RANKS), "cross_rule": downstream.CROSS_RULE,
+         "cross_lang": cross, "prompts": {"qa": tasks.QA_INSTRUCTION + tasks.QA_EXAMPLE, "sentiment": tasks.SENTIMENT_PROMPT,
+                                          "topic": tasks.TOPIC_INSTRUCTION + tasks.TOPIC_EXAMPLE},
+         "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
+                       "resampling": "items with replacement; XQuAD and SIB-200 ids jointly across languages, Amazon reviews per language; deltas paired by item",
+                       "random_control": "mean over draws; its CI resamples draws as well as items"},
+         "summary_rule": downstream.SUMMARY_RULE, "figures": [str(f) for f in figures], "versions": package_versions(),
+         "data": data_record(cfg, (selection,), items)},
+        fdir / f"downstream_meta{suffix}.json",
+    )  # fmt: skip
+    print(downstream.format_summary(summary))
+    print(f"results: {fdir / f'downstream_results{suffix}.csv'}; figures: {cfg.output_dir}")
+    return finished(cfg, computed, cached, "(task, language, layer, condition)")
+
+
+# ----------------------------------------------------------------------------- claims and report section
+
+
+CHANCE = {("qa", "f1"): 0.0, ("sentiment", "accuracy"): 0.2, ("topic", "accuracy"): 1 / 7}
+
+
+TASK_METRICS = (("qa", "f1", "generate"), ("sentiment", "accuracy", "generate"), ("topic", "accuracy", "loglik"))
+
+
+def _downstream(a: Artifacts) -> tuple[list[dict], int] | None:
+    """The summary entries of the primary metrics at layer 10, or at the stage's first layer when it did not run 10."""
+    d = a.json("downstream_summary.json")
+    if d is None:
+        return None
+    entries = [e for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]
+    layers = [e["layer"] for e in entries]
+    if not layers:
+        return [], 10
+    layer = 10 if 10 in layers else layers[0]
+    return [e for e in entries if e["layer"] == layer], layer
+
+
+def _margin(e: dict) -> float:
+    """The baseline's margin over chance; NaN when its CI reaches chance (nothing to lose)."""
+    chance, base = CHANCE[(e["task"], e["metric"])], ivl(e["baseline"])
+    return base.value - chance if base.low > chance else math.nan
+
+
+def _collapse_verdict(e: dict) -> str:
+    margin, own = _margin(e), ivl(e["own_delta"])
+    if not math.isfinite(margin) or e["own_minus_random"] is None:
+        return INCONCLUSIVE
+    beyond_random = interval_verdict(own, ivl(e["random_delta"]), -1)
+    if beyond_random == NOT_SUPPORTED or own.low > -COLLAPSE_SHARE * margin:
+        return NOT_SUPPORTED
+    return SUPPORTED if beyond_random == SUPPORTED and own.high < -COLLAPSE_SHARE * margin else INCONCLUSIVE
+
+
+def _robust_verdict(e: dict) -> str:
+    margin, diff = _margin(e), ivl(e["own_minus_random"])
+    if not math.isfinite(margin) or not diff.finite():
+        return INCONCLUSIVE
+    if diff.high < 0:
+        return NOT_SUPPORTED
+    return SUPPORTED if diff.low > -ROBUST_SHARE * margin else INCONCLUSIVE
+
+
+def _task_label(e: dict) -> str:
+    return f"{e['task']} {short(e['lang'])}"
+
+
+def _task_figure(a: Artifacts, entries: list[dict], layer: int) -> str | None:
+    return next((f for f in (a.figure(f"downstream_{e['task']}_L{layer}.png") for e in entries) if f), None)
+
+
+def collapse(a: Artifacts) -> Evidence | None:
+    got = _downstream(a)
+    if got is None:
+        return None
+    entries, layer = got
+    where = "" if layer == 10 else f"layer 10 not run; at layer {layer}: "
+    if not entries:
+        return Evidence(f"{where}no QA, sentiment or topic results", "-", None, INCONCLUSIVE)
+    verdicts = [_collapse_verdict(e) for e in entries]
+    at_chance = sum(not math.isfinite(_margin(e)) for e in entries)
+    own = [ivl(e["own_delta"]) for e in entries]
+    drops = listing([(_task_label(e), -o.value, str(o)) for e, o in zip(entries, own)])
+    n = len(entries)
+    numbers = f"{where}{verdicts.count(SUPPORTED)}/{n} task-languages collapse ({at_chance} at chance)"
+    numbers += f"; own Δ: {drops}"
+    beyond = sum(interval_verdict(o, ivl(e["random_delta"]), -1) == SUPPORTED for e, o in zip(entries, own))
+    control = f"own drop beyond the random features' in {beyond}/{len(entries)}"
+    return Evidence(numbers, control, _task_figure(a, entries, layer), combine(verdicts, "most"))
+
+
+def arabic_robust(a: Artifacts) -> Evidence | None:
+    got = _downstream(a)
+    if got is None:
+        return None
+    entries, layer = got
+    where = "" if layer == 10 else f"layer 10 not run; at layer {layer}: "
+    arb = [e for e in entries if e["lang"] == "arb_Arab"]
+    if not arb:
+        return Evidence(f"{where}no Arabic task results", "-", None, INCONCLUSIVE)
+    others = [e for e in entries if e["lang"] != "arb_Arab"]
+    at_chance = ", ".join(e["task"] for e in arb if not math.isfinite(_margin(e))) or "none"
+    arb_diffs = "; ".join(f"{e['task']} {ivl(e['own_minus_random'])}" for e in arb)
+    numbers = f"{where}arb own − random: {arb_diffs}"
+    control = f"baseline at chance: {at_chance}"
+    own = sorted((ivl(e["own_delta"]).value, _task_label(e)) for e in others)
+    if own:
+        control += f"; others' own Δ from {own[0][0]:+.3f} ({own[0][1]}) to {own[-1][0]:+.3f} ({own[-1][1]})"
+    verdict = combine([_robust_verdict(e) for e in arb], "every")
+    return Evidence(numbers, control, _task_figure(a, arb, layer), verdict)
+
+
+def _margin_text(e: dict) -> str:
+    return "at chance" if not math.isfinite(_margin(e)) else f"{_margin(e):.3f}"
+
+
+def downstream_section(a: Artifacts) -> list[str]:
+    title = "Stage 5: downstream tasks under ablation"
+    d = a.json("downstream_summary.json")
+    if d is None:
+        return not_run(title, a, "downstream", "python downstream_ablation.py")
+    rows = [(e["task"], f"{e['metric']}/{e['scoring']}", short(e["lang"]), e["layer"],
+             f"{ivl(e['baseline']).value:.3f}", _margin_text(e), ivl(e["own_delta"]),
+             ivl(e["random_delta"]), f"{ivl(e['cross_delta'])} ({short(e['cross_lang'])})", ivl(e["own_minus_random"]),
+             {True: "yes", False: "no", None: "-"}[e["own_drop_exceeds_random"]])
+            for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]  # fmt: skip
+    lines = [f"## {title}", "", f"{d['mode']} ablation; {d['rule']}", ""]
+    head = ["task", "metric", "lang", "layer", "baseline", "margin over chance", "own Δ", "random Δ",
+            "cross Δ (features of)", "own − random", "own drop > random"]
+    lines += table(head, rows)
+    return lines + images(a, sorted(p.name for p in a.output_dir.glob("downstream_*.png")))
+
+
+CLAIMS = (
+    Claim(10, "Ablating 2 features at layer 10 collapses QA (EN −41.1 F1, VI −34.8, ZH −28.9) and classification", "seed reproduction", collapse),
+    Claim(11, "Arabic is robust to the ablation", "seed reproduction", arabic_robust),
+)
+
+STAGE = Stage(
+    "downstream",
+    "downstream_ablation.py",
+    "task claims of the earlier reproduction",
+    main,
+    claims=CLAIMS,
+    report=downstream_section,
+    # offline, Amazon reviews are usually not cached: the pipeline runs the other tasks and says so
+    flags=("--skip-unavailable",),
+    meta="downstream_meta.json",
+    drops=("--layers",),  # ablates at its own layer (run_pipeline.py's docstring)
+)
