@@ -292,7 +292,11 @@ def random_rows(r: Resampled, languages: Sequence[str], layer, k: int, mode: str
 
 
 MATRIX_COLUMNS = ["eval_lang", "ablated_lang", "features", "mode", "layer", "delta_ce", "ci_low", "ci_high", "n_texts"]
-CLUSTERS_FILE = "interaction_clusters.json"
+# Artifact names (sae_features/<run>/ files; output/<run>/ figure stems, + .png/.pdf)
+MATRIX_FILE, CLUSTERS_FILE, META_FILE = "interaction_matrix.csv", "interaction_clusters.json", "interaction_meta.json"
+MATRIX_FIGURE, MDS_FIGURE = "interaction_matrix", "interaction_mds"
+DENDROGRAM_FIGURE, COCLUSTERING_FIGURE = "interaction_dendrogram", "interaction_coclustering"
+FIGURES = (MATRIX_FIGURE, MDS_FIGURE, DENDROGRAM_FIGURE, COCLUSTERING_FIGURE)
 STAGE3_SCRIPT = "cross_linguistic_interactions.py"
 
 

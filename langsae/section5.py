@@ -31,7 +31,41 @@ from langsae.sweep import NO_LANGUAGE, RANDOM, SweepResult, feature_set_name
 if TYPE_CHECKING:
     from langsae.verdicts import Artifacts
 
-RESULTS_FILE, SUMMARY_FILE, META_FILE = "ablation_results.csv", "section5_summary.csv", "section5_meta.json"
+# Artifact names. Files made per ablation mode carry the mode's suffix (none for the paper's
+# directional mode): `summary_file(mode)` etc.; RESULTS_FILE holds every mode's rows in one table.
+RESULTS_FILE = "ablation_results.csv"
+DEFAULT_MODE = "directional"
+FIGURE5, FIGURE6 = "figure5", "figure6"  # figure stems in output/<run>/ (+ suffix, + .png/.pdf)
+
+
+def mode_suffix(mode: str) -> str:
+    """The file-name suffix of an ablation mode's Section 5 artifacts: none for the default mode."""
+    return "" if mode == DEFAULT_MODE else f"_{mode}"
+
+
+def summary_file(mode: str = DEFAULT_MODE) -> str:
+    return f"section5_summary{mode_suffix(mode)}.csv"
+
+
+def meta_file(mode: str = DEFAULT_MODE) -> str:
+    return f"section5_meta{mode_suffix(mode)}.json"
+
+
+def figure5_data_file(mode: str = DEFAULT_MODE) -> str:
+    return f"figure5_data{mode_suffix(mode)}.csv"
+
+
+def figure6_data_file(mode: str = DEFAULT_MODE) -> str:
+    return f"figure6_data{mode_suffix(mode)}.csv"
+
+
+def figure_stem(figure: str, mode: str = DEFAULT_MODE) -> str:
+    """A figure's stem in output/<run>/ for `mode` (FIGURE5 or FIGURE6)."""
+    return f"{figure}{mode_suffix(mode)}"
+
+
+SUMMARY_FILE, META_FILE = summary_file(), meta_file()  # the default mode's, which the report reads
+FIGURE5_PNG, FIGURE6_PNG = f"{FIGURE5}.png", f"{FIGURE6}.png"  # the report's images
 
 RESULTS_COLUMNS = [
     "layer", "ablated_lang", "features", "mode", "eval_lang", "delta_ce", "ci_low", "ci_high",

@@ -34,6 +34,11 @@ from langsae.sweep import Condition, SweepResult, language_conditions
 
 SINGLE = "top1"
 
+# Artifact names (sae_features/<run>/ files; output/<run>/ figure stems, + .png/.pdf)
+PAIRS_FILE, SUMMARY_FILE = "cluster_synergy.csv", "cluster_synergy_summary.json"
+INTRA_INTER_FIGURE, COSINE_FIGURE, PAIRS_FIGURE = "synergy_intra_inter", "synergy_vs_cosine", "synergy_pairs"
+FIGURES = (INTRA_INTER_FIGURE, COSINE_FIGURE, PAIRS_FIGURE)
+
 
 def pair_name(a: str, b: str) -> str:
     """The `ablated_lang` of a pair condition: 'eng_Latn+spa_Latn'."""
