@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping, Sequence
 
-
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 _ORDER = {PASS: 0, WARN: 1, FAIL: 2}
 MAX_LISTED = 50  # rows listed per problem in the JSON (counts are always complete)
@@ -46,15 +45,30 @@ def counts(sets: Sets, languages: Sequence[str], task_sets: Collection[str] = ()
     across languages (the sets are meant to be parallel). A set named in `task_sets` covers only
     the languages it has a key for (a task's data covers some languages); the others are listed
     under `not_covered`, and only a covered language with no texts FAILs."""
-    table = {name: {lang: len(by_lang.get(lang, ())) for lang in languages if name not in task_sets or lang in by_lang} for name, by_lang in sets.items()}
-    details = {"counts": table, "not_covered": {name: [lang for lang in languages if lang not in sets[name]] for name in sets if name in task_sets}}
+    table = {
+        name: {
+            lang: len(by_lang.get(lang, ())) for lang in languages if name not in task_sets or lang in by_lang
+        }
+        for name, by_lang in sets.items()
+    }
+    details = {
+        "counts": table,
+        "not_covered": {
+            name: [lang for lang in languages if lang not in sets[name]] for name in sets if name in task_sets
+        },
+    }
     empty = [f"{name}/{lang}" for name, row in table.items() for lang, n in row.items() if n == 0]
     uneven = [name for name, row in table.items() if len(set(row.values())) > 1]
     if empty:
         return Check("counts", FAIL, f"no texts for {', '.join(empty[:5])}", details)
     if uneven:
         return Check("counts", WARN, f"counts differ across languages in {', '.join(uneven)}", details)
-    return Check("counts", PASS, "; ".join(f"{name} {next(iter(row.values()), 0)}/language" for name, row in table.items()), details)
+    return Check(
+        "counts",
+        PASS,
+        "; ".join(f"{name} {next(iter(row.values()), 0)}/language" for name, row in table.items()),
+        details,
+    )
 
 
 def disjoint(reference: str, sets: Sets) -> Check:
@@ -69,7 +83,14 @@ def disjoint(reference: str, sets: Sets) -> Check:
             chosen = {t.strip() for t in ref.get(lang, ())}
             shared = [t for t in texts if t.strip() in chosen]
             if shared:
-                overlaps.append({"set": name, "language": lang, "n": len(shared), "examples": [_snippet(t) for t in shared[:3]]})
+                overlaps.append(
+                    {
+                        "set": name,
+                        "language": lang,
+                        "n": len(shared),
+                        "examples": [_snippet(t) for t in shared[:3]],
+                    }
+                )
     others = ", ".join(n for n in sets if n != reference)
     if overlaps:
         where = ", ".join(f"{o['set']}/{o['language']} ({o['n']})" for o in overlaps[:5])
@@ -85,9 +106,25 @@ def clean_texts(sets: Sets) -> Check:
             empty = [i for i, t in enumerate(texts) if not t.strip()]
             dup = [t for t, n in Counter(texts).items() if n > 1]
             if empty:
-                problems.append({"set": name, "language": lang, "problem": "empty", "n": len(empty), "rows": empty[:MAX_LISTED]})
+                problems.append(
+                    {
+                        "set": name,
+                        "language": lang,
+                        "problem": "empty",
+                        "n": len(empty),
+                        "rows": empty[:MAX_LISTED],
+                    }
+                )
             if dup:
-                problems.append({"set": name, "language": lang, "problem": "duplicate", "n": len(dup), "examples": [_snippet(t) for t in dup[:3]]})
+                problems.append(
+                    {
+                        "set": name,
+                        "language": lang,
+                        "problem": "duplicate",
+                        "n": len(dup),
+                        "examples": [_snippet(t) for t in dup[:3]],
+                    }
+                )
     if problems:
         where = ", ".join(f"{p['n']} {p['problem']} in {p['set']}/{p['language']}" for p in problems[:5])
         return Check("clean texts", FAIL, where, {"problems": problems})
@@ -106,16 +143,32 @@ def parallel_ids(ids: Mapping[str, Mapping[str, Sequence[str]]]) -> Check:
         for lang in langs[1:]:
             other = list(by_lang[lang])
             if other != first:
-                pos = next((i for i, (a, b) in enumerate(zip(first, other)) if a != b), min(len(first), len(other)))
-                bad.append({"set": name, "language": lang, "against": langs[0], "first_difference": pos,
-                            "lengths": [len(first), len(other)]})  # fmt: skip
+                pos = next(
+                    (i for i, (a, b) in enumerate(zip(first, other)) if a != b), min(len(first), len(other))
+                )
+                bad.append(
+                    {
+                        "set": name,
+                        "language": lang,
+                        "against": langs[0],
+                        "first_difference": pos,
+                        "lengths": [len(first), len(other)],
+                    }
+                )
     if bad:
         b = bad[0]
-        return Check("parallel ids", FAIL, f"{b['set']}: {b['language']} and {b['against']} differ at row {b['first_difference']}", {"mismatches": bad})
+        return Check(
+            "parallel ids",
+            FAIL,
+            f"{b['set']}: {b['language']} and {b['against']} differ at row {b['first_difference']}",
+            {"mismatches": bad},
+        )
     return Check("parallel ids", PASS, f"ids align across languages in {', '.join(ids)}", {"mismatches": []})
 
 
-def language_identity(sets: Sets, identify: Callable[[list[str]], list[str | None]], covered: Callable[[str], bool]) -> Check:
+def language_identity(
+    sets: Sets, identify: Callable[[list[str]], list[str | None]], covered: Callable[[str], bool]
+) -> Check:
     """Share of each language's texts that the offline identifier assigns to that language.
 
     PASS at >= LANGID_PASS for every covered language, FAIL below LANGID_FAIL for any (a
@@ -129,13 +182,25 @@ def language_identity(sets: Sets, identify: Callable[[list[str]], list[str | Non
                 continue
             found = identify(list(texts))
             agreement.setdefault(name, {})[lang] = sum(f == lang for f in found) / max(len(found), 1)
-            rows += [{"set": name, "language": lang, "row": i, "identified": f, "text": _snippet(t)}
-                     for i, (f, t) in enumerate(zip(found, texts)) if f != lang]  # fmt: skip
+            rows += [
+                {"set": name, "language": lang, "row": i, "identified": f, "text": _snippet(t)}
+                for i, (f, t) in enumerate(zip(found, texts))
+                if f != lang
+            ]
     shares = [(a, f"{name}/{lang}") for name, row in agreement.items() for lang, a in row.items()]
-    details = {"agreement": agreement, "not_covered": sorted(uncovered), "disagreeing_rows": rows, "n_disagreeing": len(rows)}
+    details = {
+        "agreement": agreement,
+        "not_covered": sorted(uncovered),
+        "disagreeing_rows": rows,
+        "n_disagreeing": len(rows),
+    }
     low = sorted(s for s in shares if s[0] < LANGID_PASS)
     status = FAIL if any(a < LANGID_FAIL for a, _ in shares) else WARN if (low or uncovered) else PASS
-    summary = f"lowest agreement {min(shares)[0]:.1%} ({min(shares)[1]}); {len(rows)} rows disagree" if shares else "no covered language"
+    summary = (
+        f"lowest agreement {min(shares)[0]:.1%} ({min(shares)[1]}); {len(rows)} rows disagree"
+        if shares
+        else "no covered language"
+    )
     if low:
         summary += "; below {:.0%}: {}".format(LANGID_PASS, ", ".join(f"{w} {a:.0%}" for a, w in low[:4]))
     if uncovered:
@@ -143,7 +208,9 @@ def language_identity(sets: Sets, identify: Callable[[list[str]], list[str | Non
     return Check("language identity", status, summary, details)
 
 
-def token_lengths(sets: Sets, tokenize: Callable[[list[str]], list[list[int]]] | None, unavailable: str = "") -> Check:
+def token_lengths(
+    sets: Sets, tokenize: Callable[[list[str]], list[list[int]]] | None, unavailable: str = ""
+) -> Check:
     """Tokens per text per language with the preset's tokenizer; texts under MIN_TOKENS FAIL
     (they give no ΔCE and no ν statistic). WARN when the tokenizer is not available."""
     if tokenize is None:
@@ -153,14 +220,32 @@ def token_lengths(sets: Sets, tokenize: Callable[[list[str]], list[list[int]]] |
         for lang, texts in by_lang.items():
             n = [len(ids) for ids in tokenize(list(texts))]
             if n:
-                table.setdefault(name, {})[lang] = {"min": min(n), "median": statistics.median(n), "max": max(n), "mean": sum(n) / len(n)}
-            short += [{"set": name, "language": lang, "row": i, "tokens": k, "text": _snippet(t)}
-                      for i, (k, t) in enumerate(zip(n, texts)) if k < MIN_TOKENS]  # fmt: skip
+                table.setdefault(name, {})[lang] = {
+                    "min": min(n),
+                    "median": statistics.median(n),
+                    "max": max(n),
+                    "mean": sum(n) / len(n),
+                }
+            short += [
+                {"set": name, "language": lang, "row": i, "tokens": k, "text": _snippet(t)}
+                for i, (k, t) in enumerate(zip(n, texts))
+                if k < MIN_TOKENS
+            ]
     details = {"lengths": table, "short_texts": short[:MAX_LISTED], "n_short": len(short)}
     if short:
-        return Check("token lengths", FAIL, f"{len(short)} texts under {MIN_TOKENS} tokens (first: {short[0]['set']}/{short[0]['language']} row {short[0]['row']})", details)
+        return Check(
+            "token lengths",
+            FAIL,
+            f"{len(short)} texts under {MIN_TOKENS} tokens (first: {short[0]['set']}/{short[0]['language']} row {short[0]['row']})",
+            details,
+        )
     medians = [v["median"] for row in table.values() for v in row.values()]
-    return Check("token lengths", PASS, f"every text has >= {MIN_TOKENS} tokens; medians {min(medians):g}-{max(medians):g}", details)
+    return Check(
+        "token lengths",
+        PASS,
+        f"every text has >= {MIN_TOKENS} tokens; medians {min(medians):g}-{max(medians):g}",
+        details,
+    )
 
 
 def xquad_items(squad: dict) -> list[dict]:
@@ -189,11 +274,23 @@ def xquad(files: Mapping[str, dict]) -> Check:
                 n += 1
                 s = a["answer_start"]
                 if it["context"][s : s + len(a["text"])] != a["text"]:
-                    bad_spans.append({"language": lang, "id": it["id"], "answer": a["text"], "answer_start": s,
-                                      "at_offset": it["context"][s : s + len(a["text"])]})  # fmt: skip
+                    bad_spans.append(
+                        {
+                            "language": lang,
+                            "id": it["id"],
+                            "answer": a["text"],
+                            "answer_start": s,
+                            "at_offset": it["context"][s : s + len(a["text"])],
+                        }
+                    )
     order = parallel_ids({"xquad": ids})
-    details = {"n_answers": n, "bad_spans": bad_spans[:MAX_LISTED], "n_bad_spans": len(bad_spans),
-               "questions": {lang: len(v) for lang, v in ids.items()}, "id_mismatches": order.details["mismatches"]}  # fmt: skip
+    details = {
+        "n_answers": n,
+        "bad_spans": bad_spans[:MAX_LISTED],
+        "n_bad_spans": len(bad_spans),
+        "questions": {lang: len(v) for lang, v in ids.items()},
+        "id_mismatches": order.details["mismatches"],
+    }
     if bad_spans or order.status == FAIL:
         why = [f"{len(bad_spans)} of {n} answer spans do not match their offset"] if bad_spans else []
         why += [order.summary] if order.status == FAIL else []
@@ -212,7 +309,13 @@ def sib_labels(rows: Mapping[str, Sequence], categories: Sequence[str]) -> Check
         table[lang] = {s: {c: c_.get(c, 0) for c in categories} for s, c_ in sorted(by_split.items())}
     if not table:
         return Check("sib200 labels", WARN, "skipped: no SIB-200 language", {})
-    problems = [f"{lang}/{s} has no {c!r}" for lang, t in table.items() for s, cs in t.items() for c, k in cs.items() if k == 0]
+    problems = [
+        f"{lang}/{s} has no {c!r}"
+        for lang, t in table.items()
+        for s, cs in t.items()
+        for c, k in cs.items()
+        if k == 0
+    ]
     first = next(iter(table))
     problems += [f"{lang} counts differ from {first}'s" for lang, t in table.items() if t != table[first]]
     unknown = sorted({r.category for rs in rows.values() for r in rs} - set(categories))
@@ -220,18 +323,33 @@ def sib_labels(rows: Mapping[str, Sequence], categories: Sequence[str]) -> Check
     if problems:
         return Check("sib200 labels", FAIL, "; ".join(problems[:4]), {"counts": table, "problems": problems})
     summary = "; ".join(f"{s} " + "/".join(str(k) for k in cs.values()) for s, cs in table[first].items())
-    return Check("sib200 labels", PASS, f"same in every language: {summary}", {"counts": table, "problems": []})
+    return Check(
+        "sib200 labels", PASS, f"same in every language: {summary}", {"counts": table, "problems": []}
+    )
 
 
 def label_balance(labels: Mapping[str, Sequence[int]], classes: Sequence[int]) -> Check:
     """After stratified sampling, each language has the same count of every class."""
     if not labels:
-        return Check("amazon balance", WARN, "skipped: Amazon reviews not in the local cache (offline) or no Amazon language", {})
-    table = {lang: {int(c): int(Counter(int(x) for x in v).get(c, 0)) for c in classes} for lang, v in labels.items()}
+        return Check(
+            "amazon balance",
+            WARN,
+            "skipped: Amazon reviews not in the local cache (offline) or no Amazon language",
+            {},
+        )
+    table = {
+        lang: {int(c): int(Counter(int(x) for x in v).get(c, 0)) for c in classes}
+        for lang, v in labels.items()
+    }
     uneven = [lang for lang, t in table.items() if len(set(t.values())) > 1]
     if uneven:
         return Check("amazon balance", FAIL, f"labels unbalanced in {', '.join(uneven)}", {"counts": table})
-    return Check("amazon balance", PASS, f"{next(iter(next(iter(table.values())).values()))} per label in {', '.join(table)}", {"counts": table})
+    return Check(
+        "amazon balance",
+        PASS,
+        f"{next(iter(next(iter(table.values())).values()))} per label in {', '.join(table)}",
+        {"counts": table},
+    )
 
 
 def format_table(checks: Sequence[Check]) -> str:

@@ -61,6 +61,7 @@ def summarise_layer(
 ) -> LayerSummary:
     """One layer's summary from its ν artifacts (indices, values, mean_acts), each checked against the
     size and SHA-256 its done marker recorded; a damaged one is one line naming it and `remake`."""
+
     def load(key: str) -> torch.Tensor:
         return nu_stage.load_layer_file(features_dir, layer, key, remake)
 
@@ -75,10 +76,16 @@ def summarise_layer(
     hist = np.stack([np.histogram(values[i].numpy(), edges)[0] for i in range(n_lang)])
     tops = indices[:, :top_k]
     return LayerSummary(
-        layer=layer, top=values[:, :top_k].numpy(), top_ids=tops.numpy(), random_nu=nu[:, pick].numpy(), hist=hist, edges=edges,
-        jaccard=jaccard([set(r.tolist()) for r in tops]), exclusive=np.array(nu_stage.exclusive_top1(indices, top_k)),
+        layer=layer,
+        top=values[:, :top_k].numpy(),
+        top_ids=tops.numpy(),
+        random_nu=nu[:, pick].numpy(),
+        hist=hist,
+        edges=edges,
+        jaccard=jaccard([set(r.tolist()) for r in tops]),
+        exclusive=np.array(nu_stage.exclusive_top1(indices, top_k)),
         mu_top=mu[:, tops.flatten()].T.numpy(),
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------- figures
@@ -95,13 +102,21 @@ def figure1(s: LayerSummary, languages: Sequence[str], stem: Path) -> list[Path]
         ax.bar(x + r * width, s.top[:, r], width, label=f"top-{r + 1}")
     med = np.median(s.random_nu, axis=1)
     lo, hi = np.percentile(s.random_nu, 5, axis=1), np.percentile(s.random_nu, 95, axis=1)
-    ax.bar(x + k * width, med, width, color="lightgrey", label=f"random live feature (median of {s.random_nu.shape[1]})")
+    ax.bar(
+        x + k * width,
+        med,
+        width,
+        color="lightgrey",
+        label=f"random live feature (median of {s.random_nu.shape[1]})",
+    )
     ax.errorbar(x + k * width, med, yerr=[med - lo, hi - med], fmt="none", ecolor="black", lw=0.8, capsize=2)
     ax.set_xticks(x + k * width / 2, languages, rotation=45, ha="right", fontsize=8)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel("ν (mean activation in the language − mean in the others)", fontsize=7)
     ax.legend(fontsize=7, frameon=False)
-    ax.set_title(f"Figure 1: ν of each language's top features vs random features, layer {s.layer}", fontsize=9)
+    ax.set_title(
+        f"Figure 1: ν of each language's top features vs random features, layer {s.layer}", fontsize=9
+    )
     return save_figure(fig, stem)
 
 
@@ -110,7 +125,13 @@ def nu_distributions(summaries: Sequence[LayerSummary], languages: Sequence[str]
     language-specific tail is a handful of features among thousands near zero)."""
     n = len(summaries)
     ncols = min(4, n)
-    fig, axes = plt.subplots((n + ncols - 1) // ncols, ncols, figsize=(3.2 * ncols, 2.4 * ((n + ncols - 1) // ncols) + 0.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        (n + ncols - 1) // ncols,
+        ncols,
+        figsize=(3.2 * ncols, 2.4 * ((n + ncols - 1) // ncols) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, s in zip(axes.flat, summaries):
@@ -141,7 +162,16 @@ def top1_by_layer(summaries: Sequence[LayerSummary], languages: Sequence[str], s
     return save_figure(fig, stem)
 
 
-def _heatmap(ax, m: np.ndarray, rows: Sequence[str], cols: Sequence[str], vmin=0.0, vmax=1.0, fmt="{:.2f}", cmap="viridis"):
+def _heatmap(
+    ax,
+    m: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    vmin=0.0,
+    vmax=1.0,
+    fmt="{:.2f}",
+    cmap="viridis",
+):
     im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)
     ax.set_yticks(range(len(rows)), rows, fontsize=6)
@@ -157,7 +187,9 @@ def overlap(summaries: Sequence[LayerSummary], languages: Sequence[str], stem: P
     n = len(summaries) + 1
     ncols = min(4, n)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.0 * nrows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.3 * ncols, 3.0 * nrows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     k = summaries[0].top.shape[1]
@@ -184,14 +216,20 @@ def specificity(s: LayerSummary, languages: Sequence[str], stem: Path) -> list[P
     """μ of each language's top-k features measured in every language, each row divided by its
     largest value: a specific feature is one bright cell on the row of its own language."""
     k = s.top.shape[1]
-    rows = [f"{lang} #{r + 1} (f{int(s.top_ids[i, r])})" for i, lang in enumerate(languages) for r in range(k)]
+    rows = [
+        f"{lang} #{r + 1} (f{int(s.top_ids[i, r])})" for i, lang in enumerate(languages) for r in range(k)
+    ]
     m = s.mu_top / np.maximum(s.mu_top.max(axis=1, keepdims=True), 1e-12)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(languages), 1.0 + 0.22 * len(rows)), layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(1.0 + 0.45 * len(languages), 1.0 + 0.22 * len(rows)), layout="constrained"
+    )
     im = _heatmap(ax, m, rows, languages, cmap="magma")
     fig.colorbar(im, ax=ax, shrink=0.6, label="μ / row max")
     ax.set_xlabel("measured in")
     ax.set_ylabel("language's top feature (rank, id)")
-    ax.set_title(f"Specificity at layer {s.layer}: μ of each language's top-{k} in every language", fontsize=9)
+    ax.set_title(
+        f"Specificity at layer {s.layer}: μ of each language's top-{k} in every language", fontsize=9
+    )
     return save_figure(fig, stem)
 
 
@@ -200,22 +238,49 @@ def top_features_markdown(
 ) -> str:
     """Per layer and language, the top-n features with ν, μ in the language, the largest μ in
     another language, and the Neuronpedia link when the SAE has a Neuronpedia id."""
-    lines = ["# Top features by ν", "", "ν = μ in the language − mean μ in the others; μ = mean activation over the language's selection tokens.", ""]
+    lines = [
+        "# Top features by ν",
+        "",
+        "ν = μ in the language − mean μ in the others; μ = mean activation over the language's selection tokens.",
+        "",
+    ]
     for L in layers:
         top20 = nu_stage.load_layer_file(features_dir, L, "top20", remake)
-        lines += [f"## Layer {L}", "", "| language | rank | feature | ν | μ (own) | largest μ elsewhere | Neuronpedia |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Layer {L}",
+            "",
+            "| language | rank | feature | ν | μ (own) | largest μ elsewhere | Neuronpedia |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for lang in languages:
             for row in top20[lang][:n]:
-                other, other_mu = max(((o, m) for o, m in row["mu"].items() if o != lang), key=lambda x: x[1], default=("-", float("nan")))
-                link = f"[{row['feature']}](https://www.neuronpedia.org/{row['neuronpedia']})" if row.get("neuronpedia") else "-"
-                lines.append(f"| {lang} | {row['rank']} | {row['feature']} | {row['nu']:.4g} | {row['mu'][lang]:.4g} | {other_mu:.4g} ({other}) | {link} |")
+                other, other_mu = max(
+                    ((o, m) for o, m in row["mu"].items() if o != lang),
+                    key=lambda x: x[1],
+                    default=("-", float("nan")),
+                )
+                link = (
+                    f"[{row['feature']}](https://www.neuronpedia.org/{row['neuronpedia']})"
+                    if row.get("neuronpedia")
+                    else "-"
+                )
+                lines.append(
+                    f"| {lang} | {row['rank']} | {row['feature']} | {row['nu']:.4g} | {row['mu'][lang]:.4g} | {other_mu:.4g} ({other}) | {link} |"
+                )
         lines.append("")
     return "\n".join(lines)
 
 
 def write_all(
-    features_dir: Path, out_dir: Path, layers: Sequence[int], languages: Sequence[str], layer: int, top_k: int,
-    n_table: int, seed: int, remake: str = NU_REMAKE,
+    features_dir: Path,
+    out_dir: Path,
+    layers: Sequence[int],
+    languages: Sequence[str],
+    layer: int,
+    top_k: int,
+    n_table: int,
+    seed: int,
+    remake: str = NU_REMAKE,
 ) -> list[Path]:
     """Every stage 6 figure and top_features.md into out_dir; returns the files written. `remake` is
     the command named when a ν artifact turns out damaged."""
@@ -230,6 +295,7 @@ def write_all(
     files += top1_by_layer(summaries, languages, out / "top1_nu_by_layer")
     files += overlap(summaries, languages, out / "topk_overlap")
     files += specificity(at, languages, out / f"specificity_layer{layer}")
-    save_text(top_features_markdown(features_dir, layers, languages, n_table, remake), out / "top_features.md")
+    save_text(
+        top_features_markdown(features_dir, layers, languages, n_table, remake), out / "top_features.md"
+    )
     return files + [out / "top_features.md"]
-

@@ -94,7 +94,9 @@ class LayerFeatures:
         """Positions of `features` in feature_indices (and so in W_dec, W_enc, ...): LongTensor [k]."""
         bad = [f for f in features if not 0 <= f < self.d_sae]
         if bad:
-            raise UserError(f"feature index {bad[0]} is out of range at layer {self.layer}: the SAE has d_sae = {self.d_sae}")
+            raise UserError(
+                f"feature index {bad[0]} is out of range at layer {self.layer}: the SAE has d_sae = {self.d_sae}"
+            )
         pos = torch.searchsorted(self.feature_indices, torch.tensor(list(features), dtype=torch.long))
         pos = pos.clamp(max=len(self.feature_indices) - 1)
         missing = [f for f, p in zip(features, pos.tolist()) if int(self.feature_indices[p]) != f]
@@ -109,10 +111,13 @@ class LayerFeatures:
         """The encoders of `features` (SAE feature ids, each saved: a top-k or control feature), on `device`."""
         rows = self.rows(features)
         return FeatureEncoder(
-            tuple(int(f) for f in features), hook_point(self.hook_in), self.W_enc[rows].to(device), self.b_enc[rows].to(device),
+            tuple(int(f) for f in features),
+            hook_point(self.hook_in),
+            self.W_enc[rows].to(device),
+            self.b_enc[rows].to(device),
             None if self.threshold is None else self.threshold[rows].to(device),
             None if self.input_bias is None else self.input_bias.to(device),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,12 @@ def stage_command(script: str, cfg: RunConfig, *extra: str) -> str:
     defaults: stored results depend on them), then `extra` (a --layers there replaces the run's)."""
     p = cfg.preset
     if p.name == "custom":
-        parts = ["--model custom", f"--model-id {p.model_id}", f"--sae-release {p.sae_release}", f"--sae-id-template '{p.sae_id_template}'"]
+        parts = [
+            "--model custom",
+            f"--model-id {p.model_id}",
+            f"--sae-release {p.sae_release}",
+            f"--sae-id-template '{p.sae_id_template}'",
+        ]
     else:
         parts = [f"--model {p.name}"]
     if Path(cfg.features_dir).resolve() != (FEATURES_ROOT / run_name_for(p)).resolve():
@@ -248,12 +258,20 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
             raise UserError(f"nu results for layer {L} in {fdir} are missing or stale; run `{remake}`")
         d = read_torch(path, remake, marker.get("files", {}).get("directions"))  # checked against its record
         lf = LayerFeatures(
-            layer=L, hook_in=d["hook_name"], hook_out=d.get("hook_name_out") or d["hook_name"], d_sae=int(d["d_sae"]),
-            languages=tuple(d["languages"]), top_indices=d["top_indices"].long(), control_indices=d["control_indices"].long(),
-            feature_indices=d["feature_indices"].long(), W_dec=d["W_dec"].float(), W_enc=d["W_enc"].float(),
-            b_enc=d["b_enc"].float(), threshold=None if d.get("threshold") is None else d["threshold"].float(),
+            layer=L,
+            hook_in=d["hook_name"],
+            hook_out=d.get("hook_name_out") or d["hook_name"],
+            d_sae=int(d["d_sae"]),
+            languages=tuple(d["languages"]),
+            top_indices=d["top_indices"].long(),
+            control_indices=d["control_indices"].long(),
+            feature_indices=d["feature_indices"].long(),
+            W_dec=d["W_dec"].float(),
+            W_enc=d["W_enc"].float(),
+            b_enc=d["b_enc"].float(),
+            threshold=None if d.get("threshold") is None else d["threshold"].float(),
             input_bias=None if d.get("input_bias") is None else d["input_bias"].float(),
-        )  # fmt: skip
+        )
         if lf.languages != nu_langs or lf.top_indices.shape[1] < top_k:
             remake = nu_command(cfg, layers, top_k_saved, made)
             raise UserError(f"{path} does not match meta.json (languages or top-k); run `{remake}`")

@@ -15,13 +15,12 @@ the next layer's SAE on a background thread meanwhile (langsae.prefetch).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-
-import time
 
 from langsae.artifacts import package_versions, read_json, read_torch, save_json, save_torch, verify_file
 from langsae.data import Texts
@@ -79,12 +78,18 @@ def collect_sae_inputs(
     """One forward pass over the texts, keeping the statistic tokens' activations at each layer's SAE read point."""
     batches = make_batches(token_ids, batch_size, pad_id)
     acts, token_text = collect_tokens(
-        model, batches, {str(L): hp for L, hp in points.items()}, Batch.statistic_mask, "forward (selection texts)"
+        model,
+        batches,
+        {str(L): hp for L, hp in points.items()},
+        Batch.statistic_mask,
+        "forward (selection texts)",
     )
     return SaeInputs({L: acts[str(L)] for L in points}, torch.tensor(lang_ids)[token_text], token_text)
 
 
-def token_weights(token_lang: torch.Tensor, token_text: torch.Tensor, n_langs: int, weighting: str) -> torch.Tensor:
+def token_weights(
+    token_lang: torch.Tensor, token_text: torch.Tensor, n_langs: int, weighting: str
+) -> torch.Tensor:
     """[n_tokens, K] weights such that weights.T @ activations gives per-language means.
 
     "token": every token of a language counts equally (the paper).
@@ -99,7 +104,9 @@ def token_weights(token_lang: torch.Tensor, token_text: torch.Tensor, n_langs: i
         tokens_per_text = torch.bincount(token_text)
         lang_of_text = torch.zeros_like(tokens_per_text).scatter_(0, token_text, token_lang)
         texts_per_lang = torch.bincount(lang_of_text[tokens_per_text > 0], minlength=n_langs).float()
-        w[torch.arange(n), token_lang] = 1.0 / (tokens_per_text[token_text].float() * texts_per_lang[token_lang])
+        w[torch.arange(n), token_lang] = 1.0 / (
+            tokens_per_text[token_text].float() * texts_per_lang[token_lang]
+        )
     else:
         raise ValueError(weighting)
     return w
@@ -167,7 +174,9 @@ def control_pool(mu: torch.Tensor, exclude: torch.Tensor, size: int, seed: int) 
     return candidates[torch.randperm(len(candidates), generator=g)[:size]].sort().values
 
 
-def feature_directions(sae, top_indices: torch.Tensor, controls: torch.Tensor, hook_name: str, hook_name_out: str) -> dict:
+def feature_directions(
+    sae, top_indices: torch.Tensor, controls: torch.Tensor, hook_name: str, hook_name_out: str
+) -> dict:
     """The compact per-feature weights later stages ablate with, so they never reload a full SAE.
 
     top_indices: [K, k]; controls: [P]. Rows of W_dec/W_enc/b_enc follow `feature_indices`.
@@ -221,7 +230,11 @@ def score_layer(
     values, indices = rank_features(nu_scores(mu))
     top = indices[:, :top_k]
     controls = control_pool(mu, top.flatten(), pool_size, seed)
-    directions = {"layer": layer, "languages": list(languages), **feature_directions(sae, top, controls, *hook_names)}
+    directions = {
+        "layer": layer,
+        "languages": list(languages),
+        **feature_directions(sae, top, controls, *hook_names),
+    }
     summary = {
         "d_sae": int(mu.shape[1]),
         "shared_top5": dict(zip(languages, shared_top_k(indices, 5))),
@@ -294,7 +307,12 @@ def save_layer(out_dir: Path, layer: int, results: dict, top20: dict, done: dict
 
 
 def top_table(
-    values: torch.Tensor, indices: torch.Tensor, mu: torch.Tensor, languages: list[str], n: int, neuronpedia: str | None
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    mu: torch.Tensor,
+    languages: list[str],
+    n: int,
+    neuronpedia: str | None,
 ) -> dict:
     """Readable top-n per language: feature, nu, and mu in every language."""
     out = {}

@@ -28,7 +28,16 @@ import time
 from langsae import checks, langid, tasks
 from langsae.artifacts import package_versions, preflight, save_json
 from langsae.config import build_parser, resolve
-from langsae.data import BUNDLED, DATA_DIR, SIB_CATEGORIES, Texts, load_texts, read_sib200, sib200_languages, sib_id
+from langsae.data import (
+    BUNDLED,
+    DATA_DIR,
+    SIB_CATEGORIES,
+    Texts,
+    load_texts,
+    read_sib200,
+    sib200_languages,
+    sib_id,
+)
 from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import load_tokenizer
@@ -49,8 +58,17 @@ UNUSED_FLAGS = ("--layers", "--n-texts-per-lang", "--device", "--dtype", "--batc
 def parse_args(argv):
     p = build_parser(__doc__, ignored=UNUSED_FLAGS)
     g = p.add_argument_group("data checks")
-    g.add_argument("--amazon-per-label", type=int, default=40, help="reviews per star rating in the stratified Amazon sample checked (the sentiment task's --n-per-label)")
-    g.add_argument("--no-tokenizer", action="store_true", help="skip token lengths (no model files needed; the check is a WARN)")
+    g.add_argument(
+        "--amazon-per-label",
+        type=int,
+        default=40,
+        help="reviews per star rating in the stratified Amazon sample checked (the sentiment task's --n-per-label)",
+    )
+    g.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="skip token lengths (no model files needed; the check is a WARN)",
+    )
     return p.parse_args(argv)
 
 
@@ -74,7 +92,9 @@ def ids_by_origin(name: str, texts: Texts) -> dict[str, dict[str, list[str]]]:
     return {name if len(groups) == 1 else f"{name} ({origin})": by_lang for origin, by_lang in groups.items()}
 
 
-def amazon_sample(languages, per_label: int, seed: int) -> tuple[dict[str, list[str]], dict[str, list[int]], str]:
+def amazon_sample(
+    languages, per_label: int, seed: int
+) -> tuple[dict[str, list[str]], dict[str, list[int]], str]:
     """(texts, stars 1-5, why absent) of the sentiment task's own stratified sample per language
     (tasks.stratified_sample), from the local HF cache when offline ({} when absent); a language
     with too few reviews of a star keeps all its reviews, so the balance check fails and names it."""
@@ -98,7 +118,10 @@ def amazon_sample(languages, per_label: int, seed: int) -> tuple[dict[str, list[
 def xquad_contexts(files: dict[str, dict]) -> dict[str, list[str]]:
     """Each language's distinct XQuAD contexts, in file order (questions repeat across a few items,
     so the contexts are the task's texts checked for counts, leaks, duplicates and language)."""
-    return {lang: list(dict.fromkeys(item["context"] for item in checks.xquad_items(squad))) for lang, squad in files.items()}
+    return {
+        lang: list(dict.fromkeys(item["context"] for item in checks.xquad_items(squad)))
+        for lang, squad in files.items()
+    }
 
 
 def main(argv=None):
@@ -113,14 +136,26 @@ def main(argv=None):
     chosen = {sid for lang in langs for sid in selection.ids[lang]}
     sib_langs = [lang for lang in langs if lang in set(sib200_languages())]
     sib_rows = {lang: read_sib200(lang) for lang in sib_langs}
-    sib_task = {lang: [r for r in rows if sib_id(r.index_id) not in chosen] for lang, rows in sib_rows.items()}
+    sib_task = {
+        lang: [r for r in rows if sib_id(r.index_id) not in chosen] for lang, rows in sib_rows.items()
+    }
     xquad = xquad_files(langs)
     amazon_texts, amazon, amazon_why = amazon_sample(langs, args.amazon_per_label, cfg.seed)
-    texts = {"selection": selection.by_language, "evaluation": evaluation.by_language,
-             "sib200": {lang: [r.text for r in rows] for lang, rows in sib_task.items()}}  # fmt: skip
-    texts |= {name: by_lang for name, by_lang in (("xquad", xquad_contexts(xquad)), ("amazon", amazon_texts)) if by_lang}
-    ids = {**ids_by_origin("selection", selection), **ids_by_origin("evaluation", evaluation),
-           "sib200": {lang: [sib_id(r.index_id) for r in rows] for lang, rows in sib_task.items()}}  # fmt: skip
+    texts = {
+        "selection": selection.by_language,
+        "evaluation": evaluation.by_language,
+        "sib200": {lang: [r.text for r in rows] for lang, rows in sib_task.items()},
+    }
+    texts |= {
+        name: by_lang
+        for name, by_lang in (("xquad", xquad_contexts(xquad)), ("amazon", amazon_texts))
+        if by_lang
+    }
+    ids = {
+        **ids_by_origin("selection", selection),
+        **ids_by_origin("evaluation", evaluation),
+        "sib200": {lang: [sib_id(r.index_id) for r in rows] for lang, rows in sib_task.items()},
+    }
 
     tok, why = None, "--no-tokenizer"
     if not args.no_tokenizer:
@@ -147,13 +182,21 @@ def main(argv=None):
     status = checks.worst([c.status for c in results])
     path = cfg.features_dir / "data_checks.json"
     save_json(
-        {"stage": "check_data", "status": status, "checks": [vars(c) for c in results], "config": cfg.describe(),
-         "sets": {k: {lang: len(v) for lang, v in s.items()} for k, s in texts.items()}, "data_source": selection.source,
-         "data": data_record(cfg, (selection, evaluation),
-                             {"qa": xquad, "topic": sib_rows, "sentiment": amazon}),
-         "versions": package_versions(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        {
+            "stage": "check_data",
+            "status": status,
+            "checks": [vars(c) for c in results],
+            "config": cfg.describe(),
+            "sets": {k: {lang: len(v) for lang, v in s.items()} for k, s in texts.items()},
+            "data_source": selection.source,
+            "data": data_record(
+                cfg, (selection, evaluation), {"qa": xquad, "topic": sib_rows, "sentiment": amazon}
+            ),
+            "versions": package_versions(),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
         path,
-    )  # fmt: skip
+    )
     print(checks.format_table(results))
     print(f"details: {path}")
     failed = [c.name for c in results if c.status == checks.FAIL]
@@ -169,7 +212,14 @@ def data_section(a: Artifacts) -> list[str]:
     checks = a.json("data_checks.json")
     if checks is None:
         return not_run("Data checks", a, None, "python check_data.py")
-    lines = ["## Data checks", "", f"Overall: **{checks['status']}** (details in `data_checks.json`).", "", "| check | status | summary |", "|---|---|---|"]
+    lines = [
+        "## Data checks",
+        "",
+        f"Overall: **{checks['status']}** (details in `data_checks.json`).",
+        "",
+        "| check | status | summary |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c['name']} | {c['status']} | {cell(c['summary'])} |" for c in checks["checks"]]
     return lines + [""]
 

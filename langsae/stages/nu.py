@@ -18,30 +18,70 @@ from __future__ import annotations
 import time
 
 from langsae import nu
+from langsae import section5 as s5lib
 from langsae.artifacts import config_hash, preflight
 from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.features import NU_DEFAULTS
 from langsae.forward import tokenize
-from langsae.model import check_layers, check_sae_ids, load_model, load_sae, load_tokenizer, model_config, neuronpedia_id, sae_config, sae_hook_names, sae_hook_points
+from langsae.model import (
+    check_layers,
+    check_sae_ids,
+    load_model,
+    load_sae,
+    load_tokenizer,
+    model_config,
+    neuronpedia_id,
+    sae_config,
+    sae_hook_names,
+    sae_hook_points,
+)
 from langsae.prefetch import Prefetcher
 from langsae.stages import Stage, finished
 from langsae.units import claim_batches, claim_file
-from langsae.verdicts import Claim, Artifacts, Evidence, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, img, layer_span, not_run, short, listing
-from langsae import section5 as s5lib
+from langsae.verdicts import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Artifacts,
+    Claim,
+    Evidence,
+    img,
+    layer_span,
+    listing,
+    not_run,
+    short,
+)
 
 
 def parse_args(argv):
     p = build_parser(__doc__)
     d = NU_DEFAULTS  # shared with the hints that remake this stage's results (features.nu_command)
-    p.add_argument("--top-k", type=int, default=d["top_k"],
-                   help="top features per language whose directions are saved for ablation")
-    p.add_argument("--control-pool", type=int, default=d["control_pool"],
-                   help="random live features per layer saved for control ablations")
-    p.add_argument("--weighting", choices=["token", "text"], default=d["weighting"],
-                   help="mu as a mean over tokens (paper) or over texts")
-    p.add_argument("--cache-gb", type=float, default=8.0, help="memory for cached SAE inputs; layers beyond it take another model pass")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=d["top_k"],
+        help="top features per language whose directions are saved for ablation",
+    )
+    p.add_argument(
+        "--control-pool",
+        type=int,
+        default=d["control_pool"],
+        help="random live features per layer saved for control ablations",
+    )
+    p.add_argument(
+        "--weighting",
+        choices=["token", "text"],
+        default=d["weighting"],
+        help="mu as a mean over tokens (paper) or over texts",
+    )
+    p.add_argument(
+        "--cache-gb",
+        type=float,
+        default=8.0,
+        help="memory for cached SAE inputs; layers beyond it take another model pass",
+    )
     return p.parse_args(argv)
 
 
@@ -89,17 +129,32 @@ def score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) -> 
                 sae = saes.take(L)  # each SAE is loaded once per run, in the prefetcher's thread
                 t_wait = time.time() - t0
                 layer = nu.score_layer(
-                    sae, inputs.by_layer.pop(L), weights, L, cfg.languages, args.top_k, args.control_pool,
-                    cfg.seed + L, sae_hook_names(sae_cfgs[L]), neuronpedia_id(cfg.preset, L),
-                )  # fmt: skip
+                    sae,
+                    inputs.by_layer.pop(L),
+                    weights,
+                    L,
+                    cfg.languages,
+                    args.top_k,
+                    args.control_pool,
+                    cfg.seed + L,
+                    sae_hook_names(sae_cfgs[L]),
+                    neuronpedia_id(cfg.preset, L),
+                )
                 del sae  # before the next take: then at most one more SAE is in memory, the one being read
-                done = {"config_hash": chash, "layer": L, "sae_id": cfg.sae_id(L), **layer.summary,
-                        "token_counts": token_counts}
+                done = {
+                    "config_hash": chash,
+                    "layer": L,
+                    "sae_id": cfg.sae_id(L),
+                    **layer.summary,
+                    "token_counts": token_counts,
+                }
                 nu.save_layer(cfg.features_dir, L, layer.files, layer.top20, done)
                 computed.append(L)
                 shared = list(layer.summary["shared_top5"].values())
-                print(f"layer {L}: done in {time.time() - t0:.1f}s (waited {t_wait:.1f}s for its SAE); "
-                      f"top-5 shared with another language: {shared}")
+                print(
+                    f"layer {L}: done in {time.time() - t0:.1f}s (waited {t_wait:.1f}s for its SAE); "
+                    f"top-5 shared with another language: {shared}"
+                )
             del inputs
     return computed
 
@@ -116,15 +171,24 @@ def main(argv=None):
     check_sae_ids(cfg.preset, layers)
     texts = load_texts(cfg.languages, "selection", cfg.n_texts_per_lang, cfg.split)
     flat_texts, lang_ids = texts.flat()
-    tokenizer = load_tokenizer(cfg.preset)  # before the weights: the position-0 rule depends on it and enters the hash
+    tokenizer = load_tokenizer(
+        cfg.preset
+    )  # before the weights: the position-0 rule depends on it and enters the hash
     settings = {
-        **cfg.key(), "texts_sha": config_hash({"t": flat_texts}), "data_source": texts.source,
-        "weighting": args.weighting, "position_0": nu.position_0_rule(tokenizer), "top_k": args.top_k,
-        "control_pool": args.control_pool, "seed": cfg.seed,
-    }  # fmt: skip
+        **cfg.key(),
+        "texts_sha": config_hash({"t": flat_texts}),
+        "data_source": texts.source,
+        "weighting": args.weighting,
+        "position_0": nu.position_0_rule(tokenizer),
+        "top_k": args.top_k,
+        "control_pool": args.control_pool,
+        "seed": cfg.seed,
+    }
     chash = config_hash(settings)
     pending = [L for L in layers if cfg.force or not nu.layer_done(cfg.features_dir, L, chash)]
-    print(f"run {cfg.run_name}: {len(layers) - len(pending)} of {len(layers)} layers already done -> {cfg.features_dir}")
+    print(
+        f"run {cfg.run_name}: {len(layers) - len(pending)} of {len(layers)} layers already done -> {cfg.features_dir}"
+    )
 
     computed = score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) if pending else []
 
@@ -133,7 +197,9 @@ def main(argv=None):
     print(f"meta.json: {len(meta['layers'])} layers; top-1 in no other language's top-5, per layer:")
     for L in meta["layers"]:
         excl = meta["exclusive_top1"][str(L)]
-        print(f"  layer {L:>2}: {sum(excl.values())}/{len(excl)}  shared top-5 {list(meta['shared_top5'][str(L)].values())}")
+        print(
+            f"  layer {L:>2}: {sum(excl.values())}/{len(excl)}  shared top-5 {list(meta['shared_top5'][str(L)].values())}"
+        )
     return finished(cfg, len(computed), len(layers) - len(computed), "layer")
 
 
@@ -156,8 +222,9 @@ def exclusive_top1(a: Artifacts) -> Evidence | None:
     shared = ", ".join(short(lang) for lang, v in excl.items() if not v) or "none"
     verdict = SUPPORTED if yes == n else NOT_SUPPORTED if yes <= n / 2 else INCONCLUSIVE
     where = "no Section 5 yet" if peak is None else "most common held-out peak"
-    by_layer = [(f"L{L}", sum(v.values()), f"{sum(v.values())}/{len(v)}")
-                for L, v in meta["exclusive_top1"].items()]
+    by_layer = [
+        (f"L{L}", sum(v.values()), f"{sum(v.values())}/{len(v)}") for L, v in meta["exclusive_top1"].items()
+    ]
     numbers = f"layer {layer} ({where}): exclusive top-1 for {yes}/{n}; shared: {shared}"
     return Evidence(numbers, f"by layer: {listing(by_layer, ', ')}", figure, verdict)
 
@@ -166,17 +233,38 @@ def nu_section(a: Artifacts) -> list[str]:
     meta = a.json("meta.json")
     if meta is None:
         return not_run("Stage 1: ν-scores", a, None, "python compute_nu_scores.py")
-    lines = ["## Stage 1: ν-scores", "", f"{len(meta['layers'])} layers, d_sae {meta.get('d_sae')}, position 0 {meta.get('position_0', '')}.", ""]
-    lines += ["| layer | languages with an exclusive top-1 | top-5 features shared with another language, per language |", "|---|---|---|"]
+    lines = [
+        "## Stage 1: ν-scores",
+        "",
+        f"{len(meta['layers'])} layers, d_sae {meta.get('d_sae')}, position 0 {meta.get('position_0', '')}.",
+        "",
+    ]
+    lines += [
+        "| layer | languages with an exclusive top-1 | top-5 features shared with another language, per language |",
+        "|---|---|---|",
+    ]
     for L in meta["layers"] if "exclusive_top1" in meta and "shared_top5" in meta else []:
         excl, shared = meta["exclusive_top1"][str(L)], meta["shared_top5"][str(L)]
-        lines.append(f"| {L} | {sum(excl.values())}/{len(excl)} | {', '.join(f'{short(k)} {v}' for k, v in shared.items())} |")
+        lines.append(
+            f"| {L} | {sum(excl.values())}/{len(excl)} | {', '.join(f'{short(k)} {v}' for k, v in shared.items())} |"
+        )
     lines.append("")
-    figs = sorted(p.name for p in (a.output_dir / "features").glob("*.png")) if (a.output_dir / "features").exists() else []
-    for name in [n for n in figs if n.startswith("figure1")] + ["topk_overlap.png", "top1_nu_by_layer.png", "nu_distributions.png"] + [n for n in figs if n.startswith("specificity")]:
+    figs = (
+        sorted(p.name for p in (a.output_dir / "features").glob("*.png"))
+        if (a.output_dir / "features").exists()
+        else []
+    )
+    for name in (
+        [n for n in figs if n.startswith("figure1")]
+        + ["topk_overlap.png", "top1_nu_by_layer.png", "nu_distributions.png"]
+        + [n for n in figs if n.startswith("specificity")]
+    ):
         lines += img(a, f"features/{name}", name.removesuffix(".png"))
     if a.figure("features/top_features.md"):
-        lines += ["Top features per layer and language, with Neuronpedia links: [features/top_features.md](features/top_features.md)", ""]
+        lines += [
+            "Top features per layer and language, with Neuronpedia links: [features/top_features.md](features/top_features.md)",
+            "",
+        ]
     return lines
 
 
@@ -184,7 +272,9 @@ def header_rows(a: Artifacts) -> list[tuple[str, str]]:
     """The ν stage's rows in the report's table of what made the run."""
     meta = a.json("meta.json") or {}
     cfg = meta.get("config", {})
-    settings = ", ".join(f"{k} {cfg[k]}" for k in ("weighting", "top_k", "control_pool", "dtype", "seed") if k in cfg)
+    settings = ", ".join(
+        f"{k} {cfg[k]}" for k in ("weighting", "top_k", "control_pool", "dtype", "seed") if k in cfg
+    )
     return [
         ("data (selection)", meta.get("data_source", "-")),
         ("languages", ", ".join(meta.get("languages", []))),
@@ -194,7 +284,12 @@ def header_rows(a: Artifacts) -> list[tuple[str, str]]:
 
 
 CLAIMS = (
-    Claim(6, "Each language's top-1 feature is its own (in no other language's top-5) at the dominant layer", "docs/method.md (shared-feature trap)", exclusive_top1),
+    Claim(
+        6,
+        "Each language's top-1 feature is its own (in no other language's top-5) at the dominant layer",
+        "docs/method.md (shared-feature trap)",
+        exclusive_top1,
+    ),
 )
 
 STAGE = Stage(

@@ -30,9 +30,24 @@ IGNORED = ("--device", "--dtype", "--batch-size", "--n-texts-per-lang", "--force
 def parse_args(argv):
     p = build_parser(__doc__, "every layer with ν results", ignored=IGNORED)
     g = p.add_argument_group("feature figures")
-    g.add_argument("--layer", type=int, default=None, help=f"layer of Figure 1 and the specificity heatmap; default {PAPER_LAYER} when computed, else the middle computed layer")
-    g.add_argument("--top-k", type=int, default=5, help="top features per language in Figure 1, the overlap and the specificity heatmap")
-    g.add_argument("--n-table", type=int, default=10, help="top features per language and layer in top_features.md (at most 20)")
+    g.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help=f"layer of Figure 1 and the specificity heatmap; default {PAPER_LAYER} when computed, else the middle computed layer",
+    )
+    g.add_argument(
+        "--top-k",
+        type=int,
+        default=5,
+        help="top features per language in Figure 1, the overlap and the specificity heatmap",
+    )
+    g.add_argument(
+        "--n-table",
+        type=int,
+        default=10,
+        help="top features per language and layer in top_features.md (at most 20)",
+    )
     return p.parse_args(argv)
 
 
@@ -63,16 +78,26 @@ def main(argv=None):
     if args.top_k < 1 or not 1 <= args.n_table <= 20:
         raise UserError("--top-k must be at least 1 and --n-table between 1 and 20")
     check_model_layers(cfg, args.layer)
-    nu = features.load_nu_results(cfg, cfg.layers, 1)  # refuses missing or stale ν results with the command that makes them
+    nu = features.load_nu_results(
+        cfg, cfg.layers, 1
+    )  # refuses missing or stale ν results with the command that makes them
     layers = sorted(nu.layers)
-    layer = args.layer if args.layer is not None else (PAPER_LAYER if PAPER_LAYER in layers else layers[len(layers) // 2])
+    layer = (
+        args.layer
+        if args.layer is not None
+        else (PAPER_LAYER if PAPER_LAYER in layers else layers[len(layers) // 2])
+    )
     if layer not in layers:
-        raise UserError(f"--layer {layer} has no ν results (computed: {layers}); run `{features.nu_command(cfg, [*layers, layer])}`")
+        raise UserError(
+            f"--layer {layer} has no ν results (computed: {layers}); run `{features.nu_command(cfg, [*layers, layer])}`"
+        )
     d_sae = int(nu.meta["d_sae"])
     if args.top_k > d_sae:
         raise UserError(f"--top-k {args.top_k} is larger than the SAE ({d_sae} features)")
     out = cfg.output_dir / "features"
-    remake = features.nu_command(cfg, layers, nu.top_k_saved, nu.meta.get("config"))  # named if a ν file is damaged
+    remake = features.nu_command(
+        cfg, layers, nu.top_k_saved, nu.meta.get("config")
+    )  # named if a ν file is damaged
     files = feature_figures.write_all(
         cfg.features_dir, out, layers, list(nu.languages), layer, args.top_k, args.n_table, cfg.seed, remake
     )
