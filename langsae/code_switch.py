@@ -62,7 +62,12 @@ PROBE_FILE = DATA_DIR / "code_switch.jsonl"
 NEUTRAL_TOKEN = "<|endoftext|>"  # Qwen3's document separator: the nearest thing it has to a BOS
 
 CASES = {
-    "prefix_feature": ("same_noun_after_prefix", "other_nouns_after_prefix", "same_noun_alone", "other_nouns_alone"),
+    "prefix_feature": (
+        "same_noun_after_prefix",
+        "other_nouns_after_prefix",
+        "same_noun_alone",
+        "other_nouns_alone",
+    ),
     "noun_feature": (
         "own_noun_after_own_prefix",
         "own_noun_after_foreign_prefix",
@@ -84,13 +89,24 @@ CONTRASTS = {
 EFFECT = "context_on_foreign_nouns"
 ALL_LANGUAGES = "mean"  # `language` of a row averaged over languages
 
+# Artifact names, declared once for the stage, its report section and any other reader.
+CACHE_DIR = "code_switching"  # in sae_features/<run>/: layer_<L>.pt + layer_<L>_done.json per layer
+ITEMS_FILE = "code_switching_items.csv"  # these three and the meta in sae_features/<run>/
+RESULTS_FILE = "code_switching_results.csv"
+HEATMAP_FILE = "code_switching_heatmap.csv"
+META_FILE = "code_switching_meta.json"
+# figure stems in output/<run>/ (+ .png/.pdf): one line figure per measure of CASES, and the heatmap
+LINE_FIGURES = {measure: f"code_switching_{measure}" for measure in CASES}
+HEATMAP_FIGURE = "code_switching_heatmap"
+
 
 # ----------------------------------------------------------------------------- probe set
 
 
 @dataclass(frozen=True)
 class ProbeSet:
-    """prefix[i][lang], noun[i][lang]: item i's sentence in `lang` is prefix + noun; concepts[i] names the noun."""
+    """prefix[i][lang], noun[i][lang]: item i's sentence in `lang` is prefix + noun; concepts[i] names
+    the noun."""
 
     languages: tuple[str, ...]
     concepts: tuple[str, ...]
@@ -105,12 +121,16 @@ def _read_items(path: Path) -> dict[int, dict[str, dict]]:
         raise UserError(f"code-switching probe set {path} not found")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
-        raise UserError(f"code-switching probe set {path} has no items; give a JSON-lines file with --probe-file")
+        raise UserError(
+            f"code-switching probe set {path} has no items; give a JSON-lines file with --probe-file"
+        )
     by_item: dict[int, dict[str, dict]] = {}
     for n, r in enumerate(rows, 1):
         s, a, b = r["sentence"], r["noun_start"], r["noun_end"]
         if s != r["prefix"] + r["noun"] or s[a:b] != r["noun"] or b != len(s) or not r["noun"].strip():
-            raise UserError(f"{path} line {n}: sentence must be prefix + noun, with the noun's character offsets")
+            raise UserError(
+                f"{path} line {n}: sentence must be prefix + noun, with the noun's character offsets"
+            )
         if unicodedata.normalize("NFC", s) != s:
             raise UserError(f"{path} line {n}: text is not in Unicode NFC form")
         if r["lang"] in by_item.setdefault(int(r["item"]), {}):
@@ -137,13 +157,17 @@ def load_probe_set(path: Path = PROBE_FILE, languages: Sequence[str] | None = No
     for i, item in sorted(by_item.items()):
         missing = [lang for lang in languages if lang not in item]
         if missing:
-            raise UserError(f"code-switching item {i} has no {', '.join(missing)} in {path}; its languages: {', '.join(sorted(item))}")
+            raise UserError(
+                f"code-switching item {i} has no {', '.join(missing)} in {path}; "
+                f"its languages: {', '.join(sorted(item))}"
+            )
     items = [by_item[i] for i in sorted(by_item)]
     return ProbeSet(
-        languages, tuple(next(iter(it.values()))["concept"] for it in items),
+        languages,
+        tuple(next(iter(it.values()))["concept"] for it in items),
         tuple({lang: it[lang]["prefix"] for lang in languages} for it in items),
         tuple({lang: it[lang]["noun"] for lang in languages} for it in items),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -190,7 +214,9 @@ def neutral_start(tokenizer) -> tuple[list[int], str]:
     if tid is not None and tid != tokenizer.unk_token_id:
         return [tid], repr(NEUTRAL_TOKEN)
     if tokenizer.eos_token_id is None:
-        raise UserError("the tokenizer has no BOS, no <|endoftext|> and no EOS token to start a noun standing alone")
+        raise UserError(
+            "the tokenizer has no BOS, no <|endoftext|> and no EOS token to start a noun standing alone"
+        )
     return [tokenizer.eos_token_id], f"the EOS token {tokenizer.eos_token!r}"
 
 
@@ -276,7 +302,9 @@ def noun_activations(
 # ----------------------------------------------------------------------------- measures
 
 
-def per_item_values(acts: np.ndarray, probes: Sequence[Probe], languages: Sequence[str], n_items: int) -> dict[str, np.ndarray]:
+def per_item_values(
+    acts: np.ndarray, probes: Sequence[Probe], languages: Sequence[str], n_items: int
+) -> dict[str, np.ndarray]:
     """Every case of CASES from one layer's noun activations, per item and language.
 
     acts: [n_probes, K], column k = language k's feature. Returns {case: [n_items, K]}, column =
@@ -305,7 +333,9 @@ def per_item_values(acts: np.ndarray, probes: Sequence[Probe], languages: Sequen
     }
 
 
-def pair_matrices(acts: np.ndarray, probes: Sequence[Probe], languages: Sequence[str], n_items: int) -> dict[str, np.ndarray]:
+def pair_matrices(
+    acts: np.ndarray, probes: Sequence[Probe], languages: Sequence[str], n_items: int
+) -> dict[str, np.ndarray]:
     """Heatmap data of one layer: {"prefix_feature" | "noun_feature": [n_items, X, Y]}, the prefix
     language X's (or the noun language Y's) feature on Y's noun after X's prefix."""
     K = len(languages)
@@ -333,7 +363,9 @@ class Measures:
     n_items: int
 
 
-def measures(values: dict[int, dict[str, np.ndarray]], languages: Sequence[str], seed: int, n_boot: int = stats.N_BOOT) -> Measures:
+def measures(
+    values: dict[int, dict[str, np.ndarray]], languages: Sequence[str], seed: int, n_boot: int = stats.N_BOOT
+) -> Measures:
     """values[layer][case]: [n_items, K] (from `per_item_values`). One bootstrap plan over items, shared by
     every language, layer and case, so contrasts and means over languages stay paired."""
     layers = sorted(values)
@@ -343,7 +375,9 @@ def measures(values: dict[int, dict[str, np.ndarray]], languages: Sequence[str],
     groups = np.tile(np.arange(K), n_items)
     plan = stats.JointBootstrap(item_ids, groups, K, seed, n_boot)
     names = [c for cases in CASES.values() for c in dict.fromkeys(cases)]
-    cols = np.stack([np.stack([values[L][c].reshape(-1) for L in layers], axis=1) for c in names], axis=1)  # [N, C, layers]
+    cols = np.stack(
+        [np.stack([values[L][c].reshape(-1) for L in layers], axis=1) for c in names], axis=1
+    )  # [N, C, layers]
     res = plan.means(cols.reshape(len(item_ids), -1))
     point = res.point.reshape(K, len(names), len(layers))
     reps = res.reps.reshape(res.reps.shape[0], K, len(names), len(layers))
@@ -354,7 +388,11 @@ def measures(values: dict[int, dict[str, np.ndarray]], languages: Sequence[str],
 
 
 def measure_of(name: str) -> str:
-    return next(m for m, cases in CASES.items() if name in cases) if name not in CONTRASTS else CONTRASTS[name][0]
+    return (
+        next(m for m, cases in CASES.items() if name in cases)
+        if name not in CONTRASTS
+        else CONTRASTS[name][0]
+    )
 
 
 def effect_layer(m: Measures) -> tuple[int, dict[int, float]]:
@@ -378,20 +416,40 @@ def result_rows(m: Measures, features: dict[int, list[int]]) -> list[dict]:
         mlow, mhigh = mean.interval()
         for li, L in enumerate(m.layers):
             for k, lang in enumerate(m.languages):
-                rows.append({
-                    "layer": L, "measure": measure_of(name), "kind": kind, "case": name, "language": lang,
-                    "feature": features[L][k], "value": float(r.point[k, li]), "ci_low": float(low[k, li]),
-                    "ci_high": float(high[k, li]), "n_items": m.n_items,
-                })  # fmt: skip
-            rows.append({
-                "layer": L, "measure": measure_of(name), "kind": kind, "case": name, "language": ALL_LANGUAGES,
-                "feature": "", "value": float(mean.point[li]), "ci_low": float(mlow[li]), "ci_high": float(mhigh[li]),
-                "n_items": m.n_items,
-            })  # fmt: skip
+                rows.append(
+                    {
+                        "layer": L,
+                        "measure": measure_of(name),
+                        "kind": kind,
+                        "case": name,
+                        "language": lang,
+                        "feature": features[L][k],
+                        "value": float(r.point[k, li]),
+                        "ci_low": float(low[k, li]),
+                        "ci_high": float(high[k, li]),
+                        "n_items": m.n_items,
+                    }
+                )
+            rows.append(
+                {
+                    "layer": L,
+                    "measure": measure_of(name),
+                    "kind": kind,
+                    "case": name,
+                    "language": ALL_LANGUAGES,
+                    "feature": "",
+                    "value": float(mean.point[li]),
+                    "ci_low": float(mlow[li]),
+                    "ci_high": float(mhigh[li]),
+                    "n_items": m.n_items,
+                }
+            )
     return rows
 
 
-def heatmap_rows(pairs: dict[str, np.ndarray], languages: Sequence[str], layer: int, seed: int, n_boot: int = stats.N_BOOT) -> list[dict]:
+def heatmap_rows(
+    pairs: dict[str, np.ndarray], languages: Sequence[str], layer: int, seed: int, n_boot: int = stats.N_BOOT
+) -> list[dict]:
     """Per prefix language X and noun language Y at one layer: mean over items of each measure's
     feature on Y's noun after X's prefix, with a CI over items. pairs: from `pair_matrices`."""
     rows = []
@@ -403,14 +461,28 @@ def heatmap_rows(pairs: dict[str, np.ndarray], languages: Sequence[str], layer: 
         for x in range(K):
             for y in range(K):
                 q = x * K + y
-                rows.append({
-                    "layer": layer, "measure": measure, "prefix_lang": languages[x], "noun_lang": languages[y],
-                    "value": float(r.point[q]), "ci_low": float(low[q]), "ci_high": float(high[q]), "n_items": n_items,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "layer": layer,
+                        "measure": measure,
+                        "prefix_lang": languages[x],
+                        "noun_lang": languages[y],
+                        "value": float(r.point[q]),
+                        "ci_low": float(low[q]),
+                        "ci_high": float(high[q]),
+                        "n_items": n_items,
+                    }
+                )
     return rows
 
 
-def item_rows(acts: dict[int, torch.Tensor], probes: Sequence[Probe], tokens: ProbeTokens, ps: ProbeSet, features: dict[int, list[int]]) -> list[dict]:
+def item_rows(
+    acts: dict[int, torch.Tensor],
+    probes: Sequence[Probe],
+    tokens: ProbeTokens,
+    ps: ProbeSet,
+    features: dict[int, list[int]],
+) -> list[dict]:
     """Per-text values behind every number: one row per layer x probe x feature language (the prefix's
     and the noun's). `text` is after_prefix or alone; an alone row's prefix_lang names the text its
     noun ids were cut from, so (item, prefix_lang, noun_lang) finds both sides of a pair, and
@@ -422,11 +494,20 @@ def item_rows(acts: dict[int, torch.Tensor], probes: Sequence[Probe], tokens: Pr
         for j, p in enumerate(probes):
             noun_ids = " ".join(str(tokens.token_ids[j][q]) for q in tokens.noun_positions[j])
             for lang in dict.fromkeys([p.prefix_lang, p.noun_lang]):
-                rows.append({
-                    "layer": L, "item": p.item, "concept": ps.concepts[p.item],
-                    "text": "alone" if p.alone else "after_prefix", "prefix_lang": p.prefix_lang,
-                    "noun_lang": p.noun_lang, "feature_lang": lang, "feature": features[L][li[lang]],
-                    "activation": float(a[j, li[lang]]), "noun_token_ids": noun_ids,
-                    "n_noun_tokens": len(tokens.noun_positions[j]), "straddles": int(tokens.straddles[j]),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "layer": L,
+                        "item": p.item,
+                        "concept": ps.concepts[p.item],
+                        "text": "alone" if p.alone else "after_prefix",
+                        "prefix_lang": p.prefix_lang,
+                        "noun_lang": p.noun_lang,
+                        "feature_lang": lang,
+                        "feature": features[L][li[lang]],
+                        "activation": float(a[j, li[lang]]),
+                        "noun_token_ids": noun_ids,
+                        "n_noun_tokens": len(tokens.noun_positions[j]),
+                        "straddles": int(tokens.straddles[j]),
+                    }
+                )
     return rows
