@@ -90,3 +90,43 @@ def test_the_checker_catches_broken_links():
         "x.md: stages.md#no-such-heading (no heading #no-such-heading)",
         "x.md: ../../outside.md (outside the repository)",
     ]
+
+
+def readme_example_stage() -> str:
+    """The stage module printed in README.md's "Adding a stage or a model"."""
+    section = (ROOT / "README.md").read_text().split("## Adding a stage", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_stage_is_one_module_and_one_line(small_toy, tmp_path, monkeypatch):
+    """The README's example, as printed, runs in the pipeline: it writes its counts (checked against a
+    recount with the toy's tokenizer) and a meta under its one name, and its section reaches REPORT.md."""
+    import json
+    import sys
+    import types
+
+    import run_pipeline
+    from langsae import stages
+    from langsae.cli import run_main
+    from langsae.config import PRESETS
+    from langsae.data import load_texts
+    from langsae.model import load_tokenizer
+
+    module = types.ModuleType("langsae.stages.token_counts")
+    exec(compile(readme_example_stage(), "token_counts.py", "exec"), module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(stages, "STAGE_MODULES", (*stages.STAGE_MODULES, "token_counts"))  # the one line
+    monkeypatch.setattr(run_pipeline, "STAGES", stages.registry())
+    run = tmp_path / "run"
+    assert run_main(run_pipeline.main, ["--model", "toy", "--out-dir", str(run), "--stages", "token-counts"]) == 0
+
+    counts = json.loads((run / "token_counts.json").read_text())
+    tok = load_tokenizer(PRESETS["toy"])
+    texts = load_texts(tuple(counts), "evaluation", 10)
+    for lang, n in counts.items():
+        assert n == sum(len(tok(t)["input_ids"]) for t in texts.by_language[lang]) > 0
+    assert json.loads((run / "token_counts_meta.json").read_text())["stage"] == "token-counts"
+    report = (run / "figures" / "REPORT.md").read_text()
+    assert "## Token counts" in report and all(f"| {lang} | {n} |" in report for lang, n in counts.items())
+    rows = json.loads((run / run_pipeline.TIMINGS_FILE).read_text())["stages"]
+    assert [(r["stage"], r["status"], r["computed"]) for r in rows] == [("token-counts", "done", len(counts))]

@@ -151,3 +151,19 @@ def test_without_flags_drops_a_flag_in_either_spelling_and_keeps_the_rest():
     argv = ["--layers", "1,2", "--model", "toy", "--layers=3", "--seed", "1", "--layers-extra", "x"]
     kept = ["--model", "toy", "--seed", "1", "--layers-extra", "x"]
     assert run_pipeline.without_flags(argv, ("--layers",)) == kept
+
+
+def test_python_m_langsae_stages_runs_a_stage_by_its_name(monkeypatch, capsys):
+    """`python -m langsae.stages <name> [flags]`: the name picks the stage, the flags go to its main."""
+    import langsae.stages.__main__ as by_name
+    from langsae import stages
+
+    assert run_main(by_name.main, ["--help"]) == 0
+    assert all(s.name in capsys.readouterr().out for s in stages.registry())
+    assert run_main(by_name.main, ["no-such-stage"]) == 2
+    assert "unknown stage 'no-such-stage'" in capsys.readouterr().err
+    seen = []
+    fake = [dataclasses.replace(s, main=lambda argv, n=s.name: seen.append((n, argv))) for s in stages.registry()]
+    monkeypatch.setattr(by_name, "registry", lambda: fake)
+    assert run_main(by_name.main, ["steering", "--model", "toy"]) == 0
+    assert seen == [("steering", ["--model", "toy"])]
