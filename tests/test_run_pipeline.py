@@ -159,7 +159,8 @@ def test_python_m_langsae_stages_runs_a_stage_by_its_name(monkeypatch, capsys):
     from langsae import stages
 
     assert run_main(by_name.main, ["--help"]) == 0
-    assert all(s.name in capsys.readouterr().out for s in stages.registry())
+    listed = capsys.readouterr().out
+    assert all(s.name in listed for s in stages.registry())
     assert run_main(by_name.main, ["no-such-stage"]) == 2
     assert "unknown stage 'no-such-stage'" in capsys.readouterr().err
     seen = []
