@@ -23,8 +23,15 @@ from langsae.config import RunConfig
 from langsae.errors import UserError
 from langsae.features import stage_command
 from langsae.stats import (
-    N_BOOT, Estimate, JointBootstrap, Resampled, argmax_frequency, format_interval, mean_over_draws,
-    ratio_estimate, split_halves,
+    N_BOOT,
+    Estimate,
+    JointBootstrap,
+    Resampled,
+    argmax_frequency,
+    format_interval,
+    mean_over_draws,
+    ratio_estimate,
+    split_halves,
 )
 from langsae.sweep import NO_LANGUAGE, RANDOM, SweepResult, feature_set_name
 
@@ -68,10 +75,25 @@ SUMMARY_FILE, META_FILE = summary_file(), meta_file()  # the default mode's, whi
 FIGURE5_PNG, FIGURE6_PNG = f"{FIGURE5}.png", f"{FIGURE6}.png"  # the report's images
 
 RESULTS_COLUMNS = [
-    "layer", "ablated_lang", "features", "mode", "eval_lang", "delta_ce", "ci_low", "ci_high",
-    "n_texts", "n_tokens", "draw", "n_features", "feature_ids",
-]  # fmt: skip
+    "layer",
+    "ablated_lang",
+    "features",
+    "mode",
+    "eval_lang",
+    "delta_ce",
+    "ci_low",
+    "ci_high",
+    "n_texts",
+    "n_tokens",
+    "draw",
+    "n_features",
+    "feature_ids",
+]
 SCRIPT = "reproduce_figures_section5.py"
+# How the sweep stages' intervals resample (their metas' "bootstrap" records): sentence ids, and
+# the random control's draws as well.
+RESAMPLING = "sentence ids with replacement, one draw shared by all languages"
+RANDOM_RESAMPLING = "draws resampled with replacement as well as sentence ids"
 PEAK_RULE = (
     "per language, the layer maximising own-text mean ΔCE of its top-1..k set on half A of the "
     "sentence ids (seeded split); every summary value is measured on half B"
@@ -139,13 +161,23 @@ def results_rows(result: SweepResult, seed: int, n_boot: int = N_BOOT) -> list[d
     rows = []
     for i, c in enumerate(result.conditions):
         for g, lang in langs:
-            rows.append({
-                "layer": c.layer, "ablated_lang": c.ablated_lang, "features": c.features, "mode": c.mode,
-                "eval_lang": lang, "delta_ce": float(means.m.point[g, i]), "ci_low": float(low[g, i]), "ci_high": float(high[g, i]),
-                "n_texts": len(members[g]), "n_tokens": n_tokens[g],
-                "draw": "" if c.draw is None else c.draw, "n_features": len(c.feature_ids),
-                "feature_ids": "+".join(map(str, c.feature_ids)),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "layer": c.layer,
+                    "ablated_lang": c.ablated_lang,
+                    "features": c.features,
+                    "mode": c.mode,
+                    "eval_lang": lang,
+                    "delta_ce": float(means.m.point[g, i]),
+                    "ci_low": float(low[g, i]),
+                    "ci_high": float(high[g, i]),
+                    "n_texts": len(members[g]),
+                    "n_tokens": n_tokens[g],
+                    "draw": "" if c.draw is None else c.draw,
+                    "n_features": len(c.feature_ids),
+                    "feature_ids": "+".join(map(str, c.feature_ids)),
+                }
+            )
     return rows
 
 
@@ -180,7 +212,9 @@ def _cols(name: str, est: Estimate, ci: str | None = None) -> dict:
 NAN = Estimate(math.nan, math.nan, math.nan)
 
 
-def figure5_rows(result, languages: Sequence[str], layers: Sequence[int], top_k: int, seed: int, n_boot: int = N_BOOT) -> list[dict]:
+def figure5_rows(
+    result, languages: Sequence[str], layers: Sequence[int], top_k: int, seed: int, n_boot: int = N_BOOT
+) -> list[dict]:
     """Figure 5 data: per language, layer and feature set (top1, and top1+..+k when k > 1), the
     series self, others, and two controls on the language's own texts: `other_lang_features`
     (mean over the other languages' features of the same set) and `random` (k random live
@@ -197,14 +231,17 @@ def figure5_rows(result, languages: Sequence[str], layers: Sequence[int], top_k:
                 rows.append(_row(means.on([lang], L, lang, fs).estimate(), **keys, series="self"))
                 if others:
                     rows.append(_row(means.on(others, L, lang, fs).estimate(), **keys, series="others"))
-                    rows.append(_row(means.foreign(lang, L, others, fs).estimate(), **keys, series="other_lang_features"))
+                    foreign = means.foreign(lang, L, others, fs).estimate()
+                    rows.append(_row(foreign, **keys, series="other_lang_features"))
                 rand = means.random(lang, L, k)
                 if rand is not None:
                     rows.append(_row(rand.estimate(), **keys, series="random"))
     return rows
 
 
-def figure6_rows(result, languages: Sequence[str], layers: Sequence[int], top_k: int, seed: int, n_boot: int = N_BOOT) -> list[dict]:
+def figure6_rows(
+    result, languages: Sequence[str], layers: Sequence[int], top_k: int, seed: int, n_boot: int = N_BOOT
+) -> list[dict]:
     """Figure 6 data: per language and layer, on its own texts ("self") and on the others,
     ΔCE of each single top feature, of all together, and synergy = Δ(all) − Σ Δ(single)
     (paired per text), with joint-bootstrap CIs."""
@@ -218,9 +255,10 @@ def figure6_rows(result, languages: Sequence[str], layers: Sequence[int], top_k:
             for where, evals in (("self", [lang]), ("others", _others(languages, lang))):
                 if not evals:
                     continue
+                keys = {"language": lang, "layer": L, "eval": where}
                 for name in names:
-                    rows.append(_row(means.on(evals, L, lang, name).estimate(), language=lang, layer=L, eval=where, quantity=name))
-                rows.append(_row(means.synergy(evals, L, lang, top_k).estimate(), language=lang, layer=L, eval=where, quantity="synergy"))
+                    rows.append(_row(means.on(evals, L, lang, name).estimate(), **keys, quantity=name))
+                rows.append(_row(means.synergy(evals, L, lang, top_k).estimate(), **keys, quantity="synergy"))
     return rows
 
 
@@ -232,11 +270,14 @@ def _peak_frequency(layers: Sequence[int], freq: np.ndarray) -> dict:
         return {"peak_frequency": "", "modal_peak_layer": "", "modal_peak_share": math.nan}
     return {
         "peak_frequency": ";".join(f"{layers[i]}:{freq[i]:.3f}" for i in order),
-        "modal_peak_layer": layers[order[0]], "modal_peak_share": float(freq[order[0]]),
-    }  # fmt: skip
+        "modal_peak_layer": layers[order[0]],
+        "modal_peak_share": float(freq[order[0]]),
+    }
 
 
-def summary_rows(result, languages: Sequence[str], layers: Sequence[int], top_k: int, seed: int, n_boot: int = N_BOOT) -> list[dict]:
+def summary_rows(
+    result, languages: Sequence[str], layers: Sequence[int], top_k: int, seed: int, n_boot: int = N_BOOT
+) -> list[dict]:
     """Per language, at its held-out peak layer: self and others ΔCE, specificity, synergy, controls.
 
     The sentence ids are split in two with the seed (stats.split_halves). The peak layer is the
@@ -259,22 +300,43 @@ def summary_rows(result, languages: Sequence[str], layers: Sequence[int], top_k:
         peak = layers[int(np.nanargmax(selection))] if np.isfinite(selection).any() else layers[0]
         others = _others(languages, lang)
         row = {
-            "language": lang, "peak_layer": peak, "features": fs,
+            "language": lang,
+            "peak_layer": peak,
+            "features": fs,
             **_peak_frequency(layers, argmax_frequency(everything.by_layer(lang, layers, fs))),
-            "peak_selection_half_n": select.n_texts(lang), "report_half_n": report.n_texts(lang),
-        }  # fmt: skip
+            "peak_selection_half_n": select.n_texts(lang),
+            "report_half_n": report.n_texts(lang),
+        }
         own = report.on([lang], peak, lang, fs)
         row.update(_cols("self_delta_ce", own.estimate(), "self"))
         if others:
             rest = report.on(others, peak, lang, fs)
             ratio, unbounded = ratio_estimate(own, rest)
-            row.update(_cols("others_delta_ce", rest.estimate(), "others"), **_cols("specificity_diff", (own - rest).estimate()))
+            row.update(
+                _cols("others_delta_ce", rest.estimate(), "others"),
+                **_cols("specificity_diff", (own - rest).estimate()),
+            )
             row.update(_cols("specificity", ratio), specificity_ratio_unbounded=unbounded)
-            row.update(_cols("other_lang_features_delta_ce", report.foreign(lang, peak, others, fs).estimate(), "other_lang_features"))
+            row.update(
+                _cols(
+                    "other_lang_features_delta_ce",
+                    report.foreign(lang, peak, others, fs).estimate(),
+                    "other_lang_features",
+                )
+            )
         else:
-            row.update(_cols("others_delta_ce", NAN, "others"), **_cols("specificity_diff", NAN), **_cols("specificity", NAN))
-            row.update(specificity_ratio_unbounded=False, **_cols("other_lang_features_delta_ce", NAN, "other_lang_features"))
-        row.update(_cols("synergy", report.synergy([lang], peak, lang, top_k).estimate() if top_k > 1 else NAN))
+            row.update(
+                _cols("others_delta_ce", NAN, "others"),
+                **_cols("specificity_diff", NAN),
+                **_cols("specificity", NAN),
+            )
+            row.update(
+                specificity_ratio_unbounded=False,
+                **_cols("other_lang_features_delta_ce", NAN, "other_lang_features"),
+            )
+        row.update(
+            _cols("synergy", report.synergy([lang], peak, lang, top_k).estimate() if top_k > 1 else NAN)
+        )
         rand = report.random(lang, peak, top_k)
         row.update(_cols("random_delta_ce", rand.estimate() if rand is not None else NAN, "random"))
         row["random_draws"] = len(result.random_draws(peak, top_k))
@@ -304,9 +366,9 @@ def format_summary(rows: Sequence[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['language']:<10}{r['peak_layer']:>5}{float(r['modal_peak_share']):>7.2f}  {ci(r, 'self_delta_ce', 'self'):<26}"
-            f"{ci(r, 'specificity_diff'):<26}{ratio(r):>11}  {ci(r, 'synergy'):<26}{ci(r, 'random_delta_ce', 'random'):<26}"
-            f"{r['shared_with'] or '-'}"
+            f"{r['language']:<10}{r['peak_layer']:>5}{float(r['modal_peak_share']):>7.2f}  "
+            f"{ci(r, 'self_delta_ce', 'self'):<26}{ci(r, 'specificity_diff'):<26}{ratio(r):>11}  "
+            f"{ci(r, 'synergy'):<26}{ci(r, 'random_delta_ce', 'random'):<26}{r['shared_with'] or '-'}"
         )
     lines.append(
         "peak: chosen on half A of the sentences, all values measured on half B; share: how often the "
@@ -318,16 +380,19 @@ def format_summary(rows: Sequence[dict]) -> str:
 def load_peaks(cfg: RunConfig, store_settings: dict, mode: str, n_texts: int) -> dict[str, int]:
     """Each language's held-out peak layer from the Section 5 summary of this run, refused when
     missing or made from other settings (model, evaluation texts, nu run, mode)."""
-    suffix = "" if mode == "directional" else f"_{mode}"
-    meta_path, summary_path = Path(cfg.features_dir) / f"section5_meta{suffix}.json", Path(cfg.features_dir) / f"section5_summary{suffix}.csv"
+    fdir = Path(cfg.features_dir)
+    meta_path, summary_path = fdir / meta_file(mode), fdir / summary_file(mode)
     command = stage_command(SCRIPT, cfg, f"--n-texts {n_texts}", f"--mode {mode}")
     if not meta_path.exists() or not summary_path.exists():
-        raise UserError(f"no Section 5 summary in {cfg.features_dir} (its held-out peak layers are needed); run `{command}` first")
+        raise UserError(
+            f"no Section 5 summary in {fdir} (its held-out peak layers are needed); run `{command}` first"
+        )
     meta = read_json(meta_path, command)
     with open(summary_path, newline="") as f:
         peaks = {r["language"]: int(r["peak_layer"]) for r in csv.DictReader(f)}
-    if meta.get("settings") != store_settings or meta.get("mode") != mode or not set(cfg.languages) <= set(peaks):
-        raise UserError(f"the Section 5 summary in {cfg.features_dir} was made with other settings; run `{command}`")
+    same = meta.get("settings") == store_settings and meta.get("mode") == mode
+    if not same or not set(cfg.languages) <= set(peaks):
+        raise UserError(f"the Section 5 summary in {fdir} was made with other settings; run `{command}`")
     return {lang: peaks[lang] for lang in cfg.languages}
 
 

@@ -5,7 +5,8 @@ measures every condition on the evaluation texts (disjoint from the selection te
 each language's top-1..k features singly and together, k random live features (seeded draws
 from the saved control pool), at each layer, on every language's texts. Writes:
   sae_features/<run>/ablation_results.csv     one row per condition x evaluation language
-  sae_features/<run>/ablation/                per-text CEs: baseline once, each condition keyed by a config hash
+  sae_features/<run>/ablation/                per-text CEs: baseline once, each condition keyed by a
+                                              config hash
   sae_features/<run>/figure5_data.csv, figure6_data.csv, section5_summary.csv, section5_meta.json
   output/<run>/figure5.{png,pdf}, figure6.{png,pdf}   (feature mode: figure5_feature.*, ...)
 Finished conditions are skipped on a rerun (--force recomputes).
@@ -15,15 +16,35 @@ from __future__ import annotations
 
 from typing import Sequence
 
-
-from langsae import features, plots, section5, stats, sweep
-from langsae.artifacts import package_versions, preflight, save_csv, save_json
+from langsae import features, plots, stats, sweep
+from langsae import section5 as s5lib
+from langsae.artifacts import preflight, save_csv
 from langsae.config import build_parser, resolve
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished
-from langsae.verdicts import Claim, Artifacts, Evidence, INCONCLUSIVE, N_LISTED, SUPPORTED, by_lang, combine, frequency_verdict, img, interval_of, interval_verdict, layer_span, not_run, num, short, listing, table
-from langsae import section5 as s5lib
+from langsae.stages import Stage, finished, write_meta
+from langsae.verdicts import (
+    INCONCLUSIVE,
+    N_LISTED,
+    SUPPORTED,
+    Artifacts,
+    Claim,
+    Evidence,
+    by_lang,
+    combine,
+    frequency_verdict,
+    img,
+    interval_of,
+    interval_verdict,
+    layer_span,
+    listing,
+    not_run,
+    num,
+    short,
+    table,
+)
+
+STAGE_NAME = "section5"
 
 
 def parse_args(argv):
@@ -44,39 +65,55 @@ def main(argv=None):
     conditions = sweep.sweep_conditions(nu, languages, args.mode, args.top_k, args.random_draws, cfg.seed)
     setup = sweep.open_sweep(cfg, nu, n_texts)
     evalset, settings = setup.evalset, setup.settings
-    print(f"run {cfg.run_name}: {len(conditions)} conditions ({args.mode}) at layers {layers} x {len(languages)} languages x {n_texts} texts")
+    print(
+        f"run {cfg.run_name}: {len(conditions)} conditions ({args.mode}) at layers {layers} "
+        f"x {len(languages)} languages x {n_texts} texts"
+    )
     result = setup.run(nu, conditions, cfg, args.rows_per_forward)
     print(f"{result.computed} conditions computed, {result.cached} read from the cache")
 
-    suffix = "" if args.mode == "directional" else f"_{args.mode}"
-    fdir = cfg.features_dir
-    section5.write_results(section5.results_rows(result, cfg.seed), fdir / "ablation_results.csv", args.mode)
-    fig5 = section5.figure5_rows(result, languages, layers, args.top_k, cfg.seed)
-    fig6 = section5.figure6_rows(result, languages, layers, args.top_k, cfg.seed)
-    summary = section5.summary_rows(result, languages, layers, args.top_k, cfg.seed)
-    save_csv(fig5, fdir / f"figure5_data{suffix}.csv")
+    fdir, mode = cfg.features_dir, args.mode
+    results_path = fdir / s5lib.RESULTS_FILE
+    s5lib.write_results(s5lib.results_rows(result, cfg.seed), results_path, mode)
+    fig5 = s5lib.figure5_rows(result, languages, layers, args.top_k, cfg.seed)
+    fig6 = s5lib.figure6_rows(result, languages, layers, args.top_k, cfg.seed)
+    summary = s5lib.summary_rows(result, languages, layers, args.top_k, cfg.seed)
+    save_csv(fig5, fdir / s5lib.figure5_data_file(mode))
     if fig6:
-        save_csv(fig6, fdir / f"figure6_data{suffix}.csv")
-    save_csv(summary, fdir / f"section5_summary{suffix}.csv")
+        save_csv(fig6, fdir / s5lib.figure6_data_file(mode))
+    save_csv(summary, fdir / s5lib.summary_file(mode))
     peaks = {r["language"]: r["peak_layer"] for r in summary}
-    figures = plots.figure5(fig5, languages, cfg.output_dir / f"figure5{suffix}", args.mode, peaks)
+    figures = plots.figure5(
+        fig5, languages, cfg.output_dir / s5lib.figure_stem(s5lib.FIGURE5, mode), mode, peaks
+    )
     if fig6:
-        figures += plots.figure6(fig6, languages, cfg.output_dir / f"figure6{suffix}", args.mode, peaks)
-    save_json(
-        {"stage": "reproduce_figures_section5", "settings": settings, "config": cfg.describe(), "mode": args.mode, "top_k": args.top_k,
-         "random_draws": args.random_draws, "n_texts_per_lang": n_texts, "layers": layers, "languages": languages,
-         "eval_source": evalset.source, "n_conditions": len(conditions), "seed": cfg.seed,
-         "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
-                       "resampling": "sentence ids with replacement, one draw shared by all languages",
-                       "random_control": "draws resampled with replacement as well as sentence ids"},
-         "split_seed": cfg.seed, "peak_rule": section5.PEAK_RULE,
-         "n_sentence_ids": len(set(evalset.sentence_ids.tolist())),
-         "figures": [str(f) for f in figures], "data": data_record(cfg, ("evaluation",)),
-         "versions": package_versions()},
-        fdir / f"section5_meta{suffix}.json",
-    )  # fmt: skip
-    print(section5.format_summary(summary))
-    print(f"results: {fdir / 'ablation_results.csv'}; figures: {cfg.output_dir}")
+        figures += plots.figure6(
+            fig6, languages, cfg.output_dir / s5lib.figure_stem(s5lib.FIGURE6, mode), mode, peaks
+        )
+    bootstrap = stats.bootstrap_record(cfg.seed, s5lib.RESAMPLING, random_control=s5lib.RANDOM_RESAMPLING)
+    write_meta(
+        fdir / s5lib.meta_file(mode),
+        cfg,
+        STAGE_NAME,
+        settings,
+        figures,
+        mode=mode,
+        top_k=args.top_k,
+        random_draws=args.random_draws,
+        n_texts_per_lang=n_texts,
+        layers=layers,
+        languages=languages,
+        eval_source=evalset.source,
+        n_conditions=len(conditions),
+        seed=cfg.seed,
+        bootstrap=bootstrap,
+        split_seed=cfg.seed,
+        peak_rule=s5lib.PEAK_RULE,
+        n_sentence_ids=len(set(evalset.sentence_ids.tolist())),
+        data=data_record(cfg, ("evaluation",)),
+    )
+    print(s5lib.format_summary(summary))
+    print(f"results: {results_path}; figures: {cfg.output_dir}")
     return finished(cfg, result.computed, result.cached, "conditions")
 
 
@@ -107,7 +144,7 @@ def _peak_claim(a: Artifacts, layer: int, languages: Sequence[str] | None, how: 
     if s5 is None:
         return None
     rows, meta = s5
-    figure = a.figure("figure5.png")
+    figure = a.figure(s5lib.FIGURE5_PNG)
     if languages is not None:
         missing = [lang for lang in languages if lang not in {r["language"] for r in rows}]
         if missing:
@@ -143,14 +180,16 @@ def hurts_mainly_target(a: Artifacts) -> Evidence | None:
         return None
     rows, _ = s5
     own = [interval_of(r, "self_delta_ce", "self") for r in rows]
-    beyond_random = [interval_verdict(o, interval_of(r, "random_delta_ce", "random")) for o, r in zip(own, rows)]
+    beyond_random = [
+        interval_verdict(o, interval_of(r, "random_delta_ce", "random")) for o, r in zip(own, rows)
+    ]
     specific = [interval_verdict(interval_of(r, "specificity_diff")) for r in rows]
     verdicts = [combine([v, b], "every") for v, b in zip(specific, beyond_random)]
     numbers = f"self − others ΔCE at the peak: {by_lang(rows, lambda r: interval_of(r, 'specificity_diff'))}"
     control = f"own ΔCE beyond k random live features in {beyond_random.count(SUPPORTED)}/{len(rows)}"
     verdict = combine(verdicts, "most")
     numbers = f"{verdicts.count(SUPPORTED)}/{len(rows)} languages supported. {numbers}"
-    return Evidence(numbers, control, a.figure("figure5.png"), verdict)
+    return Evidence(numbers, control, a.figure(s5lib.FIGURE5_PNG), verdict)
 
 
 def own_features_beat_others(a: Artifacts) -> Evidence | None:
@@ -168,7 +207,7 @@ def own_features_beat_others(a: Artifacts) -> Evidence | None:
     verdicts = [interval_verdict(own(r), other(r)) for r in rows]
     numbers = f"{verdicts.count(SUPPORTED)}/{len(rows)} languages supported; own: {by_lang(rows, own)}"
     control = f"other languages' features: {by_lang(rows, other)}"
-    return Evidence(numbers, control, a.figure("figure5.png"), combine(verdicts, "most"))
+    return Evidence(numbers, control, a.figure(s5lib.FIGURE5_PNG), combine(verdicts, "most"))
 
 
 def some_synergy(a: Artifacts) -> Evidence | None:
@@ -182,30 +221,56 @@ def some_synergy(a: Artifacts) -> Evidence | None:
     sub = sum(interval_verdict(interval_of(r, "synergy"), direction=-1) == SUPPORTED for r in rows)
     spread = by_lang(rows, lambda r: interval_of(r, "synergy"))
     numbers = f"synergy > 0 in {verdicts.count(SUPPORTED)}/{len(rows)}, < 0 (sub-additive) in {sub}: {spread}"
-    return Evidence(numbers, "none: synergy is a paired difference of the same texts' ΔCEs", a.figure("figure6.png"), combine(verdicts, "some"))
+    return Evidence(
+        numbers,
+        "none: synergy is a paired difference of the same texts' ΔCEs",
+        a.figure(s5lib.FIGURE6_PNG),
+        combine(verdicts, "some"),
+    )
 
 
 def section5_section(a: Artifacts) -> list[str]:
     s5 = s5lib.summary(a)
     if s5 is None:
-        return not_run("Stage 2: Section 5 (ΔCE)", a, None, "python reproduce_figures_section5.py")
+        return not_run("Stage 2: Section 5 (ΔCE)", a, None, f"python {s5lib.SCRIPT}")
     rows, meta = s5
-    lines = ["## Stage 2: Section 5 (ΔCE)", "", f"{meta['mode']} ablation, {meta['n_texts_per_lang']} evaluation texts per language, layers {meta['layers']}. {meta['peak_rule']}.", ""]
-    lines += img(a, "figure5.png", "Figure 5") + img(a, "figure6.png", "Figure 6")
-    head = ["language", "held-out peak (share)", "share of resamples by peak layer", "self ΔCE [95% CI]",
-            "self − others [95% CI]", "synergy [95% CI]", "random k [95% CI]", "other languages' features",
-            "shared top-k with"]
+    lines = [
+        "## Stage 2: Section 5 (ΔCE)",
+        "",
+        f"{meta['mode']} ablation, {meta['n_texts_per_lang']} evaluation texts per language, "
+        f"layers {meta['layers']}. {meta['peak_rule']}.",
+        "",
+    ]
+    lines += img(a, s5lib.FIGURE5_PNG, "Figure 5") + img(a, s5lib.FIGURE6_PNG, "Figure 6")
+    head = [
+        "language",
+        "held-out peak (share)",
+        "share of resamples by peak layer",
+        "self ΔCE [95% CI]",
+        "self − others [95% CI]",
+        "synergy [95% CI]",
+        "random k [95% CI]",
+        "other languages' features",
+        "shared top-k with",
+    ]
 
-    def by_share(r: dict) -> str:
-        return ", ".join(f"{L} {v:.2f}" for L, v in sorted(_peak_shares(r).items(), key=lambda x: -x[1]))
+    return lines + table(head, [_table_row(r) for r in rows])
 
-    return lines + table(head, [
-        (r["language"], f"{r['peak_layer']} ({num(r, 'modal_peak_share'):.2f})", by_share(r),
-         interval_of(r, "self_delta_ce", "self"), interval_of(r, "specificity_diff"), interval_of(r, "synergy"),
-         interval_of(r, "random_delta_ce", "random"), interval_of(r, "other_lang_features_delta_ce", "other_lang_features"),
-         r["shared_with"] or "-")
-        for r in rows
-    ])
+
+def _table_row(r: dict) -> tuple:
+    """One language's row of the section's table (columns as its head)."""
+    by_share = sorted(_peak_shares(r).items(), key=lambda x: -x[1])
+    return (
+        r["language"],
+        f"{r['peak_layer']} ({num(r, 'modal_peak_share'):.2f})",
+        ", ".join(f"{L} {v:.2f}" for L, v in by_share),
+        interval_of(r, "self_delta_ce", "self"),
+        interval_of(r, "specificity_diff"),
+        interval_of(r, "synergy"),
+        interval_of(r, "random_delta_ce", "random"),
+        interval_of(r, "other_lang_features_delta_ce", "other_lang_features"),
+        r["shared_with"] or "-",
+    )
 
 
 def header_rows(a: Artifacts) -> list[tuple[str, str]]:
@@ -222,16 +287,38 @@ def header_rows(a: Artifacts) -> list[tuple[str, str]]:
 
 
 CLAIMS = (
-    Claim(1, "Layer 10 is the dominant language-specificity layer (most languages peak there)", "seed reproduction", layer10_dominant),
+    Claim(
+        1,
+        "Layer 10 is the dominant language-specificity layer (most languages peak there)",
+        "seed reproduction",
+        layer10_dominant,
+    ),
     Claim(2, "Korean and Thai peak at layer 0", "seed reproduction", korean_thai_layer0),
-    Claim(3, "Ablating a language's top features hurts mainly that language (self − others > 0, and beyond random features), for most languages", "paper (Sec. 5)", hurts_mainly_target),
-    Claim(4, "A language's own top features hurt it more than other languages' top features do, for most languages", "docs/method.md (control)", own_features_beat_others),
-    Claim(5, "Some languages show synergy: ablating top-1+2 together hurts more than the sum of each alone", "paper (Fig. 6)", some_synergy),
+    Claim(
+        3,
+        "Ablating a language's top features hurts mainly that language (self − others > 0, and beyond "
+        "random features), for most languages",
+        "paper (Sec. 5)",
+        hurts_mainly_target,
+    ),
+    Claim(
+        4,
+        "A language's own top features hurt it more than other languages' top features do, "
+        "for most languages",
+        "docs/method.md (control)",
+        own_features_beat_others,
+    ),
+    Claim(
+        5,
+        "Some languages show synergy: ablating top-1+2 together hurts more than the sum of each alone",
+        "paper (Fig. 6)",
+        some_synergy,
+    ),
 )
 
 STAGE = Stage(
-    "section5",
-    "reproduce_figures_section5.py",
+    STAGE_NAME,
+    s5lib.SCRIPT,
     "Sec. 5, Fig. 5, 6",
     main,
     claims=CLAIMS,
