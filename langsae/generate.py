@@ -38,7 +38,8 @@ DEFAULT_ROWS = 64  # rows (items x conditions) per forward
 
 
 class Edit(Protocol):
-    """What a condition does to the model: `apply(out [B, T, d], sublayer_input [B, T, d_in]) -> [B, T, d]` at `hook`."""
+    """What a condition does to the model at `hook`:
+    `apply(out [B, T, d], sublayer_input [B, T, d_in]) -> [B, T, d]`."""
 
     hook: HookPoint
 
@@ -108,9 +109,13 @@ def _generation_config(max_new_tokens: int, stop_ids: Sequence[int], pad_id: int
 
     # a fresh config: the model's own (e.g. Qwen3's sampling defaults) must not leak in
     return GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, use_cache=True,
-        eos_token_id=list(stop_ids), pad_token_id=pad_id,
-    )  # fmt: skip
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        use_cache=True,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+    )
 
 
 def cut_at_stop(tokens: Sequence[int], stop_ids: set[int] | frozenset[int]) -> list[int]:
@@ -157,7 +162,9 @@ def greedy_generate(
         n = len(group)
         with stack(model, group, len(idx)), fp32_lm_head(model):
             gen = model.generate(
-                input_ids=ids.repeat(n, 1).to(dev), attention_mask=mask.repeat(n, 1).to(dev), generation_config=config
+                input_ids=ids.repeat(n, 1).to(dev),
+                attention_mask=mask.repeat(n, 1).to(dev),
+                generation_config=config,
             )
         new = gen[:, ids.shape[1] :].cpu().tolist()
         for c in range(n):
@@ -200,7 +207,11 @@ def continuation_logprobs(
     for k, p in enumerate(prompts):
         pairs_of.setdefault(tuple(p), []).append(k)
     _, per_group = _chunks(len(prompts), len(edits), rows_per_forward)
-    work = [(chunk, g) for chunk in _prompt_chunks(pairs_of, rows_per_forward // per_group) for g in range(0, len(edits), per_group)]
+    work = [
+        (chunk, g)
+        for chunk in _prompt_chunks(pairs_of, rows_per_forward // per_group)
+        for g in range(0, len(edits), per_group)
+    ]
     for chunk, g in tqdm(work, desc=desc, unit="batch", leave=False):
         group = list(edits[g : g + per_group])
         sums = _score_chunk(model, head, chunk, pairs_of, continuations, group, pad_id, stack)
@@ -209,7 +220,8 @@ def continuation_logprobs(
 
 
 def _prompt_chunks(pairs_of: dict[tuple[int, ...], list[int]], max_pairs: int) -> list[list[tuple[int, ...]]]:
-    """Distinct prompts, longest first (less padding), in chunks of at most max_pairs pairs (at least one prompt)."""
+    """Distinct prompts, longest first (less padding), in chunks of at most max_pairs pairs (at least one
+    prompt)."""
     chunks, current, used = [], [], 0
     for p in sorted(pairs_of, key=len, reverse=True):
         if current and used + len(pairs_of[p]) > max_pairs:
@@ -226,15 +238,21 @@ def _score_chunk(model, head, chunk, pairs_of, continuations, group, pad_id, sta
     n = len(group)
     ids, mask = left_pad(chunk, pad_id)  # [B, P]; the last column is every prompt's last token
     B = len(chunk)
-    rows = [(i, k) for i, p in enumerate(chunk) for k in pairs_of[p]]  # (prompt row, pair) per continuation row
+    rows = [
+        (i, k) for i, p in enumerate(chunk) for k in pairs_of[p]
+    ]  # (prompt row, pair) per continuation row
     conts = [list(continuations[k]) for _, k in rows]
     width = max(len(c) for c in conts)
     with stack(model, group, B):
         first = model.model(
-            input_ids=ids.repeat(n, 1).to(dev), attention_mask=mask.repeat(n, 1).to(dev),
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).repeat(n, 1).to(dev), use_cache=width > 1,
-        )  # fmt: skip
-    src = torch.tensor([c * B + i for c in range(n) for i, _ in rows])  # the prompt row of each (condition, continuation) row
+            input_ids=ids.repeat(n, 1).to(dev),
+            attention_mask=mask.repeat(n, 1).to(dev),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).repeat(n, 1).to(dev),
+            use_cache=width > 1,
+        )
+    src = torch.tensor(
+        [c * B + i for c in range(n) for i, _ in rows]
+    )  # the prompt row of each (condition, continuation) row
     hidden = [first.last_hidden_state[src.to(dev), -1][:, None]]  # predicts each continuation's first token
     if width > 1:  # the continuations but their last token, on copies of their prompt's cache
         prompt_rows = [i for i, _ in rows]
@@ -248,15 +266,23 @@ def _score_chunk(model, head, chunk, pairs_of, continuations, group, pad_id, sta
         cache.reorder_cache(src.to(dev))
         with stack(model, group, len(rows)):
             rest = model.model(
-                input_ids=c_ids.repeat(n, 1).to(dev), attention_mask=torch.cat([mask[prompt_rows], c_mask], 1).repeat(n, 1).to(dev),
-                position_ids=positions.repeat(n, 1).to(dev), past_key_values=cache, use_cache=True,
-            ).last_hidden_state  # fmt: skip
+                input_ids=c_ids.repeat(n, 1).to(dev),
+                attention_mask=torch.cat([mask[prompt_rows], c_mask], 1).repeat(n, 1).to(dev),
+                position_ids=positions.repeat(n, 1).to(dev),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
         hidden.append(rest)
     hidden = torch.cat(hidden, 1)  # [n * rows, width, d]: position j predicts continuation token j
     r_idx = [c * len(rows) + r for c in range(n) for r, cont in enumerate(conts) for _ in cont]
     j_idx = [j for _ in range(n) for cont in conts for j in range(len(cont))]
     targets = torch.tensor([t for _ in range(n) for cont in conts for t in cont], device=dev)
-    logp = torch.log_softmax(logits_from_hidden(model, hidden[torch.tensor(r_idx, device=dev), torch.tensor(j_idx, device=dev)], head), dim=-1)
+    logp = torch.log_softmax(
+        logits_from_hidden(
+            model, hidden[torch.tensor(r_idx, device=dev), torch.tensor(j_idx, device=dev)], head
+        ),
+        dim=-1,
+    )
     tok = logp.gather(1, targets[:, None])[:, 0].double().cpu()
     sums = torch.zeros(n * len(rows), dtype=torch.float64).index_add_(0, torch.tensor(r_idx), tok)
     return sums.view(n, len(rows)).numpy()

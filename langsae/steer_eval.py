@@ -41,7 +41,14 @@ from langsae.controls import random_draw
 from langsae.data import Texts
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, eos_token_ids, greedy_generate, stop_token_ids
-from langsae.steering import Gate, Steering, SteeringVectors, make_gate, random_direction_like, stacked_steering
+from langsae.steering import (
+    Gate,
+    Steering,
+    SteeringVectors,
+    make_gate,
+    random_direction_like,
+    stacked_steering,
+)
 from langsae.units import UnitStore
 
 TASKS = ("lid", "continuation", "collateral")
@@ -53,7 +60,9 @@ DRAWN = (RANDOM_DIR, RANDOM_GATE)  # methods with seeded random draws
 # The prompt; PROMPT_VERSION is part of every cache key, so editing it invalidates old results.
 # 2: answers stop at every EOS id of the model, greedy argmax of the fp32 head, whole-word name parser.
 PROMPT_VERSION = 2
-LID_PROMPT = "Text: {text}\nQuestion: In which language is the text above written?\nAnswer: The text is written in"
+LID_PROMPT = (
+    "Text: {text}\nQuestion: In which language is the text above written?\nAnswer: The text is written in"
+)
 
 # FLORES+ code -> (English name, native names...); whole words after NFC and casefold (`named_language`).
 LANGUAGE_NAMES = {
@@ -70,17 +79,48 @@ LANGUAGE_NAMES = {
     "deu_Latn": ("German", "deutsch"),
     "ita_Latn": ("Italian", "italiano"),
     "rus_Cyrl": ("Russian", "русский"),
-}  # fmt: skip
+}
+
+# The stage's artifacts (sae_features/<run>/; the figures in output/<run>/ as <stem>.{png,pdf}): the stage
+# writes them, its claim and report section read them, by these names only.
+RESULTS_FILE, SUMMARY_FILE, META_FILE = "steering_results.csv", "steering_summary.json", "steering_meta.json"
+FIGURE_TASKS = ("lid", "continuation")  # the tasks with a success rate: one figure of each kind per task
+SUCCESS_FIGURE, TRADEOFF_FIGURE = "steering_{task}_success", "steering_{task}_tradeoff"  # figure stems
+
+
+def figure_names() -> list[str]:
+    """Every figure (.png) the stage can write, in name order: the report shows those that exist."""
+    return sorted(
+        f"{kind.format(task=t)}.png" for t in FIGURE_TASKS for kind in (SUCCESS_FIGURE, TRADEOFF_FIGURE)
+    )
+
 
 RESULTS_COLUMNS = [
-    "task", "source", "target", "layer", "n_layers", "method", "alpha", "draw", "metric", "value", "ci_low", "ci_high", "n",
-]  # fmt: skip
-METRICS = {"lid": ("success", "target_logprob"), "continuation": ("success", "degenerate_rate"), "collateral": ("delta_ce",)}
+    "task",
+    "source",
+    "target",
+    "layer",
+    "n_layers",
+    "method",
+    "alpha",
+    "draw",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+]
+METRICS = {
+    "lid": ("success", "target_logprob"),
+    "continuation": ("success", "degenerate_rate"),
+    "collateral": ("delta_ce",),
+}
 BEST_RULE = (
-    "per task, source, target, layer, layer count and method: among the alphas whose collateral delta_ce (mean over the "
-    "languages other than source and target) is at most the budget on half A of the sentence ids, the one with the highest "
-    "success on half A (ties: the smallest |alpha|); its success and collateral are reported on half B, with 95% bootstrap "
-    "intervals over half B's sentence ids (jointly across languages; random draws resampled)"
+    "per task, source, target, layer, layer count and method: among the alphas whose collateral delta_ce "
+    "(mean over the languages other than source and target) is at most the budget on half A of the sentence "
+    "ids, the one with the highest success on half A (ties: the smallest |alpha|); its success and "
+    "collateral are reported on half B, with 95% bootstrap intervals over half B's sentence ids (jointly "
+    "across languages; random draws resampled)"
 )
 
 
@@ -94,16 +134,19 @@ def english_name(code: str) -> str:
 # standing alone ("English", "Thai") is read as the language: in an answer to LID_PROMPT it names one.
 NOT_LANGUAGES = (
     "ประเทศไทย",  # Thailand ("country" + Thai): Thai writes words without spaces, so no boundary keeps it out
-    "คนไทย", "ชาวไทย",  # Thai people
+    "คนไทย",
+    "ชาวไทย",  # Thai people
     "العربية السعودية",  # (the Kingdom of) Saudi Arabia
     "الإمارات العربية",  # the United Arab Emirates
     "الدول العربية",  # the Arab states
-)  # fmt: skip
+)
 
 # Scripts that write words without spaces (CJK, Thai and its neighbours), and Hangul, whose particles
-# attach to the word before them ("한국어로", in Korean): a name in these scripts needs no boundary on that side.
+# attach to the word before them ("한국어로", in Korean): a name in these scripts needs no boundary on
+# that side.
 _UNSPACED = tuple("CJK IDEOGRAPHIC HIRAGANA KATAKANA THAI LAO KHMER MYANMAR HANGUL".split()) + (
-    "HALFWIDTH KATAKANA", "HALFWIDTH HANGUL",
+    "HALFWIDTH KATAKANA",
+    "HALFWIDTH HANGUL",
 )
 
 
@@ -175,18 +218,31 @@ class SteerCondition:
         """File stem of this condition's unit (the source is the folder)."""
         if self.method == NONE:
             return f"{self.target}_none"
-        return f"{self.target}_L{self.layer}x{self.n_layers}_{self.method}{'' if self.draw is None else self.draw}_a{self.alpha:g}"
+        draw = "" if self.draw is None else self.draw
+        return f"{self.target}_L{self.layer}x{self.n_layers}_{self.method}{draw}_a{self.alpha:g}"
 
     def key(self) -> dict:
-        return {"method": self.method, "source": self.source, "target": self.target, "layer": self.layer,
-                "n_layers": self.n_layers, "alpha": self.alpha, "draw": self.draw}  # fmt: skip
+        return {
+            "method": self.method,
+            "source": self.source,
+            "target": self.target,
+            "layer": self.layer,
+            "n_layers": self.n_layers,
+            "alpha": self.alpha,
+            "draw": self.draw,
+        }
 
 
 def conditions_for(
-    source: str, targets: Sequence[str], layers: Sequence[int], n_layers: Sequence[int], alphas: Sequence[float],
-    methods: Sequence[str], random_draws: int,
+    source: str,
+    targets: Sequence[str],
+    layers: Sequence[int],
+    n_layers: Sequence[int],
+    alphas: Sequence[float],
+    methods: Sequence[str],
+    random_draws: int,
 ) -> list[SteerCondition]:
-    """Per target: no steering, then per layer, layer count, method, (draw) and alpha one condition."""  # fmt: skip
+    """Per target: no steering, then per layer, layer count, method, (draw) and alpha one condition."""
     out = []
     for t in targets:
         if t == source:
@@ -215,11 +271,15 @@ def gate_features(c: SteerCondition, nu: NuResults, gate_k: int, seed: int) -> t
 
 
 def build_edits(
-    conditions: Sequence[SteerCondition], vectors: dict[int, SteeringVectors], nu: NuResults, gate_k: int, seed: int,
+    conditions: Sequence[SteerCondition],
+    vectors: dict[int, SteeringVectors],
+    nu: NuResults,
+    gate_k: int,
+    seed: int,
     device: str | torch.device = "cpu",
 ) -> list[Steering | None]:
     """One-row Steering per condition (None for `none`), for `steering.stacked_steering`. The gated conditions
-    of a layer share one encoder (one `make_gate` over all of their feature sets)."""  # fmt: skip
+    of a layer share one encoder (one `make_gate` over all of their feature sets)."""
     gated = [c for c in conditions if c.method in (GATED, RANDOM_GATE)]
     gates: dict[SteerCondition, Gate] = {}
     for L in sorted({c.layer for c in gated}):
@@ -233,7 +293,10 @@ def build_edits(
             continue
         per_layer = [vectors[L].vector(c.source, c.target) for L in range(c.layer, c.layer + c.n_layers)]
         if c.method == RANDOM_DIR:
-            per_layer = [random_direction_like(v, _seed(seed, c.source, c.target, L, c.draw)) for L, v in zip(range(c.layer, c.layer + c.n_layers), per_layer)]
+            per_layer = [
+                random_direction_like(v, _seed(seed, c.source, c.target, L, c.draw))
+                for L, v in zip(range(c.layer, c.layer + c.n_layers), per_layer)
+            ]
         v = torch.stack(per_layer)[None].to(device)  # [1, n, d]
         out.append(Steering(c.layer, v, torch.tensor([c.alpha], device=device), gates.get(c)))
     return out
@@ -254,78 +317,151 @@ def lid_prompt(text: str) -> str:
     return LID_PROMPT.format(text=text)
 
 
-def lid_records(model, tokenizer, texts, ids, conditions, edits, s: TaskSettings, desc: str) -> list[list[dict]]:
+def lid_records(
+    model, tokenizer, texts, ids, conditions, edits, s: TaskSettings, desc: str
+) -> list[list[dict]]:
     """[C][N] per-item records of the language-identification task."""
     prompts = [tokenizer(lid_prompt(t))["input_ids"] for t in texts]
     stops = stop_token_ids(tokenizer, model)
-    gens = greedy_generate(model, prompts, edits, stops, s.pad_id, s.lid_max_new_tokens,
-                           s.rows_per_forward, f"{desc}: generate", stack=stacked_steering)  # fmt: skip
+    gens = greedy_generate(
+        model,
+        prompts,
+        edits,
+        stops,
+        s.pad_id,
+        s.lid_max_new_tokens,
+        s.rows_per_forward,
+        f"{desc}: generate",
+        stack=stacked_steering,
+    )
     logprob = np.full((len(conditions), len(prompts)), np.nan)
-    for target in dict.fromkeys(c.target for c in conditions):  # one engine call per target name, its conditions stacked
+    for target in dict.fromkeys(
+        c.target for c in conditions
+    ):  # one engine call per target name, its conditions stacked
         rows = [c for c, cond in enumerate(conditions) if cond.target == target]
         name = tokenizer(" " + english_name(target), add_special_tokens=False)["input_ids"]
-        logprob[rows] = continuation_logprobs(model, prompts, [name] * len(prompts), [edits[c] for c in rows], s.pad_id,
-                                              s.rows_per_forward, f"{desc}: log-prob", stack=stacked_steering)  # fmt: skip
+        logprob[rows] = continuation_logprobs(
+            model,
+            prompts,
+            [name] * len(prompts),
+            [edits[c] for c in rows],
+            s.pad_id,
+            s.rows_per_forward,
+            f"{desc}: log-prob",
+            stack=stacked_steering,
+        )
     out = []
     for c, cond in enumerate(conditions):
         recs = []
         for i, sid in enumerate(ids):
             answer = tokenizer.decode(gens[c][i], skip_special_tokens=True)
             pred = named_language(answer)
-            recs.append({"id": sid, "answer": answer, "predicted": pred, "success": pred == cond.target, "target_logprob": float(logprob[c, i])})
+            recs.append(
+                {
+                    "id": sid,
+                    "answer": answer,
+                    "predicted": pred,
+                    "success": pred == cond.target,
+                    "target_logprob": float(logprob[c, i]),
+                }
+            )
         out.append(recs)
     return out
 
 
-def continuation_records(model, tokenizer, texts, ids, conditions, edits, s: TaskSettings, desc: str) -> list[list[dict]]:
+def continuation_records(
+    model, tokenizer, texts, ids, conditions, edits, s: TaskSettings, desc: str
+) -> list[list[dict]]:
     """[C][N] per-item records of the cross-lingual continuation task."""
     from langsae.langid import identify
 
     prompts = [tokenizer(t)["input_ids"] for t in texts]
     stops = eos_token_ids(model, tokenizer)  # EOS only, newlines do not end a continuation
-    gens = greedy_generate(model, prompts, edits, stops, s.pad_id, s.max_new_tokens, s.rows_per_forward,
-                           f"{desc}: generate", stack=stacked_steering)  # fmt: skip
+    gens = greedy_generate(
+        model,
+        prompts,
+        edits,
+        stops,
+        s.pad_id,
+        s.max_new_tokens,
+        s.rows_per_forward,
+        f"{desc}: generate",
+        stack=stacked_steering,
+    )
     out = []
     for c, cond in enumerate(conditions):
         conts = [tokenizer.decode(g, skip_special_tokens=True) for g in gens[c]]
         content = [[t for t in g if t not in stops] for g in gens[c]]
         preds = identify(conts)
-        out.append([
-            {"id": sid, "continuation": text, "n_new_tokens": len(gens[c][i]), "predicted": pred, "success": pred == cond.target,
-             "degenerate": is_degenerate(content[i], text)}
-            for i, (sid, text, pred) in enumerate(zip(ids, conts, preds))
-        ])  # fmt: skip
+        out.append(
+            [
+                {
+                    "id": sid,
+                    "continuation": text,
+                    "n_new_tokens": len(gens[c][i]),
+                    "predicted": pred,
+                    "success": pred == cond.target,
+                    "degenerate": is_degenerate(content[i], text),
+                }
+                for i, (sid, text, pred) in enumerate(zip(ids, conts, preds))
+            ]
+        )
     return out
 
 
-def collateral_records(model, tokenizer, evaluation: Texts, source: str, conditions, edits, s: TaskSettings, desc: str) -> list[list[dict]]:
-    """[C][N] per-text mean next-token CE (fp32 head) of the evaluation texts of every language but the source
-    under each condition: the engine's continuation log-probability of tokens 1.. after token 0, over their count."""
+def collateral_records(
+    model, tokenizer, evaluation: Texts, source: str, conditions, edits, s: TaskSettings, desc: str
+) -> list[list[dict]]:
+    """[C][N] per-text mean next-token CE (fp32 head) of the evaluation texts of every language but the
+    source under each condition: the engine's continuation log-probability of tokens 1.. after token 0,
+    over their count."""
     langs, sids, toks = [], [], []
     for lang in (x for x in evaluation.languages if x != source):
         for sid, t in zip(evaluation.ids[lang], evaluation.by_language[lang]):
             ids = tokenizer(t)["input_ids"]
             if len(ids) >= 2:
                 langs.append(lang), sids.append(sid), toks.append(ids)
-    lp = continuation_logprobs(model, [t[:1] for t in toks], [t[1:] for t in toks], edits, s.pad_id, s.rows_per_forward,
-                               f"{desc}: CE", stack=stacked_steering)  # fmt: skip
+    lp = continuation_logprobs(
+        model,
+        [t[:1] for t in toks],
+        [t[1:] for t in toks],
+        edits,
+        s.pad_id,
+        s.rows_per_forward,
+        f"{desc}: CE",
+        stack=stacked_steering,
+    )
     return [
-        [{"lang": lang, "id": sid, "ce": float(-lp[c, i] / (len(toks[i]) - 1))} for i, (lang, sid) in enumerate(zip(langs, sids))]
+        [
+            {"lang": lang, "id": sid, "ce": float(-lp[c, i] / (len(toks[i]) - 1))}
+            for i, (lang, sid) in enumerate(zip(langs, sids))
+        ]
         for c in range(len(conditions))
     ]
 
 
 def run_units(
-    task: str, source: str, conditions: Sequence[SteerCondition], compute, store: UnitStore, what: dict, n_items: int | None, force: bool,
+    task: str,
+    source: str,
+    conditions: Sequence[SteerCondition],
+    compute,
+    store: UnitStore,
+    what: dict,
+    n_items: int | None,
+    force: bool,
 ) -> tuple[dict[SteerCondition, list[dict]], int, int]:
     """Per-item records of every condition's unit of (task, source), computing only the unfinished ones, all
     together: compute(todo conditions) -> [C][N] records. what: everything else the records depend on
     (task settings, vectors' and nu's hashes, gate k, seed). Units are claimed (langsae.units): those
-    another live process holds are waited for. Returns (records, n computed, n cached)."""  # fmt: skip
+    another live process holds are waited for. Returns (records, n computed, n cached)."""
     by_unit = {c.unit(): c for c in conditions}
-    units = [(c.unit(), store.key({**what, "task": task, **c.key()}), {"task": task, **c.key()}) for c in conditions]
-    out, n_computed = store.run(task, source, units, lambda todo: compute([by_unit[u] for u, _, _ in todo]),
-                                n_items, force)  # fmt: skip
+    units = [
+        (c.unit(), store.key({**what, "task": task, **c.key()}), {"task": task, **c.key()})
+        for c in conditions
+    ]
+    out, n_computed = store.run(
+        task, source, units, lambda todo: compute([by_unit[u] for u, _, _ in todo]), n_items, force
+    )
     return {c: out[c.unit()] for c in conditions}, n_computed, len(conditions) - n_computed
 
 
@@ -336,7 +472,9 @@ def _draws(est: list[stats.Resampled], seed: int) -> stats.Resampled:
     """One estimate, or the mean over random draws (their replicates resample draws too)."""
     if len(est) == 1:
         return est[0]
-    return stats.mean_over_draws(stats.Resampled(np.array([e.point for e in est]), np.stack([e.reps for e in est], -1)), seed)
+    return stats.mean_over_draws(
+        stats.Resampled(np.array([e.point for e in est]), np.stack([e.reps for e in est], -1)), seed
+    )
 
 
 class Evaluator:
@@ -365,7 +503,8 @@ class Evaluator:
         return self._mean(lang, {r["id"]: float(r[key]) for r in records})
 
     def collateral(self, records: list[dict], base: list[dict], target: str) -> stats.Resampled:
-        """Mean over the recorded languages but `target` of their mean per-text ΔCE (steered − unsteered, paired by text)."""
+        """Mean over the recorded languages but `target` of their mean per-text ΔCE (steered − unsteered,
+        paired by text)."""
         ref = {(r["lang"], r["id"]): r["ce"] for r in base}
         per_lang: dict[str, dict[str, float]] = {}
         for r in records:
@@ -377,10 +516,14 @@ class Evaluator:
             return stats.Resampled(np.array(math.nan), np.full(self.plan.n_boot, math.nan))
         return stats.Resampled(np.mean([p.point for p in per]), np.mean([p.reps for p in per], axis=0))
 
-    def metric(self, task: str, metric: str, records: list[dict], base: list[dict] | None, c: SteerCondition) -> stats.Resampled:
+    def metric(
+        self, task: str, metric: str, records: list[dict], base: list[dict] | None, c: SteerCondition
+    ) -> stats.Resampled:
         if task == "collateral":
             return self.collateral(records, base, c.target)
-        key = {"success": "success", "target_logprob": "target_logprob", "degenerate_rate": "degenerate"}[metric]
+        key = {"success": "success", "target_logprob": "target_logprob", "degenerate_rate": "degenerate"}[
+            metric
+        ]
         return self.item_mean(records, key, c.source)
 
 
@@ -393,26 +536,45 @@ def _cells(conditions: Sequence[SteerCondition]) -> dict[tuple, list[SteerCondit
 
 
 def results_rows(
-    records: dict[str, dict[SteerCondition, list[dict]]], conditions: Sequence[SteerCondition], ev: Evaluator, seed: int
+    records: dict[str, dict[SteerCondition, list[dict]]],
+    conditions: Sequence[SteerCondition],
+    ev: Evaluator,
+    seed: int,
 ) -> list[dict]:
-    """The tidy table (RESULTS_COLUMNS): per task, condition (and mean over draws) and metric, the value and its CI.
-    records: task -> condition -> per-item records."""
+    """The tidy table (RESULTS_COLUMNS): per task, condition (and mean over draws) and metric, the value and
+    its CI. records: task -> condition -> per-item records."""
     rows = []
     for task, by_cond in records.items():
         for (method, source, target, layer, n, alpha), members in _cells(conditions).items():
             base = by_cond.get(SteerCondition(NONE, source, target))
             for metric in METRICS[task]:
                 est = [ev.metric(task, metric, by_cond[c], base, c) for c in members]
-                n_items = len(ev.kept[source]) if task != "collateral" else sum(len(ev.kept[x]) for x in {r["lang"] for r in base} - {target})
+                n_items = (
+                    len(ev.kept[source])
+                    if task != "collateral"
+                    else sum(len(ev.kept[x]) for x in {r["lang"] for r in base} - {target})
+                )
                 entries = [(c.draw, e) for c, e in zip(members, est)] if members[0].draw is not None else []
                 entries.append((None, _draws(est, seed)))
                 for draw, e in entries:
                     low, high = e.interval()
-                    rows.append({
-                        "task": task, "source": source, "target": target, "layer": "" if layer is None else layer, "n_layers": n or "",
-                        "method": method, "alpha": alpha, "draw": "" if draw is None else draw, "metric": metric,
-                        "value": float(e.point), "ci_low": float(low), "ci_high": float(high), "n": n_items,
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "task": task,
+                            "source": source,
+                            "target": target,
+                            "layer": "" if layer is None else layer,
+                            "n_layers": n or "",
+                            "method": method,
+                            "alpha": alpha,
+                            "draw": "" if draw is None else draw,
+                            "metric": metric,
+                            "value": float(e.point),
+                            "ci_low": float(low),
+                            "ci_high": float(high),
+                            "n": n_items,
+                        }
+                    )
     return rows
 
 
@@ -422,10 +584,14 @@ def _interval(e: stats.Resampled) -> list[float]:
 
 
 def best_alpha(
-    records: dict[str, dict[SteerCondition, list[dict]]], conditions: Sequence[SteerCondition], eval_ids: dict[str, list[str]],
-    budget: float, seed: int, n_boot: int = stats.N_BOOT,
+    records: dict[str, dict[SteerCondition, list[dict]]],
+    conditions: Sequence[SteerCondition],
+    eval_ids: dict[str, list[str]],
+    budget: float,
+    seed: int,
+    n_boot: int = stats.N_BOOT,
 ) -> list[dict]:
-    """BEST_RULE's entries: per task (lid, continuation), pair, layer, layer count and method."""  # fmt: skip
+    """BEST_RULE's entries: per task (lid, continuation), pair, layer, layer count and method."""
     sources = {c.source for c in conditions}
     all_ids = sorted({i for s in sources for i in eval_ids[s]})
     half_a, half_b = stats.split_halves(all_ids, seed)
@@ -442,21 +608,45 @@ def best_alpha(
                 groups.setdefault((cell[0],) + cell[1:5], []).append(cell)
         for (method, source, target, layer, n), members in groups.items():
             base_key = SteerCondition(NONE, source, target)
+
             def pick(ev, cell, what):  # noqa: E306
                 conds = cells[cell]
                 if what == "success":
-                    return _draws([ev.metric(task, "success", records[task][c], None, c) for c in conds], seed)
+                    return _draws(
+                        [ev.metric(task, "success", records[task][c], None, c) for c in conds], seed
+                    )
                 return _draws([ev.collateral(coll[c], coll[base_key], target) for c in conds], seed)
-            scored = [(cell, float(pick(sel, cell, "success").point), float(pick(sel, cell, "collateral").point)) for cell in members]
+
+            scored = [
+                (cell, float(pick(sel, cell, "success").point), float(pick(sel, cell, "collateral").point))
+                for cell in members
+            ]
             ok = [x for x in scored if math.isfinite(x[2]) and x[2] <= budget]
-            entry = {"task": task, "source": source, "target": target, "layer": layer, "n_layers": n, "method": method,
-                     "budget": budget, "n_alphas_within_budget": len(ok), "best_alpha": None, "selection_success": None,
-                     "success": None, "collateral_delta_ce": None,
-                     "baseline_success": _interval(rep.metric(task, "success", records[task][base_key], None, base_key))}  # fmt: skip
+            entry = {
+                "task": task,
+                "source": source,
+                "target": target,
+                "layer": layer,
+                "n_layers": n,
+                "method": method,
+                "budget": budget,
+                "n_alphas_within_budget": len(ok),
+                "best_alpha": None,
+                "selection_success": None,
+                "success": None,
+                "collateral_delta_ce": None,
+                "baseline_success": _interval(
+                    rep.metric(task, "success", records[task][base_key], None, base_key)
+                ),
+            }
             if ok:
                 cell, s_sel, _ = max(ok, key=lambda x: (x[1], -abs(x[0][5])))
-                entry.update(best_alpha=cell[5], selection_success=s_sel, success=_interval(pick(rep, cell, "success")),
-                             collateral_delta_ce=_interval(pick(rep, cell, "collateral")))  # fmt: skip
+                entry.update(
+                    best_alpha=cell[5],
+                    selection_success=s_sel,
+                    success=_interval(pick(rep, cell, "success")),
+                    collateral_delta_ce=_interval(pick(rep, cell, "collateral")),
+                )
             out.append(entry)
     return out
 
@@ -467,11 +657,16 @@ def format_summary(entries: Sequence[dict]) -> str:
     def ci(v):
         return "n/a" if v is None else stats.format_interval(v[0], v[1], v[2], signed=False, sep=",")
 
-    head = f"{'task':<13}{'source→target':<22}{'layers':<8}{'method':<13}{'best α':>8}  {'success (half B)':<24}{'collateral ΔCE':<26}baseline success"
+    head = (
+        f"{'task':<13}{'source→target':<22}{'layers':<8}{'method':<13}{'best α':>8}  "
+        f"{'success (half B)':<24}{'collateral ΔCE':<26}baseline success"
+    )
     lines = [head, "-" * len(head)]
     for e in entries:
         layers = f"{e['layer']}..{e['layer'] + e['n_layers'] - 1}"
         alpha = "-" if e["best_alpha"] is None else f"{e['best_alpha']:g}"
-        lines.append(f"{e['task']:<13}{e['source'] + '→' + e['target']:<22}{layers:<8}{e['method']:<13}{alpha:>8}  "
-                     f"{ci(e['success']):<24}{ci(e['collateral_delta_ce']):<26}{ci(e['baseline_success'])}")  # fmt: skip
+        lines.append(
+            f"{e['task']:<13}{e['source'] + '→' + e['target']:<22}{layers:<8}{e['method']:<13}{alpha:>8}  "
+            f"{ci(e['success']):<24}{ci(e['collateral_delta_ce']):<26}{ci(e['baseline_success'])}"
+        )
     return "\n".join(lines)

@@ -44,6 +44,9 @@ from langsae.model import HookPoint
 
 log = logging.getLogger(__name__)
 METHODS = ("sv", "gated")
+# Where the vectors are saved: sae_features/<run>/STEERING_DIR/ holds each layer's VECTORS_FILE and the
+# settings that made them (VECTOR_SETTINGS_FILE); the stage keeps its per-unit records in the same folder.
+STEERING_DIR, VECTORS_FILE, VECTOR_SETTINGS_FILE = "steering", "layer_{layer}_vectors.pt", "settings.json"
 
 
 def residual_point(layer: int) -> HookPoint:
@@ -71,7 +74,9 @@ class SteeringVectors:
         """[d] fp32: target's mean residual minus source's."""
         for lang in (source, target):
             if lang not in self.languages:
-                raise UserError(f"no steering vectors for {lang} at layer {self.layer} (have {', '.join(self.languages)})")
+                raise UserError(
+                    f"no steering vectors for {lang} at layer {self.layer} (have {', '.join(self.languages)})"
+                )
         return self.mean[self.languages.index(target)] - self.mean[self.languages.index(source)]
 
     def pairs(self) -> dict[tuple[str, str], torch.Tensor]:
@@ -92,8 +97,12 @@ def mean_residuals(
     sums = {L: [] for L in layers}
     counts = []
     for lang in texts.languages:
-        batches = make_batches(tokenize(tokenizer, texts.by_language[lang]), batch_size, tokenizer.pad_token_id)
-        acts, _ = collect_tokens(model, batches, points, Batch.statistic_mask, f"forward ({lang} selection texts)")
+        batches = make_batches(
+            tokenize(tokenizer, texts.by_language[lang]), batch_size, tokenizer.pad_token_id
+        )
+        acts, _ = collect_tokens(
+            model, batches, points, Batch.statistic_mask, f"forward ({lang} selection texts)"
+        )
         n = next(iter(acts.values())).shape[0]
         if n == 0:
             raise UserError(f"{lang} has no tokens past position 0 to average")
@@ -102,12 +111,15 @@ def mean_residuals(
             sums[L].append(acts[str(L)].float().sum(0))
     n_tokens = torch.tensor(counts)
     return {
-        L: SteeringVectors(L, tuple(texts.languages), torch.stack(sums[L]) / n_tokens[:, None].float(), n_tokens) for L in layers
+        L: SteeringVectors(
+            L, tuple(texts.languages), torch.stack(sums[L]) / n_tokens[:, None].float(), n_tokens
+        )
+        for L in layers
     }
 
 
 def vectors_path(steering_dir: Path, layer: int) -> Path:
-    return Path(steering_dir) / f"layer_{layer}_vectors.pt"
+    return Path(steering_dir) / VECTORS_FILE.format(layer=layer)
 
 
 def save_vectors(steering_dir: Path, sv: SteeringVectors, config_hash: str, settings: dict) -> None:
@@ -116,11 +128,18 @@ def save_vectors(steering_dir: Path, sv: SteeringVectors, config_hash: str, sett
     that made it in steering/settings.json."""
     pairs = sv.pairs()
     save_torch(
-        {"layer": sv.layer, "languages": list(sv.languages), "mean": sv.mean, "n_tokens": sv.n_tokens,
-         "pairs": [list(p) for p in pairs], "vectors": torch.stack(list(pairs.values())), "config_hash": config_hash},
+        {
+            "layer": sv.layer,
+            "languages": list(sv.languages),
+            "mean": sv.mean,
+            "n_tokens": sv.n_tokens,
+            "pairs": [list(p) for p in pairs],
+            "vectors": torch.stack(list(pairs.values())),
+            "config_hash": config_hash,
+        },
         vectors_path(steering_dir, sv.layer),
-    )  # fmt: skip
-    save_json({"config_hash": config_hash, "settings": settings}, Path(steering_dir) / "settings.json")
+    )
+    save_json({"config_hash": config_hash, "settings": settings}, Path(steering_dir) / VECTOR_SETTINGS_FILE)
 
 
 def load_vectors(steering_dir: Path, layer: int, config_hash: str) -> SteeringVectors | None:
@@ -140,12 +159,23 @@ def load_vectors(steering_dir: Path, layer: int, config_hash: str) -> SteeringVe
 
 
 def steering_vectors(
-    model, tokenizer, texts: Texts, layers: Sequence[int], steering_dir: Path, config_hash: str, settings: dict,
-    batch_size: int, force: bool = False,
+    model,
+    tokenizer,
+    texts: Texts,
+    layers: Sequence[int],
+    steering_dir: Path,
+    config_hash: str,
+    settings: dict,
+    batch_size: int,
+    force: bool = False,
 ) -> tuple[dict[int, SteeringVectors], list[int]]:
     """Each layer's vectors, from steering_dir where made with `config_hash`, else computed and saved.
-    Returns (vectors by layer, the layers computed now)."""  # fmt: skip
-    have = {} if force else {L: v for L in layers if (v := load_vectors(steering_dir, L, config_hash)) is not None}
+    Returns (vectors by layer, the layers computed now)."""
+    have = (
+        {}
+        if force
+        else {L: v for L in layers if (v := load_vectors(steering_dir, L, config_hash)) is not None}
+    )
     todo = [L for L in layers if L not in have]
     if todo:
         for L, sv in mean_residuals(model, tokenizer, texts, todo, batch_size).items():
@@ -182,8 +212,11 @@ class Gate:
         return ((self.encoder(x) > 0) & self.rows[:, None, :]).any(-1)
 
 
-def make_gate(lf: LayerFeatures, features_per_row: Sequence[Sequence[int]], device: str | torch.device = "cpu") -> Gate:
-    """A gate whose row r opens where any of features_per_row[r] (SAE feature ids of layer lf.layer) is active."""
+def make_gate(
+    lf: LayerFeatures, features_per_row: Sequence[Sequence[int]], device: str | torch.device = "cpu"
+) -> Gate:
+    """A gate whose row r opens where any of features_per_row[r] (SAE feature ids of layer lf.layer) is
+    active."""
     union = sorted({int(f) for fs in features_per_row for f in fs})
     if not union:
         raise UserError("a gated steering edit needs at least one gate feature")
@@ -219,9 +252,15 @@ class Steering:
 
 def _check(s: Steering) -> None:
     if s.vectors.dim() != 3 or s.alpha.dim() != 1:
-        raise ValueError(f"vectors must be [R, n_layers, d] and alpha [R]; got {tuple(s.vectors.shape)}, {tuple(s.alpha.shape)}")
+        raise ValueError(
+            "vectors must be [R, n_layers, d] and alpha [R]; got "
+            f"{tuple(s.vectors.shape)}, {tuple(s.alpha.shape)}"
+        )
     if s.gate is not None and s.gate.encoder.read.layer != s.first_layer:
-        raise ValueError(f"the gate reads layer {s.gate.encoder.read.layer}; it must be decided at the first steered layer {s.first_layer}")
+        raise ValueError(
+            f"the gate reads layer {s.gate.encoder.read.layer}; it must be decided at the first steered "
+            f"layer {s.first_layer}"
+        )
 
 
 @contextmanager
@@ -244,7 +283,9 @@ def steer(model, s: Steering) -> Iterator[None]:
             # popped at the last layer, so a forward that skipped the first layer cannot reuse a stale gate
             gate = state.pop("open") if L == last else state.get("open")
             if gate is None:
-                raise RuntimeError(f"layer {s.first_layer} must run before layer {L} in the same forward to decide the gate")
+                raise RuntimeError(
+                    f"layer {s.first_layer} must run before layer {L} in the same forward to decide the gate"
+                )
             return out + s.delta(i, out.dtype) * gate[..., None].to(out.dtype)
 
         return fn
@@ -271,7 +312,11 @@ def stacked_steering(model, conditions: Sequence[Steering | None], rows_each: in
     groups: dict[tuple, list[int]] = {}
     for c, s in enumerate(conditions):
         if s is not None:
-            if s.vectors.shape[0] != 1 or s.alpha.shape[0] != 1 or (s.gate is not None and s.gate.rows.shape[0] != 1):
+            if (
+                s.vectors.shape[0] != 1
+                or s.alpha.shape[0] != 1
+                or (s.gate is not None and s.gate.rows.shape[0] != 1)
+            ):
                 raise ValueError("stacked_steering takes one-row conditions")
             key = (s.first_layer, s.vectors.shape[1], None if s.gate is None else id(s.gate.encoder))
             groups.setdefault(key, []).append(c)
@@ -279,9 +324,17 @@ def stacked_steering(model, conditions: Sequence[Steering | None], rows_each: in
     with ExitStack() as stack:
         for members in groups.values():
             first = conditions[members[0]]
-            vectors = torch.zeros((R, *first.vectors.shape[1:]), dtype=first.vectors.dtype, device=first.vectors.device)
+            vectors = torch.zeros(
+                (R, *first.vectors.shape[1:]), dtype=first.vectors.dtype, device=first.vectors.device
+            )
             alpha = torch.zeros(R, dtype=first.alpha.dtype, device=first.alpha.device)
-            rows = None if first.gate is None else torch.zeros((R, first.gate.rows.shape[1]), dtype=torch.bool, device=first.gate.rows.device)
+            rows = (
+                None
+                if first.gate is None
+                else torch.zeros(
+                    (R, first.gate.rows.shape[1]), dtype=torch.bool, device=first.gate.rows.device
+                )
+            )
             for c in members:
                 block = slice(c * rows_each, (c + 1) * rows_each)
                 vectors[block], alpha[block] = conditions[c].vectors, conditions[c].alpha
