@@ -14,6 +14,8 @@ from langsae import verdicts as v
 from langsae import report
 from langsae.artifacts import save_csv, save_json
 from langsae.data import PAPER_LANGUAGES
+from langsae.steer_eval import SUCCESS_FIGURE as STEER_SUCCESS
+from langsae.steer_eval import SUMMARY_FILE as STEER_SUMMARY
 from langsae.verdicts import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Interval, combine, frequency_verdict, interval_verdict
 
 NAN = Interval(math.nan, math.nan, math.nan)
@@ -240,11 +242,11 @@ def test_gated_steering_must_beat_every_control(run):
         return {"task": "lid", "source": "spa_Latn", "target": "eng_Latn", "layer": 10, "n_layers": 1, "method": method, "best_alpha": 4.0,
                 "success": list(success), "collateral_delta_ce": [0.1, 0.05, 0.15], "baseline_success": list(baseline)}  # fmt: skip
 
-    save_json({"budget": 0.25, "entries": [entry("gated", (0.8, 0.7, 0.9)), entry("random_gate", (0.2, 0.1, 0.3))]}, run.features_dir / "steering_summary.json")
+    save_json({"budget": 0.25, "entries": [entry("gated", (0.8, 0.7, 0.9)), entry("random_gate", (0.2, 0.1, 0.3))]}, run.features_dir / STEER_SUMMARY)
     assert steering_stage.gated_steering(run).verdict == SUPPORTED
-    save_json({"budget": 0.25, "entries": [entry("gated", (0.8, 0.7, 0.9)), entry("random_dir", (0.8, 0.7, 0.95))]}, run.features_dir / "steering_summary.json")
+    save_json({"budget": 0.25, "entries": [entry("gated", (0.8, 0.7, 0.9)), entry("random_dir", (0.8, 0.7, 0.95))]}, run.features_dir / STEER_SUMMARY)
     assert steering_stage.gated_steering(run).verdict == INCONCLUSIVE  # a random direction does as well
-    save_json({"budget": 0.25, "entries": [entry("gated", (0.0, 0.0, 0.0), baseline=(0.3, 0.2, 0.4))]}, run.features_dir / "steering_summary.json")
+    save_json({"budget": 0.25, "entries": [entry("gated", (0.0, 0.0, 0.0), baseline=(0.3, 0.2, 0.4))]}, run.features_dir / STEER_SUMMARY)
     assert steering_stage.gated_steering(run).verdict == NOT_SUPPORTED  # worse than no steering
 
 
@@ -388,7 +390,7 @@ def full_run(tmp_path):
         for n in (1, 3)
         for method in ("gated", "plain", "random_dir", "random_gate")
     ]
-    save_json({"rule": "best alpha", "budget": 0.25, "entries": steer}, fdir / "steering_summary.json")
+    save_json({"rule": "best alpha", "budget": 0.25, "entries": steer}, fdir / STEER_SUMMARY)
     for name in (
         "figure5.png",
         "figure6.png",
@@ -397,7 +399,7 @@ def full_run(tmp_path):
         "synergy_vs_cosine.png",
         "downstream_qa_L10.png",
         "code_switching_prefix_feature.png",
-        "steering_lid_success.png",
+        f"{STEER_SUCCESS.format(task='lid')}.png",
     ):
         (odir / name).parent.mkdir(parents=True, exist_ok=True)
         (odir / name).write_bytes(b"")  # the claims link them: their rows as long as a real run's
@@ -440,5 +442,5 @@ def test_claims_rows_are_one_line_summaries_and_the_sections_keep_the_detail(ful
     for r in full_run.csv("code_switching_results.csv"):  # claim 12: each language at each layer
         if r["case"] == "context_on_foreign_nouns" and r["language"] != "mean":
             assert str(v.value_ci(r)) in sections
-    for e in full_run.json("steering_summary.json")["entries"]:  # claim 13
+    for e in full_run.json(STEER_SUMMARY)["entries"]:  # claim 13
         assert str(v.ivl(e["success"])) in sections
