@@ -33,6 +33,7 @@ from langsae.data import SIB_CATEGORIES
 from langsae.errors import UserError
 from langsae.features import NuResults
 from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
+from langsae.section5 import DEFAULT_MODE, mode_suffix
 from langsae.stats import N_BOOT, JointBootstrap, Resampled, format_interval, mean_over_draws
 from langsae.units import UnitStore
 
@@ -60,6 +61,31 @@ CROSS_RULE = (
     "(interaction_clusters.json, 'distance'), when that file exists and was made from this run's model, SAE and nu "
     "results; otherwise English, or Chinese for English tasks"
 )
+
+# Artifact names, declared once for the stage, its report section and any other reader. Files made
+# per ablation mode carry the mode's suffix (section5.mode_suffix: none for the paper's directional mode).
+UNITS_DIR = "downstream"  # in sae_features/<run>/: <task>/<lang>/<unit>.jsonl (+ .json) per finished unit
+
+
+def results_file(mode: str = DEFAULT_MODE) -> str:
+    return f"downstream_results{mode_suffix(mode)}.csv"
+
+
+def summary_file(mode: str = DEFAULT_MODE) -> str:
+    return f"downstream_summary{mode_suffix(mode)}.json"
+
+
+def meta_file(mode: str = DEFAULT_MODE) -> str:
+    return f"downstream_meta{mode_suffix(mode)}.json"
+
+
+def figure_stem(task: str, layer: int, mode: str = DEFAULT_MODE) -> str:
+    """A task's figure at one layer, in output/<run>/ (+ .png/.pdf)."""
+    return f"downstream_{task}_L{layer}{mode_suffix(mode)}"
+
+
+RESULTS_FILE, SUMMARY_FILE, META_FILE = results_file(), summary_file(), meta_file()  # the report reads these
+FIGURES_GLOB = "downstream_*.png"  # the report's images: every task's figures, at every layer and mode
 
 
 # ----------------------------------------------------------------------------- conditions

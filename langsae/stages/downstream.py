@@ -7,12 +7,15 @@ and a cross-language control (another language's top-1+2) at each of --layers, a
 the batch in one generation / scoring engine (KV cache on, ablation active at every position).
 Writes:
   sae_features/<run>/downstream_results.csv     tidy: task, lang, layer, condition, ablated_lang, draw,
-                                                metric, scoring, quantity (value|delta), value, ci_low, ci_high, n
-  sae_features/<run>/downstream_summary.json    per task, language, layer and metric: does the own drop exceed random's?
+                                                metric, scoring, quantity (value|delta), value, ci_low,
+                                                ci_high, n
+  sae_features/<run>/downstream_summary.json    per task, language, layer and metric: does the own drop
+                                                exceed random's?
   sae_features/<run>/downstream/<task>/<lang>/<unit>.jsonl (+ .json)   per-item outputs of each finished unit
   sae_features/<run>/downstream_meta.json
   output/<run>/downstream_<task>_L<layer>.{png,pdf}
-(feature mode: downstream_results_feature.csv, ...). Finished units are skipped on a rerun (--force recomputes).
+(feature mode: downstream_results_feature.csv, ...). Finished units are skipped on a rerun (--force
+recomputes).
 """
 
 from __future__ import annotations
@@ -23,21 +26,42 @@ import logging
 import math
 
 from langsae import ablation, downstream, features, plots, stats, tasks, units
-from langsae.artifacts import package_versions, preflight, save_csv, save_json
+from langsae import section5 as s5lib
+from langsae.artifacts import preflight, save_csv, save_json
 from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
+from langsae.interactions import CLUSTERS_FILE, STAGE3_SCRIPT
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished
-from langsae.verdicts import Claim, Artifacts, COLLAPSE_SHARE, Evidence, INCONCLUSIVE, NOT_SUPPORTED, ROBUST_SHARE, SUPPORTED, combine, images, interval_verdict, ivl, not_run, short, listing, table
+from langsae.stages import Stage, finished, write_meta
+from langsae.verdicts import (
+    COLLAPSE_SHARE,
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    ROBUST_SHARE,
+    SUPPORTED,
+    Artifacts,
+    Claim,
+    Evidence,
+    combine,
+    images,
+    interval_verdict,
+    ivl,
+    listing,
+    not_run,
+    short,
+    table,
+)
 
 TOY = PRESETS["toy"].defaults
 log = logging.getLogger(__name__)
 
-SECTION5_SCRIPT = "reproduce_figures_section5.py"
+STAGE_NAME = "downstream"
 IGNORED = ("--n-texts-per-lang", "--batch-size")  # items come from the tasks, batches from --rows-per-forward
-LAYER_RULE = "the most common held-out peak layer across languages in the Section 5 summary (ties: the lowest layer)"
+LAYER_RULE = (
+    "the most common held-out peak layer across languages in the Section 5 summary (ties: the lowest layer)"
+)
 
 
 def parse_args(argv):
@@ -46,28 +70,71 @@ def parse_args(argv):
     tasks_help = f"comma-separated: qa, sentiment, topic; default all, toy preset {TOY['downstream_tasks']}"
     g.add_argument("--tasks", help=tasks_help)
     g.add_argument(
-        "--mode", choices=ablation.MODES, default="directional",
-        help="directional: project the block's output off the features' unit decoder directions (paper); feature: subtract their contributions",
-    )  # fmt: skip
-    g.add_argument("--random-draws", type=int, default=3, help="random live-feature controls of the same k (2) per layer; 0 = none")
+        "--mode",
+        choices=ablation.MODES,
+        default="directional",
+        help="directional: project the block's output off the features' unit decoder directions (paper); "
+        "feature: subtract their contributions",
+    )
     g.add_argument(
-        "--n-items", type=int, default=None,
-        help=f"qa: the first N XQuAD questions, the same in every language; default 200, toy preset {TOY['downstream_n_items']}",
-    )  # fmt: skip
-    g.add_argument("--shots", type=int, default=0, help="qa: examples from other articles in the same language (0 = the zero-shot prompt)")
+        "--random-draws",
+        type=int,
+        default=3,
+        help="random live-feature controls of the same k (2) per layer; 0 = none",
+    )
     g.add_argument(
-        "--n-topic-items", type=int, default=None,
-        help=f"topic: the first N SIB-200 items (test+dev minus the selection set, parallel); -1 = all (default), toy preset {TOY['downstream_n_topic_items']}",
-    )  # fmt: skip
-    g.add_argument("--topic-shots", type=int, default=3, help="topic: examples from SIB-200's train split (seeded, the same sentences in every language)")
-    g.add_argument("--n-per-label", type=int, default=40, help="sentiment: reviews per star rating (stratified, seeded)")
-    g.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompts longer than this lose the end of their context (qa) or review, never the question")
-    g.add_argument("--max-new-tokens", type=int, default=32, help="generation stops at a newline, EOS or this many tokens")
-    g.add_argument("--rows-per-forward", type=int, default=64, help="items x conditions stacked into one forward (memory vs speed)")
+        "--n-items",
+        type=int,
+        default=None,
+        help="qa: the first N XQuAD questions, the same in every language; "
+        f"default 200, toy preset {TOY['downstream_n_items']}",
+    )
     g.add_argument(
-        "--skip-unavailable", action="store_true",
-        help="skip a task in a language whose data is not cached (Amazon reviews offline) with a notice, instead of stopping",
-    )  # fmt: skip
+        "--shots",
+        type=int,
+        default=0,
+        help="qa: examples from other articles in the same language (0 = the zero-shot prompt)",
+    )
+    g.add_argument(
+        "--n-topic-items",
+        type=int,
+        default=None,
+        help="topic: the first N SIB-200 items (test+dev minus the selection set, parallel); "
+        f"-1 = all (default), toy preset {TOY['downstream_n_topic_items']}",
+    )
+    g.add_argument(
+        "--topic-shots",
+        type=int,
+        default=3,
+        help="topic: examples from SIB-200's train split (seeded, the same sentences in every language)",
+    )
+    g.add_argument(
+        "--n-per-label", type=int, default=40, help="sentiment: reviews per star rating (stratified, seeded)"
+    )
+    g.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=1024,
+        help="prompts longer than this lose the end of their context (qa) or review, never the question",
+    )
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=32,
+        help="generation stops at a newline, EOS or this many tokens",
+    )
+    g.add_argument(
+        "--rows-per-forward",
+        type=int,
+        default=64,
+        help="items x conditions stacked into one forward (memory vs speed)",
+    )
+    g.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="skip a task in a language whose data is not cached (Amazon reviews offline) with a notice, "
+        "instead of stopping",
+    )
     return p.parse_args(argv)
 
 
@@ -75,10 +142,9 @@ def default_layers(cfg, mode: str) -> tuple[int, ...]:
     """The preset's downstream layer, else LAYER_RULE on the Section 5 summary."""
     if "downstream_layer" in cfg.preset.defaults:
         return (cfg.preset.defaults["downstream_layer"],)
-    suffix = "" if mode == "directional" else f"_{mode}"
-    path = cfg.features_dir / f"section5_summary{suffix}.csv"
+    path = cfg.features_dir / s5lib.summary_file(mode)
     if not path.exists():
-        run = features.stage_command(SECTION5_SCRIPT, cfg, f"--mode {mode}")  # with --out-dir, --split...
+        run = features.stage_command(s5lib.SCRIPT, cfg, f"--mode {mode}")  # with --out-dir, --split...
         raise UserError(f"no Section 5 summary at {path} to choose the layer from: run `{run}`, or --layers")
     with open(path, newline="") as f:
         peaks = collections.Counter(int(r["peak_layer"]) for r in csv.DictReader(f))
@@ -113,18 +179,26 @@ def main(argv=None):
         raise UserError(f"--tasks: unknown {','.join(bad) or '(none)'}; choose from {','.join(tasks.TASKS)}")
     if args.n_topic_items == 0 or args.n_topic_items < -1:
         raise UserError("--n-topic-items must be a positive number, or -1 for all")
-    for flag, value, low in (("--random-draws", args.random_draws, 0), ("--n-items", args.n_items, 1), ("--shots", args.shots, 0),
-                             ("--topic-shots", args.topic_shots, 0), ("--n-per-label", args.n_per_label, 1),
-                             ("--max-new-tokens", args.max_new_tokens, 1), ("--rows-per-forward", args.rows_per_forward, 1)):  # fmt: skip
+    for flag, value, low in (
+        ("--random-draws", args.random_draws, 0),
+        ("--n-items", args.n_items, 1),
+        ("--shots", args.shots, 0),
+        ("--topic-shots", args.topic_shots, 0),
+        ("--n-per-label", args.n_per_label, 1),
+        ("--max-new-tokens", args.max_new_tokens, 1),
+        ("--rows-per-forward", args.rows_per_forward, 1),
+    ):
         if value < low:
             raise UserError(f"{flag} must be at least {low}")
     layers = cfg.layers or default_layers(cfg, args.mode)
     check_layers(layers, model_config(cfg.preset).num_hidden_layers)
     nu = features.load_nu_results(cfg, layers, len(downstream.TOP_RANKS))
     nu_cfg = nu.meta["config"]
-    selection = load_texts(tuple(nu.languages), "selection", nu_cfg.get("n_texts_per_lang", -1), nu_cfg.get("split", "dev"))
-    clusters = cfg.features_dir / "interaction_clusters.json"
-    clusters_remake = features.stage_command("cross_linguistic_interactions.py", cfg)  # if it is unreadable
+    selection = load_texts(
+        tuple(nu.languages), "selection", nu_cfg.get("n_texts_per_lang", -1), nu_cfg.get("split", "dev")
+    )
+    clusters = cfg.features_dir / CLUSTERS_FILE
+    clusters_remake = features.stage_command(STAGE3_SCRIPT, cfg)  # if it is unreadable
 
     tokenizer = load_tokenizer(cfg.preset)
     items, skipped = {}, {}
@@ -140,53 +214,109 @@ def main(argv=None):
                 skipped.setdefault(task, {})[lang] = str(e)
         if by_lang:
             items[task] = by_lang
-    print(f"run {cfg.run_name}: tasks {', '.join(items)} at layers {list(layers)} ({args.mode}), {args.random_draws} random draws")
+    print(
+        f"run {cfg.run_name}: tasks {', '.join(items)} at layers {list(layers)} ({args.mode}), "
+        f"{args.random_draws} random draws"
+    )
 
     model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
     d = cfg.describe()
-    settings = {"model": d["model"], "sae_release": d["sae_release"], "dtype": d["dtype"], "nu_config_hash": nu.meta["config_hash"]}
+    settings = {
+        "model": d["model"],
+        "sae_release": d["sae_release"],
+        "dtype": d["dtype"],
+        "nu_config_hash": nu.meta["config_hash"],
+    }
     task_settings = {
-        "prompt_version": tasks.PROMPT_VERSION, "n_items": args.n_items, "n_topic_items": args.n_topic_items, "shots": args.shots, "topic_shots": args.topic_shots,
-        "n_per_label": args.n_per_label, "max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens, "seed": cfg.seed,
-    }  # fmt: skip
-    store = units.UnitStore(cfg.features_dir / "downstream", settings)
-    eng = downstream.EngineSettings(tokenizer.pad_token_id, args.max_new_tokens, args.rows_per_forward, cfg.device)
+        "prompt_version": tasks.PROMPT_VERSION,
+        "n_items": args.n_items,
+        "n_topic_items": args.n_topic_items,
+        "shots": args.shots,
+        "topic_shots": args.topic_shots,
+        "n_per_label": args.n_per_label,
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": cfg.seed,
+    }
+    store = units.UnitStore(cfg.features_dir / downstream.UNITS_DIR, settings)
+    eng = downstream.EngineSettings(
+        tokenizer.pad_token_id, args.max_new_tokens, args.rows_per_forward, cfg.device
+    )
     rows, summary, figures, computed, cached, cross = [], [], [], 0, 0, {}
     for task, by_lang in items.items():
         res = downstream.TaskResults(task, list(by_lang), by_lang, {}, {})
         for lang, its in by_lang.items():
             cross[lang] = downstream.cross_language(lang, nu.languages, clusters, settings, clusters_remake)
-            res.conditions[lang] = downstream.conditions_for(lang, nu, layers, args.random_draws, cfg.seed, cross[lang])
+            res.conditions[lang] = downstream.conditions_for(
+                lang, nu, layers, args.random_draws, cfg.seed, cross[lang]
+            )
             res.records[lang], n_new, n_old = downstream.run_units(
-                model, tokenizer, task, lang, its, res.conditions[lang], nu, args.mode, store, task_settings, eng, cfg.force
+                model,
+                tokenizer,
+                task,
+                lang,
+                its,
+                res.conditions[lang],
+                nu,
+                args.mode,
+                store,
+                task_settings,
+                eng,
+                cfg.force,
             )
             computed, cached = computed + n_new, cached + n_old
         r, s = downstream.results_rows(res, layers, args.mode, cfg.seed)
         rows, summary = rows + r, summary + s
         for L in layers:
-            figures += plots.downstream_figure(r, task, L, cfg.output_dir / f"downstream_{task}_L{L}{'' if args.mode == 'directional' else '_' + args.mode}")
+            stem = cfg.output_dir / downstream.figure_stem(task, L, args.mode)
+            figures += plots.downstream_figure(r, task, L, stem)
 
-    suffix = "" if args.mode == "directional" else f"_{args.mode}"
-    fdir = cfg.features_dir
-    save_csv(rows, fdir / f"downstream_results{suffix}.csv", downstream.RESULTS_COLUMNS)
-    save_json({"rule": downstream.SUMMARY_RULE, "mode": args.mode, "entries": summary}, fdir / f"downstream_summary{suffix}.json")
+    fdir, mode = cfg.features_dir, args.mode
+    save_csv(rows, fdir / downstream.results_file(mode), downstream.RESULTS_COLUMNS)
     save_json(
-        {"stage": "downstream_ablation", "settings": settings, "config": d, "task_settings": task_settings, "mode": args.mode,
-         "tasks": list(items), "skipped_tasks": skipped, "languages": {t: list(v) for t, v in items.items()},
-         "n_items": {t: {lang: len(v) for lang, v in by.items()} for t, by in items.items()}, "layers": list(layers),
-         "layer_rule": "--layers" if cfg.layers else ("preset default" if "downstream_layer" in cfg.preset.defaults else LAYER_RULE),
-         "random_draws": args.random_draws, "top_ranks": list(downstream.TOP_RANKS), "cross_rule": downstream.CROSS_RULE,
-         "cross_lang": cross, "prompts": {"qa": tasks.QA_INSTRUCTION + tasks.QA_EXAMPLE, "sentiment": tasks.SENTIMENT_PROMPT,
-                                          "topic": tasks.TOPIC_INSTRUCTION + tasks.TOPIC_EXAMPLE},
-         "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
-                       "resampling": "items with replacement; XQuAD and SIB-200 ids jointly across languages, Amazon reviews per language; deltas paired by item",
-                       "random_control": "mean over draws; its CI resamples draws as well as items"},
-         "summary_rule": downstream.SUMMARY_RULE, "figures": [str(f) for f in figures], "versions": package_versions(),
-         "data": data_record(cfg, (selection,), items)},
-        fdir / f"downstream_meta{suffix}.json",
-    )  # fmt: skip
+        {"rule": downstream.SUMMARY_RULE, "mode": mode, "entries": summary},
+        fdir / downstream.summary_file(mode),
+    )
+    bootstrap = stats.bootstrap_record(
+        cfg.seed,
+        "items with replacement; XQuAD and SIB-200 ids jointly across languages, "
+        "Amazon reviews per language; deltas paired by item",
+        random_control="mean over draws; its CI resamples draws as well as items",
+    )
+    if cfg.layers:
+        layer_rule = "--layers"
+    else:
+        layer_rule = "preset default" if "downstream_layer" in cfg.preset.defaults else LAYER_RULE
+    prompts = {
+        "qa": tasks.QA_INSTRUCTION + tasks.QA_EXAMPLE,
+        "sentiment": tasks.SENTIMENT_PROMPT,
+        "topic": tasks.TOPIC_INSTRUCTION + tasks.TOPIC_EXAMPLE,
+    }
+    write_meta(
+        fdir / downstream.meta_file(mode),
+        cfg,
+        STAGE_NAME,
+        settings,
+        figures,
+        task_settings=task_settings,
+        mode=mode,
+        tasks=list(items),
+        skipped_tasks=skipped,
+        languages={t: list(v) for t, v in items.items()},
+        n_items={t: {lang: len(v) for lang, v in by.items()} for t, by in items.items()},
+        layers=list(layers),
+        layer_rule=layer_rule,
+        random_draws=args.random_draws,
+        top_ranks=list(downstream.TOP_RANKS),
+        cross_rule=downstream.CROSS_RULE,
+        cross_lang=cross,
+        prompts=prompts,
+        bootstrap=bootstrap,
+        summary_rule=downstream.SUMMARY_RULE,
+        data=data_record(cfg, (selection,), items),
+    )
     print(downstream.format_summary(summary))
-    print(f"results: {fdir / f'downstream_results{suffix}.csv'}; figures: {cfg.output_dir}")
+    print(f"results: {fdir / downstream.results_file(mode)}; figures: {cfg.output_dir}")
     return finished(cfg, computed, cached, "(task, language, layer, condition)")
 
 
@@ -196,12 +326,17 @@ def main(argv=None):
 CHANCE = {("qa", "f1"): 0.0, ("sentiment", "accuracy"): 0.2, ("topic", "accuracy"): 1 / 7}
 
 
-TASK_METRICS = (("qa", "f1", "generate"), ("sentiment", "accuracy", "generate"), ("topic", "accuracy", "loglik"))
+TASK_METRICS = (
+    ("qa", "f1", "generate"),
+    ("sentiment", "accuracy", "generate"),
+    ("topic", "accuracy", "loglik"),
+)
 
 
 def _downstream(a: Artifacts) -> tuple[list[dict], int] | None:
-    """The summary entries of the primary metrics at layer 10, or at the stage's first layer when it did not run 10."""
-    d = a.json("downstream_summary.json")
+    """The summary entries of the primary metrics at layer 10, or at the stage's first layer when it did
+    not run 10."""
+    d = a.json(downstream.SUMMARY_FILE)
     if d is None:
         return None
     entries = [e for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]
@@ -242,7 +377,8 @@ def _task_label(e: dict) -> str:
 
 
 def _task_figure(a: Artifacts, entries: list[dict], layer: int) -> str | None:
-    return next((f for f in (a.figure(f"downstream_{e['task']}_L{layer}.png") for e in entries) if f), None)
+    figures = (a.figure(f"{downstream.figure_stem(e['task'], layer)}.png") for e in entries)
+    return next((f for f in figures if f), None)
 
 
 def collapse(a: Artifacts) -> Evidence | None:
@@ -292,28 +428,56 @@ def _margin_text(e: dict) -> str:
 
 def downstream_section(a: Artifacts) -> list[str]:
     title = "Stage 5: downstream tasks under ablation"
-    d = a.json("downstream_summary.json")
+    d = a.json(downstream.SUMMARY_FILE)
     if d is None:
-        return not_run(title, a, "downstream", "python downstream_ablation.py")
-    rows = [(e["task"], f"{e['metric']}/{e['scoring']}", short(e["lang"]), e["layer"],
-             f"{ivl(e['baseline']).value:.3f}", _margin_text(e), ivl(e["own_delta"]),
-             ivl(e["random_delta"]), f"{ivl(e['cross_delta'])} ({short(e['cross_lang'])})", ivl(e["own_minus_random"]),
-             {True: "yes", False: "no", None: "-"}[e["own_drop_exceeds_random"]])
-            for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]  # fmt: skip
+        return not_run(title, a, STAGE_NAME, f"python {STAGE.script}")
+    rows = [
+        (
+            e["task"],
+            f"{e['metric']}/{e['scoring']}",
+            short(e["lang"]),
+            e["layer"],
+            f"{ivl(e['baseline']).value:.3f}",
+            _margin_text(e),
+            ivl(e["own_delta"]),
+            ivl(e["random_delta"]),
+            f"{ivl(e['cross_delta'])} ({short(e['cross_lang'])})",
+            ivl(e["own_minus_random"]),
+            {True: "yes", False: "no", None: "-"}[e["own_drop_exceeds_random"]],
+        )
+        for e in d["entries"]
+        if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS
+    ]
     lines = [f"## {title}", "", f"{d['mode']} ablation; {d['rule']}", ""]
-    head = ["task", "metric", "lang", "layer", "baseline", "margin over chance", "own Δ", "random Δ",
-            "cross Δ (features of)", "own − random", "own drop > random"]
+    head = [
+        "task",
+        "metric",
+        "lang",
+        "layer",
+        "baseline",
+        "margin over chance",
+        "own Δ",
+        "random Δ",
+        "cross Δ (features of)",
+        "own − random",
+        "own drop > random",
+    ]
     lines += table(head, rows)
-    return lines + images(a, sorted(p.name for p in a.output_dir.glob("downstream_*.png")))
+    return lines + images(a, sorted(p.name for p in a.output_dir.glob(downstream.FIGURES_GLOB)))
 
 
 CLAIMS = (
-    Claim(10, "Ablating 2 features at layer 10 collapses QA (EN −41.1 F1, VI −34.8, ZH −28.9) and classification", "seed reproduction", collapse),
+    Claim(
+        10,
+        "Ablating 2 features at layer 10 collapses QA (EN −41.1 F1, VI −34.8, ZH −28.9) and classification",
+        "seed reproduction",
+        collapse,
+    ),
     Claim(11, "Arabic is robust to the ablation", "seed reproduction", arabic_robust),
 )
 
 STAGE = Stage(
-    "downstream",
+    STAGE_NAME,
     "downstream_ablation.py",
     "task claims of the earlier reproduction",
     main,
@@ -321,6 +485,6 @@ STAGE = Stage(
     report=downstream_section,
     # offline, Amazon reviews are usually not cached: the pipeline runs the other tasks and says so
     flags=("--skip-unavailable",),
-    meta="downstream_meta.json",
+    meta=downstream.META_FILE,
     drops=("--layers",),  # ablates at its own layer (run_pipeline.py's docstring)
 )
