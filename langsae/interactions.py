@@ -50,7 +50,9 @@ DISTANCES = ("ratio", "profile")
 # ----------------------------------------------------------------------------- the matrix
 
 
-def interaction_conditions(nu: NuResults, languages: Sequence[str], mode: str, ranks: Sequence[int], random_draws: int, seed: int) -> list[Condition]:
+def interaction_conditions(
+    nu: NuResults, languages: Sequence[str], mode: str, ranks: Sequence[int], random_draws: int, seed: int
+) -> list[Condition]:
     """Per layer: each language's features at these nu ranks, and `random_draws` draws of
     len(ranks) random live features (the reference level). All are Section 5 conditions."""
     out = []
@@ -77,14 +79,20 @@ class LayerMatrices:
     def aggregate(self, weights: np.ndarray) -> tuple[Resampled, Resampled | None]:
         """M = Σ_L weights[j, L] M_L[:, j] per column j (weights [G, K], rows sum to 1): point [G, G];
         the random reference weighted by the mean of those weights over columns: point [G]."""
-        m = Resampled(np.einsum("lij,jl->ij", self.m.point, weights), np.einsum("blij,jl->bij", self.m.reps, weights))
+        m = Resampled(
+            np.einsum("lij,jl->ij", self.m.point, weights), np.einsum("blij,jl->bij", self.m.reps, weights)
+        )
         if self.random is None:
             return m, None
         w = weights.mean(axis=0)
-        return m, Resampled(np.einsum("li,l->i", self.random.point, w), np.einsum("bli,l->bi", self.random.reps, w))
+        return m, Resampled(
+            np.einsum("li,l->i", self.random.point, w), np.einsum("bli,l->bi", self.random.reps, w)
+        )
 
 
-def layer_matrices(result: SweepResult, features: str, n_random: int, seed: int, n_boot: int) -> LayerMatrices:
+def layer_matrices(
+    result: SweepResult, features: str, n_random: int, seed: int, n_boot: int
+) -> LayerMatrices:
     """Per-layer M from a sweep of `interaction_conditions` (feature set named `features`; random
     draws of `n_random` features), with a joint bootstrap of n_boot replicates over sentence ids."""
     ev = result.evalset
@@ -100,9 +108,13 @@ def layer_matrices(result: SweepResult, features: str, n_random: int, seed: int,
     if draws:
         per_layer = []
         for L in layers:
-            rcols = [result.index(L, NO_LANGUAGE, RANDOM, d, n_random) for d in result.random_draws(L, n_random)]
+            rcols = [
+                result.index(L, NO_LANGUAGE, RANDOM, d, n_random) for d in result.random_draws(L, n_random)
+            ]
             per_layer.append(mean_over_draws(plan.means((result.ablated[rcols] - result.baseline).T), seed))
-        random = Resampled(np.stack([r.point for r in per_layer]), np.stack([r.reps for r in per_layer], axis=1))
+        random = Resampled(
+            np.stack([r.point for r in per_layer]), np.stack([r.reps for r in per_layer], axis=1)
+        )
     return LayerMatrices(tuple(langs), layers, Resampled(point, reps), random)
 
 
@@ -113,10 +125,17 @@ def parse_aggregate(text: str) -> str | int:
     try:
         return int(text)
     except ValueError:
-        raise UserError(f"--aggregate: {text!r} is neither {' nor '.join(AGGREGATES)} nor a layer number") from None
+        raise UserError(
+            f"--aggregate: {text!r} is neither {' nor '.join(AGGREGATES)} nor a layer number"
+        ) from None
 
 
-def layer_weights(aggregate: str | int, layers: Sequence[int], languages: Sequence[str], peaks: Mapping[str, int] | None = None) -> np.ndarray:
+def layer_weights(
+    aggregate: str | int,
+    layers: Sequence[int],
+    languages: Sequence[str],
+    peaks: Mapping[str, int] | None = None,
+) -> np.ndarray:
     """[G, K] weights of each layer for each ablated language's column (see LayerMatrices.aggregate)."""
     K, G = len(layers), len(languages)
     if aggregate == "mean":
@@ -127,7 +146,9 @@ def layer_weights(aggregate: str | int, layers: Sequence[int], languages: Sequen
         chosen = [aggregate] * G
     missing = sorted({L for L in chosen if L not in layers})
     if missing:
-        raise UserError(f"layer(s) {missing} needed by --aggregate {aggregate} are not among --layers {list(layers)}")
+        raise UserError(
+            f"layer(s) {missing} needed by --aggregate {aggregate} are not among --layers {list(layers)}"
+        )
     w = np.zeros((G, K))
     w[np.arange(G), [list(layers).index(L) for L in chosen]] = 1.0
     return w
@@ -160,7 +181,10 @@ def profile_distance(m: np.ndarray) -> np.ndarray | None:
     return d if np.isfinite(d).all() else None
 
 
-DISTANCE_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {"ratio": ratio_distance, "profile": profile_distance}
+DISTANCE_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {
+    "ratio": ratio_distance,
+    "profile": profile_distance,
+}
 
 
 def negative_eigen_mass(d: np.ndarray) -> float:
@@ -197,7 +221,15 @@ def canonical_labels(labels: Sequence[int]) -> np.ndarray:
 def mds(d: np.ndarray, dims: int, n_init: int, seed: int) -> tuple[np.ndarray, float]:
     """Metric MDS of a precomputed distance (SMACOF, best of n_init seeded random starts):
     coordinates [G, dims] and Kruskal's stress-1 = sqrt(Σ (‖x_i − x_j‖ − D_ij)² / Σ D_ij²)."""
-    model = MDS(n_components=dims, metric_mds=True, metric="precomputed", n_init=n_init, init="random", random_state=seed, normalized_stress=False)
+    model = MDS(
+        n_components=dims,
+        metric_mds=True,
+        metric="precomputed",
+        n_init=n_init,
+        init="random",
+        random_state=seed,
+        normalized_stress=False,
+    )
     coords = model.fit_transform(d)
     fitted = squareform(pdist(coords))
     total = (d**2).sum()
@@ -243,14 +275,27 @@ class Stability:
     def ari_summary(self) -> dict:
         a = self.ari
         if len(a) == 0:
-            return {"mean": math.nan, "median": math.nan, "q05": math.nan, "q95": math.nan, "n_resamples": 0, "n_skipped": self.n_skipped}
+            return {
+                "mean": math.nan,
+                "median": math.nan,
+                "q05": math.nan,
+                "q95": math.nan,
+                "n_resamples": 0,
+                "n_skipped": self.n_skipped,
+            }
         return {
-            "mean": float(a.mean()), "median": float(np.median(a)), "q05": float(np.quantile(a, 0.05)),
-            "q95": float(np.quantile(a, 0.95)), "n_resamples": len(a), "n_skipped": self.n_skipped,
-        }  # fmt: skip
+            "mean": float(a.mean()),
+            "median": float(np.median(a)),
+            "q05": float(np.quantile(a, 0.05)),
+            "q95": float(np.quantile(a, 0.95)),
+            "n_resamples": len(a),
+            "n_skipped": self.n_skipped,
+        }
 
 
-def stability(m_reps: np.ndarray, distance: str, point_labels: np.ndarray, k: int, dims: int, n_init: int, seed: int) -> Stability:
+def stability(
+    m_reps: np.ndarray, distance: str, point_labels: np.ndarray, k: int, dims: int, n_init: int, seed: int
+) -> Stability:
     """Cluster every bootstrap replicate of M (m_reps [R, G, G]) as the point estimate was."""
     fn = DISTANCE_FUNCTIONS[distance]
     G = m_reps.shape[1]
@@ -271,29 +316,65 @@ def stability(m_reps: np.ndarray, distance: str, point_labels: np.ndarray, k: in
 # ----------------------------------------------------------------------------- rows and the contract file
 
 
-def matrix_rows(m: Resampled, languages: Sequence[str], layer, features: str, mode: str, n_texts: Mapping[str, int]) -> list[dict]:
-    """Tidy rows of one matrix (point [G, G], eval × ablated) with 95% CIs; `layer` = a layer or the aggregate's name."""
+def matrix_rows(
+    m: Resampled, languages: Sequence[str], layer, features: str, mode: str, n_texts: Mapping[str, int]
+) -> list[dict]:
+    """Tidy rows of one matrix (point [G, G], eval × ablated) with 95% CIs; `layer` = a layer or the
+    aggregate's name."""
     low, high = m.interval()
     return [
-        {"eval_lang": ei, "ablated_lang": aj, "features": features, "mode": mode, "layer": layer,
-         "delta_ce": float(m.point[i, j]), "ci_low": float(low[i, j]), "ci_high": float(high[i, j]), "n_texts": n_texts[ei]}
-        for i, ei in enumerate(languages) for j, aj in enumerate(languages)
-    ]  # fmt: skip
+        {
+            "eval_lang": ei,
+            "ablated_lang": aj,
+            "features": features,
+            "mode": mode,
+            "layer": layer,
+            "delta_ce": float(m.point[i, j]),
+            "ci_low": float(low[i, j]),
+            "ci_high": float(high[i, j]),
+            "n_texts": n_texts[ei],
+        }
+        for i, ei in enumerate(languages)
+        for j, aj in enumerate(languages)
+    ]
 
 
-def random_rows(r: Resampled, languages: Sequence[str], layer, k: int, mode: str, n_texts: Mapping[str, int]) -> list[dict]:
+def random_rows(
+    r: Resampled, languages: Sequence[str], layer, k: int, mode: str, n_texts: Mapping[str, int]
+) -> list[dict]:
     """Tidy rows of the random reference (point [G]): ablated_lang 'random', features 'random k=<k>'."""
     low, high = r.interval()
     return [
-        {"eval_lang": e, "ablated_lang": RANDOM, "features": f"random k={k}", "mode": mode, "layer": layer,
-         "delta_ce": float(r.point[i]), "ci_low": float(low[i]), "ci_high": float(high[i]), "n_texts": n_texts[e]}
+        {
+            "eval_lang": e,
+            "ablated_lang": RANDOM,
+            "features": f"random k={k}",
+            "mode": mode,
+            "layer": layer,
+            "delta_ce": float(r.point[i]),
+            "ci_low": float(low[i]),
+            "ci_high": float(high[i]),
+            "n_texts": n_texts[e],
+        }
         for i, e in enumerate(languages)
-    ]  # fmt: skip
+    ]
 
 
-MATRIX_COLUMNS = ["eval_lang", "ablated_lang", "features", "mode", "layer", "delta_ce", "ci_low", "ci_high", "n_texts"]
+MATRIX_COLUMNS = [
+    "eval_lang",
+    "ablated_lang",
+    "features",
+    "mode",
+    "layer",
+    "delta_ce",
+    "ci_low",
+    "ci_high",
+    "n_texts",
+]
 # Artifact names (sae_features/<run>/ files; output/<run>/ figure stems, + .png/.pdf)
-MATRIX_FILE, CLUSTERS_FILE, META_FILE = "interaction_matrix.csv", "interaction_clusters.json", "interaction_meta.json"
+MATRIX_FILE = "interaction_matrix.csv"
+CLUSTERS_FILE = "interaction_clusters.json"
+META_FILE = "interaction_meta.json"
 MATRIX_FIGURE, MDS_FIGURE = "interaction_matrix", "interaction_mds"
 DENDROGRAM_FIGURE, COCLUSTERING_FIGURE = "interaction_dendrogram", "interaction_coclustering"
 FIGURES = (MATRIX_FIGURE, MDS_FIGURE, DENDROGRAM_FIGURE, COCLUSTERING_FIGURE)
@@ -308,7 +389,9 @@ def require_clusters(cfg: RunConfig, mode: str, n_texts: int) -> Path:
     """Stage 3's clusters file, refused at once (before any model is loaded) when it is missing."""
     path = Path(cfg.features_dir) / CLUSTERS_FILE
     if not path.exists():
-        raise UserError(f"no interaction clusters in {path}; run `{stage3_command(cfg, n_texts, mode)}` first")
+        raise UserError(
+            f"no interaction clusters in {path}; run `{stage3_command(cfg, n_texts, mode)}` first"
+        )
     return path
 
 
@@ -318,7 +401,11 @@ def load_clusters(cfg: RunConfig, store_settings: dict, mode: str, n_texts: int)
     path = require_clusters(cfg, mode, n_texts)
     clusters = read_json(path, stage3_command(cfg, n_texts, mode))  # unreadable: one line naming it
     made = clusters.get("settings", {})
-    if made.get("store") != store_settings or made.get("mode") != mode or made.get("languages") != list(cfg.languages):
+    if (
+        made.get("store") != store_settings
+        or made.get("mode") != mode
+        or made.get("languages") != list(cfg.languages)
+    ):
         raise UserError(
             f"{path} was made with other settings (model, evaluation texts, nu run, mode or languages); "
             f"run `{stage3_command(cfg, n_texts, mode)}`"
@@ -332,7 +419,11 @@ def format_clusters(c: dict) -> str:
     members, and the fit and stability numbers."""
     langs = c["languages"]
     co = np.array(c["co_clustering"])
-    lines = [f"{'language':<10}{'MDS+Ward':>9}{'Ward on D':>10}  co-clustering with its cluster (share of resamples)", "-" * 78]
+    lines = [
+        f"{'language':<10}{'MDS+Ward':>9}{'Ward on D':>10}  "
+        "co-clustering with its cluster (share of resamples)",
+        "-" * 78,
+    ]
     for i, lang in enumerate(langs):
         mates = [j for j, other in enumerate(langs) if j != i and c["labels"][other] == c["labels"][lang]]
         together = ", ".join(f"{langs[j]} {co[i, j]:.2f}" for j in mates) or "(alone)"
@@ -340,9 +431,11 @@ def format_clusters(c: dict) -> str:
     ari = c["ari"]
     sil = ", ".join(f"k={k}: {v:.2f}" for k, v in c["silhouette"].items())
     lines += [
-        f"distance {c['distance_kind']}: negative eigenvalue mass {c['negative_eigen_mass']:.3f} (0 = Euclidean); MDS stress-1 {c['stress']:.3f}",
-        f"stability over {ari['n_resamples']} resamples ({ari['n_skipped']} undefined): ARI vs point clusters mean {ari['mean']:.2f}, "
-        f"median {ari['median']:.2f}, 5-95% [{ari['q05']:.2f}, {ari['q95']:.2f}]",
+        f"distance {c['distance_kind']}: negative eigenvalue mass {c['negative_eigen_mass']:.3f} "
+        f"(0 = Euclidean); MDS stress-1 {c['stress']:.3f}",
+        f"stability over {ari['n_resamples']} resamples ({ari['n_skipped']} undefined): ARI vs point "
+        f"clusters mean {ari['mean']:.2f}, median {ari['median']:.2f}, "
+        f"5-95% [{ari['q05']:.2f}, {ari['q95']:.2f}]",
         f"silhouette of the Ward cut on the MDS coordinates: {sil}",
         "cluster numbers are arbitrary; the two columns agree where they group the same languages",
     ]

@@ -38,6 +38,15 @@ SINGLE = "top1"
 PAIRS_FILE, SUMMARY_FILE = "cluster_synergy.csv", "cluster_synergy_summary.json"
 INTRA_INTER_FIGURE, COSINE_FIGURE, PAIRS_FIGURE = "synergy_intra_inter", "synergy_vs_cosine", "synergy_pairs"
 FIGURES = (INTRA_INTER_FIGURE, COSINE_FIGURE, PAIRS_FIGURE)
+SCRIPT = "cluster_synergy.py"
+
+# What the summary's numbers are (its meta fields of the same names)
+PAIR_SYNERGY = "mean of the pair's synergy on A's texts and on B's texts"
+REGRESSION = "pair synergy on |cosine| of the two top-1 decoder directions (scipy.stats.linregress)"
+PERMUTATION_TEST = (
+    "two-sided, intra mean - inter mean, cluster labels permuted over languages (sizes kept), "
+    "p = (1 + hits) / (1 + n)"
+)
 
 
 def pair_name(a: str, b: str) -> str:
@@ -83,13 +92,17 @@ def language_pairs(nu: NuResults, languages: Sequence[str], overlap_threshold: f
     return out
 
 
-def pair_conditions(nu: NuResults, languages: Sequence[str], mode: str, pairs: Sequence[Pair]) -> list[Condition]:
+def pair_conditions(
+    nu: NuResults, languages: Sequence[str], mode: str, pairs: Sequence[Pair]
+) -> list[Condition]:
     """Per layer: each language's top-1 (Section 5's) and, per pair, the union of the two top-1s."""
     out = []
     for _, lf in sorted(nu.layers.items()):
         out += language_conditions(lf, languages, mode, (1,))
     for p in pairs:
-        out.append(Condition(p.layer, mode, pair_name(p.a, p.b), SINGLE, tuple(sorted({p.feature_a, p.feature_b}))))
+        out.append(
+            Condition(p.layer, mode, pair_name(p.a, p.b), SINGLE, tuple(sorted({p.feature_a, p.feature_b})))
+        )
     return out
 
 
@@ -159,7 +172,12 @@ def group_means(values: Resampled, intra: np.ndarray) -> tuple[Resampled, Resamp
 
 
 def permutation_test(
-    values: np.ndarray, a_idx: np.ndarray, b_idx: np.ndarray, labels: np.ndarray, n_perm: int, seed: int,
+    values: np.ndarray,
+    a_idx: np.ndarray,
+    b_idx: np.ndarray,
+    labels: np.ndarray,
+    n_perm: int,
+    seed: int,
     covariate: np.ndarray | None = None,
 ) -> tuple[float, float, int]:
     """The cluster effect on `values` [P] and its two-sided p-value under random permutations of the
@@ -177,7 +195,9 @@ def permutation_test(
     p is never 0 and the test keeps its level). NaN effect and p when it is undefined as observed.
     """
     values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels)
-    x0 = np.ones((len(values), 1)) if covariate is None else np.column_stack([np.ones(len(values)), covariate])
+    x0 = (
+        np.ones((len(values), 1)) if covariate is None else np.column_stack([np.ones(len(values)), covariate])
+    )
     hat = x0 @ np.linalg.pinv(x0)  # projection onto [1, covariate]
     r_values = values - hat @ values
 
@@ -206,7 +226,13 @@ def regression(x: np.ndarray, y: np.ndarray) -> dict:
     if len(x) < 3 or np.ptp(x) == 0:
         return {"slope": math.nan, "intercept": math.nan, "r": math.nan, "p": math.nan, "n": len(x)}
     r = linregress(x, y)
-    return {"slope": float(r.slope), "intercept": float(r.intercept), "r": float(r.rvalue), "p": float(r.pvalue), "n": len(x)}
+    return {
+        "slope": float(r.slope),
+        "intercept": float(r.intercept),
+        "r": float(r.rvalue),
+        "p": float(r.pvalue),
+        "n": len(x),
+    }
 
 
 def _est(e: Estimate, n: int) -> dict:
@@ -214,7 +240,12 @@ def _est(e: Estimate, n: int) -> dict:
 
 
 def compare(
-    effects: PairEffects, which: np.ndarray, labels: Mapping[str, int], languages: Sequence[str], n_perm: int, seed: int
+    effects: PairEffects,
+    which: np.ndarray,
+    labels: Mapping[str, int],
+    languages: Sequence[str],
+    n_perm: int,
+    seed: int,
 ) -> dict:
     """Intra vs inter on the pairs selected by `which` [P] bool: means with CIs, difference with CI,
     permutation p-value, the regression of pair synergy on |cosine|, and the cluster effect left
@@ -230,8 +261,10 @@ def compare(
     a_idx = np.array([languages.index(p.a) for p in pairs], dtype=int)
     b_idx = np.array([languages.index(p.b) for p in pairs], dtype=int)
     cos = np.array([abs(p.cosine) for p in pairs])
-    _, p_value, n_used = permutation_test(values.point, a_idx, b_idx, lab, n_perm, seed) if len(pairs) else (math.nan, math.nan, 0)
-    effect, p_given, n_given = permutation_test(values.point, a_idx, b_idx, lab, n_perm, seed, cos) if len(pairs) else (math.nan, math.nan, 0)
+    none = (math.nan, math.nan, 0)  # no pairs to test
+    plain = permutation_test(values.point, a_idx, b_idx, lab, n_perm, seed) if len(pairs) else none
+    given = permutation_test(values.point, a_idx, b_idx, lab, n_perm, seed, cos) if len(pairs) else none
+    (_, p_value, n_used), (effect, p_given, n_given) = plain, given
     return {
         "intra": _est(i.estimate(), int(intra.sum())),
         "inter": _est(o.estimate(), int((~intra).sum())),
@@ -243,12 +276,17 @@ def compare(
     }
 
 
-def summary(effects: PairEffects, labels: Mapping[str, int], languages: Sequence[str], n_perm: int, seed: int) -> dict:
+def summary(
+    effects: PairEffects, labels: Mapping[str, int], languages: Sequence[str], n_perm: int, seed: int
+) -> dict:
     """Per layer and over all layers pooled: `compare` with and without degenerate pairs."""
     layers = np.array([p.layer for p in effects.pairs])
     clean = ~np.array([p.degenerate for p in effects.pairs], dtype=bool)
     out = {}
-    for key, sel in [*((str(L), layers == L) for L in sorted(set(layers.tolist()))), ("all_layers", np.ones(len(layers), bool))]:
+    for key, sel in [
+        *((str(L), layers == L) for L in sorted(set(layers.tolist()))),
+        ("all_layers", np.ones(len(layers), bool)),
+    ]:
         out[key] = {
             "with_degenerate": compare(effects, sel, labels, languages, n_perm, seed),
             "without_degenerate": compare(effects, sel & clean, labels, languages, n_perm, seed),
@@ -265,14 +303,30 @@ def pair_rows(effects: PairEffects, labels: Mapping[str, int], n_texts: Mapping[
     rows = []
     for i, p in enumerate(effects.pairs):
         for side, lang in enumerate((p.a, p.b)):
-            rows.append({
-                "layer": p.layer, "lang_a": p.a, "lang_b": p.b, "eval_lang": lang, "feature_a": p.feature_a, "feature_b": p.feature_b,
-                "cosine": p.cosine, "same_feature": p.same_feature, "overlapping": p.overlapping, "degenerate": p.degenerate,
-                "intra_cluster": labels[p.a] == labels[p.b], "cluster_a": labels[p.a], "cluster_b": labels[p.b],
-                "delta_ab": float(effects.delta_ab.point[i, side]), "delta_a": float(effects.delta_a.point[i, side]),
-                "delta_b": float(effects.delta_b.point[i, side]), "synergy": float(syn.point[i, side]),
-                "ci_low": float(low[i, side]), "ci_high": float(high[i, side]), "n_texts": n_texts[lang],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "layer": p.layer,
+                    "lang_a": p.a,
+                    "lang_b": p.b,
+                    "eval_lang": lang,
+                    "feature_a": p.feature_a,
+                    "feature_b": p.feature_b,
+                    "cosine": p.cosine,
+                    "same_feature": p.same_feature,
+                    "overlapping": p.overlapping,
+                    "degenerate": p.degenerate,
+                    "intra_cluster": labels[p.a] == labels[p.b],
+                    "cluster_a": labels[p.a],
+                    "cluster_b": labels[p.b],
+                    "delta_ab": float(effects.delta_ab.point[i, side]),
+                    "delta_a": float(effects.delta_a.point[i, side]),
+                    "delta_b": float(effects.delta_b.point[i, side]),
+                    "synergy": float(syn.point[i, side]),
+                    "ci_low": float(low[i, side]),
+                    "ci_high": float(high[i, side]),
+                    "n_texts": n_texts[lang],
+                }
+            )
     return rows
 
 
@@ -282,18 +336,25 @@ def format_summary(summary: Mapping) -> str:
     def ci(e):
         return format_interval(e["value"], e["ci_low"], e["ci_high"], sep=",")
 
-    head = (f"{'layer':<11}{'pairs':<9}{'intra [95% CI]':<27}{'inter [95% CI]':<27}{'intra − inter [95% CI]':<27}{'perm. p':>8}"
-            f"  synergy ~ |cos|: slope, r    intra beyond |cos|, perm. p")
+    head = (
+        f"{'layer':<11}{'pairs':<9}{'intra [95% CI]':<27}{'inter [95% CI]':<27}"
+        f"{'intra − inter [95% CI]':<27}{'perm. p':>8}"
+        f"  synergy ~ |cos|: slope, r    intra beyond |cos|, perm. p"
+    )
     lines = [head, "-" * len(head)]
     for layer, s in summary.items():
         for which in ("with_degenerate", "without_degenerate"):
-            c, r = s[which], s[which]["regression"]
+            c, r, g = s[which], s[which]["regression"], s[which]["intra_given_cosine"]
             n = f"{c['intra']['n_pairs']}+{c['inter']['n_pairs']}"
             lines.append(
-                f"{layer:<11}{n:<9}{ci(c['intra']):<27}{ci(c['inter']):<27}{ci(c['difference']):<27}{c['permutation_p']:>8.3g}  "
-                f"{r['slope']:+.3f}, {r['r']:+.2f}{'':<14}{c['intra_given_cosine']['coefficient']:+.3f}, {c['intra_given_cosine']['permutation_p']:.3g}"
+                f"{layer:<11}{n:<9}{ci(c['intra']):<27}{ci(c['inter']):<27}{ci(c['difference']):<27}"
+                f"{c['permutation_p']:>8.3g}  {r['slope']:+.3f}, {r['r']:+.2f}{'':<14}"
+                f"{g['coefficient']:+.3f}, {g['permutation_p']:.3g}"
                 + ("" if which == "with_degenerate" else "   (degenerate pairs left out)")
             )
-        lines.append(f"{'':<11}{s['n_same_feature']} pairs share their top-1 feature, {s['n_overlapping']} overlap above the threshold")
+        lines.append(
+            f"{'':<11}{s['n_same_feature']} pairs share their top-1 feature, {s['n_overlapping']} overlap "
+            "above the threshold"
+        )
     lines.append("pairs: intra+inter; a pair's synergy is the mean of ΔAB − ΔA − ΔB on A's and on B's texts")
     return "\n".join(lines)

@@ -8,30 +8,55 @@ Pairs whose top-1 features coincide (synergy = −ΔA by construction) or whose 
 have |cosine| above --overlap-threshold are flagged, and every summary is given with and
 without them. Clusters come from stage 3 (interaction_clusters.json). Writes:
   sae_features/<run>/cluster_synergy.csv            one row per pair, layer and evaluation side
-  sae_features/<run>/cluster_synergy_summary.json   per layer: intra, inter, difference (CIs), permutation p, synergy ~ |cosine|
+  sae_features/<run>/cluster_synergy_summary.json   per layer: intra, inter, difference (CIs),
+                                                    permutation p, synergy ~ |cosine|
   output/<run>/synergy_intra_inter, synergy_vs_cosine, synergy_pairs (.png, .pdf)
 """
 
 from __future__ import annotations
 
-
-
-from langsae import features, interactions, plots, stats, sweep, synergy
-from langsae.artifacts import package_versions, preflight, save_csv, save_json
+from langsae import features, interactions, plots, section5, stats, sweep, synergy
+from langsae.artifacts import preflight, save_csv
 from langsae.config import build_parser, resolve
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished
-from langsae.verdicts import Claim, Artifacts, Evidence, INCONCLUSIVE, Interval, PERMUTATION_ALPHA, SUPPORTED, images, interval_verdict, not_run, table, value_ci
+from langsae.stages import Stage, finished, write_meta
+from langsae.verdicts import (
+    INCONCLUSIVE,
+    PERMUTATION_ALPHA,
+    SUPPORTED,
+    Artifacts,
+    Claim,
+    Evidence,
+    Interval,
+    images,
+    interval_verdict,
+    not_run,
+    table,
+    value_ci,
+)
+
+STAGE_NAME = "cluster-synergy"
 
 
 def parse_args(argv):
     p = build_parser(__doc__)
     sweep.add_sweep_args(p, top_k=False, random_draws=False)
     g = p.add_argument_group("synergy")
-    g.add_argument("--overlap-threshold", type=float, default=0.9, help="a pair whose top-1 decoder directions have |cosine| above this is flagged overlapping (degenerate)")
-    g.add_argument("--permutations", type=int, default=10000, help="random permutations of the languages' cluster labels (sizes kept) for the intra-vs-inter test")
+    g.add_argument(
+        "--overlap-threshold",
+        type=float,
+        default=0.9,
+        help="a pair whose top-1 decoder directions have |cosine| above this is flagged overlapping "
+        "(degenerate)",
+    )
+    g.add_argument(
+        "--permutations",
+        type=int,
+        default=10000,
+        help="random permutations of the languages' cluster labels (sizes kept) for the intra-vs-inter test",
+    )
     return p.parse_args(argv)
 
 
@@ -54,7 +79,10 @@ def main(argv=None):
     setup = sweep.open_sweep(cfg, nu, n_texts)
     clusters = interactions.load_clusters(cfg, setup.settings, args.mode, n_texts)
     labels = {lang: int(clusters["labels"][lang]) for lang in languages}
-    print(f"run {cfg.run_name}: {len(pairs)} pairs at layers {sorted(nu.layers)} ({args.mode}) x {n_texts} texts; clusters from stage 3 ({clusters['settings']['distance']}, k={clusters['settings']['k']})")
+    print(
+        f"run {cfg.run_name}: {len(pairs)} pairs at layers {sorted(nu.layers)} ({args.mode}) x {n_texts} "
+        f"texts; clusters from stage 3 ({clusters['settings']['distance']}, k={clusters['settings']['k']})"
+    )
     result = setup.run(nu, conditions, cfg, args.rows_per_forward)
     print(f"{result.computed} conditions computed, {result.cached} read from the cache")
 
@@ -63,30 +91,41 @@ def main(argv=None):
     rows = synergy.pair_rows(effects, labels, n_of)
     summary = synergy.summary(effects, labels, languages, args.permutations, cfg.seed)
     fdir = cfg.features_dir
-    save_csv(rows, fdir / "cluster_synergy.csv")
+    save_csv(rows, fdir / synergy.PAIRS_FILE)
     settings = {
-        "store": setup.settings, "mode": args.mode, "n_texts": n_texts, "languages": languages, "layers": sorted(nu.layers),
-        "overlap_threshold": args.overlap_threshold, "permutations": args.permutations, "seed": cfg.seed,
+        "store": setup.settings,
+        "mode": args.mode,
+        "n_texts": n_texts,
+        "languages": languages,
+        "layers": sorted(nu.layers),
+        "overlap_threshold": args.overlap_threshold,
+        "permutations": args.permutations,
+        "seed": cfg.seed,
         "clusters": {"labels": labels, "settings": clusters["settings"]},
-    }  # fmt: skip
+    }
     order = sorted(range(len(languages)), key=lambda i: (labels[languages[i]], i))
-    figures = plots.synergy_intra_inter(summary, cfg.output_dir / "synergy_intra_inter")
-    figures += plots.synergy_vs_cosine(rows, cfg.output_dir / "synergy_vs_cosine")
-    figures += plots.synergy_pairs(rows, languages, order, cfg.output_dir / "synergy_pairs")
-    save_json(
-        {"stage": "cluster_synergy", "layers": summary, "settings": settings, "config": cfg.describe(),
-         "pair_synergy": "mean of the pair's synergy on A's texts and on B's texts",
-         "regression": "pair synergy on |cosine| of the two top-1 decoder directions (scipy.stats.linregress)",
-         "permutation_test": "two-sided, intra mean - inter mean, cluster labels permuted over languages (sizes kept), p = (1 + hits) / (1 + n)",
-         "bootstrap": {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": cfg.seed,
-                       "resampling": "sentence ids with replacement, one draw shared by all languages"},
-         "n_pairs": len(pairs), "computed": result.computed, "cached": result.cached,
-         "figures": [str(f) for f in figures], "data": data_record(cfg, ("evaluation",)),
-         "versions": package_versions()},
-        fdir / "cluster_synergy_summary.json",
-    )  # fmt: skip
+    out = cfg.output_dir
+    figures = plots.synergy_intra_inter(summary, out / synergy.INTRA_INTER_FIGURE)
+    figures += plots.synergy_vs_cosine(rows, out / synergy.COSINE_FIGURE)
+    figures += plots.synergy_pairs(rows, languages, order, out / synergy.PAIRS_FIGURE)
+    write_meta(
+        fdir / synergy.SUMMARY_FILE,
+        cfg,
+        STAGE_NAME,
+        settings,
+        figures,
+        layers=summary,
+        pair_synergy=synergy.PAIR_SYNERGY,
+        regression=synergy.REGRESSION,
+        permutation_test=synergy.PERMUTATION_TEST,
+        bootstrap=stats.bootstrap_record(cfg.seed, section5.RESAMPLING),
+        n_pairs=len(pairs),
+        computed=result.computed,
+        cached=result.cached,
+        data=data_record(cfg, ("evaluation",)),
+    )
     print(synergy.format_summary(summary))
-    print(f"results: {fdir / 'cluster_synergy_summary.json'}; figures: {cfg.output_dir}")
+    print(f"results: {fdir / synergy.SUMMARY_FILE}; figures: {cfg.output_dir}")
     return finished(cfg, result.computed, result.cached, "conditions")
 
 
@@ -97,7 +136,7 @@ def intra_subadditive(a: Artifacts) -> Evidence | None:
     """Pooled over layers, without the pairs that share (or nearly share) a top-1 feature, whose
     sub-additivity is built in: intra-cluster synergy below zero and below the inter-cluster pairs'.
     The regression on |cosine| and the per-layer numbers are in the stage's section."""
-    s = a.json("cluster_synergy_summary.json")
+    s = a.json(synergy.SUMMARY_FILE)
     if s is None:
         return None
     w = s["layers"]["all_layers"]
@@ -107,15 +146,19 @@ def intra_subadditive(a: Artifacts) -> Evidence | None:
 
     clean, full = w["without_degenerate"], w["with_degenerate"]
     n_intra = clean["intra"]["n_pairs"]
-    verdict = interval_verdict(part("without_degenerate", "intra"), part("without_degenerate", "inter"), -1) if n_intra else INCONCLUSIVE
-    if verdict == SUPPORTED and not clean["permutation_p"] < PERMUTATION_ALPHA:
-        verdict = INCONCLUSIVE  # the sentence bootstrap holds the pairs fixed; which languages share a cluster is tested by permutation
     without, with_ = part("without_degenerate", "intra"), part("with_degenerate", "intra")
-    numbers = (f"intra-cluster synergy, pooled over layers, without degenerate pairs: {without} "
-               f"({n_intra} pair-layers); with them: {with_} ({full['intra']['n_pairs']})")
     inter = part("without_degenerate", "inter")
+    verdict = interval_verdict(without, inter, -1) if n_intra else INCONCLUSIVE
+    if verdict == SUPPORTED and not clean["permutation_p"] < PERMUTATION_ALPHA:
+        # the sentence bootstrap holds the pairs fixed; which languages share a cluster is tested
+        # by permutation
+        verdict = INCONCLUSIVE
+    numbers = (
+        f"intra-cluster synergy, pooled over layers, without degenerate pairs: {without} "
+        f"({n_intra} pair-layers); with them: {with_} ({full['intra']['n_pairs']})"
+    )
     control = f"inter-cluster pairs: {inter}; permutation p = {clean['permutation_p']:.3g}"
-    return Evidence(numbers, control, a.figure("synergy_vs_cosine.png"), verdict)
+    return Evidence(numbers, control, a.figure(f"{synergy.COSINE_FIGURE}.png"), verdict)
 
 
 def _given_cos(d: dict) -> str:
@@ -125,9 +168,9 @@ def _given_cos(d: dict) -> str:
 
 def cluster_synergy_section(a: Artifacts) -> list[str]:
     title = "Stage 4: intra- vs inter-cluster synergy"
-    s = a.json("cluster_synergy_summary.json")
+    s = a.json(synergy.SUMMARY_FILE)
     if s is None:
-        return not_run(title, a, "cluster-synergy", "python cluster_synergy.py")
+        return not_run(title, a, STAGE_NAME, f"python {synergy.SCRIPT}")
     rows = []
     for layer, w in s["layers"].items():
         for which in ("with_degenerate", "without_degenerate"):
@@ -141,22 +184,45 @@ def cluster_synergy_section(a: Artifacts) -> list[str]:
             intra, inter = f"{iv['intra']} ({n_intra})", f"{iv['inter']} ({n_inter})"
             p = f"{d['permutation_p']:.3g}"
             rows.append((layer, pairs, intra, inter, iv["difference"], p, slope, _given_cos(d)))
-    lines = [f"## {title}", "", "Synergy = ΔAB − ΔA − ΔB of two languages' top-1 features, per pair the mean of its two sides; degenerate pairs share "
-             "their top-1 feature or have decoder |cosine| above the threshold (their sub-additivity is built in).", ""]  # fmt: skip
-    lines += table(["layer", "pairs", "intra [95% CI] (n)", "inter [95% CI] (n)", "intra − inter", "permutation p", "slope on abs(cos)", "intra beyond abs(cos), p"], rows)
-    return lines + images(a, ["synergy_intra_inter.png", "synergy_vs_cosine.png", "synergy_pairs.png"])
+    lines = [
+        f"## {title}",
+        "",
+        "Synergy = ΔAB − ΔA − ΔB of two languages' top-1 features, per pair the mean of its two sides; "
+        "degenerate pairs share their top-1 feature or have decoder |cosine| above the threshold (their "
+        "sub-additivity is built in).",
+        "",
+    ]
+    lines += table(
+        [
+            "layer",
+            "pairs",
+            "intra [95% CI] (n)",
+            "inter [95% CI] (n)",
+            "intra − inter",
+            "permutation p",
+            "slope on abs(cos)",
+            "intra beyond abs(cos), p",
+        ],
+        rows,
+    )
+    return lines + images(a, [f"{name}.png" for name in synergy.FIGURES])
 
 
 CLAIMS = (
-    Claim(9, "Intra-cluster language pairs are sub-additive (more than inter-cluster pairs)", "seed reproduction", intra_subadditive),
+    Claim(
+        9,
+        "Intra-cluster language pairs are sub-additive (more than inter-cluster pairs)",
+        "seed reproduction",
+        intra_subadditive,
+    ),
 )
 
 STAGE = Stage(
-    "cluster-synergy",
-    "cluster_synergy.py",
+    STAGE_NAME,
+    synergy.SCRIPT,
     "Sec. 5 synergy, across language pairs",
     main,
     claims=CLAIMS,
     report=cluster_synergy_section,
-    meta="cluster_synergy_summary.json",
+    meta=synergy.SUMMARY_FILE,
 )
