@@ -42,24 +42,42 @@ log = logging.getLogger(__name__)
 BASELINE, OWN, RANDOM, CROSS = "baseline", "own", "random", "cross"
 TOP_RANKS = (1, 2)  # the task language's top-1+2 features
 RESULTS_COLUMNS = [
-    "task", "lang", "layer", "condition", "ablated_lang", "draw", "metric", "scoring", "quantity", "value", "ci_low", "ci_high", "n",
-]  # fmt: skip
+    "task",
+    "lang",
+    "layer",
+    "condition",
+    "ablated_lang",
+    "draw",
+    "metric",
+    "scoring",
+    "quantity",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+]
 METRICS = {  # task -> (metric, scoring); all higher-is-better except unparseable_rate
     "qa": [("em", "generate"), ("f1", "generate"), ("lang_f1", "generate")],
-    "sentiment": [("accuracy", "generate"), ("qwk", "generate"), ("unparseable_rate", "generate"), ("accuracy", "loglik"), ("qwk", "loglik")],
+    "sentiment": [
+        ("accuracy", "generate"),
+        ("qwk", "generate"),
+        ("unparseable_rate", "generate"),
+        ("accuracy", "loglik"),
+        ("qwk", "loglik"),
+    ],
     "topic": [("accuracy", "loglik"), ("macro_f1", "loglik")],
-}  # fmt: skip
+}
 SUMMARY_RULE = (
-    "per task, language, layer, metric and scoring: the own-feature drop exceeds the random control's when the "
-    "95% paired bootstrap intervals of own − baseline and of (own − baseline) − (random − baseline) = own − mean over "
-    "random draws both lie entirely below zero (items resampled, jointly across languages for parallel data, "
-    "separately per language otherwise, and draws resampled); "
+    "per task, language, layer, metric and scoring: the own-feature drop exceeds the random control's "
+    "when the 95% paired bootstrap intervals of own − baseline and of (own − baseline) − (random − baseline) "
+    "= own − mean over random draws both lie entirely below zero (items resampled, jointly across "
+    "languages for parallel data, separately per language otherwise, and draws resampled); "
     "unparseable_rate is left out (lower is better)"
 )
 CROSS_RULE = (
     "the nu run's language farthest from the task language in stage 3's interaction matrix "
-    "(interaction_clusters.json, 'distance'), when that file exists and was made from this run's model, SAE and nu "
-    "results; otherwise English, or Chinese for English tasks"
+    "(interaction_clusters.json, 'distance'), when that file exists and was made from this run's model, "
+    "SAE and nu results; otherwise English, or Chinese for English tasks"
 )
 
 # Artifact names, declared once for the stage, its report section and any other reader. Files made
@@ -108,11 +126,18 @@ class Condition:
         return f"L{self.layer}_{mode}_{self.name}" + ("" if self.draw is None else str(self.draw))
 
 
-STAGE3_IDENTITY = ("model", "sae_release", "nu_config_hash")  # what must match for stage 3's distances to describe this run
+STAGE3_IDENTITY = (
+    "model",
+    "sae_release",
+    "nu_config_hash",
+)  # what must match for stage 3's distances to describe this run
 
 
 def cross_language(
-    lang: str, nu_languages: Sequence[str], clusters_file: Path, expect: Mapping | None = None,
+    lang: str,
+    nu_languages: Sequence[str],
+    clusters_file: Path,
+    expect: Mapping | None = None,
     remake: str = "cross_linguistic_interactions.py",
 ) -> str:
     """The cross-language control's language (CROSS_RULE). expect: this run's model (content identity),
@@ -127,7 +152,12 @@ def cross_language(
         made = data.get("settings", {}).get("store", {})
         stale = [k for k in STAGE3_IDENTITY if made.get(k) != expect.get(k)]
         if stale:
-            log.warning("%s was made with another %s; the cross-language control falls back to English (Chinese for English)", clusters_file, "/".join(stale))
+            log.warning(
+                "%s was made with another %s; "
+                "the cross-language control falls back to English (Chinese for English)",
+                clusters_file,
+                "/".join(stale),
+            )
             data = None
     if data is not None:
         names, dist = list(data["languages"]), np.asarray(data["distance"], dtype=float)
@@ -149,9 +179,14 @@ def conditions_for(
     for L in layers:
         lf = nu.layers[L]
         if random_draws and len(lf.control_indices) < k:
-            raise UserError(f"layer {L}'s control pool has {len(lf.control_indices)} features, fewer than {k}")
+            raise UserError(
+                f"layer {L}'s control pool has {len(lf.control_indices)} features, fewer than {k}"
+            )
         out.append(Condition(OWN, L, lang, lf.top(lang, TOP_RANKS)))
-        out += [Condition(RANDOM, L, NO_LANGUAGE, random_draw(lf.control_indices, k, seed, L, d), d) for d in range(random_draws)]
+        out += [
+            Condition(RANDOM, L, NO_LANGUAGE, random_draw(lf.control_indices, k, seed, L, d), d)
+            for d in range(random_draws)
+        ]
         out.append(Condition(CROSS, L, cross_lang, lf.top(cross_lang, TOP_RANKS)))
     return out
 
@@ -191,16 +226,24 @@ def _choice_scores(model, tokenizer, prompt_ids, items, edits, eng: EngineSettin
     return lp.reshape(len(edits), len(items), K)
 
 
-def compute_records(model, tokenizer, task: str, lang: str, items: list, edits: list, eng: EngineSettings) -> list[list[dict]]:
+def compute_records(
+    model, tokenizer, task: str, lang: str, items: list, edits: list, eng: EngineSettings
+) -> list[list[dict]]:
     """Per-item records of every condition ([C][N]): what was generated or scored, and the item's scores."""
     prompt_ids = [tokenizer(it.prompt)["input_ids"] for it in items]
     C = len(edits)
     records = [[{"id": it.id, "gold": it.gold} for it in items] for _ in range(C)]
     if task in ("qa", "sentiment"):
         gens = greedy_generate(
-            model, prompt_ids, edits, stop_token_ids(tokenizer, model), eng.pad_id, eng.max_new_tokens,
-            eng.rows_per_forward, f"{task} {lang}: generate",
-        )  # fmt: skip
+            model,
+            prompt_ids,
+            edits,
+            stop_token_ids(tokenizer, model),
+            eng.pad_id,
+            eng.max_new_tokens,
+            eng.rows_per_forward,
+            f"{task} {lang}: generate",
+        )
         for c in range(C):
             for i, it in enumerate(items):
                 raw = tokenizer.decode(gens[c][i], skip_special_tokens=True)
@@ -208,11 +251,17 @@ def compute_records(model, tokenizer, task: str, lang: str, items: list, edits: 
                 rec.update(raw=raw, n_new_tokens=len(gens[c][i]))
                 if task == "qa":
                     answer = tasks.answer_text(raw)
-                    rec.update(answer=answer, truncated=it.meta.get("truncated", False), **tasks.score_qa(answer, it.gold, lang))
+                    rec.update(
+                        answer=answer,
+                        truncated=it.meta.get("truncated", False),
+                        **tasks.score_qa(answer, it.gold, lang),
+                    )
                 else:
                     rec["parsed"] = metrics.parse_rating(raw)
     if task in ("sentiment", "topic"):
-        scores = _choice_scores(model, tokenizer, prompt_ids, items, edits, eng, f"{task} {lang}: log-likelihood")
+        scores = _choice_scores(
+            model, tokenizer, prompt_ids, items, edits, eng, f"{task} {lang}: log-likelihood"
+        )
         names = [c.strip() for c in items[0].choices]
         for c in range(C):
             for i in range(len(items)):
@@ -224,21 +273,42 @@ def compute_records(model, tokenizer, task: str, lang: str, items: list, edits: 
 
 
 def run_units(
-    model, tokenizer, task: str, lang: str, items: list, conditions: list[Condition], nu: NuResults, mode: str,
-    store: UnitStore, task_settings: dict, eng: EngineSettings, force: bool,
+    model,
+    tokenizer,
+    task: str,
+    lang: str,
+    items: list,
+    conditions: list[Condition],
+    nu: NuResults,
+    mode: str,
+    store: UnitStore,
+    task_settings: dict,
+    eng: EngineSettings,
+    force: bool,
 ) -> tuple[dict[str, list[dict]], int, int]:
     """Per-item records of every condition's unit ({unit: records}), computing only unfinished ones
     (those this process can claim together, stacked; units claimed by another live process are waited
-    for, langsae.units); returns (records, n computed, n cached)."""  # fmt: skip
+    for, langsae.units); returns (records, n computed, n cached)."""
     by_unit = {c.unit(mode): c for c in conditions}
 
     def meta(c: Condition) -> dict:
-        return {"task": task, "lang": lang, "layer": c.layer, "condition": c.name, "ablated_lang": c.ablated_lang,
-                "draw": c.draw, "feature_ids": list(c.feature_ids), "mode": None if c.name == BASELINE else mode}  # fmt: skip
+        return {
+            "task": task,
+            "lang": lang,
+            "layer": c.layer,
+            "condition": c.name,
+            "ablated_lang": c.ablated_lang,
+            "draw": c.draw,
+            "feature_ids": list(c.feature_ids),
+            "mode": None if c.name == BASELINE else mode,
+        }
 
     def compute(todo) -> list[list[dict]]:
         cs = [by_unit[unit] for unit, _, _ in todo]
-        edits = [None if c.name == BASELINE else make_ablation(nu.layers[c.layer], c.feature_ids, mode, eng.device) for c in cs]
+        edits = [
+            None if c.name == BASELINE else make_ablation(nu.layers[c.layer], c.feature_ids, mode, eng.device)
+            for c in cs
+        ]
         log.info("%s %s: %d units to compute (%d items each)", task, lang, len(todo), len(items))
         return compute_records(model, tokenizer, task, lang, items, edits, eng)
 
@@ -276,17 +346,30 @@ def metric_reps(task: str, metric: str, scoring: str, records: list[dict], w: np
 
 
 def _resampled(task, metric, scoring, records, w) -> Resampled:
-    return Resampled(metric_reps(task, metric, scoring, records, np.ones((1, len(records))))[0], metric_reps(task, metric, scoring, records, w))
+    return Resampled(
+        metric_reps(task, metric, scoring, records, np.ones((1, len(records))))[0],
+        metric_reps(task, metric, scoring, records, w),
+    )
 
 
 def _row(task, lang, c: Condition | None, metric, scoring, quantity, est: Resampled, n, draw="") -> dict:
     low, high = est.interval()
     cond = c or Condition(RANDOM)
     return {
-        "task": task, "lang": lang, "layer": "" if cond.layer is None else cond.layer, "condition": cond.name,
-        "ablated_lang": cond.ablated_lang, "draw": draw, "metric": metric, "scoring": scoring, "quantity": quantity,
-        "value": float(est.point), "ci_low": float(low), "ci_high": float(high), "n": n,
-    }  # fmt: skip
+        "task": task,
+        "lang": lang,
+        "layer": "" if cond.layer is None else cond.layer,
+        "condition": cond.name,
+        "ablated_lang": cond.ablated_lang,
+        "draw": draw,
+        "metric": metric,
+        "scoring": scoring,
+        "quantity": quantity,
+        "value": float(est.point),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "n": n,
+    }
 
 
 @dataclass
@@ -308,14 +391,19 @@ def bootstrap_weights(res: TaskResults, seed: int, n_boot: int) -> dict[str, np.
     ids = {lang: [it.id for it in res.items[lang]] for lang in res.languages}
     every = [i for v in ids.values() for i in set(v)]
     if len(every) == len(set(every)):  # no id in two languages
-        return {lang: JointBootstrap(ids[lang], np.zeros(len(ids[lang]), int), 1, seed + g, n_boot).weights(0) for g, lang in enumerate(res.languages)}
+        return {
+            lang: JointBootstrap(ids[lang], np.zeros(len(ids[lang]), int), 1, seed + g, n_boot).weights(0)
+            for g, lang in enumerate(res.languages)
+        }
     flat = [i for lang in res.languages for i in ids[lang]]
     groups = np.repeat(np.arange(len(res.languages)), [len(ids[lang]) for lang in res.languages])
     plan = JointBootstrap(flat, groups, len(res.languages), seed, n_boot)
     return {lang: plan.weights(g) for g, lang in enumerate(res.languages)}
 
 
-def results_rows(res: TaskResults, layers: Sequence[int], mode: str, seed: int, n_boot: int = N_BOOT) -> tuple[list[dict], list[dict]]:
+def results_rows(
+    res: TaskResults, layers: Sequence[int], mode: str, seed: int, n_boot: int = N_BOOT
+) -> tuple[list[dict], list[dict]]:
     """(results table rows, summary entries) of one task. See RESULTS_COLUMNS and SUMMARY_RULE."""
     weights = bootstrap_weights(res, seed, n_boot)
     rows, summary = [], []
@@ -335,13 +423,20 @@ def results_rows(res: TaskResults, layers: Sequence[int], mode: str, seed: int, 
                     rows.append(_row(res.task, lang, c, metric, scoring, "value", e, n, d))
                     rows.append(_row(res.task, lang, c, metric, scoring, "delta", e - base, n, d))
                 if draws:
-                    stack = Resampled(np.array([est[c.unit(mode)].point for c in draws]), np.stack([est[c.unit(mode)].reps for c in draws], -1))
+                    stack = Resampled(
+                        np.array([est[c.unit(mode)].point for c in draws]),
+                        np.stack([est[c.unit(mode)].reps for c in draws], -1),
+                    )
                     rand = mean_over_draws(stack, seed)
                     mean_cond = Condition(RANDOM, L, NO_LANGUAGE)
                     rows.append(_row(res.task, lang, mean_cond, metric, scoring, "value", rand, n))
                     rows.append(_row(res.task, lang, mean_cond, metric, scoring, "delta", rand - base, n))
                 if metric != "unparseable_rate":
-                    summary.append(_summary_entry(res.task, lang, L, metric, scoring, at, est, base, rand if draws else None, mode))
+                    summary.append(
+                        _summary_entry(
+                            res.task, lang, L, metric, scoring, at, est, base, rand if draws else None, mode
+                        )
+                    )
     return rows, summary
 
 
@@ -355,15 +450,26 @@ def _summary_entry(task, lang, layer, metric, scoring, at, est, base, rand, mode
     cross = next(c for c in at if c.name == CROSS)
     own_e = est[own.unit(mode)]
     entry = {
-        "task": task, "lang": lang, "layer": layer, "metric": metric, "scoring": scoring, "baseline": _interval(base),
-        "own_delta": _interval(own_e - base), "cross_lang": cross.ablated_lang, "cross_delta": _interval(est[cross.unit(mode)] - base),
-        "random_delta": None, "own_minus_random": None, "own_drop_exceeds_random": None,
-    }  # fmt: skip
+        "task": task,
+        "lang": lang,
+        "layer": layer,
+        "metric": metric,
+        "scoring": scoring,
+        "baseline": _interval(base),
+        "own_delta": _interval(own_e - base),
+        "cross_lang": cross.ablated_lang,
+        "cross_delta": _interval(est[cross.unit(mode)] - base),
+        "random_delta": None,
+        "own_minus_random": None,
+        "own_drop_exceeds_random": None,
+    }
     if rand is not None:
         diff = _interval(own_e - rand)
         entry.update(random_delta=_interval(rand - base), own_minus_random=diff)
         own_delta = entry["own_delta"]
-        entry["own_drop_exceeds_random"] = bool(math.isfinite(diff[2]) and diff[2] < 0 and math.isfinite(own_delta[2]) and own_delta[2] < 0)
+        entry["own_drop_exceeds_random"] = bool(
+            math.isfinite(diff[2]) and diff[2] < 0 and math.isfinite(own_delta[2]) and own_delta[2] < 0
+        )
     return entry
 
 
@@ -373,14 +479,21 @@ def format_summary(entries: Sequence[dict]) -> str:
     def ci(v):
         return "n/a" if v is None else format_interval(v[0], v[1], v[2], sep=",")
 
-    head = (f"{'task':<10}{'lang':<10}{'layer':>5}  {'metric':<18}{'baseline':>9}  {'own Δ [95% CI]':<27}"
-            f"{'random Δ':<27}{'cross Δ (lang)':<38}{'own − random':<27}own drop > random")  # fmt: skip
+    head = (
+        f"{'task':<10}{'lang':<10}{'layer':>5}  {'metric':<18}{'baseline':>9}  {'own Δ [95% CI]':<27}"
+        f"{'random Δ':<27}{'cross Δ (lang)':<38}{'own − random':<27}own drop > random"
+    )
     lines = [head, "-" * len(head)]
     for e in entries:
+        metric, cross = f"{e['metric']}/{e['scoring']}", f"{ci(e['cross_delta'])} {e['cross_lang']}"
+        exceeds = {None: "-", True: "yes", False: "no"}[e["own_drop_exceeds_random"]]
         lines.append(
-            f"{e['task']:<10}{e['lang']:<10}{e['layer']:>5}  {e['metric'] + '/' + e['scoring']:<18}{e['baseline'][0]:>9.3f}  "
-            f"{ci(e['own_delta']):<27}{ci(e['random_delta']):<27}{ci(e['cross_delta']) + ' ' + e['cross_lang']:<38}"
-            f"{ci(e['own_minus_random']):<27}{'-' if e['own_drop_exceeds_random'] is None else ('yes' if e['own_drop_exceeds_random'] else 'no')}"
+            f"{e['task']:<10}{e['lang']:<10}{e['layer']:>5}  {metric:<18}{e['baseline'][0]:>9.3f}  "
+            f"{ci(e['own_delta']):<27}{ci(e['random_delta']):<27}{cross:<38}"
+            f"{ci(e['own_minus_random']):<27}{exceeds}"
         )
-    lines.append("own drop > random: the paired 95% CI of own − mean over random draws lies below zero (items and draws resampled)")
+    lines.append(
+        "own drop > random: the paired 95% CI of own − mean over random draws lies below zero "
+        "(items and draws resampled)"
+    )
     return "\n".join(lines)

@@ -30,14 +30,31 @@ log = logging.getLogger(__name__)
 TASKS = ("qa", "sentiment", "topic")
 XQUAD_DIR = DATA_DIR / "xquad"
 XQUAD = {  # FLORES+ code -> XQuAD file code (ISO 639-1)
-    "eng_Latn": "en", "spa_Latn": "es", "arb_Arab": "ar", "tha_Thai": "th", "vie_Latn": "vi", "cmn_Hans": "zh",
-    "deu_Latn": "de", "ell_Grek": "el", "hin_Deva": "hi", "ron_Latn": "ro", "rus_Cyrl": "ru", "tur_Latn": "tr",
-}  # fmt: skip
+    "eng_Latn": "en",
+    "spa_Latn": "es",
+    "arb_Arab": "ar",
+    "tha_Thai": "th",
+    "vie_Latn": "vi",
+    "cmn_Hans": "zh",
+    "deu_Latn": "de",
+    "ell_Grek": "el",
+    "hin_Deva": "hi",
+    "ron_Latn": "ro",
+    "rus_Cyrl": "ru",
+    "tur_Latn": "tr",
+}
 AMAZON = "mteb/AmazonReviewsClassification"
 # The commit every load asks for (recorded in the downstream meta): the one MTEB itself pins for this
 # dataset (mteb's AmazonReviewsClassification task). Caches are per revision: fetch this one.
 AMAZON_REVISION = "6b5d328eaae8ef408dd7d775040245cf86f92e9d"
-AMAZON_CONFIGS = {"eng_Latn": "en", "spa_Latn": "es", "fra_Latn": "fr", "jpn_Jpan": "ja", "cmn_Hans": "zh", "deu_Latn": "de"}
+AMAZON_CONFIGS = {
+    "eng_Latn": "en",
+    "spa_Latn": "es",
+    "fra_Latn": "fr",
+    "jpn_Jpan": "ja",
+    "cmn_Hans": "zh",
+    "deu_Latn": "de",
+}
 RATINGS = (1, 2, 3, 4, 5)
 
 # The prompts; PROMPT_VERSION is part of every cache key, so editing a prompt invalidates old results.
@@ -51,7 +68,8 @@ MIN_CONTEXT_TOKENS = 32  # below this a truncated context is useless: refuse ins
 
 
 class DatasetUnavailable(UserError):
-    """A task's data is neither bundled nor cached and the hub cannot be reached (the pipeline may skip the task)."""
+    """A task's data is neither bundled nor cached and the hub cannot be reached (the pipeline may skip
+    the task)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +103,10 @@ def _fit(tokenizer, build, text: str, max_tokens: int, what: str) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     budget = max_tokens - fixed
     if budget < min(MIN_CONTEXT_TOKENS, len(ids)):
-        raise UserError(f"--max-prompt-tokens {max_tokens} leaves {budget} tokens for the {what}; raise it (or lower --shots)")
+        raise UserError(
+            f"--max-prompt-tokens {max_tokens} leaves {budget} tokens for the {what}; "
+            "raise it (or lower --shots)"
+        )
     while True:
         kept = text if len(ids) <= budget else tokenizer.decode(ids[:budget])
         prompt = build(kept)
@@ -94,7 +115,9 @@ def _fit(tokenizer, build, text: str, max_tokens: int, what: str) -> str:
             return prompt
         budget -= over  # token boundaries moved at the joins; cut that much more
         if budget < 1:
-            raise UserError(f"--max-prompt-tokens {max_tokens} leaves no room for the {what}; raise it (or lower --shots)")
+            raise UserError(
+                f"--max-prompt-tokens {max_tokens} leaves no room for the {what}; raise it (or lower --shots)"
+            )
 
 
 # ----------------------------------------------------------------------------- QA: XQuAD
@@ -108,7 +131,13 @@ def read_xquad(lang: str) -> list[dict]:
     with gzip.open(XQUAD_DIR / f"xquad.{XQUAD[lang]}.json.gz", "rt", encoding="utf-8") as f:
         data = json.load(f)["data"]
     return [
-        {"id": qa["id"], "article": a, "context": p["context"], "question": qa["question"], "answers": [x["text"] for x in qa["answers"]]}
+        {
+            "id": qa["id"],
+            "article": a,
+            "context": p["context"],
+            "question": qa["question"],
+            "answers": [x["text"] for x in qa["answers"]],
+        }
         for a, article in enumerate(data)
         for p in article["paragraphs"]
         for qa in p["qas"]
@@ -132,22 +161,26 @@ def qa_items(tokenizer, lang: str, n_items: int, shots: int, max_prompt_tokens: 
     for r in rows[:n_items]:
         examples = [first_of_article[(r["article"] + s) % n_articles] for s in range(1, shots + 1)]
         prefix = QA_INSTRUCTION + "".join(
-            QA_EXAMPLE.format(context=e["context"], question=e["question"]) + f" {e['answers'][0]}\n\n" for e in examples
+            QA_EXAMPLE.format(context=e["context"], question=e["question"]) + f" {e['answers'][0]}\n\n"
+            for e in examples
         )
 
         def build(context: str, r=r, prefix=prefix) -> str:
             return prefix + QA_EXAMPLE.format(context=context, question=r["question"])
 
         prompt = _fit(tokenizer, build, r["context"], max_prompt_tokens, "context")
-        items.append(Item(f"xquad:{r['id']}", prompt, r["answers"], meta={"truncated": r["context"] not in prompt}))
+        items.append(
+            Item(f"xquad:{r['id']}", prompt, r["answers"], meta={"truncated": r["context"] not in prompt})
+        )
     return items
 
 
 def score_qa(answer: str, gold: Sequence[str], lang: str) -> dict:
     return {
-        "em": metrics.squad_em(answer, gold), "f1": metrics.squad_f1(answer, gold),
+        "em": metrics.squad_em(answer, gold),
+        "f1": metrics.squad_f1(answer, gold),
         "lang_f1": metrics.language_f1(answer, gold, XQUAD[lang]),
-    }  # fmt: skip
+    }
 
 
 def answer_text(generated: str) -> str:
@@ -200,7 +233,9 @@ def task_sources(task: str, languages) -> tuple[list[Path], dict[str, str]]:
     raise ValueError(task)
 
 
-def stratified_sample(labels: Sequence[int], n_per_label: int, seed: int, classes: Sequence[int] = RATINGS) -> list[int]:
+def stratified_sample(
+    labels: Sequence[int], n_per_label: int, seed: int, classes: Sequence[int] = RATINGS
+) -> list[int]:
     """Indices of n_per_label items of each class, drawn without replacement (seeded per class),
     in class order and then file order. The files are sorted by label, so never take the first N."""
     labels = np.asarray(labels)
@@ -209,7 +244,9 @@ def stratified_sample(labels: Sequence[int], n_per_label: int, seed: int, classe
         pool = np.flatnonzero(labels == c)
         if len(pool) < n_per_label:
             raise UserError(f"--n-per-label {n_per_label}: class {c} has only {len(pool)} items")
-        out += sorted(np.random.default_rng([seed, int(c)]).choice(pool, size=n_per_label, replace=False).tolist())
+        out += sorted(
+            np.random.default_rng([seed, int(c)]).choice(pool, size=n_per_label, replace=False).tolist()
+        )
     return out
 
 
@@ -217,8 +254,16 @@ def sentiment_items(tokenizer, lang: str, n_per_label: int, seed: int, max_promp
     texts, labels = load_amazon(lang)
     items = []
     for i in stratified_sample(labels, n_per_label, seed):
-        prompt = _fit(tokenizer, lambda review: SENTIMENT_PROMPT.format(review=review), texts[i], max_prompt_tokens, "review")
-        items.append(Item(f"amazon:{AMAZON_CONFIGS[lang]}:{i}", prompt, labels[i], tuple(f" {r}" for r in RATINGS)))
+        prompt = _fit(
+            tokenizer,
+            lambda review: SENTIMENT_PROMPT.format(review=review),
+            texts[i],
+            max_prompt_tokens,
+            "review",
+        )
+        items.append(
+            Item(f"amazon:{AMAZON_CONFIGS[lang]}:{i}", prompt, labels[i], tuple(f" {r}" for r in RATINGS))
+        )
     return items
 
 
@@ -241,13 +286,24 @@ def topic_items(lang: str, shots: int, seed: int, selection: Texts, n_items: int
     if shots > len(train):
         raise UserError(f"--topic-shots {shots}: SIB-200 has {len(train)} train sentences")
     pick = sorted(np.random.default_rng([seed, 200]).choice(len(train), size=shots, replace=False).tolist())
-    prefix = TOPIC_INSTRUCTION + "".join(TOPIC_EXAMPLE.format(text=train[i].text) + f" {train[i].category}\n\n" for i in pick)
+    prefix = TOPIC_INSTRUCTION + "".join(
+        TOPIC_EXAMPLE.format(text=train[i].text) + f" {train[i].category}\n\n" for i in pick
+    )
     taken_ids, taken_texts = selection_exclusions(selection, lang)
     items = []
     for r in sorted(rows, key=lambda r: r.index_id):
         if r.split == "train" or sib_id(r.index_id) in taken_ids or r.text in taken_texts:
             continue
-        items.append(Item(sib_id(r.index_id), prefix + TOPIC_EXAMPLE.format(text=r.text), r.category, tuple(f" {c}" for c in SIB_CATEGORIES)))
+        items.append(
+            Item(
+                sib_id(r.index_id),
+                prefix + TOPIC_EXAMPLE.format(text=r.text),
+                r.category,
+                tuple(f" {c}" for c in SIB_CATEGORIES),
+            )
+        )
     if n_items > len(items):
-        raise UserError(f"--n-topic-items {n_items}: {lang} has {len(items)} SIB-200 items outside the selection set")
+        raise UserError(
+            f"--n-topic-items {n_items}: {lang} has {len(items)} SIB-200 items outside the selection set"
+        )
     return items if n_items == -1 else items[:n_items]
