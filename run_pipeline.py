@@ -47,8 +47,12 @@ def parse_args(argv):
     about = f"--layers: the layers to analyse; {dropped} do not get it and keep their own layer rule"
     g = p.add_argument_group("pipeline", about + " (run their script with --layers to choose)")
     names = ", ".join(s.name for s in STAGES)
-    g.add_argument("--stages", help=f"comma-separated stages to run, in pipeline order (default all): {names}")
-    g.add_argument("--from", dest="from_stage", metavar="STAGE", help=f"start at this stage and run the rest: {names}")
+    g.add_argument(
+        "--stages", help=f"comma-separated stages to run, in pipeline order (default all): {names}"
+    )
+    g.add_argument(
+        "--from", dest="from_stage", metavar="STAGE", help=f"start at this stage and run the rest: {names}"
+    )
     return p.parse_args(argv)
 
 
@@ -78,7 +82,9 @@ def select_stages(stages: list[Stage], only: str | None, start: str | None) -> l
         asked = [n.strip() for n in only.split(",") if n.strip()]
         unknown = [n for n in asked if n not in names]
         if unknown or not asked:
-            raise UserError(f"--stages: unknown stage {unknown[0] if unknown else '(none given)'!r}; choose from {', '.join(names)}")
+            raise UserError(
+                f"--stages: unknown stage {unknown[0] if unknown else '(none given)'!r}; choose from {', '.join(names)}"
+            )
         wanted = set(asked)
     if start:
         if start not in names:
@@ -94,7 +100,9 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         computed = "" if r.get("computed") is None else r["computed"]
         cached = "" if r.get("cached") is None else r["cached"]
-        lines.append(f"{r['stage']:<16}{r['status']:<10}{r['wall_s']:>9.1f}{computed:>10}{cached:>8}  {r.get('unit') or ''}")
+        lines.append(
+            f"{r['stage']:<16}{r['status']:<10}{r['wall_s']:>9.1f}{computed:>10}{cached:>8}  {r.get('unit') or ''}"
+        )
         if r.get("note"):
             lines.append(f"{'':<16}{r['note']}")
     return "\n".join(lines)
@@ -106,7 +114,9 @@ def record(features_dir, row: dict) -> None:
     rows = {r["stage"]: r for r in (load_json(path)["stages"] if path.exists() else [])}
     rows[row["stage"]] = row
     order = [s.name for s in STAGES]
-    ordered = sorted(rows.values(), key=lambda r: order.index(r["stage"]) if r["stage"] in order else len(order))
+    ordered = sorted(
+        rows.values(), key=lambda r: order.index(r["stage"]) if r["stage"] in order else len(order)
+    )
     save_json({"stages": ordered}, path)
 
 
@@ -150,8 +160,19 @@ def main(argv=None):
         rebuild_report(cfg)  # again: the stage's row in the timings is part of the report
         if failure is not None:
             print(format_table(rows))
-            resume = shlex.join(["python", "run_pipeline.py", *passed, *(["--stages", args.stages] if args.stages else []), "--from", stage.name])
-            raise UserError(f"stage {stage.name} failed: {row['note']}; after fixing it, resume with `{resume}`") from failure
+            resume = shlex.join(
+                [
+                    "python",
+                    "run_pipeline.py",
+                    *passed,
+                    *(["--stages", args.stages] if args.stages else []),
+                    "--from",
+                    stage.name,
+                ]
+            )
+            raise UserError(
+                f"stage {stage.name} failed: {row['note']}; after fixing it, resume with `{resume}`"
+            ) from failure
     print(format_table(rows))
     print(f"report: {cfg.output_dir / report.REPORT_NAME}")
 

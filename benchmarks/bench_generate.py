@@ -46,8 +46,16 @@ def tiny_shape():
     """A 2-layer model of Qwen3's kind for a smoke run of this script (not a measurement)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    cfg = Qwen3Config(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)  # fmt: skip
+    cfg = Qwen3Config(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     return Qwen3ForCausalLM(cfg).eval()
 
@@ -62,20 +70,37 @@ def conditions(n: int, layer: int, hidden: int, device) -> list:
     return out
 
 
-def engine_parser(doc: str, items: int, min_len: int, max_len: int, layer_help: str) -> argparse.ArgumentParser:
+def engine_parser(
+    doc: str, items: int, min_len: int, max_len: int, layer_help: str
+) -> argparse.ArgumentParser:
     """The flags this benchmark shares with bench_steering.py (engine against a batch-1 loop)."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--items", type=int, default=items, help="prompts")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per prompt and condition")
     p.add_argument("--min-len", type=int, default=min_len, help="shortest prompt (tokens)")
     p.add_argument("--max-len", type=int, default=max_len, help="longest prompt (tokens)")
     p.add_argument("--layer", type=int, default=10, help=layer_help)
-    p.add_argument("--rows-per-forward", type=int, default=64, help="the engine's items x conditions per forward")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="the model's weights and activations")
+    p.add_argument(
+        "--rows-per-forward", type=int, default=64, help="the engine's items x conditions per forward"
+    )
+    p.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32", help="the model's weights and activations"
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads; unset: torch's own choice")
-    p.add_argument("--layers-shape", choices=["qwen3-0.6b", "tiny"], default="qwen3-0.6b", help="tiny: a smoke run of this script")
-    p.add_argument("--tolerate-mismatch", action="store_true", help="report differing tokens instead of failing (bf16 on a GPU may differ at near-ties)")
+    p.add_argument(
+        "--layers-shape",
+        choices=["qwen3-0.6b", "tiny"],
+        default="qwen3-0.6b",
+        help="tiny: a smoke run of this script",
+    )
+    p.add_argument(
+        "--tolerate-mismatch",
+        action="store_true",
+        help="report differing tokens instead of failing (bf16 on a GPU may differ at near-ties)",
+    )
     return p
 
 
@@ -83,7 +108,9 @@ def random_model(args):
     """The random-weight model the flags ask for, on their device and dtype (threads set first)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return (qwen3_06b_shape() if args.layers_shape == "qwen3-0.6b" else tiny_shape()).to(args.device, DTYPES[args.dtype])
+    return (qwen3_06b_shape() if args.layers_shape == "qwen3-0.6b" else tiny_shape()).to(
+        args.device, DTYPES[args.dtype]
+    )
 
 
 def random_prompts(args, vocab_size: int) -> list[list[int]]:
@@ -118,24 +145,48 @@ def main(argv=None):
         for c, edit in enumerate(conds):
             for i, prompt in enumerate(prompts):
                 with stacked_edits(model, [edit], 1):
-                    out = model.generate(input_ids=torch.tensor([prompt], device=args.device), generation_config=config)
+                    out = model.generate(
+                        input_ids=torch.tensor([prompt], device=args.device), generation_config=config
+                    )
                 naive[c][i] = out[0, len(prompt) :].tolist()
     sync()
     t_naive = time.perf_counter() - t0
     naive = [[n[: len(e)] if 1 in e else n for n, e in zip(nc, ec)] for nc, ec in zip(naive, engine)]
-    mismatches = [(c, i) for c in range(len(conds)) for i in range(len(prompts)) if engine[c][i] != naive[c][i]]
+    mismatches = [
+        (c, i) for c in range(len(conds)) for i in range(len(prompts)) if engine[c][i] != naive[c][i]
+    ]
 
     result = {
-        "items": args.items, "conditions": args.conditions, "new_tokens": args.new_tokens, "prompt_tokens": [args.min_len, args.max_len],
-        "layer": layer, "rows_per_forward": args.rows_per_forward, "dtype": args.dtype, "device": args.device, "shape": args.layers_shape,
-        "threads": torch.get_num_threads(), "engine_s": t_engine, "naive_s": t_naive, "speedup": t_naive / t_engine,
-        "identical_tokens": not mismatches, "mismatches": mismatches[:20], "n_mismatches": len(mismatches),
-        "machine": platform.processor() or platform.machine(), "versions": package_versions(),
-    }  # fmt: skip
+        "items": args.items,
+        "conditions": args.conditions,
+        "new_tokens": args.new_tokens,
+        "prompt_tokens": [args.min_len, args.max_len],
+        "layer": layer,
+        "rows_per_forward": args.rows_per_forward,
+        "dtype": args.dtype,
+        "device": args.device,
+        "shape": args.layers_shape,
+        "threads": torch.get_num_threads(),
+        "engine_s": t_engine,
+        "naive_s": t_naive,
+        "speedup": t_naive / t_engine,
+        "identical_tokens": not mismatches,
+        "mismatches": mismatches[:20],
+        "n_mismatches": len(mismatches),
+        "machine": platform.processor() or platform.machine(),
+        "versions": package_versions(),
+    }
     save_json(result, Path(__file__).resolve().parent.parent / "bench_results" / "bench_generate.json")
-    print(json.dumps({k: result[k] for k in ("engine_s", "naive_s", "speedup", "identical_tokens", "n_mismatches")}, indent=1))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("engine_s", "naive_s", "speedup", "identical_tokens", "n_mismatches")},
+            indent=1,
+        )
+    )
     if mismatches and not args.tolerate_mismatch:
-        raise SystemExit(f"engine and batch-1 generate differ on {len(mismatches)} (condition, item) pairs, first {mismatches[0]}")
+        raise SystemExit(
+            f"engine and batch-1 generate differ on {len(mismatches)} (condition, item) pairs, first {mismatches[0]}"
+        )
 
     return result
 

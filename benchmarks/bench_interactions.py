@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from langsae.artifacts import package_versions, save_json  # noqa: E402
 from langsae.cli import setup_logging  # noqa: E402
+from langsae.nu import META_FILE as NU_META  # noqa: E402
 
 RESULTS = ROOT / "bench_results"
 
@@ -46,20 +47,26 @@ def _timed(fn, argv) -> dict:
 
 
 def toy(args) -> dict:
+    from langsae import config
     from langsae.stages import cluster_synergy
-    from langsae.stages import nu as compute_nu_scores
     from langsae.stages import interactions as cross_linguistic_interactions
+    from langsae.stages import nu as compute_nu_scores
     from langsae.stages import section5 as reproduce_figures_section5
 
-    from langsae import config
-
     base = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="bench_interactions_"))
-    config.OUTPUT_ROOT = base / "output"  # the runs' figures stay beside their results, out of the project's output/
+    config.OUTPUT_ROOT = (
+        base / "output"
+    )  # the runs' figures stay beside their results, out of the project's output/
     after, scratch = base / "after_section5", base / "from_scratch"
     for d in (after, scratch):
         if d.exists():
             shutil.rmtree(d)
-    common = ["--model", "toy", *(["--layers", args.layers] if args.layers else []), *(["--languages", args.languages] if args.languages else [])]
+    common = [
+        "--model",
+        "toy",
+        *(["--layers", args.layers] if args.layers else []),
+        *(["--languages", args.languages] if args.languages else []),
+    ]
     n = ["--n-texts", str(args.n_texts)] if args.n_texts else []
     out = {"folder": str(base)}
     out["nu"] = _timed(compute_nu_scores.main, [*common, "--out-dir", str(after)])
@@ -69,7 +76,7 @@ def toy(args) -> dict:
         "stage4": _timed(cluster_synergy.main, [*common, *n, "--out-dir", str(after)]),
     }
     scratch.mkdir(parents=True)
-    for f in [*after.glob("layer_*"), after / "meta.json"]:
+    for f in [*after.glob("layer_*"), after / NU_META]:
         shutil.copy2(f, scratch / f.name)
     out["from_scratch"] = {
         "stage3": _timed(cross_linguistic_interactions.main, [*common, *n, "--out-dir", str(scratch)]),
@@ -83,7 +90,7 @@ def toy(args) -> dict:
 def qwen_shape(args) -> dict:
     from bench_ablation import fake_nu, qwen3_06b_shape
 
-    from langsae import synergy, sweep
+    from langsae import sweep, synergy
     from langsae.config import parse_layers
     from langsae.data import PAPER_LANGUAGES
     from langsae.stats import N_BOOT
@@ -102,7 +109,9 @@ def qwen_shape(args) -> dict:
     ids, lang_index = [], []
     for g in range(len(langs)):
         for t in range(args.texts_per_lang):
-            ids.append(rng.integers(0, model.config.vocab_size, size=lengths[(g + t) % len(lengths)]).tolist())
+            ids.append(
+                rng.integers(0, model.config.vocab_size, size=lengths[(g + t) % len(lengths)]).tolist()
+            )
             lang_index.append(g)
     evalset = sweep.EvalSet(tuple(langs), ids, np.array(lang_index), "random tokens")
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,7 +119,9 @@ def qwen_shape(args) -> dict:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        result = sweep.run_sweep(model, evalset, nu, conditions, store, args.batch_size, 0, args.rows_per_forward)
+        result = sweep.run_sweep(
+            model, evalset, nu, conditions, store, args.batch_size, 0, args.rows_per_forward
+        )
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         sweep_s = time.perf_counter() - t0
@@ -120,25 +131,61 @@ def qwen_shape(args) -> dict:
     synergy.summary(effects, labels, langs, 10000, 0)
     stats_s = time.perf_counter() - t0
     return {
-        "layers": layers, "languages": len(langs), "pairs_per_layer": len(pairs) // len(layers), "texts_per_lang": args.texts_per_lang,
-        "device": args.device, "dtype": args.dtype, "conditions": len(conditions), "computed": result.computed,
-        "model_setup_s": round(setup_s, 2), "sweep_s": round(sweep_s, 2), "statistics_s": round(stats_s, 2),
+        "layers": layers,
+        "languages": len(langs),
+        "pairs_per_layer": len(pairs) // len(layers),
+        "texts_per_lang": args.texts_per_lang,
+        "device": args.device,
+        "dtype": args.dtype,
+        "conditions": len(conditions),
+        "computed": result.computed,
+        "model_setup_s": round(setup_s, 2),
+        "sweep_s": round(sweep_s, 2),
+        "statistics_s": round(stats_s, 2),
         "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-    }  # fmt: skip
+    }
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--qwen-shape", action="store_true", help="stage 4's sweep at Qwen3-0.6B shape with random weights instead of the toy stages")
-    p.add_argument("--layers", default=None, help="toy: --layers of the stages (default all); qwen-shape: ablated layers (default 0-27)")
-    p.add_argument("--languages", default=None, help="toy: --languages (default the paper's ten); qwen-shape: how many of the paper's languages (default 10)")
-    p.add_argument("--n-texts", type=int, default=None, help="toy: evaluation texts per language (default the toy preset's)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--qwen-shape",
+        action="store_true",
+        help="stage 4's sweep at Qwen3-0.6B shape with random weights instead of the toy stages",
+    )
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="toy: --layers of the stages (default all); qwen-shape: ablated layers (default 0-27)",
+    )
+    p.add_argument(
+        "--languages",
+        default=None,
+        help="toy: --languages (default the paper's ten); qwen-shape: how many of the paper's languages (default 10)",
+    )
+    p.add_argument(
+        "--n-texts",
+        type=int,
+        default=None,
+        help="toy: evaluation texts per language (default the toy preset's)",
+    )
     p.add_argument("--out-dir", default=None, help="toy: folder for the two runs (default a temporary one)")
     p.add_argument("--texts-per-lang", type=int, default=500, help="qwen-shape: random texts per language")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="qwen-shape: torch device")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="qwen-shape: model dtype")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="qwen-shape: torch device"
+    )
+    p.add_argument(
+        "--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="qwen-shape: model dtype"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="qwen-shape: texts per forward")
-    p.add_argument("--rows-per-forward", type=int, default=256, help="qwen-shape: texts x conditions stacked into one forward")
+    p.add_argument(
+        "--rows-per-forward",
+        type=int,
+        default=256,
+        help="qwen-shape: texts x conditions stacked into one forward",
+    )
     args = p.parse_args(argv)
     setup_logging()
     if args.qwen_shape:
@@ -146,7 +193,11 @@ def main(argv=None):
         out, name = qwen_shape(args), "bench_interactions_qwen.json"
     else:
         out, name = toy(args), "bench_interactions.json"
-    out.update(machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(), versions=package_versions())
+    out.update(
+        machine=platform.processor() or platform.machine(),
+        threads=torch.get_num_threads(),
+        versions=package_versions(),
+    )
     save_json(out, RESULTS / name)
     for k, v in out.items():
         if k != "versions":

@@ -46,12 +46,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from real_shape import plant_language_features, qwen3_tokenizer  # noqa: E402
 
 from langsae.data import PAPER_LANGUAGES, load_texts  # noqa: E402
 from langsae.forward import make_batches, tokenize  # noqa: E402
 from langsae.nu import count_statistic_tokens  # noqa: E402
 from langsae.toy import write_mwhanna_release  # noqa: E402
-from real_shape import plant_language_features, qwen3_tokenizer  # noqa: E402
 
 D_SAE = 163_840
 REPO = "mwhanna/qwen3-0.6b-transcoders-lowl0"
@@ -61,11 +61,24 @@ def qwen3_06b_config(vocab_size, pad_id, eos_id, **shape):
     """Qwen3-0.6B's config (always the real 151,936 vocabulary rows); `shape` overrides sizes (a tiny run)."""
     from transformers import Qwen3Config
 
-    sizes = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128)  # fmt: skip
+    sizes = dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+    )
     return Qwen3Config(
-        vocab_size=151_936, tie_word_embeddings=True, max_position_embeddings=40_960, rope_theta=1_000_000,
-        rms_norm_eps=1e-6, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, **{**sizes, **shape},
+        vocab_size=151_936,
+        tie_word_embeddings=True,
+        max_position_embeddings=40_960,
+        rope_theta=1_000_000,
+        rms_norm_eps=1e-6,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=None,
+        **{**sizes, **shape},
     )
 
 
@@ -192,10 +205,24 @@ def stage_cost(model_dir, args, files):
     subprocess.run([sys.executable, "-c", "import compute_nu_scores"], cwd=ROOT, check=True)
     t_import = time.perf_counter() - t0
     cmd = [
-        sys.executable, "compute_nu_scores.py", "--model-id", str(model_dir), "--layers", args.layers,
-        "--n-texts-per-lang", str(args.n_texts_per_lang), "--device", args.device, "--dtype", args.dtype,
-        "--batch-size", str(args.batch_size), "--out-dir", str(TMP / "out"), "--force",
-    ]  # fmt: skip
+        sys.executable,
+        "compute_nu_scores.py",
+        "--model-id",
+        str(model_dir),
+        "--layers",
+        args.layers,
+        "--n-texts-per-lang",
+        str(args.n_texts_per_lang),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--batch-size",
+        str(args.batch_size),
+        "--out-dir",
+        str(TMP / "out"),
+        "--force",
+    ]
     if not args.warm:
         drop_from_page_cache(files.values())
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the bench's thread count
@@ -203,7 +230,10 @@ def stage_cost(model_dir, args, files):
     done = subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True)
     wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
     # "layer L: done in Xs (waited Ys for its SAE)": how much of each read the prefetch did not hide
-    waited = {int(m[1]): float(m[2]) for m in re.finditer(r"layer (\d+): done in [\d.]+s \(waited ([\d.]+)s", done.stdout)}
+    waited = {
+        int(m[1]): float(m[2])
+        for m in re.finditer(r"layer (\d+): done in [\d.]+s \(waited ([\d.]+)s", done.stdout)
+    }
     return wall, cpu, t_import, waited
 
 
@@ -219,13 +249,22 @@ def own_cpu_s():
 
 def machine(device):
     """What ran this: CPU model, cores, torch threads, GPU, load average (other processes' work)."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-        "torch": torch.__version__, "python": platform.python_version(),
-    }  # fmt: skip
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def loadavg():
@@ -235,12 +274,20 @@ def loadavg():
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", default="0,14,27", help="transcoder layers to build and score")
-    p.add_argument("--n-texts-per-lang", type=int, default=20, help="selection texts per language (paper: 100)")
+    p.add_argument(
+        "--n-texts-per-lang", type=int, default=20, help="selection texts per language (paper: 100)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="model and SAE dtype")
     p.add_argument("--batch-size", type=int, default=8, help="texts per forward")
-    p.add_argument("--threads", type=int, help="torch threads for bare and stage (default: torch's own, one per core)")
-    p.add_argument("--warm", action="store_true", help="leave the transcoder files in the page cache (default: drop them, as a first run reads from disk)")
+    p.add_argument(
+        "--threads", type=int, help="torch threads for bare and stage (default: torch's own, one per core)"
+    )
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="leave the transcoder files in the page cache (default: drop them, as a first run reads from disk)",
+    )
     p.add_argument("--out", type=Path, help="result JSON (default bench_results/nu_<device>_<n>texts.json)")
     p.add_argument("--keep", action="store_true", help=f"keep the fixtures under {TMP.parent}/bench-nu-*")
     args = p.parse_args()
@@ -258,11 +305,19 @@ def main():
 
         t_read = read_cost(preset, files, args.device, dtype, cold=not args.warm)
         load["after_read"] = loadavg()
-        print(f"read: {sum(t_read.values()):.1f}s ({', '.join(f'{t:.1f}' for t in t_read.values())})", flush=True)
-        t_forward, t_encode, bare_cpu, n_tokens = bare_cost(preset, layers, texts, args.device, dtype, args.batch_size)
+        print(
+            f"read: {sum(t_read.values()):.1f}s ({', '.join(f'{t:.1f}' for t in t_read.values())})",
+            flush=True,
+        )
+        t_forward, t_encode, bare_cpu, n_tokens = bare_cost(
+            preset, layers, texts, args.device, dtype, args.batch_size
+        )
         bare = t_forward + sum(t_encode.values())
         load["after_bare"] = loadavg()
-        print(f"bare: forward {t_forward:.1f}s + encodes {sum(t_encode.values()):.1f}s = {bare:.1f}s", flush=True)
+        print(
+            f"bare: forward {t_forward:.1f}s + encodes {sum(t_encode.values()):.1f}s = {bare:.1f}s",
+            flush=True,
+        )
         stage, stage_cpu, t_import, t_waited = stage_cost(model_dir, args, files)
         load["after_stage"] = loadavg()
         print(f"stage: {stage:.1f}s (imports {t_import:.1f}s)", flush=True)
@@ -271,19 +326,38 @@ def main():
             shutil.rmtree(TMP, ignore_errors=True)
     read = sum(t_read.values())
     result = {
-        "machine": machine(args.device), "device": args.device, "dtype": args.dtype, "layers": layers,
-        "d_sae": D_SAE, "n_texts": len(texts), "n_texts_per_lang": args.n_texts_per_lang,
-        "statistic_tokens": n_tokens, "page_cache": "warm" if args.warm else "cold (files dropped before read and stage)",
-        "read_s": t_read, "read_total_s": read, "bare_forward_s": t_forward, "bare_encode_s": t_encode,
-        "bare_total_s": bare, "bare_cpu_s": bare_cpu, "stage_wall_s": stage, "stage_cpu_s": stage_cpu, "python_import_s": t_import, "stage_waited_for_sae_s": t_waited,
-        "ratio_stage_to_bare": stage / bare, "ratio_without_import": (stage - t_import) / bare,
-        "ratio_stage_to_bare_plus_read": stage / (bare + read), "ratio_stage_to_read": stage / read,
+        "machine": machine(args.device),
+        "device": args.device,
+        "dtype": args.dtype,
+        "layers": layers,
+        "d_sae": D_SAE,
+        "n_texts": len(texts),
+        "n_texts_per_lang": args.n_texts_per_lang,
+        "statistic_tokens": n_tokens,
+        "page_cache": "warm" if args.warm else "cold (files dropped before read and stage)",
+        "read_s": t_read,
+        "read_total_s": read,
+        "bare_forward_s": t_forward,
+        "bare_encode_s": t_encode,
+        "bare_total_s": bare,
+        "bare_cpu_s": bare_cpu,
+        "stage_wall_s": stage,
+        "stage_cpu_s": stage_cpu,
+        "python_import_s": t_import,
+        "stage_waited_for_sae_s": t_waited,
+        "ratio_stage_to_bare": stage / bare,
+        "ratio_without_import": (stage - t_import) / bare,
+        "ratio_stage_to_bare_plus_read": stage / (bare + read),
+        "ratio_stage_to_read": stage / read,
         "encode_s_per_token_per_layer": sum(t_encode.values()) / (n_tokens * len(layers)),
         "forward_s_per_token": t_forward / n_tokens,
         "stage_peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
         "load_average_1min": load,
-    }  # fmt: skip
-    out = args.out or ROOT / "bench_results" / f"nu_{args.device.split(':')[0]}_{args.n_texts_per_lang}texts.json"
+    }
+    out = (
+        args.out
+        or ROOT / "bench_results" / f"nu_{args.device.split(':')[0]}_{args.n_texts_per_lang}texts.json"
+    )
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))

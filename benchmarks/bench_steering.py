@@ -46,9 +46,18 @@ def conditions(layer: int, n_layers: int, alpha: float, hidden: int, device) -> 
     g = torch.Generator().manual_seed(1)
     v = torch.randn(1, n_layers, hidden, generator=g).to(device) * 0.05
     k = 4
-    enc = FeatureEncoder(tuple(range(k)), HookPoint(layer, "mlp", "input"), torch.randn(k, hidden, generator=g).to(device) / hidden**0.5,
-                         torch.full((k,), -0.5).to(device), None, None)  # fmt: skip
-    own, rand = Gate(enc, torch.tensor([[True, True, False, False]], device=device)), Gate(enc, torch.tensor([[False, False, True, True]], device=device))
+    enc = FeatureEncoder(
+        tuple(range(k)),
+        HookPoint(layer, "mlp", "input"),
+        torch.randn(k, hidden, generator=g).to(device) / hidden**0.5,
+        torch.full((k,), -0.5).to(device),
+        None,
+        None,
+    )
+    own, rand = (
+        Gate(enc, torch.tensor([[True, True, False, False]], device=device)),
+        Gate(enc, torch.tensor([[False, False, True, True]], device=device)),
+    )
     a0, a = torch.zeros(1, device=device), torch.tensor([alpha], device=device)
     named = {
         "none": None,
@@ -87,35 +96,76 @@ def main(argv=None):
     pad, stops = 0, []  # no stop token: every row runs --new-tokens steps
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    greedy_generate(model, prompts[:1], conds[:1], stops, pad, 2, args.rows_per_forward, stack=stacked_steering)  # warm-up
+    greedy_generate(
+        model, prompts[:1], conds[:1], stops, pad, 2, args.rows_per_forward, stack=stacked_steering
+    )  # warm-up
     sync()
     t0 = time.perf_counter()
-    engine = greedy_generate(model, prompts, conds, stops, pad, args.new_tokens, args.rows_per_forward, stack=stacked_steering)
+    engine = greedy_generate(
+        model, prompts, conds, stops, pad, args.new_tokens, args.rows_per_forward, stack=stacked_steering
+    )
     sync()
     t_engine = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    naive = [[naive_generate(model, prompt, s, args.new_tokens, args.device) for prompt in prompts] for s in conds]
+    naive = [
+        [naive_generate(model, prompt, s, args.new_tokens, args.device) for prompt in prompts] for s in conds
+    ]
     sync()
     t_naive = time.perf_counter() - t0
-    mismatches = [(names[c], i) for c in range(len(conds)) for i in range(len(prompts)) if engine[c][i] != naive[c][i]]
+    mismatches = [
+        (names[c], i) for c in range(len(conds)) for i in range(len(prompts)) if engine[c][i] != naive[c][i]
+    ]
     alpha0_is_unsteered = all(engine[names.index(n)] == engine[0] for n in ("sv_a0", "gated_a0"))
     steered_differs = any(engine[names.index(n)] != engine[0] for n in ("sv", "gated", "random_gate"))
 
     result = {
-        "items": args.items, "conditions": names, "new_tokens": args.new_tokens, "prompt_tokens": [args.min_len, args.max_len],
-        "layer": layer, "n_layers": n_layers, "alpha": args.alpha, "rows_per_forward": args.rows_per_forward, "dtype": args.dtype,
-        "device": args.device, "shape": args.layers_shape, "threads": torch.get_num_threads(), "engine_s": t_engine, "naive_s": t_naive,
-        "speedup": t_naive / t_engine, "identical_tokens": not mismatches, "alpha0_equals_unsteered": alpha0_is_unsteered,
-        "steering_changes_tokens": steered_differs, "mismatches": mismatches[:20], "n_mismatches": len(mismatches),
-        "machine": platform.processor() or platform.machine(), "versions": package_versions(),
-    }  # fmt: skip
+        "items": args.items,
+        "conditions": names,
+        "new_tokens": args.new_tokens,
+        "prompt_tokens": [args.min_len, args.max_len],
+        "layer": layer,
+        "n_layers": n_layers,
+        "alpha": args.alpha,
+        "rows_per_forward": args.rows_per_forward,
+        "dtype": args.dtype,
+        "device": args.device,
+        "shape": args.layers_shape,
+        "threads": torch.get_num_threads(),
+        "engine_s": t_engine,
+        "naive_s": t_naive,
+        "speedup": t_naive / t_engine,
+        "identical_tokens": not mismatches,
+        "alpha0_equals_unsteered": alpha0_is_unsteered,
+        "steering_changes_tokens": steered_differs,
+        "mismatches": mismatches[:20],
+        "n_mismatches": len(mismatches),
+        "machine": platform.processor() or platform.machine(),
+        "versions": package_versions(),
+    }
     save_json(result, Path(__file__).resolve().parent.parent / "bench_results" / "bench_steering.json")
-    print(json.dumps({k: result[k] for k in ("engine_s", "naive_s", "speedup", "identical_tokens", "alpha0_equals_unsteered",
-                                               "steering_changes_tokens", "n_mismatches")}, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "engine_s",
+                    "naive_s",
+                    "speedup",
+                    "identical_tokens",
+                    "alpha0_equals_unsteered",
+                    "steering_changes_tokens",
+                    "n_mismatches",
+                )
+            },
+            indent=1,
+        )
+    )
     if (mismatches or not alpha0_is_unsteered) and not args.tolerate_mismatch:
-        raise SystemExit(f"engine and uncached batch-1 generation differ on {len(mismatches)} (condition, item) pairs"
-                         f"{', first ' + str(mismatches[0]) if mismatches else ''}; alpha 0 = unsteered: {alpha0_is_unsteered}")  # fmt: skip
+        raise SystemExit(
+            f"engine and uncached batch-1 generation differ on {len(mismatches)} (condition, item) pairs"
+            f"{', first ' + str(mismatches[0]) if mismatches else ''}; alpha 0 = unsteered: {alpha0_is_unsteered}"
+        )
 
     return result
 

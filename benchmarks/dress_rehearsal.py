@@ -40,7 +40,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_nu  # noqa: E402  (sets HF_HOME to its temporary cache before any Hugging Face import)
-
 import torch  # noqa: E402
 
 import run_pipeline  # noqa: E402
@@ -53,9 +52,24 @@ ROOT = bench_nu.ROOT
 # Paper size: the later stages' own defaults (downstream at layer 10 with 200 XQuAD questions in
 # its 6 languages, ~300 SIB-200 topic items in all 10, 3 random draws; steering every other language
 # to English at layer 10 on 100 texts, 4 alphas, 2 draws of each control).
-PAPER = {"layers": 28, "n_sel": 100, "n_eval": 500, "langs": 10, "top_k": 2, "draws": 5,
-         "ds_layers": 1, "qa_items": 200, "qa_langs": 6, "topic_items": 300, "ds_draws": 3,
-         "st_sources": 9, "st_texts": 100, "st_alphas": 4, "st_draws": 2, "st_layers": 1}  # fmt: skip
+PAPER = {
+    "layers": 28,
+    "n_sel": 100,
+    "n_eval": 500,
+    "langs": 10,
+    "top_k": 2,
+    "draws": 5,
+    "ds_layers": 1,
+    "qa_items": 200,
+    "qa_langs": 6,
+    "topic_items": 300,
+    "ds_draws": 3,
+    "st_sources": 9,
+    "st_texts": 100,
+    "st_alphas": 4,
+    "st_draws": 2,
+    "st_layers": 1,
+}
 REDUCED = {"top_k": 1, "draws": 1}  # Section 5's conditions in the reduced run (its defaults are the paper's)
 
 
@@ -63,9 +77,23 @@ def reduced_sizes(layers: int, n_sel: int, n_eval: int, langs: int) -> dict:
     """A reduced run's sizes, in PAPER's keys: the later stages run on as many items as evaluation
     texts (steering on 2 at least, its minimum), at every run layer, one random draw, steering one
     pair at one alpha."""
-    return {"layers": layers, "n_sel": n_sel, "n_eval": n_eval, "langs": langs, **REDUCED,
-            "ds_layers": layers, "qa_items": n_eval, "qa_langs": min(PAPER["qa_langs"], langs), "topic_items": n_eval, "ds_draws": 1,
-            "st_sources": 1, "st_texts": max(n_eval, 2), "st_alphas": 1, "st_draws": 1, "st_layers": layers}  # fmt: skip
+    return {
+        "layers": layers,
+        "n_sel": n_sel,
+        "n_eval": n_eval,
+        "langs": langs,
+        **REDUCED,
+        "ds_layers": layers,
+        "qa_items": n_eval,
+        "qa_langs": min(PAPER["qa_langs"], langs),
+        "topic_items": n_eval,
+        "ds_draws": 1,
+        "st_sources": 1,
+        "st_texts": max(n_eval, 2),
+        "st_alphas": 1,
+        "st_draws": 1,
+        "st_layers": layers,
+    }
 
 
 def conditions(s: dict) -> int:
@@ -77,7 +105,9 @@ def conditions(s: dict) -> int:
 
 def downstream_units(s: dict) -> int:
     """(item, condition) pairs: the baseline once per item, own + random draws + cross per layer."""
-    return (s["qa_items"] * s["qa_langs"] + s["topic_items"] * s["langs"]) * (1 + s["ds_layers"] * (2 + s["ds_draws"]))
+    return (s["qa_items"] * s["qa_langs"] + s["topic_items"] * s["langs"]) * (
+        1 + s["ds_layers"] * (2 + s["ds_draws"])
+    )
 
 
 def steering_units(s: dict) -> int:
@@ -89,9 +119,15 @@ def steering_units(s: dict) -> int:
 # A stage not listed is taken as a fixed cost (interactions reads Section 5's conditions).
 SCALING = {
     "check-data": lambda s: 1,  # the same full data sets at any size
-    "nu": lambda s: s["layers"] * s["n_sel"] * s["langs"],  # encode work; the forward is a small share at the real width
-    "section5": lambda s: s["layers"] * s["n_eval"] * s["langs"] * conditions(s),  # texts x conditions, per layer
-    "cluster-synergy": lambda s: s["layers"] * s["n_eval"] * s["langs"] * s["langs"] * (s["langs"] - 1) // 2,  # texts x pairs
+    "nu": lambda s: (
+        s["layers"] * s["n_sel"] * s["langs"]
+    ),  # encode work; the forward is a small share at the real width
+    "section5": lambda s: (
+        s["layers"] * s["n_eval"] * s["langs"] * conditions(s)
+    ),  # texts x conditions, per layer
+    "cluster-synergy": lambda s: (
+        s["layers"] * s["n_eval"] * s["langs"] * s["langs"] * (s["langs"] - 1) // 2
+    ),  # texts x pairs
     "downstream": downstream_units,
     "code-switching": lambda s: s["layers"],  # one forward over the 880 probe texts up to the deepest layer
     "steering": steering_units,
@@ -101,23 +137,68 @@ SCALING = {
 # reduced conditions, the later stages on the same evaluation texts (stage 3 then reads Section 5's
 # top-1 conditions), downstream on as many items as evaluation texts, steering one pair at one alpha.
 REDUCED_FLAGS = {
-    "section5": lambda s: ["--n-texts", str(s["n_eval"]), "--top-k", str(s["top_k"]), "--random-draws", str(s["draws"])],
-    "interactions": lambda s: ["--n-texts", str(s["n_eval"]), "--random-draws", str(s["draws"]), "--features", "top1"],
+    "section5": lambda s: [
+        "--n-texts",
+        str(s["n_eval"]),
+        "--top-k",
+        str(s["top_k"]),
+        "--random-draws",
+        str(s["draws"]),
+    ],
+    "interactions": lambda s: [
+        "--n-texts",
+        str(s["n_eval"]),
+        "--random-draws",
+        str(s["draws"]),
+        "--features",
+        "top1",
+    ],
     "cluster-synergy": lambda s: ["--n-texts", str(s["n_eval"])],
-    "downstream": lambda s: ["--n-items", str(s["qa_items"]), "--n-topic-items", str(s["topic_items"]), "--random-draws", str(s["ds_draws"])],
-    "steering": lambda s: ["--source", s["source"], "--n-texts", str(s["st_texts"]), "--alphas", "8", "--random-draws", str(s["st_draws"])],
+    "downstream": lambda s: [
+        "--n-items",
+        str(s["qa_items"]),
+        "--n-topic-items",
+        str(s["topic_items"]),
+        "--random-draws",
+        str(s["ds_draws"]),
+    ],
+    "steering": lambda s: [
+        "--source",
+        s["source"],
+        "--n-texts",
+        str(s["st_texts"]),
+        "--alphas",
+        "8",
+        "--random-draws",
+        str(s["st_draws"]),
+    ],
 }
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--full", action="store_true", help="paper size on the GPU: 28 layers, 100 + 500 texts per language, bf16")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="paper size on the GPU: 28 layers, 100 + 500 texts per language, bf16",
+    )
     p.add_argument("--layers", default="0,1", help="layers of the reduced run (ignored with --full)")
     p.add_argument("--n-sel", type=int, default=4, help="selection texts per language of the reduced run")
     p.add_argument("--n-eval", type=int, default=4, help="evaluation texts per language of the reduced run")
-    p.add_argument("--languages", default=",".join(PAPER_LANGUAGES), help="languages of the reduced run (fewer: fewer texts and conditions)")
+    p.add_argument(
+        "--languages",
+        default=",".join(PAPER_LANGUAGES),
+        help="languages of the reduced run (fewer: fewer texts and conditions)",
+    )
     p.add_argument("--device", default=None, help="default: cuda with --full, else cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bfloat16 with --full, else float32")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="default: bfloat16 with --full, else float32",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="texts per forward; default: the stages' own")
     return p.parse_args(argv)
 
@@ -142,16 +223,26 @@ def run_stages(common: list[str], sizes: dict, full: bool, device: str) -> list[
             done, status = stage.main([*common, *stage.flags, *extra]), "done"
         except SkippedTask as e:
             done, status = None, f"skipped: {e}"
-        except UserError as e:  # e.g. stage 3's distance on random weights, where a language's own ΔCE can be <= 0
+        except (
+            UserError
+        ) as e:  # e.g. stage 3's distance on random weights, where a language's own ΔCE can be <= 0
             done, status = None, f"failed: {e}"
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        row = {"stage": stage.name, "status": status, "wall_s": round(time.perf_counter() - t, 2), "work": done,
-               "units": SCALING.get(stage.name, lambda s: 1)(sizes)}  # fmt: skip
+        row = {
+            "stage": stage.name,
+            "status": status,
+            "wall_s": round(time.perf_counter() - t, 2),
+            "work": done,
+            "units": SCALING.get(stage.name, lambda s: 1)(sizes),
+        }
         if device.startswith("cuda"):
             row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows.append(row)
-        print(f"== {stage.name} at {sizes['layers']} layers, {sizes['n_sel']} + {sizes['n_eval']} texts per language: {row['wall_s']:.1f} s ({status})", flush=True)
+        print(
+            f"== {stage.name} at {sizes['layers']} layers, {sizes['n_sel']} + {sizes['n_eval']} texts per language: {row['wall_s']:.1f} s ({status})",
+            flush=True,
+        )
     return rows
 
 
@@ -164,8 +255,12 @@ def fit(small: dict, large: dict, paper_units: int) -> dict:
         per_unit, fixed = large["wall_s"] / large["units"], 0.0
     else:
         fixed = max(large["wall_s"] - per_unit * large["units"], 0.0)
-    return {"fixed_s": round(fixed, 2), "per_unit_s": round(per_unit, 4), "paper_units": paper_units,
-            "estimate_s": round(fixed + per_unit * paper_units, 1)}  # fmt: skip
+    return {
+        "fixed_s": round(fixed, 2),
+        "per_unit_s": round(per_unit, 4),
+        "paper_units": paper_units,
+        "estimate_s": round(fixed + per_unit * paper_units, 1),
+    }
 
 
 def rehearse(args, argv):
@@ -177,7 +272,10 @@ def rehearse(args, argv):
     if args.full:
         points = [(layers, PAPER["n_sel"], PAPER["n_eval"])]
     else:  # two sizes, to separate fixed costs (imports, model load) from per-unit costs
-        points = [(layers[:1], max(args.n_sel // 2, 1), max(args.n_eval // 2, 1)), (layers, args.n_sel, args.n_eval)]
+        points = [
+            (layers[:1], max(args.n_sel // 2, 1), max(args.n_eval // 2, 1)),
+            (layers, args.n_sel, args.n_eval),
+        ]
 
     t0 = time.perf_counter()
     plant = load_texts(languages, "selection", -1).by_language  # every selection text: tokenised only
@@ -185,14 +283,38 @@ def rehearse(args, argv):
     build_s = time.perf_counter() - t0
     passes = []
     for i, (ls, n_sel, n_eval) in enumerate(points):
-        sizes = PAPER if args.full else {**reduced_sizes(len(ls), n_sel, n_eval, len(languages)), "source": next(x for x in languages if x != "eng_Latn")}
+        sizes = (
+            PAPER
+            if args.full
+            else {
+                **reduced_sizes(len(ls), n_sel, n_eval, len(languages)),
+                "source": next(x for x in languages if x != "eng_Latn"),
+            }
+        )
         run_dir = bench_nu.TMP / f"run{i}"
-        common = ["--model", "qwen3-0.6b", "--model-id", str(model_dir), "--device", device, "--dtype", dtype,
-                  "--layers", ",".join(map(str, ls)), "--n-texts-per-lang", str(n_sel), "--out-dir", str(run_dir),
-                  "--languages", ",".join(languages)]  # fmt: skip
+        common = [
+            "--model",
+            "qwen3-0.6b",
+            "--model-id",
+            str(model_dir),
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+            "--layers",
+            ",".join(map(str, ls)),
+            "--n-texts-per-lang",
+            str(n_sel),
+            "--out-dir",
+            str(run_dir),
+            "--languages",
+            ",".join(languages),
+        ]
         if args.batch_size:
             common += ["--batch-size", str(args.batch_size)]
-        passes.append({"sizes": sizes, "stages": run_stages(common, sizes, args.full, device), "dir": run_dir})
+        passes.append(
+            {"sizes": sizes, "stages": run_stages(common, sizes, args.full, device), "dir": run_dir}
+        )
 
     last = passes[-1]
     rows = []
@@ -201,33 +323,50 @@ def rehearse(args, argv):
         if row["status"] != "done" or passes[0]["stages"][j]["status"] != "done":
             est = {"estimate_s": None}  # a stage that failed or was skipped was not timed
         else:
-            est = {"estimate_s": row["wall_s"]} if args.full else fit(passes[0]["stages"][j], row, paper_units)
+            est = (
+                {"estimate_s": row["wall_s"]} if args.full else fit(passes[0]["stages"][j], row, paper_units)
+            )
         rows.append({**row, **est})
     results = ROOT / "bench_results"
     results.mkdir(exist_ok=True)
     mode = "full" if args.full else "cpu"
-    shutil.copyfile(report.write_report(last["dir"], config.OUTPUT_ROOT / last["dir"].name), results / f"dress_rehearsal_{mode}_REPORT.md")
+    shutil.copyfile(
+        report.write_report(last["dir"], config.OUTPUT_ROOT / last["dir"].name),
+        results / f"dress_rehearsal_{mode}_REPORT.md",
+    )
 
     result = {
-        "mode": "full" if args.full else "reduced", "passes": [{"sizes": p["sizes"], "stages": p["stages"]} for p in passes],
-        "paper": PAPER, "device": device, "dtype": dtype, "stages": rows, "total_s": round(sum(r["wall_s"] for r in rows), 1),
-        "estimate_paper_s": round(sum(r["estimate_s"] for r in rows if r["estimate_s"] is not None), 1), "fixture_build_s": round(build_s, 1),
+        "mode": "full" if args.full else "reduced",
+        "passes": [{"sizes": p["sizes"], "stages": p["stages"]} for p in passes],
+        "paper": PAPER,
+        "device": device,
+        "dtype": dtype,
+        "stages": rows,
+        "total_s": round(sum(r["wall_s"] for r in rows), 1),
+        "estimate_paper_s": round(sum(r["estimate_s"] for r in rows if r["estimate_s"] is not None), 1),
+        "fixture_build_s": round(build_s, 1),
         "planted_features": planted,
         "not_timed": [r["stage"] for r in rows if r["estimate_s"] is None],
         "command": shlex.join(["python", "benchmarks/dress_rehearsal.py", *argv]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
         "scaling": "reduced: wall = fixed + per_unit x units through the two passes, evaluated at paper units; units: check-data 1, "
-                   "nu layers x selection texts x languages, section5 layers x evaluation texts x languages x conditions per layer "
-                   "(reduced: top-k 1, 1 random draw; paper: top-k 2, 5 draws), interactions 1 (reads section5's conditions), "
-                   "cluster-synergy layers x evaluation texts x languages x pairs, downstream (item, condition) pairs, "
-                   "code-switching layers, steering (text, condition) pairs (paper sizes in 'paper'), plots layers",
-    }  # fmt: skip
+        "nu layers x selection texts x languages, section5 layers x evaluation texts x languages x conditions per layer "
+        "(reduced: top-k 1, 1 random draw; paper: top-k 2, 5 draws), interactions 1 (reads section5's conditions), "
+        "cluster-synergy layers x evaluation texts x languages x pairs, downstream (item, condition) pairs, "
+        "code-switching layers, steering (text, condition) pairs (paper sizes in 'paper'), plots layers",
+    }
     out = results / f"dress_rehearsal_{mode}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(run_pipeline.format_table([{**r, **(r["work"] or {}), "status": r["status"][:9]} for r in rows]))
     untimed = f" (not timed: {', '.join(result['not_timed'])})" if result["not_timed"] else ""
-    print(f"total {result['total_s']} s (largest pass); paper-size estimate {result['estimate_paper_s']} s{untimed} -> {out}")
+    print(
+        f"total {result['total_s']} s (largest pass); paper-size estimate {result['estimate_paper_s']} s{untimed} -> {out}"
+    )
 
 
 if __name__ == "__main__":

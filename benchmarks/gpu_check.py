@@ -270,7 +270,9 @@ def run_identity(run: Namespace) -> dict:
     delta = ce[1] - base
     # The same edit alone, in the baseline's batch shape: if this one is exact and the stacked one is not,
     # the stacked rows' differences come from kernels chosen by shape, not from the hooks.
-    alone = ablated_ce(model, batches, layer, [IdentityEdit(hook)], max_rows=run.sizes["batch_size"])[0] - base
+    alone = (
+        ablated_ce(model, batches, layer, [IdentityEdit(hook)], max_rows=run.sizes["batch_size"])[0] - base
+    )
     return {
         "layer": layer,
         "n_texts": len(ids),

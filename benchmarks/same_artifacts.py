@@ -20,7 +20,9 @@ from pathlib import Path
 
 VOLATILE_KEYS = {"started", "wall_s", "written", "created", "timestamp", "elapsed_s", "heartbeat", "seconds"}
 VOLATILE_LINES = ("| report written |", "| code (git commit) |")
-PDF_DATE = re.compile(rb"/CreationDate \(D:[0-9Z'+-]*\)")  # matplotlib stamps each PDF with the time it was drawn
+PDF_DATE = re.compile(
+    rb"/CreationDate \(D:[0-9Z'+-]*\)"
+)  # matplotlib stamps each PDF with the time it was drawn
 
 
 def _json_diff(a, b, path: str = "") -> list[str]:
@@ -71,7 +73,9 @@ def compare(a_root: Path, b_root: Path) -> dict[str, list[str]]:
             diffs = _json_diff(json.loads(a.read_text()), json.loads(b.read_text()))
             real = [d for d in diffs if not _volatile(d)]
             if real:
-                out["different"].append(f"{rel}: " + "; ".join(real[:6]) + (f" (+{len(real) - 6})" if len(real) > 6 else ""))
+                out["different"].append(
+                    f"{rel}: " + "; ".join(real[:6]) + (f" (+{len(real) - 6})" if len(real) > 6 else "")
+                )
             else:
                 out["volatile"].append(f"{rel}: " + ("; ".join(diffs[:3]) if diffs else "key order only"))
         elif rel.suffix == ".pdf" and PDF_DATE.sub(b"", a.read_bytes()) == PDF_DATE.sub(b"", b.read_bytes()):
@@ -85,7 +89,11 @@ def compare(a_root: Path, b_root: Path) -> dict[str, list[str]]:
                 out["volatile"].append(f"{rel}: written-at and commit rows only")
             else:
                 moved = sorted(set(la) ^ set(lb))
-                kind = "the same lines, reordered" if not moved else f"{len(moved)} lines differ, e.g. {moved[0][:100]!r}"
+                kind = (
+                    "the same lines, reordered"
+                    if not moved
+                    else f"{len(moved)} lines differ, e.g. {moved[0][:100]!r}"
+                )
                 out["different"].append(f"{rel}: {kind}")
         else:
             out["different"].append(f"{rel}: bytes differ")
@@ -106,8 +114,10 @@ def main(argv=None) -> int:
         for line in out[kind]:
             print(f"{kind}: {line}")
     n = sum(len(v) for v in out.values())
-    print(f"{n} files: {len(out['same'])} identical, {len(out['volatile'])} differ only in volatile fields, "
-          f"{len(out['different'])} differ, {len(out['only'])} in one run only")
+    print(
+        f"{n} files: {len(out['same'])} identical, {len(out['volatile'])} differ only in volatile fields, "
+        f"{len(out['different'])} differ, {len(out['only'])} in one run only"
+    )
     return 1 if out["different"] or out["only"] else 0
 
 

@@ -37,7 +37,12 @@ VARIANTS = {
     "pinned": toy.PINNED_KERNELS,
     "pinned-mkl-avx2": {**toy.PINNED_KERNELS, "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
     "avx512": {"ATEN_CPU_CAPABILITY": "avx512", **SLEEPING_THREADS},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", **SLEEPING_THREADS},
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        **SLEEPING_THREADS,
+    },
 }
 
 
@@ -49,11 +54,17 @@ def cpu_model() -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--scale", choices=list(toy.SCALES), default="full", help="toy scale to build")
     p.add_argument("--seed", type=int, default=0, help="the build's seed")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
-    p.add_argument("--out", type=Path, help="result file; default bench_results/toy_rounding_<scale>_seed<seed>.json")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}"
+    )
+    p.add_argument(
+        "--out", type=Path, help="result file; default bench_results/toy_rounding_<scale>_seed<seed>.json"
+    )
     args = p.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
     out = args.out or ROOT / "bench_results" / f"toy_rounding_{args.scale}_seed{args.seed}.json"
@@ -71,23 +82,39 @@ def main(argv=None):
             }
     reference = results[names[0]]["fingerprint"]
     langs = list(reference["quality"]["cross_entropy"])
-    ce = {n: {lang: r["fingerprint"]["quality"]["cross_entropy"][lang]["model"] for lang in langs} for n, r in results.items()}
+    ce = {
+        n: {lang: r["fingerprint"]["quality"]["cross_entropy"][lang]["model"] for lang in langs}
+        for n, r in results.items()
+    }
     spread = {lang: max(ce[n][lang] for n in names) - min(ce[n][lang] for n in names) for lang in langs}
     summary = {
         "machine": cpu_model(),
         "scale": args.scale,
         "seed": args.seed,
         "variants": {n: VARIANTS[n] for n in names},
-        "first_difference_from_" + names[0]: {n: toy.first_difference(results[n]["fingerprint"], reference) for n in names},
+        "first_difference_from_" + names[0]: {
+            n: toy.first_difference(results[n]["fingerprint"], reference) for n in names
+        },
         "model_ce": ce,
         "ce_spread_nats": spread,
         "max_ce_spread_nats": max(spread.values()),
-        "fve": {n: {L: q["fve"] for L, q in r["fingerprint"]["quality"]["transcoders"].items()} for n, r in results.items()},
+        "fve": {
+            n: {L: q["fve"] for L, q in r["fingerprint"]["quality"]["transcoders"].items()}
+            for n, r in results.items()
+        },
         "build_seconds": {n: r["timings"]["build_seconds"] for n, r in results.items()},
         "aten_kernels": {n: r["timings"]["aten_kernels"] for n, r in results.items()},
     }
     save_json(summary, out)
-    print(json.dumps({k: summary[k] for k in ("machine", "first_difference_from_" + names[0], "build_seconds", "aten_kernels")}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("machine", "first_difference_from_" + names[0], "build_seconds", "aten_kernels")
+            },
+            indent=1,
+        )
+    )
     print(f"{'language':<10}" + "".join(f"{n:>17}" for n in names) + f"{'spread':>9}")
     for lang in langs:
         print(f"{lang:<10}" + "".join(f"{ce[n][lang]:>17.4f}" for n in names) + f"{spread[lang]:>9.4f}")

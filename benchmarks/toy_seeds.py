@@ -39,9 +39,16 @@ sys.path.insert(0, str(ROOT))
 from langsae import toy  # noqa: E402
 from langsae.artifacts import load_json, save_json, save_text  # noqa: E402
 from langsae.config import FEATURES_ROOT  # noqa: E402
+from langsae.nu import META_FILE as NU_META  # noqa: E402
 
 SEED_ROOT = ROOT / "toy_model_seeds"
-STAGE_SCRIPTS = ("compute_nu_scores.py", "reproduce_figures_section5.py", "cross_linguistic_interactions.py", "cluster_synergy.py", "code_switching.py")
+STAGE_SCRIPTS = (
+    "compute_nu_scores.py",
+    "reproduce_figures_section5.py",
+    "cross_linguistic_interactions.py",
+    "cluster_synergy.py",
+    "code_switching.py",
+)
 
 
 def toy_root(seed: int) -> Path:
@@ -66,11 +73,17 @@ def seed_findings(seed: int) -> dict[str, dict]:
     """Per language: the held-out peak layer and the four findings (True/False, synergy as +/-/0)."""
     with open(run_dir(seed) / "section5_summary.csv", newline="") as f:
         summary = {r["language"]: r for r in csv.DictReader(f)}
-    exclusive = load_json(run_dir(seed) / "meta.json")["exclusive_top1"]
+    exclusive = load_json(run_dir(seed) / NU_META)["exclusive_top1"]
     peaks = [int(r["peak_layer"]) for r in summary.values()]
-    modal = str(max(set(peaks), key=peaks.count))  # the report's code-switching layer: chosen without the probe items
+    modal = str(
+        max(set(peaks), key=peaks.count)
+    )  # the report's code-switching layer: chosen without the probe items
     with open(run_dir(seed) / "code_switching_results.csv", newline="") as f:
-        switch = {r["language"]: float(r["ci_low"]) > 0 for r in csv.DictReader(f) if r["case"] == "context_on_foreign_nouns" and r["layer"] == modal}
+        switch = {
+            r["language"]: float(r["ci_low"]) > 0
+            for r in csv.DictReader(f)
+            if r["case"] == "context_on_foreign_nouns" and r["layer"] == modal
+        }
     out = {}
     for lang, r in summary.items():
         v = {k: float(r[k]) for k in r if k.endswith(("_ci_low", "_ci_high"))}
@@ -108,17 +121,36 @@ def cluster_findings(seed: int) -> dict:
     for which in ("with_degenerate", "without_degenerate"):
         w = s[which]
         d, r = w["difference"], w["regression"]
-        syn[which] = {"difference": d["value"], "ci": [d["ci_low"], d["ci_high"]], "p": w["permutation_p"],
-                      "n_intra": w["intra"]["n_pairs"], "n_inter": w["inter"]["n_pairs"],
-                      "cos_slope": r["slope"], "cos_r": r["r"], "cos_p": r["p"],
-                      "intra_given_cos": w["intra_given_cosine"]["coefficient"], "intra_given_cos_p": w["intra_given_cosine"]["permutation_p"]}
+        syn[which] = {
+            "difference": d["value"],
+            "ci": [d["ci_low"], d["ci_high"]],
+            "p": w["permutation_p"],
+            "n_intra": w["intra"]["n_pairs"],
+            "n_inter": w["inter"]["n_pairs"],
+            "cos_slope": r["slope"],
+            "cos_r": r["r"],
+            "cos_p": r["p"],
+            "intra_given_cos": w["intra_given_cosine"]["coefficient"],
+            "intra_given_cos_p": w["intra_given_cosine"]["permutation_p"],
+        }
     return {
-        "clusters": "; ".join(",".join(g) for g in groups), "ari_mean": c["ari"]["mean"], "stress": c["stress"],
+        "clusters": "; ".join(",".join(g) for g in groups),
+        "ari_mean": c["ari"]["mean"],
+        "stress": c["stress"],
         "negative_eigen_mass": c["negative_eigen_mass"],
-        "vie_with_en_es_fr_pt": co_mean("vie_Latn", romance), "vie_with_tha_kor": co_mean("vie_Latn", ["tha_Thai", "kor_Hang"]),
-        "arb_singleton": sum(labels[l] == labels.get("arb_Arab") for l in langs) == 1 if "arb_Arab" in labels else None,
-        "arb_max_co": max((co[i["arb_Arab"], j] for j in range(len(langs)) if j != i["arb_Arab"]), default=float("nan")) if "arb_Arab" in i else float("nan"),
-        "synergy": syn, "n_same_feature": s["n_same_feature"], "n_overlapping": s["n_overlapping"],
+        "vie_with_en_es_fr_pt": co_mean("vie_Latn", romance),
+        "vie_with_tha_kor": co_mean("vie_Latn", ["tha_Thai", "kor_Hang"]),
+        "arb_singleton": sum(labels[l] == labels.get("arb_Arab") for l in langs) == 1
+        if "arb_Arab" in labels
+        else None,
+        "arb_max_co": max(
+            (co[i["arb_Arab"], j] for j in range(len(langs)) if j != i["arb_Arab"]), default=float("nan")
+        )
+        if "arb_Arab" in i
+        else float("nan"),
+        "synergy": syn,
+        "n_same_feature": s["n_same_feature"],
+        "n_overlapping": s["n_overlapping"],
     }
 
 
@@ -133,15 +165,25 @@ def cluster_markdown(per_seed: dict[int, dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for seed, f in per_seed.items():
-        lines.append(f"| {seed} | {f['clusters']} | {f['ari_mean']:.2f} | {f['vie_with_en_es_fr_pt']:.2f} | {f['vie_with_tha_kor']:.2f} | "
-                     f"{'yes' if f['arb_singleton'] else 'no'} | {f['arb_max_co']:.2f} |")
-    lines += ["", "| seed | pairs | intra − inter synergy, all pairs [95% CI], p | without degenerate pairs | slope on abs(cosine), r (all pairs) "
-              "| intra beyond abs(cosine), permutation p (all pairs) |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {seed} | {f['clusters']} | {f['ari_mean']:.2f} | {f['vie_with_en_es_fr_pt']:.2f} | {f['vie_with_tha_kor']:.2f} | "
+            f"{'yes' if f['arb_singleton'] else 'no'} | {f['arb_max_co']:.2f} |"
+        )
+    lines += [
+        "",
+        "| seed | pairs | intra − inter synergy, all pairs [95% CI], p | without degenerate pairs | slope on abs(cosine), r (all pairs) "
+        "| intra beyond abs(cosine), permutation p (all pairs) |",
+        "|---|---|---|---|---|---|",
+    ]
     for seed, f in per_seed.items():
         a, b = f["synergy"]["with_degenerate"], f["synergy"]["without_degenerate"]
-        fmt = lambda x: f"{x['difference']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}], p={x['p']:.3g} ({x['n_intra']} intra, {x['n_inter']} inter)"
-        lines.append(f"| {seed} | {f['n_same_feature']} same feature, {f['n_overlapping']} overlapping | {fmt(a)} | {fmt(b)} | "
-                     f"{a['cos_slope']:+.2f}, r={a['cos_r']:+.2f} | {a['intra_given_cos']:+.3f}, p={a['intra_given_cos_p']:.3g} |")
+        fmt = lambda x: (
+            f"{x['difference']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}], p={x['p']:.3g} ({x['n_intra']} intra, {x['n_inter']} inter)"
+        )
+        lines.append(
+            f"| {seed} | {f['n_same_feature']} same feature, {f['n_overlapping']} overlapping | {fmt(a)} | {fmt(b)} | "
+            f"{a['cos_slope']:+.2f}, r={a['cos_r']:+.2f} | {a['intra_given_cos']:+.3f}, p={a['intra_given_cos_p']:.3g} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +191,13 @@ def agreement(per_seed: dict[int, dict]) -> dict[str, dict]:
     """Per language and finding: the value in each seed and whether all seeds agree."""
     langs = list(next(iter(per_seed.values())))
     return {
-        lang: {f: {"values": [per_seed[s][lang][f] for s in per_seed], "holds": len({per_seed[s][lang][f] for s in per_seed}) == 1} for f in FINDINGS}
+        lang: {
+            f: {
+                "values": [per_seed[s][lang][f] for s in per_seed],
+                "holds": len({per_seed[s][lang][f] for s in per_seed}) == 1,
+            }
+            for f in FINDINGS
+        }
         for lang in langs
     }
 
@@ -164,13 +212,19 @@ def markdown(agree: dict[str, dict], seeds: list[int]) -> str:
         lines.append(f"| {lang} | " + " | ".join(cell(fs[f]) for f in FINDINGS) + " |")
     held = {f: sum(fs[f]["holds"] for fs in agree.values()) for f in FINDINGS}
     lines.append("")
-    lines.append(f"Values per seed ({'/'.join(map(str, seeds))}); **bold** where every seed agrees. "
-                 "Languages where all seeds agree: " + ", ".join(f"{f} {n}/{len(agree)}" for f, n in held.items()) + ".")
+    lines.append(
+        f"Values per seed ({'/'.join(map(str, seeds))}); **bold** where every seed agrees. "
+        "Languages where all seeds agree: "
+        + ", ".join(f"{f} {n}/{len(agree)}" for f, n in held.items())
+        + "."
+    )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated toy seeds")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -181,7 +235,10 @@ def main(argv=None):
     clusters = {s: cluster_findings(s) for s in seeds}
     quality = {s: load_json(toy_root(s) / "quality.json")["cross_entropy"] for s in seeds}
     out = ROOT / "bench_results"
-    save_json({"seeds": seeds, "per_seed": per_seed, "agreement": agree, "clusters": clusters, "model_ce": quality}, out / "toy_seeds.json")
+    save_json(
+        {"seeds": seeds, "per_seed": per_seed, "agreement": agree, "clusters": clusters, "model_ce": quality},
+        out / "toy_seeds.json",
+    )
     table = markdown(agree, seeds) + "\n" + cluster_markdown(clusters)
     save_text(table, out / "toy_seeds.md")
     print(table)

@@ -35,7 +35,9 @@ def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
         return directions.new_zeros(directions.shape[1], 0)
     norms = directions.norm(dim=1, keepdim=True)
     if bool((norms == 0).any()):
-        raise UserError("a chosen feature has an all-zero decoder direction; it cannot be ablated directionally")
+        raise UserError(
+            "a chosen feature has an all-zero decoder direction; it cannot be ablated directionally"
+        )
     unit = (directions / norms).T  # [d, k]
     q, r = torch.linalg.qr(unit)
     diag = r.diagonal().abs()
@@ -88,7 +90,9 @@ class Ablation:
         return (out.float() - acts @ self.W_dec).to(out.dtype)
 
 
-def make_ablation(lf: LayerFeatures, features: Sequence[int], mode: str, device: str | torch.device = "cpu") -> Ablation:
+def make_ablation(
+    lf: LayerFeatures, features: Sequence[int], mode: str, device: str | torch.device = "cpu"
+) -> Ablation:
     """Build the ablation of `features` (SAE feature ids) at layer lf.layer."""
     if mode not in MODES:
         raise UserError(f"unknown ablation mode {mode!r}; choose {' or '.join(MODES)}")
@@ -103,10 +107,17 @@ def make_ablation(lf: LayerFeatures, features: Sequence[int], mode: str, device:
     elif read == write.sublayer_input():  # what edit_output hands to `apply` beside the output
         reads_output = False
     else:
-        raise UserError(f"feature ablation needs the SAE to read the input or output of the module it writes; got {lf.hook_in} -> {lf.hook_out}")
+        raise UserError(
+            f"feature ablation needs the SAE to read the input or output of the module it writes; got {lf.hook_in} -> {lf.hook_out}"
+        )
     threshold = None if lf.threshold is None else lf.threshold[rows].to(device)
     return Ablation(
-        write, mode, W_dec=lf.W_dec[rows].to(device), W_enc=lf.W_enc[rows].to(device),
-        b_enc=lf.b_enc[rows].to(device), threshold=threshold, reads_output=reads_output,
+        write,
+        mode,
+        W_dec=lf.W_dec[rows].to(device),
+        W_enc=lf.W_enc[rows].to(device),
+        b_enc=lf.b_enc[rows].to(device),
+        threshold=threshold,
+        reads_output=reads_output,
         input_bias=None if lf.input_bias is None else lf.input_bias.to(device),
-    )  # fmt: skip
+    )

@@ -269,7 +269,13 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(Path(path))
 
 
-MODEL_PACKAGES = ("torch", "transformers", "sae-lens", "tokenizers", "numpy")  # what a model's numbers depend on
+MODEL_PACKAGES = (
+    "torch",
+    "transformers",
+    "sae-lens",
+    "tokenizers",
+    "numpy",
+)  # what a model's numbers depend on
 
 
 def package_versions(packages: tuple[str, ...] = (*MODEL_PACKAGES, "py3langid")) -> dict[str, str]:

@@ -12,7 +12,9 @@ from langsae.errors import UserError
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     for noisy in ("httpx", "urllib3", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -26,9 +28,14 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
         print(f"error: {e}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError:
-        print("error: out of memory on the device; lower --batch-size (and try --dtype bfloat16)", file=sys.stderr)
+        print(
+            "error: out of memory on the device; lower --batch-size (and try --dtype bfloat16)",
+            file=sys.stderr,
+        )
         return 2
-    except OSError as e:  # a disk fault while writing (ENOSPC, EROFS, EACCES...): name the file, not a traceback
+    except (
+        OSError
+    ) as e:  # a disk fault while writing (ENOSPC, EROFS, EACCES...): name the file, not a traceback
         if e.strerror is None:  # not a file-system error with a cause to state
             raise
         where = f"{e.filename}: " if e.filename else ""

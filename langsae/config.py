@@ -53,11 +53,17 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "qwen3-0.6b": Preset(
-        "qwen3-0.6b", "Qwen/Qwen3-0.6B", "mwhanna-qwen3-0.6b-transcoders-lowl0", "layer_{layer}",
+        "qwen3-0.6b",
+        "Qwen/Qwen3-0.6B",
+        "mwhanna-qwen3-0.6b-transcoders-lowl0",
+        "layer_{layer}",
         defaults={"downstream_layer": 10},  # the seed claim's layer (downstream_ablation.py)
     ),
     "gemma-2-2b": Preset(
-        "gemma-2-2b", "google/gemma-2-2b", "gemma-scope-2b-pt-res-canonical", "layer_{layer}/width_16k/canonical"
+        "gemma-2-2b",
+        "google/gemma-2-2b",
+        "gemma-scope-2b-pt-res-canonical",
+        "layer_{layer}/width_16k/canonical",
     ),
     "toy": Preset(
         "toy",
@@ -69,10 +75,21 @@ PRESETS: dict[str, Preset] = {
         # CPU-sized: the whole toy pipeline runs in minutes (n_eval_texts: Section 5's --n-texts)
         # steer_*: steer_language.py's defaults, one pair and two alphas on a few texts;
         # downstream_*: downstream_ablation.py's --n-items (qa) and --n-topic-items
-        defaults={"device": "cpu", "dtype": "float32", "batch_size": 16, "n_eval_texts": 40, "steer_layer": 1, "steer_source": "spa_Latn",
-                  "steer_target": "eng_Latn", "steer_alphas": "2,8", "steer_n_texts": 6, "steer_random_draws": 1,
-                  "downstream_n_items": 40, "downstream_n_topic_items": 60,
-                  "downstream_tasks": "qa,topic"},  # the tasks whose data is bundled: the toy stays offline
+        defaults={
+            "device": "cpu",
+            "dtype": "float32",
+            "batch_size": 16,
+            "n_eval_texts": 40,
+            "steer_layer": 1,
+            "steer_source": "spa_Latn",
+            "steer_target": "eng_Latn",
+            "steer_alphas": "2,8",
+            "steer_n_texts": 6,
+            "steer_random_draws": 1,
+            "downstream_n_items": 40,
+            "downstream_n_topic_items": 60,
+            "downstream_tasks": "qa,topic",
+        },  # the tasks whose data is bundled: the toy stays offline
         prepare="langsae.toy:ensure_built",  # imported when called: the presets need no training code
     ),
 }
@@ -149,7 +166,9 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
             else:
                 layers.append(int(part))
         except ValueError:
-            raise UserError(f"--layers: cannot read {part!r}; give comma-separated integers such as 0,5,10 or a range 0-27") from None
+            raise UserError(
+                f"--layers: cannot read {part!r}; give comma-separated integers such as 0,5,10 or a range 0-27"
+            ) from None
     if not layers:
         raise UserError(f"--layers {text!r} names no layer; give e.g. 0,5,10, a range 0-27, or all")
     return tuple(sorted(set(layers)))
@@ -187,7 +206,9 @@ def build_parser(
         help=f"preset: {', '.join(PRESETS)} (alias gemma-2b), or {CUSTOM} with --model-id/--sae-release/--sae-id-template",
     )
     g.add_argument("--model-id", help="Hugging Face model id or local folder; overrides the preset's model")
-    g.add_argument("--sae-release", help="sae-lens release name (or HF repo id); overrides the preset's release")
+    g.add_argument(
+        "--sae-release", help="sae-lens release name (or HF repo id); overrides the preset's release"
+    )
     g.add_argument("--sae-id-template", help="SAE id for a layer, with {layer}, e.g. 'layer_{layer}'")
     g = p.add_argument_group("data")
     g.add_argument(
@@ -198,23 +219,34 @@ def build_parser(
     )
     g.add_argument("--layers", help=f"comma-separated layers or ranges (0-27); default: {layers_default}")
     g.add_argument(
-        "--n-texts-per-lang", type=int, default=-1,
+        "--n-texts-per-lang",
+        type=int,
+        default=-1,
         help="first N selection texts of each language (the nu stage), in file order; -1 = all. Section 5 sets its evaluation texts with --n-texts",
     )
-    g.add_argument("--split", default="dev", choices=["dev", "devtest"], help="FLORES split; on devtest the ten come from SIB-200 too")
+    g.add_argument(
+        "--split",
+        default="dev",
+        choices=["dev", "devtest"],
+        help="FLORES split; on devtest the ten come from SIB-200 too",
+    )
     g = p.add_argument_group("run")
     g.add_argument(
-        "--out-dir", type=Path,
+        "--out-dir",
+        type=Path,
         help="the run's artifact folder; default sae_features/<run>/. Results are keyed by content (model "
         "and SAE identity, settings), not by path: a run folder copied or moved elsewhere is reused as it is",
     )
     g.add_argument(
-        "--figures-dir", type=Path,
+        "--figures-dir",
+        type=Path,
         help="where figures and REPORT.md go; default output/<path below sae_features/> for a run folder "
         "under sae_features/ (output/<run>/), else <out-dir>/figures/ beside the run",
     )
     g.add_argument("--device", help="torch device; default cuda if present, else cpu (toy preset: cpu)")
-    g.add_argument("--dtype", choices=list(DTYPES), help="model and SAE dtype; default bfloat16 (toy preset: float32)")
+    g.add_argument(
+        "--dtype", choices=list(DTYPES), help="model and SAE dtype; default bfloat16 (toy preset: float32)"
+    )
     g.add_argument("--batch-size", type=int, help="texts per forward pass; default 8 (toy preset: 16)")
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     g.add_argument("--force", action="store_true", help="recompute results even when cached ones match")
@@ -255,7 +287,11 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
     if changed:
         # A preset with a swapped model or SAE is a different run: give it its own name.
         return Preset(
-            CUSTOM, **overrides, sae_converter=base.sae_converter, sae_hub_cache=base.sae_hub_cache, prepare=base.prepare
+            CUSTOM,
+            **overrides,
+            sae_converter=base.sae_converter,
+            sae_hub_cache=base.sae_hub_cache,
+            prepare=base.prepare,
         )
     return base
 

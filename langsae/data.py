@@ -42,9 +42,17 @@ FLORES_PLUS_REVISION = "5fec6c13f9e5a4db2f745d4ec0d7c9721ddc4f06"
 
 # The paper's ten languages, in the bundled files' block order; FLORES+ code -> bundled "lan".
 BUNDLED = {
-    "eng_Latn": "en", "spa_Latn": "es", "fra_Latn": "fr", "jpn_Jpan": "ja", "kor_Hang": "ko",
-    "por_Latn": "pt", "tha_Thai": "th", "vie_Latn": "vi", "cmn_Hans": "zh", "arb_Arab": "ar",
-}  # fmt: skip
+    "eng_Latn": "en",
+    "spa_Latn": "es",
+    "fra_Latn": "fr",
+    "jpn_Jpan": "ja",
+    "kor_Hang": "ko",
+    "por_Latn": "pt",
+    "tha_Thai": "th",
+    "vie_Latn": "vi",
+    "cmn_Hans": "zh",
+    "arb_Arab": "ar",
+}
 PAPER_LANGUAGES = tuple(BUNDLED)
 
 SELECTION_SIZE = 100  # selection sentences per language, as in the paper's selection file
@@ -74,7 +82,8 @@ texts get `hub:<split>:<row>`, parallel among hub languages only."""
 MIXED_SOURCES = "parallel within each source; across sources only where sentence ids match"
 
 # FLORES+ language codes (ISO 639-3 + ISO 15924), for validation and "did you mean".
-FLORES_PLUS_CODES = frozenset("""
+FLORES_PLUS_CODES = frozenset(
+    """
 ace_Arab ace_Latn acm_Arab acq_Arab aeb_Arab afr_Latn ajp_Arab aka_Latn als_Latn amh_Ethi apc_Arab arb_Arab
 arb_Latn arg_Latn ars_Arab ary_Arab arz_Arab asm_Beng ast_Latn awa_Deva ayr_Latn azb_Arab azj_Latn bak_Cyrl
 bam_Latn ban_Latn bel_Cyrl bem_Latn ben_Beng bho_Deva bjn_Arab bjn_Latn bod_Tibt bos_Latn brx_Deva bug_Latn
@@ -94,11 +103,25 @@ sot_Latn spa_Latn srd_Latn srp_Cyrl ssw_Latn sun_Latn swe_Latn swh_Latn szl_Latn
 tat_Cyrl tel_Telu tgk_Cyrl tha_Thai tir_Ethi tpi_Latn tsn_Latn tso_Latn tuk_Latn tum_Latn tur_Latn twi_Latn
 tyv_Cyrl tzm_Tfng uig_Arab ukr_Cyrl umb_Latn urd_Arab uzn_Latn uzs_Arab vec_Latn vie_Latn vmw_Latn war_Latn
 wol_Latn wuu_Hans xho_Latn ydd_Hebr yor_Latn yue_Hant zgh_Tfng zsm_Latn zul_Latn
-""".split())
+""".split()
+)
 # SIB-200 names its files by FLORES-200 code; FLORES+ renamed these four languages.
-SIB_TO_FLORES_PLUS = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant", "est_Latn": "ekk_Latn", "tgl_Latn": "fil_Latn"}
+SIB_TO_FLORES_PLUS = {
+    "zho_Hans": "cmn_Hans",
+    "zho_Hant": "cmn_Hant",
+    "est_Latn": "ekk_Latn",
+    "tgl_Latn": "fil_Latn",
+}
 FLORES_PLUS_TO_SIB = {v: k for k, v in SIB_TO_FLORES_PLUS.items()}
-SIB_CATEGORIES = ("science/technology", "travel", "politics", "sports", "health", "entertainment", "geography")
+SIB_CATEGORIES = (
+    "science/technology",
+    "travel",
+    "politics",
+    "sports",
+    "health",
+    "entertainment",
+    "geography",
+)
 
 # Names users bring from FLORES-200 or ISO 639-1.
 ALIASES = {**SIB_TO_FLORES_PLUS, **{v: k for k, v in BUNDLED.items()}}
@@ -132,7 +155,9 @@ class Texts:
     by_language: dict[str, list[str]]
     source: str  # where they came from, for metadata
     ids: dict[str, list[str]] = field(default_factory=dict)  # parallel to by_language; see SENTENCE_IDS
-    origins: dict[str, str] = field(default_factory=dict)  # language -> DENG, SIB or HUB; ids are parallel within one origin
+    origins: dict[str, str] = field(
+        default_factory=dict
+    )  # language -> DENG, SIB or HUB; ids are parallel within one origin
     files: tuple[Path, ...] = ()  # the bundled files they were read from (source_files)
     hub: dict[str, str] = field(default_factory=dict)  # hub dataset -> the revision read
 
@@ -205,7 +230,9 @@ def _load_sib(languages: list[str], which: str, split: str) -> dict[str, tuple[l
     """Texts and ids by SIB_RULE."""
     out = {}
     for lang in languages:
-        rows = sorted((r for r in read_sib200(lang) if _in_split(r.index_id, split)), key=lambda r: r.index_id)
+        rows = sorted(
+            (r for r in read_sib200(lang) if _in_split(r.index_id, split)), key=lambda r: r.index_id
+        )
         if which == "selection":
             rows = rows[:SELECTION_SIZE]
         else:
@@ -267,9 +294,7 @@ def _load_deng(languages: list[str], which: str, split: str) -> dict[str, tuple[
 
 # ----------------------------------------------------------------------------- FLORES+ on the hub
 
-TOKEN_HELP = (
-    "set HF_TOKEN or put [huggingface] token = hf_... in secrets.ini (accept the dataset's terms on the hub first)"
-)
+TOKEN_HELP = "set HF_TOKEN or put [huggingface] token = hf_... in secrets.ini (accept the dataset's terms on the hub first)"
 
 
 def _not_bundled(languages: list[str], why: str) -> str:
@@ -299,7 +324,9 @@ def _load_hub(languages: list[str], which: str, split: str) -> dict[str, tuple[l
     if failed:
         cause = first_error.__cause__ or first_error
         why = f"loading failed ({type(cause).__name__}: {str(cause).splitlines()[0][:160] if str(cause) else ''})"
-        raise UserError(_not_bundled(failed, f"{why}; offline, it must already be in the local Hugging Face cache"))
+        raise UserError(
+            _not_bundled(failed, f"{why}; offline, it must already be in the local Hugging Face cache")
+        )
     return out
 
 
@@ -313,8 +340,9 @@ def load_flores_plus(lang: str, split: str) -> list[str]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(FLORES_PLUS_REPO, lang, split=split, revision=FLORES_PLUS_REVISION,
-                                   token=token)
+        ds = datasets.load_dataset(
+            FLORES_PLUS_REPO, lang, split=split, revision=FLORES_PLUS_REVISION, token=token
+        )
     except Exception as e:  # datasets raises many types for network/auth problems
         what = f"dataset {FLORES_PLUS_REPO} at revision {FLORES_PLUS_REVISION} ({lang}, {split})"
         raise UserError(hub_error_message(what, e)) from e
@@ -412,9 +440,17 @@ def source_files(languages, which: str, split: str) -> tuple[list[Path], dict[st
 # FLORES is kept for selection and evaluation, so the toy never trains on what it is measured on.
 NTREX_DIR = DATA_DIR / "ntrex128"
 NTREX_NAMES = {
-    "eng_Latn": "eng-US", "spa_Latn": "spa", "fra_Latn": "fra", "por_Latn": "por-BR", "jpn_Jpan": "jpn",
-    "cmn_Hans": "zho-CN", "kor_Hang": "kor", "tha_Thai": "tha", "vie_Latn": "vie", "arb_Arab": "arb",
-}  # fmt: skip
+    "eng_Latn": "eng-US",
+    "spa_Latn": "spa",
+    "fra_Latn": "fra",
+    "por_Latn": "por-BR",
+    "jpn_Jpan": "jpn",
+    "cmn_Hans": "zho-CN",
+    "kor_Hang": "kor",
+    "tha_Thai": "tha",
+    "vie_Latn": "vie",
+    "arb_Arab": "arb",
+}
 
 
 def ntrex_file(lang: str) -> Path:

@@ -48,12 +48,18 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int = MAX_TOKENS) -> list[
     return [tokenizer(t, truncation=True, max_length=max_tokens)["input_ids"] for t in texts]
 
 
-def make_batches(token_ids: list[list[int]], batch_size: int, pad_id: int, sort_by_length: bool = True) -> list[Batch]:
+def make_batches(
+    token_ids: list[list[int]], batch_size: int, pad_id: int, sort_by_length: bool = True
+) -> list[Batch]:
     """Group texts into right-padded batches; sorting by length keeps padding small.
 
     The order of batches never changes a result: every statistic is keyed by `indices`.
     """
-    order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i])) if sort_by_length else range(len(token_ids))
+    order = (
+        sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
+        if sort_by_length
+        else range(len(token_ids))
+    )
     order = list(order)
     batches = []
     for start in range(0, len(order), batch_size):
@@ -109,7 +115,10 @@ def capture(model, points: dict[str, HookPoint]) -> Iterator[dict[str, torch.Ten
 
 @contextmanager
 def edit_output(
-    model, hp: HookPoint, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], read: HookPoint | None = None
+    model,
+    hp: HookPoint,
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    read: HookPoint | None = None,
 ) -> Iterator[None]:
     """Replace the tensor at output hook point `hp` by fn(output, x) while the model runs.
 
@@ -252,29 +261,41 @@ def hidden_before_layer(model, batch: Batch, layer: int) -> torch.Tensor:
         store["h"] = _first_input(args, kwargs).detach()
         raise _StopForward
 
-    _run_until_stopped(model, batch, decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True))
+    _run_until_stopped(
+        model, batch, decoder_layers(model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    )
     return store["h"]
 
 
-def _layer_masks(model, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> list:
+def _layer_masks(
+    model, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+) -> list:
     """The attention mask each decoder layer gets, made by transformers' own mask builder
     (per layer type: full or sliding-window attention, as the model's forward does)."""
     from transformers.masking_utils import create_masks_for_generate
 
     config = model.config.get_text_config()
     masks = create_masks_for_generate(
-        config=config, inputs_embeds=hidden, attention_mask=attention_mask, past_key_values=None, position_ids=position_ids
+        config=config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        past_key_values=None,
+        position_ids=position_ids,
     )
     n = len(decoder_layers(model))
     if isinstance(masks, dict):
         return [masks[t] for t in config.layer_types[:n]]
     if masks is attention_mask and getattr(config, "layer_types", None) is not None:
-        raise NotImplementedError(f"layer types {set(config.layer_types)} have no mask builder in transformers")
+        raise NotImplementedError(
+            f"layer types {set(config.layer_types)} have no mask builder in transformers"
+        )
     return [masks] * n
 
 
 @torch.no_grad()
-def run_from_layer(model, hidden: torch.Tensor, attention_mask: torch.Tensor, start_layer: int) -> torch.Tensor:
+def run_from_layer(
+    model, hidden: torch.Tensor, attention_mask: torch.Tensor, start_layer: int
+) -> torch.Tensor:
     """Run decoder layers start_layer..end on `hidden` (the input of start_layer), then the final norm.
 
     hidden: [R, T, d]; attention_mask: [R, T] (1 = real token, right padding).
@@ -385,7 +406,11 @@ def predicted_tokens(
 
 @torch.no_grad()
 def next_token_ce(
-    model, final_hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_tokens: int | None = None
+    model,
+    final_hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row mean next-token cross-entropy in fp32, padding masked.
 

@@ -16,12 +16,31 @@ from typing import Iterable
 # py3langid label -> FLORES+ code. Its model (0.4) tells Mandarin (zh; the paper's data is
 # Simplified, cmn_Hans) from Wu and Cantonese, and calls about 5% of FLORES Mandarin sentences Wu.
 LABEL_TO_FLORES = {
-    "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn", "pt": "por_Latn", "ja": "jpn_Jpan",
-    "zh": "cmn_Hans", "ko": "kor_Hang", "th": "tha_Thai", "vi": "vie_Latn", "ar": "arb_Arab",
-    "de": "deu_Latn", "it": "ita_Latn", "nl": "nld_Latn", "ru": "rus_Cyrl", "gl": "glg_Latn",
-    "ca": "cat_Latn", "hi": "hin_Deva", "tr": "tur_Latn", "el": "ell_Grek", "ro": "ron_Latn",
-    "wuu": "wuu_Hans", "yue": "yue_Hant", "ary": "ary_Arab", "arz": "arz_Arab",
-}  # fmt: skip
+    "en": "eng_Latn",
+    "es": "spa_Latn",
+    "fr": "fra_Latn",
+    "pt": "por_Latn",
+    "ja": "jpn_Jpan",
+    "zh": "cmn_Hans",
+    "ko": "kor_Hang",
+    "th": "tha_Thai",
+    "vi": "vie_Latn",
+    "ar": "arb_Arab",
+    "de": "deu_Latn",
+    "it": "ita_Latn",
+    "nl": "nld_Latn",
+    "ru": "rus_Cyrl",
+    "gl": "glg_Latn",
+    "ca": "cat_Latn",
+    "hi": "hin_Deva",
+    "tr": "tur_Latn",
+    "el": "ell_Grek",
+    "ro": "ron_Latn",
+    "wuu": "wuu_Hans",
+    "yue": "yue_Hant",
+    "ary": "ary_Arab",
+    "arz": "arz_Arab",
+}
 FLORES_TO_LABEL = {v: k for k, v in LABEL_TO_FLORES.items()}
 
 

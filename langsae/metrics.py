@@ -77,7 +77,10 @@ _CJK = re.compile(r"[\u4e00-\u9fa5]")  # MLQA's range
 @lru_cache(maxsize=1)
 def _unicode_punct() -> frozenset[str]:
     """Every Unicode punctuation character (categories P*) plus ASCII punctuation, as MLQA."""
-    return frozenset(chr(i) for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)).startswith("P")) | _ASCII_PUNCT
+    return (
+        frozenset(chr(i) for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)).startswith("P"))
+        | _ASCII_PUNCT
+    )
 
 
 def mixed_segmentation(text: str) -> list[str]:
@@ -135,7 +138,9 @@ def weighted_mean(w: np.ndarray, values: np.ndarray) -> np.ndarray:
         return w @ np.asarray(values, dtype=np.float64) / w.sum(axis=1)
 
 
-def weighted_confusion(w: np.ndarray, gold: np.ndarray, pred: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+def weighted_confusion(
+    w: np.ndarray, gold: np.ndarray, pred: np.ndarray, labels: Sequence[int]
+) -> np.ndarray:
     """Confusion counts per replicate [R, K, K] (rows gold, columns prediction, in `labels` order).
     Items whose gold or prediction is not a label (e.g. unparseable, -1) are left out."""
     index = {lab: k for k, lab in enumerate(labels)}

@@ -62,7 +62,12 @@ class HookPoint:
         return self.layer, _FORWARD_ORDER.index((self.module, self.io))
 
 
-_FORWARD_ORDER = [("block", "input"), ("mlp", "input"), ("mlp", "output"), ("block", "output")]  # within a layer
+_FORWARD_ORDER = [
+    ("block", "input"),
+    ("mlp", "input"),
+    ("mlp", "output"),
+    ("block", "output"),
+]  # within a layer
 
 
 _HOOK_PATTERNS = {
@@ -219,7 +224,9 @@ def check_layers(layers: tuple[int, ...] | None, n_layers: int, flag: str = "--l
         return tuple(range(n_layers))
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise UserError(f"{flag}: layer(s) {bad} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+        raise UserError(
+            f"{flag}: layer(s) {bad} out of range: the model has {n_layers} layers (0-{n_layers - 1})"
+        )
     return layers
 
 
@@ -406,7 +413,11 @@ def _sae_lens_load(preset: Preset, layer: int, device: str, dtype: torch.dtype) 
             # sae-lens suggests TransformerLens kwargs; we run plain transformers.
             warnings.filterwarnings("ignore", message="(?s).*model_from_pretrained_kwargs")
             sae = SAE.from_pretrained(
-                preset.sae_release, sae_id, device=device, dtype=str(dtype).removeprefix("torch."), converter=converter
+                preset.sae_release,
+                sae_id,
+                device=device,
+                dtype=str(dtype).removeprefix("torch."),
+                converter=converter,
             )
     except UserError:
         raise

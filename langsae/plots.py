@@ -50,7 +50,12 @@ def _grid(n: int, ncols: int = 5, size: tuple[float, float] = (3.2, 2.6)):
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows + 0.8), squeeze=False, sharex=True, layout="constrained"
+        nrows,
+        ncols,
+        figsize=(size[0] * ncols, size[1] * nrows + 0.8),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
     )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
@@ -66,7 +71,9 @@ def _finish(fig, axes, title: str, ylabel: str = "ΔCE (nats)") -> None:
     for ax in axes:  # every panel: each has its own y scale
         ax.set_ylabel(ylabel, fontsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    fig.legend(
+        handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False
+    )
     fig.suptitle(title, fontsize=10)
 
 
@@ -76,7 +83,14 @@ def _line(ax, rows: list[dict], label: str, y: str = "delta_ce", **style) -> Non
         return
     x = [r["layer"] for r in rows]
     ax.plot(x, [r[y] for r in rows], label=label, marker="o" if len(x) == 1 else None, ms=3, **style)
-    ax.fill_between(x, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.15, color=style.get("color"), lw=0)
+    ax.fill_between(
+        x,
+        [r["ci_low"] for r in rows],
+        [r["ci_high"] for r in rows],
+        alpha=0.15,
+        color=style.get("color"),
+        lw=0,
+    )
 
 
 def _select(rows: Sequence[dict], **match) -> list[dict]:
@@ -89,7 +103,13 @@ def _mark_peak(ax, peaks: Mapping[str, int] | None, lang: str) -> None:
         ax.axvline(int(peaks[lang]), color="black", lw=0.6, ls=(0, (1, 2)), label="held-out peak layer")
 
 
-def figure5(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: str, peaks: Mapping[str, int] | None = None) -> list[Path]:
+def figure5(
+    rows: Sequence[dict],
+    languages: Sequence[str],
+    stem: Path,
+    mode: str,
+    peaks: Mapping[str, int] | None = None,
+) -> list[Path]:
     """ΔCE on the language itself vs the mean over the others, across layers, for top-1 and
     top-1..k, with 95% bands (joint bootstrap over sentences); controls dotted (random features,
     band over draws and sentences; other languages' features). peaks: language -> held-out peak layer."""
@@ -100,31 +120,71 @@ def figure5(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: st
         for fs in sets:
             c = colours[fs]
             _line(ax, _select(rows, language=lang, features=fs, series="self"), f"{fs} self", color=c, ls="-")
-            _line(ax, _select(rows, language=lang, features=fs, series="others"), f"{fs} others", color=c, ls="--")
+            _line(
+                ax,
+                _select(rows, language=lang, features=fs, series="others"),
+                f"{fs} others",
+                color=c,
+                ls="--",
+            )
         last = sets[-1]
-        _line(ax, _select(rows, language=lang, features=last, series="random"), "random, same k (control)", color="grey", ls=":")
-        _line(ax, _select(rows, language=lang, features=last, series="other_lang_features"), f"other languages' {last} (control)", color="tab:green", ls=":")
+        _line(
+            ax,
+            _select(rows, language=lang, features=last, series="random"),
+            "random, same k (control)",
+            color="grey",
+            ls=":",
+        )
+        _line(
+            ax,
+            _select(rows, language=lang, features=last, series="other_lang_features"),
+            f"other languages' {last} (control)",
+            color="tab:green",
+            ls=":",
+        )
         _mark_peak(ax, peaks, lang)
         ax.set_title(f"ablate {lang}'s features", fontsize=9)
-    _finish(fig, axes, f"Figure 5 ({mode} ablation): ΔCE on the language's own texts (self) vs mean over the other languages, 95% CI (sentences resampled jointly)")
+    _finish(
+        fig,
+        axes,
+        f"Figure 5 ({mode} ablation): ΔCE on the language's own texts (self) vs mean over the other languages, 95% CI (sentences resampled jointly)",
+    )
     return save_figure(fig, stem)
 
 
-def figure6(rows: Sequence[dict], languages: Sequence[str], stem: Path, mode: str, peaks: Mapping[str, int] | None = None) -> list[Path]:
+def figure6(
+    rows: Sequence[dict],
+    languages: Sequence[str],
+    stem: Path,
+    mode: str,
+    peaks: Mapping[str, int] | None = None,
+) -> list[Path]:
     """Top-1, top-2, top-1+2 (and synergy = Δ(1+2) − Δ(1) − Δ(2)) per language across layers,
     on its own texts (solid) and on the other languages (dashed), 95% joint-bootstrap bands.
     peaks: language -> held-out peak layer."""
     fig, axes = _grid(len(languages))
     quantities = list(dict.fromkeys(r["quantity"] for r in rows))
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
-    colours = {q: ("black" if q == "synergy" else palette[i % len(palette)]) for i, q in enumerate(quantities)}
+    colours = {
+        q: ("black" if q == "synergy" else palette[i % len(palette)]) for i, q in enumerate(quantities)
+    }
     for ax, lang in zip(axes, languages):
         for q in quantities:
             for where, ls in (("self", "-"), ("others", "--")):
-                _line(ax, _select(rows, language=lang, quantity=q, eval=where), f"{q} {where}", color=colours[q], ls=ls)
+                _line(
+                    ax,
+                    _select(rows, language=lang, quantity=q, eval=where),
+                    f"{q} {where}",
+                    color=colours[q],
+                    ls=ls,
+                )
         _mark_peak(ax, peaks, lang)
         ax.set_title(f"ablate {lang}'s features", fontsize=9)
-    _finish(fig, axes, f"Figure 6 ({mode} ablation): single vs joint top features; synergy = Δ(joint) − ΣΔ(single), 95% CI")
+    _finish(
+        fig,
+        axes,
+        f"Figure 6 ({mode} ablation): single vs joint top features; synergy = Δ(joint) − ΣΔ(single), 95% CI",
+    )
     return save_figure(fig, stem)
 
 
@@ -134,26 +194,40 @@ CODE_SWITCH_TITLES = {
 }
 
 
-def code_switching_lines(rows: Sequence[dict], languages: Sequence[str], measure: str, cases: Sequence[str], stem: Path) -> list[Path]:
+def code_switching_lines(
+    rows: Sequence[dict], languages: Sequence[str], measure: str, cases: Sequence[str], stem: Path
+) -> list[Path]:
     """One panel per language: each case of `measure` across layers, 95% bands over items.
     rows: code_switching_results.csv rows (value, ci_low, ci_high per layer, case, language)."""
     fig, axes = _grid(len(languages))
     palette = ["tab:blue", "tab:red", "tab:green", "tab:grey"]
     for ax, lang in zip(axes, languages):
         for case, c in zip(cases, palette):
-            _line(ax, _select(rows, measure=measure, case=case, language=lang), case.replace("_", " "), y="value", color=c)
+            _line(
+                ax,
+                _select(rows, measure=measure, case=case, language=lang),
+                case.replace("_", " "),
+                y="value",
+                color=c,
+            )
         ax.set_title(lang, fontsize=9)
     axes[0].set_ylabel("mean activation on noun tokens")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    fig.legend(
+        handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False
+    )
     fig.suptitle(f"Code-switching: {CODE_SWITCH_TITLES[measure]}, per layer (95% CI over items)", fontsize=10)
     return save_figure(fig, stem)
 
 
-def code_switching_heatmap(rows: Sequence[dict], languages: Sequence[str], layer: int, stem: Path) -> list[Path]:
+def code_switching_heatmap(
+    rows: Sequence[dict], languages: Sequence[str], layer: int, stem: Path
+) -> list[Path]:
     """Prefix language (rows) x noun language (columns) at one layer, one panel per measure."""
     measures = list(dict.fromkeys(r["measure"] for r in rows))
-    fig, axes = plt.subplots(1, len(measures), figsize=(5.2 * len(measures), 4.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(measures), figsize=(5.2 * len(measures), 4.6), squeeze=False, layout="constrained"
+    )
     idx = {lang: i for i, lang in enumerate(languages)}
     for ax, measure in zip(axes[0], measures):
         mat = np.full((len(languages), len(languages)), np.nan)
@@ -187,8 +261,10 @@ def interaction_matrix(m, languages: Sequence[str], stem: Path, what: str) -> li
     low, high = m.interval()
     G, names = len(languages), _short(languages)
     fig, axes = plt.subplots(1, 2, figsize=(2 * (0.6 * G + 2.5), 0.6 * G + 1.5), layout="constrained")
-    panels = ((axes[0], m.point, f"ΔCE (nats): M[eval, ablated] ({what})", "viridis", "ΔCE (nats)"),
-              (axes[1], high - low, "95% CI width", "Greys", "95% CI width of ΔCE (nats)"))
+    panels = (
+        (axes[0], m.point, f"ΔCE (nats): M[eval, ablated] ({what})", "viridis", "ΔCE (nats)"),
+        (axes[1], high - low, "95% CI width", "Greys", "95% CI width of ΔCE (nats)"),
+    )
     images = []
     for ax, values, title, cmap, unit in panels:
         im = ax.imshow(values, cmap=cmap)
@@ -228,7 +304,10 @@ def mds_map(coords, labels, co_clustering, languages: Sequence[str], stem: Path,
         ax.annotate(name, xy[i], textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel("MDS 1")
     ax.set_ylabel("MDS 2")
-    ax.set_title(f"MDS of the interaction distance (stress-1 {stress:.3f}); colour: Ward cluster;\nedges: share of resamples in one cluster", fontsize=9)
+    ax.set_title(
+        f"MDS of the interaction distance (stress-1 {stress:.3f}); colour: Ward cluster;\nedges: share of resamples in one cluster",
+        fontsize=9,
+    )
     return save_figure(fig, stem)
 
 
@@ -258,7 +337,10 @@ def co_clustering(co, languages: Sequence[str], stem: Path, ari: Mapping) -> lis
     ax.set_xticks(range(G), names, rotation=90, fontsize=7)
     ax.set_yticks(range(G), names, fontsize=7)
     annotate_cells(ax, im, [[f"{co[i][j]:.2f}" for j in range(G)] for i in range(G)])
-    ax.set_title(f"co-clustering over {ari['n_resamples']} resamples (ARI vs point: mean {ari['mean']:.2f})", fontsize=9)
+    ax.set_title(
+        f"co-clustering over {ari['n_resamples']} resamples (ARI vs point: mean {ari['mean']:.2f})",
+        fontsize=9,
+    )
     return save_figure(fig, stem)
 
 
@@ -272,10 +354,26 @@ def synergy_intra_inter(summary: Mapping, stem: Path) -> list[Path]:
             est = [summary[str(L)][which][group] for L in layers]
             y = [e["value"] for e in est]
             err = [[e["value"] - e["ci_low"] for e in est], [e["ci_high"] - e["value"] for e in est]]
-            ax.errorbar([L + dx for L in layers], y, yerr=err, color=colour, marker="o", ms=4, capsize=3, label=f"{group}-cluster pairs")
+            ax.errorbar(
+                [L + dx for L in layers],
+                y,
+                yerr=err,
+                color=colour,
+                marker="o",
+                ms=4,
+                capsize=3,
+                label=f"{group}-cluster pairs",
+            )
         for L in layers:
             p = summary[str(L)][which]["permutation_p"]
-            ax.annotate(f"p={p:.2g}", (L, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=6)
+            ax.annotate(
+                f"p={p:.2g}",
+                (L, 1.0),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+            )
         ax.axhline(0, color="black", lw=0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer")
@@ -298,8 +396,14 @@ def synergy_vs_cosine(rows: Sequence[Mapping], stem: Path) -> list[Path]:
         y = sum(s["synergy"] for s in sides) / len(sides)
         group = "intra" if r["intra_cluster"] else "inter"
         label = f"{group}-cluster{' (degenerate)' if r['degenerate'] else ''}"
-        ax.scatter(abs(r["cosine"]), y, color="tab:red" if group == "intra" else "tab:blue", marker="x" if r["degenerate"] else "o", s=20,
-                   label=None if label in seen else label)  # fmt: skip
+        ax.scatter(
+            abs(r["cosine"]),
+            y,
+            color="tab:red" if group == "intra" else "tab:blue",
+            marker="x" if r["degenerate"] else "o",
+            s=20,
+            label=None if label in seen else label,
+        )
         seen.add(label)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel("|cosine| of the two top-1 decoder directions")
@@ -309,7 +413,9 @@ def synergy_vs_cosine(rows: Sequence[Mapping], stem: Path) -> list[Path]:
     return save_figure(fig, stem)
 
 
-def synergy_pairs(rows: Sequence[Mapping], languages: Sequence[str], order: Sequence[int], stem: Path) -> list[Path]:
+def synergy_pairs(
+    rows: Sequence[Mapping], languages: Sequence[str], order: Sequence[int], stem: Path
+) -> list[Path]:
     """Per layer, a language × language heatmap: cell [A, B] = synergy on A's texts when A's and
     B's top-1 features are ablated together; languages in `order` (by cluster)."""
     import numpy as np
@@ -332,7 +438,10 @@ def synergy_pairs(rows: Sequence[Mapping], languages: Sequence[str], order: Sequ
         ax.set_xticks(range(G), names, rotation=90, fontsize=6)
         ax.set_yticks(range(G), names, fontsize=6)
         ax.set_title(f"layer {L}", fontsize=8)
-    fig.suptitle("synergy on the row language's texts, ablating row + column top-1 (languages ordered by cluster)", fontsize=9)
+    fig.suptitle(
+        "synergy on the row language's texts, ablating row + column top-1 (languages ordered by cluster)",
+        fontsize=9,
+    )
     return save_figure(fig, stem)
 
 
@@ -340,7 +449,9 @@ def _grid_plain(n: int, G: int, ncols: int = 4):
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     size = 0.35 * G + 1.5
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -354,7 +465,12 @@ def chance_level(task: str, metric: str) -> float | None:
     return 1 / N_CLASSES[task] if metric == "accuracy" and task in N_CLASSES else None
 
 
-DOWNSTREAM_SERIES = {"baseline": ("black", "o"), "own": ("tab:red", "v"), "random": ("grey", "s"), "cross": ("tab:green", "D")}
+DOWNSTREAM_SERIES = {
+    "baseline": ("black", "o"),
+    "own": ("tab:red", "v"),
+    "random": ("grey", "s"),
+    "cross": ("tab:green", "D"),
+}
 
 
 def downstream_figure(rows: Sequence[dict], task: str, layer: int, stem: Path) -> list[Path]:
@@ -362,13 +478,24 @@ def downstream_figure(rows: Sequence[dict], task: str, layer: int, stem: Path) -
     ablation of the language's own top-1+2, of random features (mean over draws, CI over draws and
     items) and of another language's top-1+2 (cross-language control), with 95% bootstrap CIs.
     rows: the task's rows of downstream_results.csv (quantity "value" is used)."""
+
     def keep(r):
-        return r["quantity"] == "value" and r["draw"] == "" and (r["condition"] == "baseline" or r["layer"] == layer)
+        return (
+            r["quantity"] == "value"
+            and r["draw"] == ""
+            and (r["condition"] == "baseline" or r["layer"] == layer)
+        )
 
     rows = [r for r in rows if keep(r)]
     panels = list(dict.fromkeys((r["metric"], r["scoring"]) for r in rows))
     langs = list(dict.fromkeys(r["lang"] for r in rows))
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2, 0.6 * len(langs) + 1.2) * len(panels), 3.0), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(3.2, 0.6 * len(langs) + 1.2) * len(panels), 3.0),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, (metric, scoring) in zip(axes[0], panels):
         for s, (name, (colour, marker)) in enumerate(DOWNSTREAM_SERIES.items()):
             pts = {r["lang"]: r for r in _select(rows, metric=metric, scoring=scoring, condition=name)}
@@ -386,16 +513,30 @@ def downstream_figure(rows: Sequence[dict], task: str, layer: int, stem: Path) -
         ax.set_title(f"{metric} ({scoring})", fontsize=9)
     legend = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=5, fontsize=7, frameon=False)
-    fig.suptitle(f"{task}, ablation at layer {layer}: baseline vs own top-1+2 vs random (same k) vs another language's top-1+2; 95% CI", fontsize=9)
+    fig.suptitle(
+        f"{task}, ablation at layer {layer}: baseline vs own top-1+2 vs random (same k) vs another language's top-1+2; 95% CI",
+        fontsize=9,
+    )
     return save_figure(fig, stem)
 
 
-STEERING_SERIES = {"sv": ("tab:blue", "o"), "gated": ("tab:red", "v"), "random_dir": ("grey", "s"), "random_gate": ("tab:orange", "D")}
+STEERING_SERIES = {
+    "sv": ("tab:blue", "o"),
+    "gated": ("tab:red", "v"),
+    "random_dir": ("grey", "s"),
+    "random_gate": ("tab:orange", "D"),
+}
 
 
 def _steering_panels(rows: Sequence[dict], task: str) -> list[tuple]:
     """(source, target, layer, n_layers) of every steered cell of `task` in the results rows."""
-    return list(dict.fromkeys((r["source"], r["target"], r["layer"], r["n_layers"]) for r in rows if r["task"] == task and r["method"] != "none"))
+    return list(
+        dict.fromkeys(
+            (r["source"], r["target"], r["layer"], r["n_layers"])
+            for r in rows
+            if r["task"] == task and r["method"] != "none"
+        )
+    )
 
 
 def _yerr(pts: Sequence[dict]) -> list[list[float]]:
@@ -408,14 +549,26 @@ def steering_success(rows: Sequence[dict], task: str, stem: Path) -> list[Path]:
     panels = _steering_panels(rows, task)
     fig, axes = _grid(len(panels), ncols=3)
     for ax, (src, tgt, layer, n) in zip(axes, panels):
-        cell = _select([r for r in rows if r["draw"] == ""], task=task, source=src, target=tgt, metric="success")
+        cell = _select(
+            [r for r in rows if r["draw"] == ""], task=task, source=src, target=tgt, metric="success"
+        )
         base = [r for r in cell if r["method"] == "none"]
         if base:
             ax.axhline(base[0]["value"], color="black", ls="--", lw=0.8, label="none")
         for method, (colour, marker) in STEERING_SERIES.items():
             pts = sorted(_select(cell, method=method, layer=layer, n_layers=n), key=lambda r: r["alpha"])
             if pts:
-                ax.errorbar([r["alpha"] for r in pts], [r["value"] for r in pts], yerr=_yerr(pts), fmt=f"-{marker}", color=colour, ms=4, lw=0.8, capsize=2, label=method)
+                ax.errorbar(
+                    [r["alpha"] for r in pts],
+                    [r["value"] for r in pts],
+                    yerr=_yerr(pts),
+                    fmt=f"-{marker}",
+                    color=colour,
+                    ms=4,
+                    lw=0.8,
+                    capsize=2,
+                    label=method,
+                )
         ax.set_title(f"{src.split('_')[0]}→{tgt.split('_')[0]}, layers {layer}..{layer + n - 1}", fontsize=8)
         ax.set_xlabel("α", fontsize=7)
         ax.xaxis.set_major_locator(AutoLocator())
@@ -438,8 +591,18 @@ def steering_tradeoff(rows: Sequence[dict], task: str, budget: float, stem: Path
             alphas = sorted(set(succ) & set(coll))
             if alphas:
                 ys, xs = [succ[a] for a in alphas], [coll[a] for a in alphas]
-                ax.errorbar([r["value"] for r in xs], [r["value"] for r in ys], xerr=_yerr(xs), yerr=_yerr(ys),
-                            fmt=f"-{marker}", color=colour, ms=4, lw=0.8, capsize=2, label=method)  # fmt: skip
+                ax.errorbar(
+                    [r["value"] for r in xs],
+                    [r["value"] for r in ys],
+                    xerr=_yerr(xs),
+                    yerr=_yerr(ys),
+                    fmt=f"-{marker}",
+                    color=colour,
+                    ms=4,
+                    lw=0.8,
+                    capsize=2,
+                    label=method,
+                )
         ax.axvline(budget, color="black", ls=":", lw=0.8)
         ax.set_title(f"{src.split('_')[0]}→{tgt.split('_')[0]}, layers {layer}..{layer + n - 1}", fontsize=8)
         ax.set_xlabel("collateral ΔCE (nats/token)", fontsize=7)

@@ -140,7 +140,11 @@ class JointBootstrap:
         keep = np.ones(len(ids), dtype=bool) if only is None else np.isin(ids, np.asarray(list(only)))
         uniq, codes = np.unique(ids[keep], return_inverse=True)
         self.n_ids, self.n_boot = len(uniq), n_boot
-        counts = _resample_counts(self.n_ids, n_boot, seed, SLOT_IDS) if self.n_ids else np.zeros((n_boot, 0), np.float32)
+        counts = (
+            _resample_counts(self.n_ids, n_boot, seed, SLOT_IDS)
+            if self.n_ids
+            else np.zeros((n_boot, 0), np.float32)
+        )
         kept = np.flatnonzero(keep)
         self.members: list[np.ndarray] = []  # per group: its kept texts' indices [n_g]
         self._weights: list[np.ndarray] = []  # per group: [n_boot, n_g] draw count of each member's id
@@ -188,7 +192,9 @@ def mean_ci(values: np.ndarray, seed: int, n_boot: int = N_BOOT) -> Estimate:
     return plan.means(values)[0].estimate()
 
 
-def ratio_estimate(numerator: Resampled, denominator: Resampled, alpha: float = ALPHA) -> tuple[Estimate, bool]:
+def ratio_estimate(
+    numerator: Resampled, denominator: Resampled, alpha: float = ALPHA
+) -> tuple[Estimate, bool]:
     """numerator ÷ denominator (scalar Resampled from one plan) with its interval, and whether
     that interval is unbounded.
 
@@ -254,11 +260,23 @@ def split_halves(sentence_ids: Sequence, seed: int) -> tuple[np.ndarray, np.ndar
 def bootstrap_record(seed: int, resampling: str, **more: str) -> dict:
     """A stage meta's "bootstrap" entry: how its intervals were made (resampling: what was drawn; more:
     e.g. how a random control's draws enter)."""
-    return {"n_boot": N_BOOT, "alpha": ALPHA, "interval": "percentile", "seed": seed, "resampling": resampling, **more}
+    return {
+        "n_boot": N_BOOT,
+        "alpha": ALPHA,
+        "interval": "percentile",
+        "seed": seed,
+        "resampling": resampling,
+        **more,
+    }
 
 
 def format_interval(
-    value: float, low: float, high: float, digits: int = 3, signed: bool = True, sep: str = ", ",
+    value: float,
+    low: float,
+    high: float,
+    digits: int = 3,
+    signed: bool = True,
+    sep: str = ", ",
     kind: str = "f",
 ) -> str:
     """'value [low, high]', the one way every table and report writes an estimate with its interval; 'n/a'

@@ -320,9 +320,13 @@ class UnitStore:
         save_json(marker, done)  # written last: the unit is done
 
     def run(
-        self, task: str, lang: str, units: Sequence[tuple[str, str, dict]],
+        self,
+        task: str,
+        lang: str,
+        units: Sequence[tuple[str, str, dict]],
         compute: Callable[[list[tuple[str, str, dict]]], list[list[dict]]],
-        n_items: int | None = None, force: bool = False,
+        n_items: int | None = None,
+        force: bool = False,
     ) -> tuple[dict[str, list[dict]], int]:
         """Per-item records of each unit (name, key, meta) of (task, lang): {name: records}, and how many
         this process computed. Finished units are read (with n_items, only if they hold that many records;

@@ -63,11 +63,14 @@ def small_toy() -> Path:
 def small_toy_nu(small_toy, tmp_path_factory) -> Path:
     """The nu stage on the small toy (8 selection texts per language). Tests copy its files into a
     run folder of their own (test_interactions.copy_nu) and never write here."""
-    from langsae.stages import nu as compute_nu_scores
     from langsae.cli import run_main
+    from langsae.stages import nu as compute_nu_scores
 
     out = tmp_path_factory.mktemp("small_toy_nu") / "run"
-    assert run_main(compute_nu_scores.main, ["--model", "toy", "--out-dir", str(out), "--n-texts-per-lang", "8"]) == 0
+    assert (
+        run_main(compute_nu_scores.main, ["--model", "toy", "--out-dir", str(out), "--n-texts-per-lang", "8"])
+        == 0
+    )
     return out
 
 
@@ -82,11 +85,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tok = train_tokenizer(_corpus(), vocab_size=400)
     tok.save_pretrained(out)
     cfg = Qwen3Config(
-        vocab_size=len(tok), hidden_size=TINY["hidden"], intermediate_size=TINY["intermediate"],
-        num_hidden_layers=TINY["layers"], num_attention_heads=TINY["heads"], num_key_value_heads=TINY["kv_heads"],
-        head_dim=TINY["head_dim"], tie_word_embeddings=True, max_position_embeddings=1024,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=TINY["hidden"],
+        intermediate_size=TINY["intermediate"],
+        num_hidden_layers=TINY["layers"],
+        num_attention_heads=TINY["heads"],
+        num_key_value_heads=TINY["kv_heads"],
+        head_dim=TINY["head_dim"],
+        tie_word_embeddings=True,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(cfg)
     # Random layernorm gains make "after the gain" distinguishable from "before it" in the hook test.
@@ -102,7 +113,9 @@ def tiny_transcoders(tiny_model_dir) -> dict[int, dict[str, torch.Tensor]]:
     """Tiny transcoders for every layer, written into the HF cache as the mwhanna release."""
     from langsae.toy import write_mwhanna_release
 
-    layers = {L: random_transcoder(TINY["hidden"], TINY["d_sae"], seed=100 + L) for L in range(TINY["layers"])}
+    layers = {
+        L: random_transcoder(TINY["hidden"], TINY["d_sae"], seed=100 + L) for L in range(TINY["layers"])
+    }
     write_mwhanna_release(HUB_CACHE, MWHANNA_REPO, layers, "Qwen/Qwen3-0.6B")
     return layers
 
@@ -110,14 +123,25 @@ def tiny_transcoders(tiny_model_dir) -> dict[int, dict[str, torch.Tensor]]:
 @pytest.fixture(scope="session")
 def tiny_args(tiny_model_dir, tiny_transcoders) -> list[str]:
     """Command-line flags that point the qwen3-0.6b preset at the tiny model (transcoders via the real release)."""
-    return ["--model", "qwen3-0.6b", "--model-id", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32"]
+    return [
+        "--model",
+        "qwen3-0.6b",
+        "--model-id",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]
 
 
 RESIDUAL_REPO = "test-org/tiny-res-sae"
 MLP_OUT_REPO = "test-org/tiny-mlp-out-sae"
 
 
-def _write_jumprelu_saes(repo_id: str, hook_template: str, d_in: int, d_sae: int, n_layers: int, seed: int) -> dict[int, object]:
+def _write_jumprelu_saes(
+    repo_id: str, hook_template: str, d_in: int, d_sae: int, n_layers: int, seed: int
+) -> dict[int, object]:
     """Random JumpReLU SAEs reading and writing `hook_template.format(L)`, saved in sae-lens's own
     format inside the HF cache as `repo_id`, ids layer_L/width_16k/canonical."""
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
@@ -127,9 +151,13 @@ def _write_jumprelu_saes(repo_id: str, hook_template: str, d_in: int, d_sae: int
     saes = {}
     for L in range(n_layers):
         cfg = JumpReLUSAEConfig(
-            d_in=d_in, d_sae=d_sae, dtype="float32", device="cpu", apply_b_dec_to_input=True,
+            d_in=d_in,
+            d_sae=d_sae,
+            dtype="float32",
+            device="cpu",
+            apply_b_dec_to_input=True,
             metadata=SAEMetadata(hook_name=hook_template.format(L), model_name="tiny"),
-        )  # fmt: skip
+        )
         sae = JumpReLUSAE(cfg)
         g = torch.Generator().manual_seed(seed + L)
         with torch.no_grad():
@@ -149,7 +177,9 @@ def _write_jumprelu_saes(repo_id: str, hook_template: str, d_in: int, d_sae: int
 def tiny_residual_saes(tiny_model_dir) -> dict[int, object]:
     """Tiny JumpReLU residual SAEs (Gemma Scope's kind, reading blocks.L.hook_resid_post) for the tiny
     Qwen3, in sae-lens's own format inside the HF cache as repo test-org/tiny-res-sae."""
-    return _write_jumprelu_saes(RESIDUAL_REPO, "blocks.{}.hook_resid_post", TINY["hidden"], TINY["d_sae"], TINY["layers"], 200)
+    return _write_jumprelu_saes(
+        RESIDUAL_REPO, "blocks.{}.hook_resid_post", TINY["hidden"], TINY["d_sae"], TINY["layers"], 200
+    )
 
 
 @pytest.fixture(scope="session")
@@ -167,4 +197,6 @@ def tiny_gemma2_dir(tmp_path_factory) -> Path:
 def tiny_mlp_out_saes(tiny_gemma2_dir) -> dict[int, object]:
     """Tiny JumpReLU SAEs reading and writing blocks.L.hook_mlp_out (Gemma Scope's MLP-output kind) for
     the tiny Gemma 2, in sae-lens's own format inside the HF cache as repo test-org/tiny-mlp-out-sae."""
-    return _write_jumprelu_saes(MLP_OUT_REPO, "blocks.{}.hook_mlp_out", GEMMA["hidden"], GEMMA["d_sae"], GEMMA["layers"], 300)
+    return _write_jumprelu_saes(
+        MLP_OUT_REPO, "blocks.{}.hook_mlp_out", GEMMA["hidden"], GEMMA["d_sae"], GEMMA["layers"], 300
+    )

@@ -14,12 +14,16 @@ N_TEXTS = 6  # per language; enough to exercise ranking, small enough to be fast
 
 
 def run_nu(args, out_dir, *extra):
-    return run_main(compute_nu_scores.main, [*args, "--out-dir", str(out_dir), "--n-texts-per-lang", str(N_TEXTS), *extra])
+    return run_main(
+        compute_nu_scores.main, [*args, "--out-dir", str(out_dir), "--n-texts-per-lang", str(N_TEXTS), *extra]
+    )
 
 
 def load_layer(out_dir, layer):
     files = nu.layer_files(out_dir, layer)
-    return {k: torch.load(files[k], weights_only=False) for k in ("indices", "values", "mean_acts", "directions")}
+    return {
+        k: torch.load(files[k], weights_only=False) for k in ("indices", "values", "mean_acts", "directions")
+    }
 
 
 def brute_force_mu(model_dir, hook, encode, weighting="token"):
@@ -78,7 +82,7 @@ TOY = ["--model", "toy"]
 def copy_nu(src, dst):
     """A fresh run folder holding only the nu stage's files (no condition store, no Section 5)."""
     dst.mkdir(parents=True)
-    for f in [*src.glob("layer_*"), src / "meta.json"]:
+    for f in [*src.glob("layer_*"), src / nu.META_FILE]:
         (dst / f.name).write_bytes(f.read_bytes())
     return dst
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from langsae.artifacts import save_json, save_torch
+from langsae.nu import META_FILE as NU_META
 
 FAKE_NU_HASH = "fakenuhash000000"
 
@@ -38,25 +39,38 @@ def write_fake_nu(
         controls = perm[len(languages) * top_k : len(languages) * top_k + pool].sort().values
         feats = torch.unique(torch.cat([top.flatten(), controls]))
         d = {
-            "layer": L, "hook_name": f"blocks.{L}.mlp.hook_in", "hook_name_out": f"blocks.{L}.hook_mlp_out",
-            "d_sae": d_sae, "languages": list(languages), "top_indices": top, "control_indices": controls,
-            "feature_indices": feats, "W_dec": w["W_dec"][feats].float(), "W_enc": w["W_enc"][feats].float(),
+            "layer": L,
+            "hook_name": f"blocks.{L}.mlp.hook_in",
+            "hook_name_out": f"blocks.{L}.hook_mlp_out",
+            "d_sae": d_sae,
+            "languages": list(languages),
+            "top_indices": top,
+            "control_indices": controls,
+            "feature_indices": feats,
+            "W_dec": w["W_dec"][feats].float(),
+            "W_enc": w["W_enc"][feats].float(),
             "b_enc": w["b_enc"][feats].float(),
             "threshold": None if threshold is None else torch.full((len(feats),), threshold),
-        }  # fmt: skip
+        }
         save_torch(d, features_dir / f"layer_{L}_directions.pt")
-        save_json({"config_hash": FAKE_NU_HASH, "layer": L, "d_sae": d_sae}, features_dir / f"layer_{L}_done.json")
+        save_json(
+            {"config_hash": FAKE_NU_HASH, "layer": L, "d_sae": d_sae}, features_dir / f"layer_{L}_done.json"
+        )
         out[L] = d
     meta = {
-        "config": config, "config_hash": FAKE_NU_HASH, "languages": list(languages), "layers": sorted(transcoders),
-        "top_k_saved": top_k, "d_sae": d_sae,
-    }  # fmt: skip
-    save_json(meta, features_dir / "meta.json")
+        "config": config,
+        "config_hash": FAKE_NU_HASH,
+        "languages": list(languages),
+        "layers": sorted(transcoders),
+        "top_k_saved": top_k,
+        "d_sae": d_sae,
+    }
+    save_json(meta, features_dir / NU_META)
     return out
 
 
 def edit_meta(features_dir: Path, **changes) -> None:
-    path = Path(features_dir) / "meta.json"
+    path = Path(features_dir) / NU_META
     meta = json.loads(path.read_text())
     meta.update(changes)
     path.write_text(json.dumps(meta))

@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import GEMMA, random_transcoder, tiny_gemma2
 from nu_artifacts import edit_meta, load_tiny, write_fake_nu
+from tiny_models import GEMMA, random_transcoder, tiny_gemma2
 
 from langsae import ablation, features, sweep
 from langsae.ablation import make_ablation, orthonormal_basis, project_out
-from langsae.features import LayerFeatures
-from langsae.sweep import Condition, ConditionStore
 from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
+from langsae.features import LayerFeatures
 from langsae.forward import (
     capture,
     edit_output,
@@ -27,6 +26,7 @@ from langsae.forward import (
     run_from_layer,
 )
 from langsae.model import HookPoint
+from langsae.sweep import Condition, ConditionStore
 
 LANGS = ["eng_Latn", "fra_Latn", "jpn_Jpan"]
 
@@ -49,7 +49,9 @@ def token_ids(tiny):
 
 
 def _cfg(tiny_args, out_dir, languages=LANGS, extra=()):
-    args = build_parser("test").parse_args([*tiny_args, "--out-dir", str(out_dir), "--languages", ",".join(languages), *extra])
+    args = build_parser("test").parse_args(
+        [*tiny_args, "--out-dir", str(out_dir), "--languages", ",".join(languages), *extra]
+    )
     return resolve(args)
 
 
@@ -65,11 +67,19 @@ def _layer_features(tiny_transcoders, layer=1, threshold=None) -> LayerFeatures:
     w = tiny_transcoders[layer]
     feats = torch.arange(w["W_enc"].shape[0])
     return LayerFeatures(
-        layer=layer, hook_in=f"blocks.{layer}.mlp.hook_in", hook_out=f"blocks.{layer}.hook_mlp_out", d_sae=len(feats),
-        languages=tuple(LANGS), top_indices=feats[:9].view(3, 3), control_indices=feats[9:15], feature_indices=feats,
-        W_dec=w["W_dec"].float(), W_enc=w["W_enc"].float(), b_enc=w["b_enc"].float(),
+        layer=layer,
+        hook_in=f"blocks.{layer}.mlp.hook_in",
+        hook_out=f"blocks.{layer}.hook_mlp_out",
+        d_sae=len(feats),
+        languages=tuple(LANGS),
+        top_indices=feats[:9].view(3, 3),
+        control_indices=feats[9:15],
+        feature_indices=feats,
+        W_dec=w["W_dec"].float(),
+        W_enc=w["W_enc"].float(),
+        b_enc=w["b_enc"].float(),
         threshold=None if threshold is None else torch.full((len(feats),), threshold),
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------- directional ablation
@@ -161,7 +171,9 @@ def test_feature_mode_matches_hand_computation(tiny, tiny_transcoders, token_ids
 
 def test_feature_mode_on_a_residual_sae_reads_the_edited_output(tiny_transcoders):
     lf = _layer_features(tiny_transcoders)
-    lf = LayerFeatures(**{**lf.__dict__, "hook_in": "blocks.1.hook_resid_post", "hook_out": "blocks.1.hook_resid_post"})
+    lf = LayerFeatures(
+        **{**lf.__dict__, "hook_in": "blocks.1.hook_resid_post", "hook_out": "blocks.1.hook_resid_post"}
+    )
     a = make_ablation(lf, [3], "feature")
     assert a.hook == HookPoint(1, "block", "output") and a.reads_output
     h = torch.randn(2, 4, 32)
@@ -172,14 +184,26 @@ def test_feature_mode_on_a_residual_sae_reads_the_edited_output(tiny_transcoders
 # ----------------------------------------------------------------------------- Gemma 2: hook_mlp_out after post_feedforward_layernorm
 
 
-def _gemma_features(layer: int, hook_in: str, hook_out: str, W_enc, b_enc, W_dec, threshold=None, input_bias=None) -> LayerFeatures:
+def _gemma_features(
+    layer: int, hook_in: str, hook_out: str, W_enc, b_enc, W_dec, threshold=None, input_bias=None
+) -> LayerFeatures:
     """Every feature of one SAE as LayerFeatures (W_enc as rows [d_sae, d_in])."""
     feats = torch.arange(W_enc.shape[0])
     return LayerFeatures(
-        layer=layer, hook_in=hook_in, hook_out=hook_out, d_sae=len(feats), languages=("a",),
-        top_indices=feats[:1].view(1, 1), control_indices=feats[1:2], feature_indices=feats,
-        W_dec=W_dec.float(), W_enc=W_enc.float(), b_enc=b_enc.float(), threshold=threshold, input_bias=input_bias,
-    )  # fmt: skip
+        layer=layer,
+        hook_in=hook_in,
+        hook_out=hook_out,
+        d_sae=len(feats),
+        languages=("a",),
+        top_indices=feats[:1].view(1, 1),
+        control_indices=feats[1:2],
+        feature_indices=feats,
+        W_dec=W_dec.float(),
+        W_enc=W_enc.float(),
+        b_enc=b_enc.float(),
+        threshold=threshold,
+        input_bias=input_bias,
+    )
 
 
 @contextmanager
@@ -212,8 +236,12 @@ def gemma_with_saes(tiny_gemma2_dir, tiny_mlp_out_saes):
     sae = tiny_mlp_out_saes[L]
     hook = f"blocks.{L}.hook_mlp_out"
     # the compact weights the nu stage saves, here of every feature
-    d = nu.feature_directions(sae, torch.arange(GEMMA["d_sae"])[None], torch.zeros(0, dtype=torch.long), hook, hook)
-    sae_lf = _gemma_features(L, hook, hook, d["W_enc"], d["b_enc"], d["W_dec"], d["threshold"], d["input_bias"])
+    d = nu.feature_directions(
+        sae, torch.arange(GEMMA["d_sae"])[None], torch.zeros(0, dtype=torch.long), hook, hook
+    )
+    sae_lf = _gemma_features(
+        L, hook, hook, d["W_enc"], d["b_enc"], d["W_dec"], d["threshold"], d["input_bias"]
+    )
 
     def sae_edit(out, x):  # sae-lens's own encoder, on the normalised MLP output itself
         with torch.no_grad():
@@ -288,11 +316,17 @@ def test_engine_delta_ce_on_gemma2_matches_hand_edits(gemma_with_saes):
 def test_edit_output_refuses_a_read_point_computed_later_or_not_at_all(tiny):
     model, _ = tiny
     write = HookPoint(1, "mlp", "output")
-    with pytest.raises(ValueError, match="computed after"), edit_output(model, write, lambda o, x: o, HookPoint(1, "block", "output")):
+    with (
+        pytest.raises(ValueError, match="computed after"),
+        edit_output(model, write, lambda o, x: o, HookPoint(1, "block", "output")),
+    ):
         pass
     batch = make_batches([[3, 4, 5, 6]], 1, 0)[0]
     h = hidden_before_layer(model, batch, 1)
-    with pytest.raises(RuntimeError, match="same forward"), edit_output(model, write, lambda o, x: o, HookPoint(0, "mlp", "input")):
+    with (
+        pytest.raises(RuntimeError, match="same forward"),
+        edit_output(model, write, lambda o, x: o, HookPoint(0, "mlp", "input")),
+    ):
         run_from_layer(model, h, batch.attention_mask, 1)  # layer 0 never runs
 
 
@@ -350,9 +384,15 @@ def test_next_token_ce_of_a_bf16_model_runs_the_lm_head_in_fp32():
 
     torch.manual_seed(0)
     cfg = Qwen3Config(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        tie_word_embeddings=False,
+    )
     model = Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.normal_(0, 1.0)  # logits of a few units, as in a trained model
@@ -361,7 +401,9 @@ def test_next_token_ce_of_a_bf16_model_runs_the_lm_head_in_fp32():
     batch = make_batches(ids, 3, 0)[0]
     final = run_from_layer(model, hidden_before_layer(model, batch, 0), batch.attention_mask, 0)
     assert final.dtype == torch.bfloat16
-    ce, n = next_token_ce(model, final, batch.input_ids, batch.attention_mask, chunk_tokens=4)  # several chunks
+    ce, n = next_token_ce(
+        model, final, batch.input_ids, batch.attention_mask, chunk_tokens=4
+    )  # several chunks
     W = model.lm_head.weight.double()
     for row, i in enumerate(batch.indices):
         k = len(ids[i])
@@ -369,7 +411,9 @@ def test_next_token_ce_of_a_bf16_model_runs_the_lm_head_in_fp32():
         exact = F.cross_entropy(final[row, : k - 1].double() @ W.T, targets).item()
         rounded = F.cross_entropy(model.lm_head(final[row, : k - 1]).double(), targets).item()
         assert abs(ce[row].item() - exact) < 1e-5
-        assert abs(rounded - exact) > 1e-3, "bf16 logits must be measurably off for this test to mean anything"
+        assert abs(rounded - exact) > 1e-3, (
+            "bf16 logits must be measurably off for this test to mean anything"
+        )
 
 
 # ----------------------------------------------------------------------------- ΔCE engine
@@ -378,7 +422,7 @@ def test_next_token_ce_of_a_bf16_model_runs_the_lm_head_in_fp32():
 def _reference_ce(model, ids: list[int], a=None) -> float:
     """Slow and obvious: one text, batch 1, full forward with the hook, CE from the full logits."""
     x = torch.tensor([ids])
-    with torch.no_grad(), (edit_output(model, a.hook, a.apply) if a else nullcontext()):
+    with torch.no_grad(), edit_output(model, a.hook, a.apply) if a else nullcontext():
         logits = model(input_ids=x).logits[0].float()
     return F.cross_entropy(logits[:-1], x[0, 1:]).item()
 
@@ -423,7 +467,10 @@ def _sweep(cfg, tiny, token_ids, conditions, force=False):
 
 
 def test_zero_features_give_zero_delta_exactly(nu_run, tiny, token_ids):
-    conds = [Condition(1, "directional", "eng_Latn", "none", ()), Condition(1, "feature", "eng_Latn", "none", ())]
+    conds = [
+        Condition(1, "directional", "eng_Latn", "none", ()),
+        Condition(1, "feature", "eng_Latn", "none", ()),
+    ]
     result = _sweep(nu_run, tiny, token_ids, conds)
     assert np.array_equal(result.ablated, np.stack([result.baseline] * 2))
 
@@ -431,7 +478,9 @@ def test_zero_features_give_zero_delta_exactly(nu_run, tiny, token_ids):
 def test_sweep_resumes_from_cache_and_shares_identical_feature_sets(nu_run, tiny, token_ids, monkeypatch):
     nu = features.load_nu_results(nu_run, None, 2)
     conds = sweep.sweep_conditions(nu, LANGS, "directional", 2, random_draws=2, seed=0)
-    assert len(conds) == 3 * (3 * 3 + 2 * 2)  # layers x (languages x {top1, top2, top1+2} + {k=1, k=2} x draws)
+    assert len(conds) == 3 * (
+        3 * 3 + 2 * 2
+    )  # layers x (languages x {top1, top2, top1+2} + {k=1, k=2} x draws)
     first = _sweep(nu_run, tiny, token_ids, conds)
     assert np.isfinite(first.ablated).all()
 
@@ -474,8 +523,13 @@ def test_missing_or_foreign_nu_results_are_refused(tmp_path, tiny_args, nu_run):
     with pytest.raises(UserError, match=r"no nu-score results.*python compute_nu_scores\.py"):
         features.load_nu_results(_cfg(tiny_args, tmp_path / "empty"), None, 2)
     # the model is compared by content: a nu run keyed by another model is refused, whatever its name
-    edit_meta(nu_run.features_dir, config={**nu_run.describe(), "model_id": "Qwen/Qwen3-0.6B", "model": "Qwen/Qwen3-0.6B@c0"})
-    with pytest.raises(UserError, match=r"made with model 'Qwen/Qwen3-0.6B' \(Qwen/Qwen3-0.6B@c0\).*compute_nu_scores\.py"):
+    edit_meta(
+        nu_run.features_dir,
+        config={**nu_run.describe(), "model_id": "Qwen/Qwen3-0.6B", "model": "Qwen/Qwen3-0.6B@c0"},
+    )
+    with pytest.raises(
+        UserError, match=r"made with model 'Qwen/Qwen3-0.6B' \(Qwen/Qwen3-0.6B@c0\).*compute_nu_scores\.py"
+    ):
         features.load_nu_results(nu_run, None, 2)
 
 
@@ -487,7 +541,9 @@ def test_languages_layers_and_top_k_are_checked(tmp_path, tiny_args, nu_run):
         features.load_nu_results(nu_run, (1, 5), 2)
     with pytest.raises(UserError, match=r"--top-k 4 is out of range.*top 3"):
         features.load_nu_results(nu_run, None, 4)
-    assert sorted(features.load_nu_results(_cfg(tiny_args, nu_run.features_dir, LANGS[:2]), (0, 2), 3).layers) == [0, 2]
+    assert sorted(
+        features.load_nu_results(_cfg(tiny_args, nu_run.features_dir, LANGS[:2]), (0, 2), 3).layers
+    ) == [0, 2]
     (nu_run.features_dir / "layer_2_done.json").write_text('{"config_hash": "other"}')
     with pytest.raises(UserError, match="layer 2 .* stale"):
         features.load_nu_results(nu_run, None, 2)
@@ -500,12 +556,24 @@ def test_feature_mode_on_a_residual_jumprelu_sae_matches_its_own_encoder(tiny_re
 
     sae = tiny_residual_saes[1]
     top = torch.tensor([[3, 7], [11, 3]])
-    d = nu.feature_directions(sae, top, torch.tensor([20, 30]), "blocks.1.hook_resid_post", "blocks.1.hook_resid_post")
+    d = nu.feature_directions(
+        sae, top, torch.tensor([20, 30]), "blocks.1.hook_resid_post", "blocks.1.hook_resid_post"
+    )
     lf = LayerFeatures(
-        layer=1, hook_in=d["hook_name"], hook_out=d["hook_name_out"], d_sae=d["d_sae"], languages=("a", "b"),
-        top_indices=d["top_indices"], control_indices=d["control_indices"], feature_indices=d["feature_indices"],
-        W_dec=d["W_dec"], W_enc=d["W_enc"], b_enc=d["b_enc"], threshold=d["threshold"], input_bias=d["input_bias"],
-    )  # fmt: skip
+        layer=1,
+        hook_in=d["hook_name"],
+        hook_out=d["hook_name_out"],
+        d_sae=d["d_sae"],
+        languages=("a", "b"),
+        top_indices=d["top_indices"],
+        control_indices=d["control_indices"],
+        feature_indices=d["feature_indices"],
+        W_dec=d["W_dec"],
+        W_enc=d["W_enc"],
+        b_enc=d["b_enc"],
+        threshold=d["threshold"],
+        input_bias=d["input_bias"],
+    )
     ab = make_ablation(lf, [3, 7, 30], "feature")
     h = torch.randn(2, 5, sae.cfg.d_in) * 2
     with torch.no_grad():

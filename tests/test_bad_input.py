@@ -1,9 +1,8 @@
 """Every bad input is one error line on stderr, exit code 2, and nothing written."""
 
-from helpers import fails_cleanly
 import pytest
 import torch
-
+from helpers import fails_cleanly
 
 
 def test_unknown_language_lists_close_matches(tiny_args, tmp_path, capsys):
@@ -19,7 +18,9 @@ def test_layer_out_of_range(tiny_args, tmp_path, capsys):
 
 
 def test_unknown_sae_release_and_id(tiny_args, tmp_path, capsys):
-    msg = fails_cleanly([*tiny_args, "--sae-release", "mwhanna-qwen3-0.6b-transcoders-lowl1"], tmp_path / "o", capsys)
+    msg = fails_cleanly(
+        [*tiny_args, "--sae-release", "mwhanna-qwen3-0.6b-transcoders-lowl1"], tmp_path / "o", capsys
+    )
     assert "not known to sae-lens" in msg and "mwhanna-qwen3-0.6b-transcoders-lowl0" in msg
     msg = fails_cleanly([*tiny_args, "--sae-id-template", "layer{layer}"], tmp_path / "o", capsys)
     assert "'layer0'" in msg and "layer_0" in msg
@@ -30,7 +31,9 @@ def test_gated_dataset_without_token(tiny_args, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("langsae.hub.SECRETS_FILE", tmp_path / "absent.ini")
     msg = fails_cleanly([*tiny_args, "--languages", "eng_Latn,wuu_Hans"], tmp_path / "o", capsys)
     assert "gated" in msg and "HF_TOKEN" in msg
-    msg = fails_cleanly([*tiny_args, "--languages", "eng_Latn,arg_Latn", "--split", "devtest"], tmp_path / "o", capsys)
+    msg = fails_cleanly(
+        [*tiny_args, "--languages", "eng_Latn,arg_Latn", "--split", "devtest"], tmp_path / "o", capsys
+    )
     assert "gated" in msg
 
 

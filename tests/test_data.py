@@ -16,6 +16,7 @@ import pytest
 from langsae import data, tasks
 from langsae.data import PAPER_LANGUAGES, load_texts, read_sib200, validate_languages
 from langsae.errors import UserError
+from langsae.nu import META_FILE as NU_META
 
 SIB_LANGS = ("glg_Latn", "kas_Arab", "azb_Arab", "nus_Latn")
 
@@ -129,7 +130,10 @@ def test_deng_sets_unchanged(no_hub):
         assert sel.by_language[lang] == [r["text"] for r in sel_rows if r["lan"] == lan]
     ev = load_texts(PAPER_LANGUAGES, "evaluation", 500)
     assert ev.source == "bundled:multilingual_data_test.jsonl.gz"
-    assert ev.by_language["arb_Arab"] == [r["text"] for r in raw_deng(data.EVALUATION_FILE) if r["lan"] == "ar"][:500]
+    assert (
+        ev.by_language["arb_Arab"]
+        == [r["text"] for r in raw_deng(data.EVALUATION_FILE) if r["lan"] == "ar"][:500]
+    )
 
 
 def test_deng_ids_parallel_and_aligned_with_sib(no_hub):
@@ -282,6 +286,7 @@ def test_data_record_hashes_each_file_with_hashlib_and_names_it_from_the_project
     outside.write_text("{}\n")
     rec = provenance.data_record(None, (texts,), {"qa": ["eng_Latn"], "sentiment": ["eng_Latn"]}, [outside])
     expected = [*texts.files, data.DATA_DIR / "xquad" / "xquad.en.json.gz", outside]
+
     def name(p):
         return str(outside) if p == outside else str(p.relative_to(data.DATA_DIR.parent))
 
@@ -298,8 +303,8 @@ def _sha(relative: str) -> str:
 
 
 def test_check_data_meta_records_every_file_it_read_with_its_sha256(tmp_path, monkeypatch):
-    from langsae.stages import check_data
     from langsae.cli import run_main
+    from langsae.stages import check_data
 
     def not_cached(lang):
         raise tasks.DatasetUnavailable("not cached")
@@ -320,6 +325,6 @@ def test_check_data_meta_records_every_file_it_read_with_its_sha256(tmp_path, mo
 
 
 def test_nu_meta_records_the_selection_files_with_their_sha256(small_toy_nu):
-    record = json.loads((small_toy_nu / "meta.json").read_text())["data"]
+    record = json.loads((small_toy_nu / NU_META).read_text())["data"]
     read = ["data/flores_deng2025/multilingual_data.jsonl.gz", "data/sib200/eng_Latn.tsv.gz"]  # ten, dev
     assert record == {"bundled": {path: _sha(path) for path in read}, "hub": {}}

@@ -82,9 +82,11 @@ def test_the_docs_link_into_each_other():
 def test_the_checker_catches_broken_links():
     """The checker can fail: a missing file, a missing heading and a link out of the repository are each
     caught, while links in code, external links, generated outputs and good links are not."""
-    text = ("[a](no_such_file.md) [b](stages.md#no-such-heading) [c](../../outside.md) [d](stages.md)\n"
-            "[g](method.md#statistics-that-do-not-overstate) `[e](in_code.md)` [f](https://example.org)\n"
-            "[h](../output/toy/figure5.png) [i](../README.md#toy-results)\n```\n[j](in_fence.md)\n```\n")
+    text = (
+        "[a](no_such_file.md) [b](stages.md#no-such-heading) [c](../../outside.md) [d](stages.md)\n"
+        "[g](method.md#statistics-that-do-not-overstate) `[e](in_code.md)` [f](https://example.org)\n"
+        "[h](../output/toy/figure5.png) [i](../README.md#toy-results)\n```\n[j](in_fence.md)\n```\n"
+    )
     assert problems(text, ROOT / "docs", "x.md") == [
         "x.md: no_such_file.md (no such file)",
         "x.md: stages.md#no-such-heading (no heading #no-such-heading)",
@@ -118,7 +120,10 @@ def test_the_readme_example_stage_is_one_module_and_one_line(small_toy, tmp_path
     monkeypatch.setattr(stages, "STAGE_MODULES", (*stages.STAGE_MODULES, "token_counts"))  # the one line
     monkeypatch.setattr(run_pipeline, "STAGES", stages.registry())
     run = tmp_path / "run"
-    assert run_main(run_pipeline.main, ["--model", "toy", "--out-dir", str(run), "--stages", "token-counts"]) == 0
+    assert (
+        run_main(run_pipeline.main, ["--model", "toy", "--out-dir", str(run), "--stages", "token-counts"])
+        == 0
+    )
 
     counts = json.loads((run / "token_counts.json").read_text())
     tok = load_tokenizer(PRESETS["toy"])

@@ -25,4 +25,6 @@ def test_identifies_each_paper_language_on_its_own_selection_texts():
 def test_unlisted_language_is_none():
     # Hungarian is in the model (label hu) but not in the table
     assert "hu" in langid.labels() and "hu" not in langid.LABEL_TO_FLORES
-    assert langid.identify(["A magyar nyelv az uráli nyelvcsalád tagja, a finnugor nyelvek közé tartozik."]) == [None]
+    assert langid.identify(
+        ["A magyar nyelv az uráli nyelvcsalád tagja, a finnugor nyelvek közé tartozik."]
+    ) == [None]

@@ -47,7 +47,12 @@ def test_named_language_reads_whole_words(answer, named):
 @pytest.mark.parametrize("code, name", NAMES)
 @pytest.mark.parametrize("form", ["NFC", "NFD"])
 def test_every_name_in_both_normal_forms_names_its_language(code, name, form):
-    for text in (name, name.upper(), f"The text is written in {name}.", f"{name}, not {se.english_name(code)}"):
+    for text in (
+        name,
+        name.upper(),
+        f"The text is written in {name}.",
+        f"{name}, not {se.english_name(code)}",
+    ):
         assert se.named_language(unicodedata.normalize(form, text)) == code, text
 
 
@@ -69,6 +74,10 @@ def test_vietnamese_in_nfd_is_found():
 def test_longest_name_at_the_same_start_wins(monkeypatch):
     monkeypatch.setitem(se.LANGUAGE_NAMES, "xxx_Latn", ("English Creole",))
     both = ["eng_Latn", "xxx_Latn"]
-    assert se.named_language(" English Creole", both) == se.named_language(" English Creole", both[::-1]) == "xxx_Latn"
+    assert (
+        se.named_language(" English Creole", both)
+        == se.named_language(" English Creole", both[::-1])
+        == "xxx_Latn"
+    )
     assert se.named_language(" English, Creole", both) == "eng_Latn"
     assert se.named_language(" Creole English", ["xxx_Latn"]) is None  # only the candidates count

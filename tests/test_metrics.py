@@ -82,8 +82,12 @@ def test_weighted_metrics_equal_metrics_of_the_resampled_items():
     for r in range(len(w)):
         g, p = np.repeat(GOLD, w[r].astype(int)), np.repeat(PRED, w[r].astype(int))
         assert m.weighted_accuracy(w, GOLD, PRED)[r] == pytest.approx(np.mean(g == p))
-        assert m.macro_f1_from_confusion(conf)[r] == pytest.approx(f1_score(g, p, labels=labels, average="macro", zero_division=0))
-        assert m.qwk_from_confusion(conf)[r] == pytest.approx(cohen_kappa_score(g, p, labels=labels, weights="quadratic"))
+        assert m.macro_f1_from_confusion(conf)[r] == pytest.approx(
+            f1_score(g, p, labels=labels, average="macro", zero_division=0)
+        )
+        assert m.qwk_from_confusion(conf)[r] == pytest.approx(
+            cohen_kappa_score(g, p, labels=labels, weights="quadratic")
+        )
     assert m.qwk_from_confusion(conf)[2] == 0.0  # everything predicted 2: no better than chance
 
 

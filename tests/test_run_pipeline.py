@@ -8,6 +8,7 @@ import pytest
 import run_pipeline
 from langsae.cli import run_main
 from langsae.errors import SkippedTask, UserError
+from langsae.nu import META_FILE as NU_META
 from langsae.stages import Stage, work
 
 
@@ -36,15 +37,23 @@ def test_runs_every_stage_in_order_with_the_common_flags(stages, capsys):
     assert [c[0] for c in calls] == list("abcd") and all(c[1] == argv for c in calls)
     rows = json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]
     assert [(r["stage"], r["status"], r.get("computed"), r.get("cached")) for r in rows] == [
-        ("a", "done", 2, 1), ("b", "done", 2, 1), ("c", "done", 2, 1), ("d", "done", None, None)
-    ]  # fmt: skip
+        ("a", "done", 2, 1),
+        ("b", "done", 2, 1),
+        ("c", "done", 2, 1),
+        ("d", "done", None, None),
+    ]
     printed = capsys.readouterr().out
     assert "stage" in printed and "REPORT.md" in printed
 
 
 @pytest.mark.parametrize(
     "flags, expected",
-    [(["--stages", "b,d"], "bd"), (["--from", "c"], "cd"), (["--stages=a,b,d", "--from=b"], "bd"), (["--stages", "d,a"], "ad")],
+    [
+        (["--stages", "b,d"], "bd"),
+        (["--from", "c"], "cd"),
+        (["--stages=a,b,d", "--from=b"], "bd"),
+        (["--stages", "d,a"], "ad"),
+    ],
 )
 def test_stage_selection_and_the_flags_stages_do_not_see(stages, flags, expected):
     calls, _, argv, _ = stages
@@ -77,11 +86,19 @@ def test_failed_stage_stops_with_one_line_and_the_resume_command(stages, capsys)
     assert err.count("\n") == 1 and "stage c failed: no nu results" in err
     assert f"`python run_pipeline.py --model toy --out-dir {out} --layers 1 --stages a,c,d --from c`" in err
     assert (out / "figures" / "REPORT.md").exists()  # rebuilt after the failed stage too
-    rows = {r["stage"]: r["status"] for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]}
+    rows = {
+        r["stage"]: r["status"] for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]
+    }
     assert rows == {"a": "done", "c": "failed"}
 
 
-@pytest.mark.parametrize("exc, note", [(RuntimeError("CUDA error"), "RuntimeError: CUDA error"), (SystemExit(2), "c.py rejected its arguments (exit 2)")])
+@pytest.mark.parametrize(
+    "exc, note",
+    [
+        (RuntimeError("CUDA error"), "RuntimeError: CUDA error"),
+        (SystemExit(2), "c.py rejected its arguments (exit 2)"),
+    ],
+)
 def test_crashed_stage_also_stops_with_one_line_and_the_resume_command(stages, capsys, exc, note):
     calls, behaviour, argv, out = stages
     behaviour["c"] = exc
@@ -89,7 +106,9 @@ def test_crashed_stage_also_stops_with_one_line_and_the_resume_command(stages, c
     assert [c[0] for c in calls] == ["a", "b", "c"]
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and f"stage c failed: {note}" in err[0] and "--from c`" in err[0]
-    rows = {r["stage"]: r["status"] for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]}
+    rows = {
+        r["stage"]: r["status"] for r in json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]
+    }
     assert rows == {"a": "done", "b": "done", "c": "failed"}
 
 
@@ -113,7 +132,7 @@ def test_a_report_that_cannot_be_built_is_a_warning_with_the_retry_command(tmp_p
 
     cfg = resolve(build_parser("x").parse_args(["--model", "toy", "--out-dir", str(tmp_path / "run")]))
     cfg.features_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.features_dir / "meta.json").write_text("{")  # an artifact the report cannot read: named in it
+    (cfg.features_dir / NU_META).write_text("{")  # an artifact the report cannot read: named in it
     assert finished(cfg, 1, 2, "thing") == work(1, 2, "thing")
     assert "meta.json is corrupted" in (cfg.output_dir / report.REPORT_NAME).read_text()
 
@@ -164,7 +183,9 @@ def test_python_m_langsae_stages_runs_a_stage_by_its_name(monkeypatch, capsys):
     assert run_main(by_name.main, ["no-such-stage"]) == 2
     assert "unknown stage 'no-such-stage'" in capsys.readouterr().err
     seen = []
-    fake = [dataclasses.replace(s, main=lambda argv, n=s.name: seen.append((n, argv))) for s in stages.registry()]
+    fake = [
+        dataclasses.replace(s, main=lambda argv, n=s.name: seen.append((n, argv))) for s in stages.registry()
+    ]
     monkeypatch.setattr(by_name, "registry", lambda: fake)
     assert run_main(by_name.main, ["steering", "--model", "toy"]) == 0
     assert seen == [("steering", ["--model", "toy"])]

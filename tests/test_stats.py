@@ -80,7 +80,9 @@ def test_joint_resampling_keeps_parallel_languages_paired():
 def _ratio(num, den, seed=0, n_boot=1000):
     """(Estimate, unbounded) of mean(num) ÷ mean(den), num and den parallel over sentences."""
     n = len(num)
-    m = stats.JointBootstrap(np.tile(np.arange(n), 2), np.repeat([0, 1], n), 2, seed, n_boot).means(np.concatenate([num, den]))
+    m = stats.JointBootstrap(np.tile(np.arange(n), 2), np.repeat([0, 1], n), 2, seed, n_boot).means(
+        np.concatenate([num, den])
+    )
     return stats.ratio_estimate(m[0], m[1])
 
 

@@ -28,7 +28,11 @@ def _weights(root: Path) -> dict[str, bytes]:
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
     """mtime and content of every file of a build."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 def _mlp_io(model, tokenizer, texts: list[str], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +62,9 @@ def test_loads_through_the_real_preset_functions(small_toy):
     assert Path(preset.model_id) == small_toy / "model" and preset.sae_hub_cache == small_toy / "hub"
     model, tokenizer = load_model(preset, "cpu", torch.float32)
     assert type(model).__name__ == "Qwen3ForCausalLM"
-    assert model.config.num_hidden_layers == SMALL.num_layers and model.config.hidden_size == SMALL.hidden_size
+    assert (
+        model.config.num_hidden_layers == SMALL.num_layers and model.config.hidden_size == SMALL.hidden_size
+    )
     # Qwen3's conventions: no BOS, pad <|endoftext|>, eos <|im_end|>.
     assert tokenizer.bos_token_id is None
     assert (tokenizer.pad_token, tokenizer.eos_token) == ("<|endoftext|>", "<|im_end|>")
@@ -82,7 +88,9 @@ def test_transcoders_reconstruct_unseen_activations(small_toy):
         with torch.no_grad():
             acts = sae.encode(x)
             fve = _fve(y, sae.decode(acts))
-            shuffled = _fve(y, sae.decode(acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))]))
+            shuffled = _fve(
+                y, sae.decode(acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))])
+            )
         l0 = (acts > 0).float().sum(-1).mean().item()
         assert fve > 0.8, f"layer {L}: FVE {fve:.3f}"
         assert shuffled < 0.1 and fve > shuffled + 0.7, f"layer {L}: FVE {fve:.3f}, shuffled {shuffled:.3f}"
@@ -159,7 +167,9 @@ def test_small_build_matches_its_vendors_committed_fingerprint(small_toy):
     vendor = toy.cpu_vendor()
     expected = toy.committed_fingerprint("small", vendor)
     if expected is None:
-        pytest.skip(f"no small-build fingerprint is committed for {vendor}; the tolerance test below still runs")
+        pytest.skip(
+            f"no small-build fingerprint is committed for {vendor}; the tolerance test below still runs"
+        )
     actual = toy.fingerprint(small_toy)
     assert toy.first_difference(actual, expected) is None
     assert actual == {k: expected[k] for k in actual}
@@ -179,10 +189,17 @@ def test_small_build_agrees_with_every_vendors_build_within_rounding(small_toy):
 
 def test_first_difference_names_the_earliest_artifact_in_build_order():
     fp = {
-        "sha256": {"model/tokenizer.json": "a", "model/model.safetensors": "b", "hub/x/layer_0.safetensors": "c"},
+        "sha256": {
+            "model/tokenizer.json": "a",
+            "model/model.safetensors": "b",
+            "hub/x/layer_0.safetensors": "c",
+        },
         "quality": {"ce": 1.0},
     }
-    changed = {"sha256": {**fp["sha256"], "hub/x/layer_0.safetensors": "z", "model/model.safetensors": "y"}, "quality": fp["quality"]}
+    changed = {
+        "sha256": {**fp["sha256"], "hub/x/layer_0.safetensors": "z", "model/model.safetensors": "y"},
+        "quality": fp["quality"],
+    }
     assert toy.first_difference(fp, fp) is None
     assert toy.first_difference(changed, fp) == "model/model.safetensors"
     assert toy.first_difference({**fp, "quality": {"ce": 2.0}}, fp) == "quality.json"
@@ -245,5 +262,7 @@ def test_python_dash_m_langsae_toy_still_runs_the_command_line():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "langsae.toy", "--help"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "langsae.toy", "--help"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0 and "--write-fingerprint" in done.stdout

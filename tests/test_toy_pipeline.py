@@ -5,14 +5,22 @@ import json
 
 import pytest
 import torch
+from helpers import (
+    N_TEXTS,
+    brute_force_mu,
+    fails_cleanly,
+    load_layer,
+    mlp_input_hook,
+    run_nu,
+    transcoder_encode,
+)
 from safetensors.torch import load_file
-from helpers import fails_cleanly
-from helpers import N_TEXTS, brute_force_mu, load_layer, mlp_input_hook, run_nu, transcoder_encode
 
-from langsae.stages import section5 as reproduce_figures_section5
 from langsae.cli import run_main
 from langsae.config import PRESETS
 from langsae.data import PAPER_LANGUAGES
+from langsae.nu import META_FILE as NU_META
+from langsae.stages import section5 as reproduce_figures_section5
 
 TOY = ["--model", "toy"]
 
@@ -25,13 +33,15 @@ def toy_nu(small_toy, tmp_path_factory):
 
 
 def test_nu_stage_on_toy_matches_brute_force(toy_nu, small_toy):
-    meta = json.loads((toy_nu / "meta.json").read_text())
+    meta = json.loads((toy_nu / NU_META).read_text())
     n_layers = json.loads((small_toy / "model" / "config.json").read_text())["num_hidden_layers"]
     assert meta["layers"] == list(range(n_layers))
     assert meta["model_id"] == PRESETS["toy"].model_id and meta["sae_release"] == PRESETS["toy"].sae_release
     layer = n_layers - 1
     (weights_file,) = (small_toy / "hub").rglob(f"layer_{layer}.safetensors")
-    mu_ref = brute_force_mu(small_toy / "model", mlp_input_hook(layer), transcoder_encode(load_file(weights_file)))
+    mu_ref = brute_force_mu(
+        small_toy / "model", mlp_input_hook(layer), transcoder_encode(load_file(weights_file))
+    )
     torch.testing.assert_close(load_layer(toy_nu, layer)["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
     assert N_TEXTS == meta["n_texts"]["eng_Latn"]
 
@@ -99,8 +109,15 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
 def test_code_switching_on_toy(toy_nu):
     from langsae.stages import code_switching
 
-    assert code_switching.main([*TOY, "--out-dir", str(toy_nu), "--layers", "0,1"]) == {"computed": 2, "cached": 0, "unit": "layer"}
+    assert code_switching.main([*TOY, "--out-dir", str(toy_nu), "--layers", "0,1"]) == {
+        "computed": 2,
+        "cached": 0,
+        "unit": "layer",
+    }
     with open(toy_nu / "code_switching_results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["language"] for r in rows} == {*PAPER_LANGUAGES, "mean"} and {r["layer"] for r in rows} == {"0", "1"}
+    assert {r["language"] for r in rows} == {*PAPER_LANGUAGES, "mean"} and {r["layer"] for r in rows} == {
+        "0",
+        "1",
+    }
     assert (toy_nu / "figures" / "code_switching_heatmap.png").exists()

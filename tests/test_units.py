@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import LANGS5, copy_nu
 
 from langsae import sweep, units
-from helpers import LANGS5, copy_nu
+from langsae.nu import META_FILE as NU_META
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).resolve().parent / "stage_driver.py"
@@ -95,12 +96,30 @@ def test_an_exception_in_the_loop_releases_the_claim(tmp_path):
 # ----------------------------------------------------------------------------- Section 5 on the small toy
 
 
-def _driver(run: Path, log: Path, *, exit_after: int = 0, delay: float = 0.0, stage: str = "section5",
-            args: tuple = tuple(ARGS)) -> subprocess.Popen:
+def _driver(
+    run: Path,
+    log: Path,
+    *,
+    exit_after: int = 0,
+    delay: float = 0.0,
+    stage: str = "section5",
+    args: tuple = tuple(ARGS),
+) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(DRIVER), stage, str(log), str(exit_after), str(delay), *args, "--out-dir", str(run)]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        str(DRIVER),
+        stage,
+        str(log),
+        str(exit_after),
+        str(delay),
+        *args,
+        "--out-dir",
+        str(run),
+    ]
+    return subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _written(log: Path) -> list[str]:
@@ -217,7 +236,7 @@ def test_two_nu_processes_split_the_layers_and_match_one_process(small_toy_nu, t
     a, b = (_written(log) for log in logs)
     assert sorted(a + b) == ["layer_0", "layer_1"], "each layer is scored by exactly one process"
     _same_layers(run, small_toy_nu)
-    assert json.loads((run / "meta.json").read_text())["layers"] == [0, 1]  # both wait for every layer
+    assert json.loads((run / NU_META).read_text())["layers"] == [0, 1]  # both wait for every layer
     assert not list(run.glob("*.claim"))
 
 
@@ -230,4 +249,6 @@ def test_a_killed_nu_run_leaves_its_claim_and_the_next_run_scores_only_the_rest(
     assert p.wait() == 0, p.stderr.read()
     assert _written(second) == ["layer_1"]
     _same_layers(run, small_toy_nu)
-    assert [p.name for p in run.glob("*.claim")] == ["layer_0.claim"]  # the dead run's, of a layer it finished
+    assert [p.name for p in run.glob("*.claim")] == [
+        "layer_0.claim"
+    ]  # the dead run's, of a layer it finished

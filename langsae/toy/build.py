@@ -64,7 +64,11 @@ def write_mwhanna_release(
     repo = hub_repo_dir(hub_cache, repo_id)
     snap = repo / "snapshots" / sha
     snap.mkdir(parents=True, exist_ok=True)
-    wandb = {"d_model": {"value": int(d_model)}, "d_feature": {"value": int(d_sae)}, "batch_size": {"value": context_size}}
+    wandb = {
+        "d_model": {"value": int(d_model)},
+        "d_feature": {"value": int(d_sae)},
+        "batch_size": {"value": context_size},
+    }
     (snap / "wandb-config.yaml").write_text(yaml.safe_dump(wandb))
     (snap / "config.yaml").write_text(yaml.safe_dump({"model_name": model_name}))
     for L, tensors in layers.items():
@@ -79,7 +83,9 @@ def write_mwhanna_release(
 TOY_FORMAT = 3  # bump when the recipe changes in a way the hyper-parameters do not show
 TOY_MODEL_NAME = "langsae-local/toy-qwen3"
 BUILD_PARTS = ("model", "hub", "quality.json", "timings.json")  # build.json is written last, after these
-PARTIAL_PREFIX = ".building-"  # work folders inside the root; a kill leaves one behind, the next build removes it
+PARTIAL_PREFIX = (
+    ".building-"  # work folders inside the root; a kill leaves one behind, the next build removes it
+)
 
 
 def build_record(seed: int, scale: str) -> dict:
@@ -115,7 +121,9 @@ def ensure_built(root: Path = TOY_ROOT) -> Path:
     """Reuse the toy build in `root` if it is complete and current (any seed or scale); else build the default."""
     if current_build(root) is not None:
         return Path(root)
-    log.warning("no current toy build in %s: building the default (scale full, seed 0), several minutes", root)
+    log.warning(
+        "no current toy build in %s: building the default (scale full, seed 0), several minutes", root
+    )
     start = time.perf_counter()
     build_toy(root, seed=0, scale="full", force=True)
     log.info("toy build finished in %.0f s", time.perf_counter() - start)
@@ -154,7 +162,13 @@ def build_toy(root: Path = TOY_ROOT, seed: int = 0, scale: str = "full", force: 
         save_json(record, root / "build.json")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("toy build (seed %d, scale %s) written to %s in %.0f s", seed, scale, root, time.perf_counter() - start)
+    log.info(
+        "toy build (seed %d, scale %s) written to %s in %.0f s",
+        seed,
+        scale,
+        root,
+        time.perf_counter() - start,
+    )
     return root
 
 

@@ -27,7 +27,9 @@ def record_fingerprint(root: Path) -> dict:
     """Record the build in `root` (seed 0, current) as its scale's committed fingerprint for this CPU vendor."""
     record = current_build(root)
     if record is None or record["seed"] != 0:
-        raise UserError(f"{root} holds no current build of seed 0; build it first with `python -m langsae.toy --root {root}`")
+        raise UserError(
+            f"{root} holds no current build of seed 0; build it first with `python -m langsae.toy --root {root}`"
+        )
     table = load_json(FINGERPRINT_FILE) if FINGERPRINT_FILE.exists() else {}
     entry = {**fingerprint(root), "seed": 0, "versions": record["versions"], "machine": cpu_model()}
     table.setdefault(cpu_vendor(), {})[record["scale"]] = entry
@@ -47,20 +49,31 @@ def verify(scale: str) -> bool:
         actual = fingerprint(root)
         versions = load_json(root / "build.json")["versions"]
     for other, entry in known.items():
-        print(f"model CE per language vs the {other} build ({entry.get('machine', '?')}): largest difference {max_ce_difference(actual, entry):.2e} nats")
+        print(
+            f"model CE per language vs the {other} build ({entry.get('machine', '?')}): largest difference {max_ce_difference(actual, entry):.2e} nats"
+        )
     expected = known.get(vendor)
     if expected is None:
-        print(f"NO FINGERPRINT: none is committed for this CPU vendor ({vendor}); `--write-fingerprint` records one")
+        print(
+            f"NO FINGERPRINT: none is committed for this CPU vendor ({vendor}); `--write-fingerprint` records one"
+        )
         return False
     differs = first_difference(actual, expected)
     if differs is None:
-        print(f"OK: the {scale} build (seed 0) is identical to the committed {vendor} fingerprint ({len(actual['sha256'])} files and quality.json)")
+        print(
+            f"OK: the {scale} build (seed 0) is identical to the committed {vendor} fingerprint ({len(actual['sha256'])} files and quality.json)"
+        )
         return True
-    print(f"DIFFERS: the {scale} build (seed 0) does not match the committed {vendor} fingerprint; first differing artifact: {differs}")
-    changed = {k: (expected["versions"].get(k), v) for k, v in versions.items() if expected["versions"].get(k) != v}
+    print(
+        f"DIFFERS: the {scale} build (seed 0) does not match the committed {vendor} fingerprint; first differing artifact: {differs}"
+    )
+    changed = {
+        k: (expected["versions"].get(k), v) for k, v in versions.items() if expected["versions"].get(k) != v
+    }
     if changed:
         print(f"package versions differ from the ones that made the fingerprint (committed, here): {changed}")
     return False
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
@@ -102,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.write_fingerprint:
         entry = record_fingerprint(args.root)
-        print(f"recorded the {cpu_vendor()} fingerprint of {args.root} ({len(entry['sha256'])} files and quality.json) in {FINGERPRINT_FILE}")
+        print(
+            f"recorded the {cpu_vendor()} fingerprint of {args.root} ({len(entry['sha256'])} files and quality.json) in {FINGERPRINT_FILE}"
+        )
         return
     build_toy(args.root, seed=args.seed, scale=args.scale, force=args.force)

@@ -58,9 +58,14 @@ def _artifact_rank(name: str) -> tuple[int, str]:
 def fingerprint(root: Path) -> dict:
     """SHA-256 of every file of the build in `root` (in the order the build makes them) and its quality report."""
     root = Path(root)
-    files = [p for part in ("model", "hub") for p in (root / part).rglob("*") if p.is_file()] + [root / "quality.json"]
+    files = [p for part in ("model", "hub") for p in (root / part).rglob("*") if p.is_file()] + [
+        root / "quality.json"
+    ]
     names = sorted((str(p.relative_to(root)) for p in files), key=_artifact_rank)
-    return {"sha256": {name: file_sha256(root / name) for name in names}, "quality": load_json(root / "quality.json")}
+    return {
+        "sha256": {name: file_sha256(root / name) for name in names},
+        "quality": load_json(root / "quality.json"),
+    }
 
 
 def first_difference(actual: dict, expected: dict) -> str | None:
@@ -142,12 +147,22 @@ def build_environment(hp: ToyScale, kernels: dict[str, str] = PINNED_KERNELS) ->
     return env
 
 
-def _train_in_pinned_process(work: Path, seed: int, scale: str, kernels: dict[str, str] = PINNED_KERNELS) -> None:
+def _train_in_pinned_process(
+    work: Path, seed: int, scale: str, kernels: dict[str, str] = PINNED_KERNELS
+) -> None:
     """Run `_build_into` in a child process with pinned kernels (or others, to measure what rounding
     does: benchmarks/toy_rounding.py); its progress bars and logs pass through."""
     hp = _scale(scale)
-    log.info("building the toy (seed %d, scale %s) with %d thread(s), kernels %s", seed, scale, build_threads(hp), kernels)
+    log.info(
+        "building the toy (seed %d, scale %s) with %d thread(s), kernels %s",
+        seed,
+        scale,
+        build_threads(hp),
+        kernels,
+    )
     code = "import sys; from langsae.toy.train import _build_worker; _build_worker(sys.argv[1:])"
-    done = subprocess.run([sys.executable, "-c", code, str(work), str(seed), scale], env=build_environment(hp, kernels))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(work), str(seed), scale], env=build_environment(hp, kernels)
+    )
     if done.returncode != 0:
         raise UserError(f"the toy build failed (exit code {done.returncode}); its log is above")

@@ -62,15 +62,27 @@ def _build_worker(argv: list[str]) -> None:
     setup_logging()
     work, seed, scale = Path(argv[0]), int(argv[1]), argv[2]
     hp = _scale(scale)
-    if os.environ.get("ATEN_CPU_CAPABILITY") == PINNED_KERNELS["ATEN_CPU_CAPABILITY"] and torch.backends.cpu.get_cpu_capability() != PINNED_ATEN:
-        log.warning("this CPU has no AVX2: the build runs other kernels and will not match the committed fingerprint")
+    if (
+        os.environ.get("ATEN_CPU_CAPABILITY") == PINNED_KERNELS["ATEN_CPU_CAPABILITY"]
+        and torch.backends.cpu.get_cpu_capability() != PINNED_ATEN
+    ):
+        log.warning(
+            "this CPU has no AVX2: the build runs other kernels and will not match the committed fingerprint"
+        )
     torch.set_num_threads(build_threads(hp))
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
     quality, laps = _build_into(work, seed, hp)
     save_json(quality, work / "quality.json")
     timings = {"stage_seconds": laps, "build_seconds": round(time.perf_counter() - start, 1)}
-    save_json({**timings, "threads": torch.get_num_threads(), "aten_kernels": torch.backends.cpu.get_cpu_capability()}, work / "timings.json")
+    save_json(
+        {
+            **timings,
+            "threads": torch.get_num_threads(),
+            "aten_kernels": torch.backends.cpu.get_cpu_capability(),
+        },
+        work / "timings.json",
+    )
 
 
 def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, float]]:
@@ -86,19 +98,31 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, flo
     tokenizer = train_tokenizer(train_texts, hp.vocab_size)
     train_ids = tokenize(tokenizer, train_texts, hp.max_tokens)
     n_tokens = sum(map(len, train_ids))
-    log.info("tokenizer: vocabulary %d; %d training texts, %d tokens", len(tokenizer), len(train_texts), n_tokens)
+    log.info(
+        "tokenizer: vocabulary %d; %d training texts, %d tokens", len(tokenizer), len(train_texts), n_tokens
+    )
     clock.lap("tokenizer")
 
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hp.hidden_size, intermediate_size=hp.intermediate_size,
-        num_hidden_layers=hp.num_layers, num_attention_heads=hp.num_heads, num_key_value_heads=hp.num_kv_heads,
-        head_dim=hp.head_dim, tie_word_embeddings=True, max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=hp.hidden_size,
+        intermediate_size=hp.intermediate_size,
+        num_hidden_layers=hp.num_layers,
+        num_attention_heads=hp.num_heads,
+        num_key_value_heads=hp.num_kv_heads,
+        head_dim=hp.head_dim,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     model = Qwen3ForCausalLM(cfg)
     n_params = model.num_parameters()
-    log.info("toy model: %.2fM parameters, %d layers, hidden %d", n_params / 1e6, hp.num_layers, hp.hidden_size)
+    log.info(
+        "toy model: %.2fM parameters, %d layers, hidden %d", n_params / 1e6, hp.num_layers, hp.hidden_size
+    )
     train_model(model, train_ids, tokenizer.pad_token_id, hp, seed)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
@@ -113,10 +137,19 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, flo
     transcoders = {}
     for L in range(hp.num_layers):
         transcoders[L] = train_transcoder(
-            xs[L], ys[L], hp.tc_expansion * hp.hidden_size, hp.tc_steps, hp.tc_batch_tokens, hp.tc_lr, hp.tc_l1,
-            seed=seed * 1000 + L, desc=f"transcoder L{L}",
-        )  # fmt: skip
-    write_mwhanna_release(out / "hub", TOY_RELEASE, transcoders, model_name=TOY_MODEL_NAME, context_size=hp.max_tokens)
+            xs[L],
+            ys[L],
+            hp.tc_expansion * hp.hidden_size,
+            hp.tc_steps,
+            hp.tc_batch_tokens,
+            hp.tc_lr,
+            hp.tc_l1,
+            seed=seed * 1000 + L,
+            desc=f"transcoder L{L}",
+        )
+    write_mwhanna_release(
+        out / "hub", TOY_RELEASE, transcoders, model_name=TOY_MODEL_NAME, context_size=hp.max_tokens
+    )
     clock.lap("transcoders")
 
     unigram = torch.bincount(torch.tensor([t for ids in train_ids for t in ids]), minlength=len(tokenizer))
@@ -163,9 +196,12 @@ def train_model(model, token_ids: list[list[int]], pad_id: int, hp: ToyScale, se
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": hp.lm_weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=hp.lm_lr, betas=(0.9, 0.95),
-    )  # fmt: skip
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, hp.lm_warmup_steps, hp.lm_steps))
+        lr=hp.lm_lr,
+        betas=(0.9, 0.95),
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: _lr_factor(step, hp.lm_warmup_steps, hp.lm_steps)
+    )
     g = torch.Generator().manual_seed(seed)
     epoch: list[Batch] = []
     running = None
@@ -195,7 +231,9 @@ def next_token_loss(model, batch: Batch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(model.lm_head(h), targets)
 
 
-def mixed_batches(token_ids: list[list[int]], batch_size: int, pad_id: int, g: torch.Generator, window: int = 16) -> list[Batch]:
+def mixed_batches(
+    token_ids: list[list[int]], batch_size: int, pad_id: int, g: torch.Generator, window: int = 16
+) -> list[Batch]:
     """One epoch of batches in a seeded random order, each a random mix of texts (and so of languages).
 
     Texts are shuffled, then sorted by length only within windows of `window` batches, which
@@ -219,7 +257,9 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 @torch.no_grad()
-def mlp_activations(model, batches: list[Batch], layers) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+def mlp_activations(
+    model, batches: list[Batch], layers
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """MLP inputs and outputs of every non-padding token: ({L: [N, d_in]}, {L: [N, d_out]}).
 
     Position 0 is kept: transcoders must reconstruct every position an ablation may touch.
@@ -309,11 +349,15 @@ def dead_fraction(tc: dict[str, torch.Tensor], x: torch.Tensor, chunk: int = 819
 
 
 @torch.no_grad()
-def measure_quality(model, tokenizer, transcoders: dict[int, dict], unigram_counts: torch.Tensor, n_texts: int) -> dict:
+def measure_quality(
+    model, tokenizer, transcoders: dict[int, dict], unigram_counts: torch.Tensor, n_texts: int
+) -> dict:
     """Per-language next-token CE on unseen FLORES evaluation texts, against an add-one unigram
     of the training tokens on the same predicted tokens; per-layer transcoder FVE and L0 on those texts."""
     texts = load_texts(PAPER_LANGUAGES, "evaluation", n_texts)
-    unigram_logp = torch.log((unigram_counts.double() + 1) / (unigram_counts.sum() + len(unigram_counts))).float()
+    unigram_logp = torch.log(
+        (unigram_counts.double() + 1) / (unigram_counts.sum() + len(unigram_counts))
+    ).float()
     ce: dict[str, dict] = {}
     all_batches: list[Batch] = []
     for lang in tqdm(PAPER_LANGUAGES, desc="quality", unit="language"):
@@ -321,9 +365,13 @@ def measure_quality(model, tokenizer, transcoders: dict[int, dict], unigram_coun
         all_batches += batches
         model_nll, unigram_nll, n = 0.0, 0.0, 0
         for batch in batches:
-            final = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            final = model.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            ).last_hidden_state
             mean, count = next_token_ce(model, final, batch.input_ids, batch.attention_mask)
-            model_nll += (mean * count).nansum().item()  # a text with nothing to predict has mean NaN, count 0
+            model_nll += (
+                (mean * count).nansum().item()
+            )  # a text with nothing to predict has mean NaN, count 0
             predicted = batch.attention_mask[:, 1:].bool()
             unigram_nll -= unigram_logp[batch.input_ids[:, 1:]][predicted].sum().item()
             n += int(count.sum())
@@ -347,7 +395,10 @@ def measure_quality(model, tokenizer, transcoders: dict[int, dict], unigram_coun
 
 
 def log_quality(q: dict) -> None:
-    log.info("next-token cross-entropy (nats) on %d unseen FLORES texts per language:", q["eval_texts_per_language"])
+    log.info(
+        "next-token cross-entropy (nats) on %d unseen FLORES texts per language:",
+        q["eval_texts_per_language"],
+    )
     log.info("  %-10s %8s %8s", "language", "model", "unigram")
     for lang, row in q["cross_entropy"].items():
         log.info("  %-10s %8.3f %8.3f", lang, row["model"], row["unigram"])
