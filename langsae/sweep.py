@@ -31,7 +31,16 @@ from langsae.controls import NO_LANGUAGE, random_draw
 from langsae.data import Texts, load_texts
 from langsae.errors import CorruptArtifact, UserError
 from langsae.features import NU_SCRIPT, LayerFeatures, NuResults
-from langsae.forward import Batch, edit_output, hidden_before_layer, make_batches, next_token_ce, run_from_layer, stacked, tokenize
+from langsae.forward import (
+    Batch,
+    edit_output,
+    hidden_before_layer,
+    make_batches,
+    next_token_ce,
+    run_from_layer,
+    stacked,
+    tokenize,
+)
 from langsae.model import load_model
 from langsae.units import claim_file, claim_units
 
@@ -70,16 +79,28 @@ def feature_sets(top_k: int) -> list[tuple[int, ...]]:
     return singles + ([tuple(range(1, top_k + 1))] if top_k > 1 else [])
 
 
-def language_conditions(lf: LayerFeatures, languages: Sequence[str], mode: str, ranks: Sequence[int]) -> list[Condition]:
+def language_conditions(
+    lf: LayerFeatures, languages: Sequence[str], mode: str, ranks: Sequence[int]
+) -> list[Condition]:
     """At layer lf.layer, ablate each language's features of these 1-based nu ranks (e.g. (1, 2) = top1+2)."""
-    return [Condition(lf.layer, mode, lang, feature_set_name(ranks), lf.top(lang, ranks)) for lang in languages]
+    return [
+        Condition(lf.layer, mode, lang, feature_set_name(ranks), lf.top(lang, ranks)) for lang in languages
+    ]
 
 
 def random_conditions(lf: LayerFeatures, mode: str, k: int, random_draws: int, seed: int) -> list[Condition]:
     """`random_draws` seeded draws of k random live features of layer lf.layer (the control)."""
     if random_draws and len(lf.control_indices) < k:
-        raise UserError(f"layer {lf.layer}'s control pool has {len(lf.control_indices)} features, fewer than {k}; rerun `python {NU_SCRIPT}` with a larger --control-pool")
-    return [Condition(lf.layer, mode, NO_LANGUAGE, RANDOM, random_draw(lf.control_indices, k, seed, lf.layer, d), d) for d in range(random_draws)]
+        raise UserError(
+            f"layer {lf.layer}'s control pool has {len(lf.control_indices)} features, fewer than {k}; "
+            f"rerun `python {NU_SCRIPT}` with a larger --control-pool"
+        )
+    return [
+        Condition(
+            lf.layer, mode, NO_LANGUAGE, RANDOM, random_draw(lf.control_indices, k, seed, lf.layer, d), d
+        )
+        for d in range(random_draws)
+    ]
 
 
 def sweep_conditions(
@@ -144,9 +165,12 @@ def build_eval_set(tokenizer, texts: Texts) -> EvalSet:
     if len(keep) < len(ids):
         log.warning("dropped %d evaluation texts shorter than 2 tokens", len(ids) - len(keep))
     return EvalSet(
-        texts.languages, [ids[i] for i in keep], np.array([lang_ids[i] for i in keep]), texts.source,
+        texts.languages,
+        [ids[i] for i in keep],
+        np.array([lang_ids[i] for i in keep]),
+        texts.source,
         np.array([sentence_ids[i] for i in keep], dtype=str),
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -157,7 +181,9 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def baseline_ce(model, batches: list[Batch], chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def baseline_ce(
+    model, batches: list[Batch], chunk_tokens: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-text mean CE without any ablation: ([N] fp32, n_predicted [N]), N = texts in `batches`."""
     n = sum(len(b.indices) for b in batches)
     ce, count = torch.full((n,), float("nan")), torch.zeros(n, dtype=torch.long)
@@ -240,31 +266,53 @@ class SweepResult:
     cached: int = 0  # distinct conditions it read from the store
 
     def __post_init__(self):
-        self._index = {self._key(c.layer, c.ablated_lang, c.features, c.draw, len(c.feature_ids)): i for i, c in enumerate(self.conditions)}
+        self._index = {
+            self._key(c.layer, c.ablated_lang, c.features, c.draw, len(c.feature_ids)): i
+            for i, c in enumerate(self.conditions)
+        }
 
     @staticmethod
     def _key(layer, ablated_lang, features, draw, n_features):
         # random controls of different sizes share the name "random": their size tells them apart
         return (layer, ablated_lang, features, draw, n_features if features == RANDOM else None)
 
-    def index(self, layer: int, ablated_lang: str, features: str, draw: int | None = None, n_features: int | None = None) -> int:
+    def index(
+        self,
+        layer: int,
+        ablated_lang: str,
+        features: str,
+        draw: int | None = None,
+        n_features: int | None = None,
+    ) -> int:
         """Row of `ablated` (and of `conditions`) holding one condition.
 
         Random controls: ablated_lang=NO_LANGUAGE, features=RANDOM, with `draw` and `n_features`.
         """
         i = self._index.get(self._key(layer, ablated_lang, features, draw, n_features))
         if i is None:
-            raise KeyError(f"no condition layer={layer} ablated_lang={ablated_lang} features={features} draw={draw} k={n_features}")
+            raise KeyError(
+                f"no condition layer={layer} ablated_lang={ablated_lang} features={features} draw={draw} "
+                f"k={n_features}"
+            )
         return i
 
-    def delta(self, layer: int, ablated_lang: str, features: str, draw: int | None = None, n_features: int | None = None) -> np.ndarray:
+    def delta(
+        self,
+        layer: int,
+        ablated_lang: str,
+        features: str,
+        draw: int | None = None,
+        n_features: int | None = None,
+    ) -> np.ndarray:
         """Per-text ΔCE [N] (ablated − baseline) of one condition on every evaluation text."""
         return self.ablated[self.index(layer, ablated_lang, features, draw, n_features)] - self.baseline
 
     def random_draws(self, layer: int, n_features: int) -> list[int]:
         """The draws of random k-feature controls measured at `layer`."""
         return sorted(
-            c.draw for c in self.conditions if c.layer == layer and c.features == RANDOM and len(c.feature_ids) == n_features
+            c.draw
+            for c in self.conditions
+            if c.layer == layer and c.features == RANDOM and len(c.feature_ids) == n_features
         )
 
     def feature_ids(self, layer: int, ablated_lang: str, features: str) -> tuple[int, ...]:
@@ -390,7 +438,9 @@ def run_sweep(
     n_computed = len({k for _, k in mine} & set(by_key))
     log.info("%d conditions computed, %d from cache", n_computed, len(by_key) - n_computed)
     n_tokens, n_cached = base["n_tokens"].numpy(), len(by_key) - n_computed
-    return SweepResult(evalset, list(conditions), baseline, n_tokens, ablated, computed=n_computed, cached=n_cached)
+    return SweepResult(
+        evalset, list(conditions), baseline, n_tokens, ablated, computed=n_computed, cached=n_cached
+    )
 
 
 def _compute_groups(
@@ -429,41 +479,74 @@ def _compute_groups(
 DEFAULT_N_TEXTS = 500  # the paper's; a preset may set its own ("n_eval_texts")
 
 
-def add_sweep_args(parser: argparse.ArgumentParser, top_k: bool = True, random_draws: bool = True) -> argparse._ArgumentGroup:
+def add_sweep_args(
+    parser: argparse.ArgumentParser, top_k: bool = True, random_draws: bool = True
+) -> argparse._ArgumentGroup:
     """The flags that fix a ΔCE sweep's numbers, defined once for every stage that reads the
     condition store (same defaults everywhere, so the same flags read the same cache).
     top_k / random_draws: whether this stage has those two flags."""
-    g = parser.add_argument_group("ΔCE sweep (as in reproduce_figures_section5.py: equal values share its cache)")
+    g = parser.add_argument_group(
+        "ΔCE sweep (as in reproduce_figures_section5.py: equal values share its cache)"
+    )
     g.add_argument(
-        "--n-texts", type=int, default=None,
-        help=f"evaluation texts per language (the first N of the evaluation set); default {DEFAULT_N_TEXTS} (paper), toy preset {PRESETS['toy'].defaults['n_eval_texts']}",
-    )  # fmt: skip
+        "--n-texts",
+        type=int,
+        default=None,
+        help=f"evaluation texts per language (the first N of the evaluation set); default {DEFAULT_N_TEXTS} "
+        f"(paper), toy preset {PRESETS['toy'].defaults['n_eval_texts']}",
+    )
     g.add_argument(
-        "--mode", choices=MODES, default="directional",
-        help="directional: project the block's residual output off the features' unit decoder directions (paper); "
-        "feature: subtract each feature's own contribution a_f(x)·W_dec[f] at the SAE's write point (transcoder-native)",
-    )  # fmt: skip
+        "--mode",
+        choices=MODES,
+        default="directional",
+        help="directional: project the block's residual output off the features' unit decoder directions "
+        "(paper); feature: subtract each feature's own contribution a_f(x)·W_dec[f] at the SAE's write "
+        "point (transcoder-native)",
+    )
     if top_k:
-        g.add_argument("--top-k", type=int, default=2, help="ablate each language's top-1..k features alone and all together (2: top1, top2, top1+2)")
+        g.add_argument(
+            "--top-k",
+            type=int,
+            default=2,
+            help="ablate each language's top-1..k features alone and all together (2: top1, top2, top1+2)",
+        )
     if random_draws:
         g.add_argument(
-            "--random-draws", type=int, default=5,
-            help="seeded draws of k random live features per layer, k = each ablation's number of features (control); the control's CI "
-            "resamples draws as well as texts, so it needs at least 2 (1 gives a texts-only band); 0 = none",
-        )  # fmt: skip
-    g.add_argument("--rows-per-forward", type=int, default=64, help="texts x conditions stacked into one forward from the ablated layer (memory vs speed)")
+            "--random-draws",
+            type=int,
+            default=5,
+            help="seeded draws of k random live features per layer, k = each ablation's number of features "
+            "(control); the control's CI resamples draws as well as texts, so it needs at least 2 (1 gives a "
+            "texts-only band); 0 = none",
+        )
+    g.add_argument(
+        "--rows-per-forward",
+        type=int,
+        default=64,
+        help="texts x conditions stacked into one forward from the ablated layer (memory vs speed)",
+    )
     return g
 
 
 def check_sweep_args(args: argparse.Namespace, cfg: RunConfig) -> int:
-    """Validate the flags of `add_sweep_args` (one-line errors); returns N, the evaluation texts per language."""
-    n_texts = args.n_texts if args.n_texts is not None else cfg.preset.defaults.get("n_eval_texts", DEFAULT_N_TEXTS)
+    """Validate the flags of `add_sweep_args` (one-line errors); returns N, the evaluation texts per
+    language."""
+    n_texts = (
+        args.n_texts if args.n_texts is not None else cfg.preset.defaults.get("n_eval_texts", DEFAULT_N_TEXTS)
+    )
     draws = getattr(args, "random_draws", 0)
-    for flag, value, low in (("--n-texts", n_texts, 1), ("--random-draws", draws, 0), ("--rows-per-forward", args.rows_per_forward, 1)):
+    for flag, value, low in (
+        ("--n-texts", n_texts, 1),
+        ("--random-draws", draws, 0),
+        ("--rows-per-forward", args.rows_per_forward, 1),
+    ):
         if value < low:
             raise UserError(f"{flag} must be at least {low}")
     if draws == 1:
-        log.warning("one random draw: the random control's interval cannot include the spread between draws (use --random-draws 2 or more)")
+        log.warning(
+            "one random draw: the random control's interval cannot include the spread between draws "
+            "(use --random-draws 2 or more)"
+        )
     return n_texts
 
 
@@ -481,8 +564,20 @@ class SweepSetup:
     def settings(self) -> dict:
         return self.store.settings
 
-    def run(self, nu: NuResults, conditions: Sequence[Condition], cfg: RunConfig, max_rows: int) -> SweepResult:
-        return run_sweep(self.model, self.evalset, nu, conditions, self.store, cfg.batch_size, self.tokenizer.pad_token_id, max_rows, cfg.force)
+    def run(
+        self, nu: NuResults, conditions: Sequence[Condition], cfg: RunConfig, max_rows: int
+    ) -> SweepResult:
+        return run_sweep(
+            self.model,
+            self.evalset,
+            nu,
+            conditions,
+            self.store,
+            cfg.batch_size,
+            self.tokenizer.pad_token_id,
+            max_rows,
+            cfg.force,
+        )
 
 
 def open_sweep(cfg: RunConfig, nu: NuResults, n_texts: int) -> SweepSetup:
@@ -493,7 +588,12 @@ def open_sweep(cfg: RunConfig, nu: NuResults, n_texts: int) -> SweepSetup:
     evalset = build_eval_set(tokenizer, texts)
     d = cfg.describe()
     settings = {
-        "model": d["model"], "sae_release": d["sae_release"], "sae_id_template": d["sae_id_template"],
-        "dtype": d["dtype"], "split": cfg.split, "nu_config_hash": nu.meta["config_hash"], "eval_texts": evalset.digest(),
-    }  # fmt: skip
+        "model": d["model"],
+        "sae_release": d["sae_release"],
+        "sae_id_template": d["sae_id_template"],
+        "dtype": d["dtype"],
+        "split": cfg.split,
+        "nu_config_hash": nu.meta["config_hash"],
+        "eval_texts": evalset.digest(),
+    }
     return SweepSetup(model, tokenizer, evalset, ConditionStore(cfg.features_dir / "ablation", settings))
