@@ -22,6 +22,15 @@ from langsae.plots import MaxNLocator, annotate_cells, plt, save_figure
 
 N_RANDOM = 1000  # random live features per layer whose ν is the control of Figure 1
 
+# What the plots stage writes, in output/<run>/SUBDIR/: figure stems (each a .png and a .pdf) and a table
+SUBDIR = "features"
+FIGURE1 = "figure1_layer{layer}"  # at the stage's --layer, as SPECIFICITY
+DISTRIBUTIONS = "nu_distributions"
+TOP1 = "top1_nu_by_layer"
+OVERLAP = "topk_overlap"
+SPECIFICITY = "specificity_layer{layer}"
+TOP_FEATURES = "top_features.md"
+
 
 @dataclass
 class LayerSummary:
@@ -241,7 +250,8 @@ def top_features_markdown(
     lines = [
         "# Top features by ν",
         "",
-        "ν = μ in the language − mean μ in the others; μ = mean activation over the language's selection tokens.",
+        "ν = μ in the language − mean μ in the others; "
+        "μ = mean activation over the language's selection tokens.",
         "",
     ]
     for L in layers:
@@ -265,7 +275,8 @@ def top_features_markdown(
                     else "-"
                 )
                 lines.append(
-                    f"| {lang} | {row['rank']} | {row['feature']} | {row['nu']:.4g} | {row['mu'][lang]:.4g} | {other_mu:.4g} ({other}) | {link} |"
+                    f"| {lang} | {row['rank']} | {row['feature']} | {row['nu']:.4g} | {row['mu'][lang]:.4g} "
+                    f"| {other_mu:.4g} ({other}) | {link} |"
                 )
         lines.append("")
     return "\n".join(lines)
@@ -290,12 +301,10 @@ def write_all(
     summaries = [summarise_layer(features_dir, L, top_k, seed, remake=remake) for L in layer_iter]
     at = summaries[list(layers).index(layer)]
     out = Path(out_dir)
-    files = figure1(at, languages, out / f"figure1_layer{layer}")
-    files += nu_distributions(summaries, languages, out / "nu_distributions")
-    files += top1_by_layer(summaries, languages, out / "top1_nu_by_layer")
-    files += overlap(summaries, languages, out / "topk_overlap")
-    files += specificity(at, languages, out / f"specificity_layer{layer}")
-    save_text(
-        top_features_markdown(features_dir, layers, languages, n_table, remake), out / "top_features.md"
-    )
-    return files + [out / "top_features.md"]
+    files = figure1(at, languages, out / FIGURE1.format(layer=layer))
+    files += nu_distributions(summaries, languages, out / DISTRIBUTIONS)
+    files += top1_by_layer(summaries, languages, out / TOP1)
+    files += overlap(summaries, languages, out / OVERLAP)
+    files += specificity(at, languages, out / SPECIFICITY.format(layer=layer))
+    save_text(top_features_markdown(features_dir, layers, languages, n_table, remake), out / TOP_FEATURES)
+    return files + [out / TOP_FEATURES]

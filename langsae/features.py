@@ -19,6 +19,7 @@ from langsae.artifacts import read_json, read_torch
 from langsae.config import FEATURES_ROOT, RunConfig, figures_dir_for, run_name_for
 from langsae.errors import UserError
 from langsae.model import HookPoint, hook_point
+from langsae.nu import META_FILE, layer_files
 
 NU_SCRIPT = "compute_nu_scores.py"
 
@@ -30,7 +31,8 @@ def feature_activations(
     threshold: torch.Tensor | None,
     input_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """a_f(x) = ReLU((x - input_bias) W_enc[f] + b_enc[f]), zeroed below the JumpReLU threshold if any: [..., k] fp32.
+    """a_f(x) = ReLU((x - input_bias) W_enc[f] + b_enc[f]), zeroed below the JumpReLU threshold if
+    any: [..., k] fp32.
 
     x: [..., d_in]; W_enc: [k, d_in] (encoder columns as rows); b_enc, threshold: [k];
     input_bias: [d_in] for SAEs that subtract b_dec from their input (None for transcoders).
@@ -95,20 +97,23 @@ class LayerFeatures:
         bad = [f for f in features if not 0 <= f < self.d_sae]
         if bad:
             raise UserError(
-                f"feature index {bad[0]} is out of range at layer {self.layer}: the SAE has d_sae = {self.d_sae}"
+                f"feature index {bad[0]} is out of range at layer {self.layer}: "
+                f"the SAE has d_sae = {self.d_sae}"
             )
         pos = torch.searchsorted(self.feature_indices, torch.tensor(list(features), dtype=torch.long))
         pos = pos.clamp(max=len(self.feature_indices) - 1)
         missing = [f for f, p in zip(features, pos.tolist()) if int(self.feature_indices[p]) != f]
         if missing:
             raise UserError(
-                f"feature {missing[0]} of layer {self.layer} has no saved weights (only each language's top-k and the "
-                f"control pool are saved); rerun `python {NU_SCRIPT}` with a larger --top-k or --control-pool"
+                f"feature {missing[0]} of layer {self.layer} has no saved weights (only each language's "
+                f"top-k and the control pool are saved); rerun `python {NU_SCRIPT}` with a larger --top-k "
+                "or --control-pool"
             )
         return pos
 
     def encoder(self, features: Sequence[int], device: str | torch.device = "cpu") -> FeatureEncoder:
-        """The encoders of `features` (SAE feature ids, each saved: a top-k or control feature), on `device`."""
+        """The encoders of `features` (SAE feature ids, each saved: a top-k or control feature), on
+        `device`."""
         rows = self.rows(features)
         return FeatureEncoder(
             tuple(int(f) for f in features),
@@ -202,7 +207,7 @@ def identity_mismatch(made: dict, cfg: RunConfig) -> str | None:
 def _current_marker(features_dir: Path, layer: int, nu_hash: str, remake: str) -> dict | None:
     """The layer's done marker when it was made with the nu run's config, else None; a marker that
     cannot be parsed is a CorruptArtifact naming it and `remake`."""
-    done = Path(features_dir) / f"layer_{layer}_done.json"
+    done = layer_files(features_dir, layer)["done"]
     if not done.exists():
         return None
     marker = read_json(done, remake)
@@ -216,7 +221,7 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
     nu run's languages, and the nu run must have used this model and SAE release.
     """
     fdir = Path(cfg.features_dir)
-    meta_path = fdir / "meta.json"
+    meta_path = fdir / META_FILE
     if not meta_path.exists():
         raise UserError(f"no nu-score results in {fdir}; run `{nu_command(cfg, layers, top_k)}` first")
     meta = read_json(meta_path, nu_command(cfg, layers, top_k))
@@ -246,12 +251,12 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
     top_k_saved = int(meta["top_k_saved"])
     if top_k < 1 or top_k > top_k_saved:
         raise UserError(
-            f"--top-k {top_k} is out of range: the nu stage saved the top {top_k_saved} features per language; "
-            f"use 1..{top_k_saved} or run `{nu_command(cfg, layers, top_k, made)}`"
+            f"--top-k {top_k} is out of range: the nu stage saved the top {top_k_saved} features per "
+            f"language; use 1..{top_k_saved} or run `{nu_command(cfg, layers, top_k, made)}`"
         )
     loaded = {}
     for L in layers:
-        path = fdir / f"layer_{L}_directions.pt"
+        path = layer_files(fdir, L)["directions"]
         remake = nu_command(cfg, layers, top_k_saved, made)
         marker = _current_marker(fdir, L, meta["config_hash"], remake)
         if not path.exists() or marker is None:
@@ -274,6 +279,6 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
         )
         if lf.languages != nu_langs or lf.top_indices.shape[1] < top_k:
             remake = nu_command(cfg, layers, top_k_saved, made)
-            raise UserError(f"{path} does not match meta.json (languages or top-k); run `{remake}`")
+            raise UserError(f"{path} does not match {META_FILE} (languages or top-k); run `{remake}`")
         loaded[L] = lf
     return NuResults(meta, nu_langs, loaded, top_k_saved)

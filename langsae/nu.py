@@ -43,7 +43,10 @@ def position_0_rule(tokenizer) -> str:
     bos = tokenizer.bos_token_id
     if bos is not None and tokenize(tokenizer, ["a"])[0][:1] == [bos]:
         return "excluded (position 0 is the BOS token the tokenizer adds to every text)"
-    return "excluded (the tokenizer adds no BOS: position 0 is each text's first real token, which acts as the attention sink)"
+    return (
+        "excluded (the tokenizer adds no BOS: position 0 is each text's first real token, "
+        "which acts as the attention sink)"
+    )
 
 
 # ----------------------------------------------------------------------------- SAE inputs
@@ -75,7 +78,8 @@ def collect_sae_inputs(
     batch_size: int,
     pad_id: int,
 ) -> SaeInputs:
-    """One forward pass over the texts, keeping the statistic tokens' activations at each layer's SAE read point."""
+    """One forward pass over the texts, keeping the statistic tokens' activations at each layer's SAE
+    read point."""
     batches = make_batches(token_ids, batch_size, pad_id)
     acts, token_text = collect_tokens(
         model,
@@ -247,9 +251,15 @@ def score_layer(
 # ----------------------------------------------------------------------------- artifacts
 
 
-def layer_files(out_dir: Path, layer: int) -> dict[str, Path]:
-    names = ["indices.pt", "values.pt", "mean_acts.pt", "directions.pt", "top20.json", "done.json"]
-    return {n.split(".")[0]: Path(out_dir) / f"layer_{layer}_{n}" for n in names}
+META_FILE = "meta.json"  # what made the run's nu-scores (write_meta); later stages check it first
+LAYER_FILE = "layer_{layer}_{name}"  # each layer's files, one per name in LAYER_NAMES
+LAYER_NAMES = ("indices.pt", "values.pt", "mean_acts.pt", "directions.pt", "top20.json", "done.json")
+
+
+def layer_files(out_dir: Path, layer: int | str) -> dict[str, Path]:
+    """A layer's files by key ("indices", ..., "done": its completion marker); layer "*" gives glob
+    patterns."""
+    return {n.split(".")[0]: Path(out_dir) / LAYER_FILE.format(layer=layer, name=n) for n in LAYER_NAMES}
 
 
 OTHER_CONFIG = "made with another configuration"
@@ -331,17 +341,20 @@ def top_table(
 
 def finished_layers(out_dir: Path, config_hash: str) -> list[int]:
     """Layers whose files are complete and were made with this config."""
-    layers = [int(p.name.split("_")[1]) for p in Path(out_dir).glob("layer_*_done.json")]
+    markers = Path(out_dir).glob(layer_files(out_dir, "*")["done"].name)
+    layers = [int(p.name.split("_")[1]) for p in markers]
     return sorted(L for L in layers if layer_done(out_dir, L, config_hash))
 
 
-def write_meta(out_dir: Path, settings: dict, config_hash: str, texts: Texts) -> dict:
-    """meta.json: what made this run's nu-scores; lists only the layers made with this config."""
+def write_meta(out_dir: Path, stage: str, settings: dict, config_hash: str, texts: Texts) -> dict:
+    """META_FILE: what made this run's nu-scores; lists only the layers made with this config. Not
+    stages.write_meta: its "config" is the run's describe(), while readers of this one
+    (features.nu_command, identity_mismatch, the report's header) need the nu settings there."""
     layers = finished_layers(out_dir, config_hash)
     done = {L: read_json(layer_files(out_dir, L)["done"], "compute_nu_scores.py") for L in layers}
     any_done = next(iter(done.values()), {})
     meta = {
-        "stage": "compute_nu_scores",
+        "stage": stage,
         "config": settings,
         "config_hash": config_hash,
         "languages": list(texts.languages),
@@ -363,5 +376,5 @@ def write_meta(out_dir: Path, settings: dict, config_hash: str, texts: Texts) ->
         "data": data_record(sets=(texts,)),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    save_json(meta, Path(out_dir) / "meta.json")
+    save_json(meta, Path(out_dir) / META_FILE)
     return meta

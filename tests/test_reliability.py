@@ -178,7 +178,7 @@ def test_records_and_verification(tmp_path):
 
 def test_truncated_layer_is_recomputed_alone_and_identically(small_toy_nu, tmp_path, capsys, caplog):
     run = copy_run(small_toy_nu, tmp_path / "run")
-    layers = artifacts.load_json(run / "meta.json")["layers"]
+    layers = artifacts.load_json(run / nu.META_FILE)["layers"]
     values = nu.layer_files(run, 0)["values"]
     original = truncate(values)
     others = {L: nu.layer_files(run, L)["values"].stat().st_ino for L in layers if L != 0}
@@ -189,7 +189,7 @@ def test_truncated_layer_is_recomputed_alone_and_identically(small_toy_nu, tmp_p
     assert {L: nu.layer_files(run, L)["values"].stat().st_ino for L in others} == others  # not rewritten
 
 
-DAMAGED = ["layer_0_values.pt", "layer_0_directions.pt", "layer_0_top20.json", "meta.json"]
+DAMAGED = ["layer_0_values.pt", "layer_0_directions.pt", "layer_0_top20.json", nu.META_FILE]
 
 
 @pytest.mark.parametrize("name", DAMAGED)
@@ -201,12 +201,12 @@ def test_plot_stage_names_a_damaged_file_and_its_remake(small_toy_nu, tmp_path, 
     assert str(run / name) in line and f"python compute_nu_scores.py --model toy --out-dir {run}" in line
     assert run_main(compute_nu_scores.main, [*TOY, "--out-dir", str(run)]) == 0  # that command repairs it
     assert run_main(plot_sae_features.main, [*TOY, "--out-dir", str(run)]) == 0
-    assert (run / name).read_bytes() == (small_toy_nu / name).read_bytes() or name == "meta.json"
+    assert (run / name).read_bytes() == (small_toy_nu / name).read_bytes() or name == nu.META_FILE
 
 
 def test_report_names_a_damaged_file(small_toy_nu, tmp_path):
     run = copy_run(small_toy_nu, tmp_path / "run")
-    truncate(run / "meta.json")
+    truncate(run / nu.META_FILE)
     text = report.build_report(run, tmp_path / "figures", "run")
     section = text.split("## Stage 1: ν-scores", 1)[1].split("\n## ", 1)[0]
     assert f"{run / 'meta.json'} is corrupted" in section and "`python compute_nu_scores.py`" in section

@@ -12,6 +12,7 @@ from langsae.stages import nu as compute_nu_scores
 from langsae.stages import section5 as reproduce_figures_section5
 from langsae import config, features, model, toy
 from langsae.errors import UserError
+from langsae.nu import META_FILE as NU_META
 
 TOY = ["--model", "toy"]
 NU = ["--n-texts-per-lang", "4"]
@@ -75,7 +76,7 @@ def test_no_path_enters_the_key_and_the_label_stays_in_the_metadata(run_a, small
     cfg = toy_cfg(run_a)
     key = json.dumps(cfg.key())
     assert str(small_toy) not in key and str(run_a) not in key and "toy-sha256:" in key
-    meta = json.loads((run_a / "meta.json").read_text())
+    meta = json.loads((run_a / NU_META).read_text())
     assert meta["model_id"] == str(small_toy / "model") == meta["config"]["model_id"]  # for people
     assert meta["config"]["model"] == cfg.describe()["model"]
 

@@ -16,6 +16,7 @@ from langsae.artifacts import save_csv, save_json
 from langsae.data import PAPER_LANGUAGES
 from langsae.steer_eval import SUCCESS_FIGURE as STEER_SUCCESS
 from langsae.steer_eval import SUMMARY_FILE as STEER_SUMMARY
+from langsae.nu import META_FILE as NU_META
 from langsae.verdicts import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED, Interval, combine, frequency_verdict, interval_verdict
 
 NAN = Interval(math.nan, math.nan, math.nan)
@@ -317,7 +318,7 @@ def full_run(tmp_path):
             "shared_top5": {str(L): {lang: int(rng.integers(0, 4)) for lang in TEN} for L in layers},
             "config": {},
         },
-        fdir / "meta.json",
+        fdir / NU_META,
     )
     co = rng.uniform(0, 1, (10, 10)).round(2)
     co = ((co + co.T) / 2).round(2)

@@ -90,7 +90,7 @@ def test_directions_hold_the_transcoders_rows(nu_run, tiny_transcoders):
 
 
 def test_meta_and_top20(nu_run):
-    meta = json.loads((nu_run / "meta.json").read_text())
+    meta = json.loads((nu_run / nu.META_FILE).read_text())
     assert meta["languages"] == list(PAPER_LANGUAGES) and meta["layers"] == [0, 1, 2]
     assert meta["sae_release"] == "mwhanna-qwen3-0.6b-transcoders-lowl0" and meta["sae_ids"]["2"] == "layer_2"
     assert "excluded" in meta["position_0"] and meta["n_texts"]["eng_Latn"] == N_TEXTS
@@ -113,7 +113,7 @@ def test_each_transcoder_loaded_once_and_finished_layers_skipped(tiny_args, tmp_
     assert calls == [0, 1, 2, 1]
     assert run_nu(tiny_args, tmp_path, "--layers", "1", "--languages", "eng_Latn,fra_Latn") == 0
     assert calls == [0, 1, 2, 1, 1], "another config must recompute"
-    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta = json.loads((tmp_path / nu.META_FILE).read_text())
     assert meta["layers"] == [1] and meta["languages"] == ["eng_Latn", "fra_Latn"]
     assert not prefetch_threads(), "the prefetch thread must end with the stage"
 
@@ -303,7 +303,7 @@ def test_mlp_output_sae_on_gemma2_reads_post_feedforward_layernorm(tiny_gemma2_d
     got = load_layer(tmp_path, 1)["mean_acts"].double()
     torch.testing.assert_close(got, brute_force_mu(tiny_gemma2_dir, post_norm_hook, encode), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got, brute_force_mu(tiny_gemma2_dir, raw_mlp_hook, encode), atol=1e-3)
-    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta = json.loads((tmp_path / nu.META_FILE).read_text())
     assert "BOS token" in meta["position_0"] and meta["config"]["position_0"] == meta["position_0"]
 
 
@@ -314,7 +314,7 @@ def test_position_0_rule_follows_the_tokenizer(tiny_model_dir, tiny_gemma2_dir, 
     with_bos = nu.position_0_rule(AutoTokenizer.from_pretrained(tiny_gemma2_dir))
     assert "adds no BOS" in no_bos and "attention sink" in no_bos
     assert "BOS token" in with_bos and "attention sink" not in with_bos
-    assert json.loads((nu_run / "meta.json").read_text())["position_0"] == no_bos
+    assert json.loads((nu_run / nu.META_FILE).read_text())["position_0"] == no_bos
 
 
 def test_prefetcher_reads_one_ahead_in_the_background_and_stops_at_a_failure():

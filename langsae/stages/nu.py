@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import time
 
+from langsae import feature_figures as ff
 from langsae import nu
 from langsae import section5 as s5lib
 from langsae.artifacts import config_hash, preflight
 from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
-from langsae.features import NU_DEFAULTS
+from langsae.features import NU_DEFAULTS, NU_SCRIPT
 from langsae.forward import tokenize
 from langsae.model import (
     check_layers,
@@ -53,6 +54,8 @@ from langsae.verdicts import (
     not_run,
     short,
 )
+
+NAME = "nu"  # the stage's one name: its Stage and its meta's "stage"
 
 
 def parse_args(argv):
@@ -171,9 +174,8 @@ def main(argv=None):
     check_sae_ids(cfg.preset, layers)
     texts = load_texts(cfg.languages, "selection", cfg.n_texts_per_lang, cfg.split)
     flat_texts, lang_ids = texts.flat()
-    tokenizer = load_tokenizer(
-        cfg.preset
-    )  # before the weights: the position-0 rule depends on it and enters the hash
+    # before the weights: the position-0 rule depends on it and enters the hash
+    tokenizer = load_tokenizer(cfg.preset)
     settings = {
         **cfg.key(),
         "texts_sha": config_hash({"t": flat_texts}),
@@ -186,20 +188,18 @@ def main(argv=None):
     }
     chash = config_hash(settings)
     pending = [L for L in layers if cfg.force or not nu.layer_done(cfg.features_dir, L, chash)]
-    print(
-        f"run {cfg.run_name}: {len(layers) - len(pending)} of {len(layers)} layers already done -> {cfg.features_dir}"
-    )
+    done = len(layers) - len(pending)
+    print(f"run {cfg.run_name}: {done} of {len(layers)} layers already done -> {cfg.features_dir}")
 
     computed = score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) if pending else []
 
-    # the key holds the model's content identity; its name or path goes into meta.json for people only
-    meta = nu.write_meta(cfg.features_dir, {**settings, "model_id": cfg.preset.model_id}, chash, texts)
-    print(f"meta.json: {len(meta['layers'])} layers; top-1 in no other language's top-5, per layer:")
+    # the key holds the model's content identity; its name or path goes into the meta for people only
+    made = {**settings, "model_id": cfg.preset.model_id}
+    meta = nu.write_meta(cfg.features_dir, NAME, made, chash, texts)
+    print(f"{nu.META_FILE}: {len(meta['layers'])} layers; top-1 in no other language's top-5, per layer:")
     for L in meta["layers"]:
-        excl = meta["exclusive_top1"][str(L)]
-        print(
-            f"  layer {L:>2}: {sum(excl.values())}/{len(excl)}  shared top-5 {list(meta['shared_top5'][str(L)].values())}"
-        )
+        excl, shared = meta["exclusive_top1"][str(L)], list(meta["shared_top5"][str(L)].values())
+        print(f"  layer {L:>2}: {sum(excl.values())}/{len(excl)}  shared top-5 {shared}")
     return finished(cfg, len(computed), len(layers) - len(computed), "layer")
 
 
@@ -208,13 +208,13 @@ def main(argv=None):
 
 def exclusive_top1(a: Artifacts) -> Evidence | None:
     """At the layer where most held-out peaks lie (else 10), each language's top-1 is in no other top-5."""
-    meta = a.json("meta.json")
+    meta = a.json(nu.META_FILE)
     if meta is None or "exclusive_top1" not in meta:
         return None
     peak = s5lib.modal_peak(a)
     layer = 10 if peak is None else peak
     excl = meta["exclusive_top1"].get(str(layer))
-    figure = a.figure("features/topk_overlap.png")
+    figure = a.figure(f"{ff.SUBDIR}/{ff.OVERLAP}.png")
     if excl is None:
         computed = layer_span(meta["layers"])
         return Evidence(f"layer {layer} has no ν results (layers {computed})", "-", figure, INCONCLUSIVE)
@@ -230,47 +230,48 @@ def exclusive_top1(a: Artifacts) -> Evidence | None:
 
 
 def nu_section(a: Artifacts) -> list[str]:
-    meta = a.json("meta.json")
+    meta = a.json(nu.META_FILE)
     if meta is None:
-        return not_run("Stage 1: ν-scores", a, None, "python compute_nu_scores.py")
+        return not_run("Stage 1: ν-scores", a, None, f"python {NU_SCRIPT}")
+    position_0 = meta.get("position_0", "")
     lines = [
         "## Stage 1: ν-scores",
         "",
-        f"{len(meta['layers'])} layers, d_sae {meta.get('d_sae')}, position 0 {meta.get('position_0', '')}.",
+        f"{len(meta['layers'])} layers, d_sae {meta.get('d_sae')}, position 0 {position_0}.",
         "",
-    ]
-    lines += [
-        "| layer | languages with an exclusive top-1 | top-5 features shared with another language, per language |",
+        "| layer | languages with an exclusive top-1 "
+        "| top-5 features shared with another language, per language |",
         "|---|---|---|",
     ]
     for L in meta["layers"] if "exclusive_top1" in meta and "shared_top5" in meta else []:
         excl, shared = meta["exclusive_top1"][str(L)], meta["shared_top5"][str(L)]
-        lines.append(
-            f"| {L} | {sum(excl.values())}/{len(excl)} | {', '.join(f'{short(k)} {v}' for k, v in shared.items())} |"
-        )
+        by_lang = ", ".join(f"{short(k)} {v}" for k, v in shared.items())
+        lines.append(f"| {L} | {sum(excl.values())}/{len(excl)} | {by_lang} |")
     lines.append("")
-    figs = (
-        sorted(p.name for p in (a.output_dir / "features").glob("*.png"))
-        if (a.output_dir / "features").exists()
-        else []
-    )
-    for name in (
-        [n for n in figs if n.startswith("figure1")]
-        + ["topk_overlap.png", "top1_nu_by_layer.png", "nu_distributions.png"]
-        + [n for n in figs if n.startswith("specificity")]
-    ):
-        lines += img(a, f"features/{name}", name.removesuffix(".png"))
-    if a.figure("features/top_features.md"):
-        lines += [
-            "Top features per layer and language, with Neuronpedia links: [features/top_features.md](features/top_features.md)",
-            "",
-        ]
+    for name in feature_figures(a):
+        lines += img(a, f"{ff.SUBDIR}/{name}", name.removesuffix(".png"))
+    table = f"{ff.SUBDIR}/{ff.TOP_FEATURES}"
+    if a.figure(table):
+        lines += [f"Top features per layer and language, with Neuronpedia links: [{table}]({table})", ""]
     return lines
+
+
+def feature_figures(a: Artifacts) -> list[str]:
+    """The plots stage's figures (png names) in report order: Figure 1 at whichever layer it was
+    drawn, the layer-wise ones, then the specificity heatmaps."""
+    folder = a.output_dir / ff.SUBDIR
+    pngs = sorted(p.name for p in folder.glob("*.png")) if folder.exists() else []
+
+    def at_some_layer(stem: str) -> list[str]:
+        return [n for n in pngs if n.startswith(stem.format(layer=""))]
+
+    every_layer = [f"{stem}.png" for stem in (ff.OVERLAP, ff.TOP1, ff.DISTRIBUTIONS)]
+    return at_some_layer(ff.FIGURE1) + every_layer + at_some_layer(ff.SPECIFICITY)
 
 
 def header_rows(a: Artifacts) -> list[tuple[str, str]]:
     """The ν stage's rows in the report's table of what made the run."""
-    meta = a.json("meta.json") or {}
+    meta = a.json(nu.META_FILE) or {}
     cfg = meta.get("config", {})
     settings = ", ".join(
         f"{k} {cfg[k]}" for k in ("weighting", "top_k", "control_pool", "dtype", "seed") if k in cfg
@@ -293,12 +294,12 @@ CLAIMS = (
 )
 
 STAGE = Stage(
-    "nu",
-    "compute_nu_scores.py",
+    NAME,
+    NU_SCRIPT,
     "ν-score, Fig. 1",
     main,
     claims=CLAIMS,
     report=nu_section,
-    meta="meta.json",
+    meta=nu.META_FILE,
     header=header_rows,
 )

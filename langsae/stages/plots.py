@@ -1,7 +1,8 @@
 """Stage 6 figures of the ν stage's features, from its artifacts alone (no model load).
 
 Writes to output/<run>/features/:
-  figure1_layer<L>.{png,pdf}       paper Figure 1: ν of each language's top-k features vs random live features, at --layer
+  figure1_layer<L>.{png,pdf}       paper Figure 1: ν of each language's top-k features vs random live
+                                   features, at --layer
   nu_distributions.{png,pdf}       ν over all features, per language and layer (log counts)
   top1_nu_by_layer.{png,pdf}       the top-1 ν of each language across layers
   topk_overlap.{png,pdf}           Jaccard of the languages' top-k sets per layer, and how many languages
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from langsae import feature_figures, features
+from langsae import nu as nu_lib
 from langsae.artifacts import preflight
 from langsae.config import build_parser, resolve
 from langsae.errors import UserError
@@ -34,7 +36,8 @@ def parse_args(argv):
         "--layer",
         type=int,
         default=None,
-        help=f"layer of Figure 1 and the specificity heatmap; default {PAPER_LAYER} when computed, else the middle computed layer",
+        help=f"layer of Figure 1 and the specificity heatmap; default {PAPER_LAYER} when computed, "
+        "else the middle computed layer",
     )
     g.add_argument(
         "--top-k",
@@ -54,7 +57,7 @@ def parse_args(argv):
 def model_layers(cfg) -> int | None:
     """The model's layer count, from its config if that is already on this machine (this stage never
     builds the toy or downloads a model), else None."""
-    if not (cfg.features_dir / "meta.json").exists():
+    if not (cfg.features_dir / nu_lib.META_FILE).exists():
         return None  # no ν results: that is the message
     try:
         return model_config(dataclasses.replace(cfg.preset, prepare=None)).num_hidden_layers
@@ -78,9 +81,8 @@ def main(argv=None):
     if args.top_k < 1 or not 1 <= args.n_table <= 20:
         raise UserError("--top-k must be at least 1 and --n-table between 1 and 20")
     check_model_layers(cfg, args.layer)
-    nu = features.load_nu_results(
-        cfg, cfg.layers, 1
-    )  # refuses missing or stale ν results with the command that makes them
+    # refuses missing or stale ν results with the command that makes them
+    nu = features.load_nu_results(cfg, cfg.layers, 1)
     layers = sorted(nu.layers)
     layer = (
         args.layer
@@ -88,16 +90,13 @@ def main(argv=None):
         else (PAPER_LAYER if PAPER_LAYER in layers else layers[len(layers) // 2])
     )
     if layer not in layers:
-        raise UserError(
-            f"--layer {layer} has no ν results (computed: {layers}); run `{features.nu_command(cfg, [*layers, layer])}`"
-        )
+        remake = features.nu_command(cfg, [*layers, layer])
+        raise UserError(f"--layer {layer} has no ν results (computed: {layers}); run `{remake}`")
     d_sae = int(nu.meta["d_sae"])
     if args.top_k > d_sae:
         raise UserError(f"--top-k {args.top_k} is larger than the SAE ({d_sae} features)")
-    out = cfg.output_dir / "features"
-    remake = features.nu_command(
-        cfg, layers, nu.top_k_saved, nu.meta.get("config")
-    )  # named if a ν file is damaged
+    out = cfg.output_dir / feature_figures.SUBDIR
+    remake = features.nu_command(cfg, layers, nu.top_k_saved, nu.meta.get("config"))  # if a ν file is damaged
     files = feature_figures.write_all(
         cfg.features_dir, out, layers, list(nu.languages), layer, args.top_k, args.n_table, cfg.seed, remake
     )
