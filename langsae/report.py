@@ -53,27 +53,41 @@ def claims(stages: list[Stage] | None = None) -> list[tuple[str, Claim]]:
 
 def claims_table(a: Artifacts, stages: list[Stage]) -> str:
     """Every stage's claims, in the order of their numbers."""
-    lines = ["| # | claim | source | evidence from this run | control | figure | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| # | claim | source | evidence from this run | control | figure | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for stage, claim in claims(stages):
         n = claim.number
         ev, verdict = claim_row(claim, stage, a)
         fig = f"[figure]({ev.figure})" if ev.figure else "-"  # the row stays short; the name is in the link
-        lines.append(f"| {n} | {cell(claim.text)} | {claim.source} | {cell(ev.numbers)} | {cell(ev.control)} | {fig} | **{verdict}** |")
+        lines.append(
+            f"| {n} | {cell(claim.text)} | {claim.source} | {cell(ev.numbers)} | {cell(ev.control)} "
+            f"| {fig} | **{verdict}** |"
+        )
     return "\n".join(lines)
 
 
 def verdicts_in(report_text: str) -> list[str]:
     """The verdict column of a REPORT.md's claims table, in claim order."""
     section = report_text.split("\n## Claims\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    rows = [
+        line
+        for line in section.splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip().isdigit()
+    ]
     return [line.rsplit("**", 2)[-2] for line in rows]
 
 
 def git_commit() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
         return sha + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
@@ -107,18 +121,33 @@ def header(a: Artifacts, run: str, stages: list[Stage]) -> list[str]:
     build = _toy_build(model["model_id"]) if model.get("model_id") else None
     if build is not None or any(m.get("preset") == "toy" for m in models):
         scale = f" (toy build: seed {build.get('seed')}, scale {build.get('scale')})" if build else ""
-        lines += [f"> **Toy run.** These are results of a small model trained in this project{scale}, **not of Qwen3-0.6B**. They test the pipeline, not the paper.", ""]
+        lines += [
+            f"> **Toy run.** These are results of a small model trained in this project{scale}, "
+            "**not of Qwen3-0.6B**. They test the pipeline, not the paper.",
+            "",
+        ]
     rows = [("model", model.get("model_id", "-")), ("SAE release", model.get("sae_release", "-"))]
     rows += [row for s in stages if s.header for row in s.header(a)]
     versions = next((m["versions"] for m in metas if m.get("versions")), None) or package_versions()
-    rows += [("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
-             ("code (git commit)", git_commit()), ("report written", time.strftime("%Y-%m-%d %H:%M:%S"))]  # fmt: skip
+    rows += [
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+        ("code (git commit)", git_commit()),
+        ("report written", time.strftime("%Y-%m-%d %H:%M:%S")),
+    ]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {cell(v)} |" for k, v in rows] + [""]
     timings = a.json(TIMINGS_FILE)
     if timings:
-        lines += ["**Timings** (latest run of each stage by `run_pipeline.py`)", "", "| stage | status | wall s | computed | cached | unit |", "|---|---|---|---|---|---|"]
+        lines += [
+            "**Timings** (latest run of each stage by `run_pipeline.py`)",
+            "",
+            "| stage | status | wall s | computed | cached | unit |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in timings["stages"]:
-            lines.append(f"| {r['stage']} | {r['status']} | {r['wall_s']:.1f} | {r.get('computed', '-')} | {r.get('cached', '-')} | {r.get('unit', '-')} |")
+            lines.append(
+                f"| {r['stage']} | {r['status']} | {r['wall_s']:.1f} | {r.get('computed', '-')} "
+                f"| {r.get('cached', '-')} | {r.get('unit', '-')} |"
+            )
         lines.append("")
     return lines
 
@@ -155,12 +184,24 @@ def readme_block(report_text: str, report_link: str) -> str:
     if len(body) != 2:
         raise ValueError("the report has no claims section")
     claims = body[1].split("\n## ", 1)[0].strip()
-    claims = claims.split("\n\n", 1)[1] if claims.startswith("**Verdict rule.**") else claims  # the rule is in the report
+    claims = (
+        claims.split("\n\n", 1)[1] if claims.startswith("**Verdict rule.**") else claims
+    )  # the rule is in the report
     base = str(Path(report_link).parent)
     claims = re.sub(r"\]\((?!https?:)([^)]+)\)", lambda m: f"]({base}/{m.group(1)})", claims)
     banner = next((line for line in report_text.splitlines() if line.startswith("> ")), "")
     written = next((line for line in report_text.splitlines() if line.startswith("| report written")), "")
-    return "\n".join([f"Generated by `python -m langsae.report --readme` from [{report_link}]({report_link}) ({written.split('|')[2].strip() if written else 'undated'}); the verdict rule is stated there.", "", banner, "", claims])
+    when = written.split("|")[2].strip() if written else "undated"
+    return "\n".join(
+        [
+            f"Generated by `python -m langsae.report --readme` from [{report_link}]({report_link}) ({when}); "
+            "the verdict rule is stated there.",
+            "",
+            banner,
+            "",
+            claims,
+        ]
+    )
 
 
 def update_readme(readme: Path, report: Path, report_link: str) -> None:
@@ -169,16 +210,31 @@ def update_readme(readme: Path, report: Path, report_link: str) -> None:
         raise SystemExit(f"error: {readme} has no {README_START} ... {README_END} markers")
     start, rest = text.split(README_START, 1)
     _, end = rest.split(README_END, 1)
-    save_text(f"{start}{README_START}\n{readme_block(report.read_text(), report_link)}\n{README_END}{end}", readme)
+    save_text(
+        f"{start}{README_START}\n{readme_block(report.read_text(), report_link)}\n{README_END}{end}", readme
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     from langsae.config import PROJECT_ROOT, build_parser, resolve
 
     # the report reads the run's files, whatever settings made them
-    unread = ("--languages", "--layers", "--n-texts-per-lang", "--split", "--device", "--dtype", "--batch-size")
+    unread = (
+        "--languages",
+        "--layers",
+        "--n-texts-per-lang",
+        "--split",
+        "--device",
+        "--dtype",
+        "--batch-size",
+    )
     p = build_parser(__doc__.split("\n\n")[0], ignored=(*unread, "--seed", "--force"))
-    p.add_argument("--readme", action="store_true", help="replace README.md's toy results block with the claims of output/<run>/REPORT.md (default run: toy)")
+    p.add_argument(
+        "--readme",
+        action="store_true",
+        help="replace README.md's toy results block with the claims of output/<run>/REPORT.md "
+        "(default run: toy)",
+    )
     argv = sys.argv[1:] if argv is None else argv
     if "--readme" in argv and "--model" not in argv:
         argv = [*argv, "--model", "toy"]
@@ -187,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         report = cfg.output_dir / REPORT_NAME  # where the run's stages wrote it (--out-dir, --figures-dir)
         if not report.exists():
-            print(f"error: no {report}; run `python run_pipeline.py --model {cfg.preset.name}` first", file=sys.stderr)
+            print(
+                f"error: no {report}; run `python run_pipeline.py --model {cfg.preset.name}` first",
+                file=sys.stderr,
+            )
             return 2
         update_readme(PROJECT_ROOT / "README.md", report, os.path.relpath(report.resolve(), PROJECT_ROOT))
         print(f"README.md: toy results block rebuilt from {report}")

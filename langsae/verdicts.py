@@ -21,7 +21,9 @@ from langsae.stats import format_interval
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run"
 
 
-FREQ_SURE = 0.95  # a categorical claim wins in at least this share of resamples: supported (at most 1 − this: not)
+FREQ_SURE = (
+    0.95  # a categorical claim wins in at least this share of resamples: supported (at most 1 − this: not)
+)
 
 
 COLLAPSE_SHARE = 0.5  # a collapse loses at least this share of the baseline's margin over chance
@@ -85,7 +87,9 @@ def interval_verdict(effect: Interval, control: Interval | None = None, directio
     if not effect.finite() or (control is not None and not control.finite()):
         return INCONCLUSIVE
     lo, hi = sorted((direction * effect.low, direction * effect.high))
-    c_lo, c_hi = sorted((direction * control.low, direction * control.high)) if control is not None else (0.0, 0.0)
+    c_lo, c_hi = (
+        sorted((direction * control.low, direction * control.high)) if control is not None else (0.0, 0.0)
+    )
     if lo > 0 and lo > c_hi:
         return SUPPORTED
     if hi < 0 or hi < c_lo:
@@ -253,4 +257,8 @@ def images(a: Artifacts, names: Sequence[str]) -> list[str]:
 
 
 def table(head: Sequence[str], rows: list[Sequence]) -> list[str]:
-    return [f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + [f"| {' | '.join(cell(x) for x in r)} |" for r in rows] + [""]
+    return (
+        [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+        + [f"| {' | '.join(cell(x) for x in r)} |" for r in rows]
+        + [""]
+    )
