@@ -12,7 +12,12 @@ from langsae.forward import stacked_edits
 from langsae.generate import continuation_logprobs, cut_at_stop, greedy_generate, left_pad, stop_token_ids
 from langsae.model import HookPoint
 
-PROMPTS = ["The river", "Le chat est sur la table et", "東京", "A much longer prompt about the weather in the mountains today"]
+PROMPTS = [
+    "The river",
+    "Le chat est sur la table et",
+    "東京",
+    "A much longer prompt about the weather in the mountains today",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +28,22 @@ def tiny(tiny_model_dir):
 
 def _directional(layer: int, d: int, seed: int, k: int = 2) -> Ablation:
     g = torch.Generator().manual_seed(seed)
-    return Ablation(HookPoint(layer, "block", "output"), "directional", basis=orthonormal_basis(torch.randn(k, d, generator=g)))
+    return Ablation(
+        HookPoint(layer, "block", "output"),
+        "directional",
+        basis=orthonormal_basis(torch.randn(k, d, generator=g)),
+    )
 
 
 def _feature(layer: int, d: int, seed: int) -> Ablation:
     tc = random_transcoder(d, 96, seed)
     rows = torch.tensor([3, 17, 40])
     return Ablation(
-        HookPoint(layer, "mlp", "output"), "feature", W_dec=tc["W_dec"][rows] * 20, W_enc=tc["W_enc"][rows], b_enc=tc["b_enc"][rows] + 1.0
+        HookPoint(layer, "mlp", "output"),
+        "feature",
+        W_dec=tc["W_dec"][rows] * 20,
+        W_enc=tc["W_enc"][rows],
+        b_enc=tc["b_enc"][rows] + 1.0,
     )
 
 
@@ -79,7 +92,9 @@ def test_cached_batched_generation_equals_uncached_batch1_loop(tiny, rows):
     model, tok, prompts = tiny
     conditions = _conditions(model)
     stops = stop_token_ids(tok, model)
-    got = greedy_generate(model, prompts, conditions, stops, tok.pad_token_id, max_new_tokens=8, rows_per_forward=rows)
+    got = greedy_generate(
+        model, prompts, conditions, stops, tok.pad_token_id, max_new_tokens=8, rows_per_forward=rows
+    )
     for c, edit in enumerate(conditions):
         for i, p in enumerate(prompts):
             assert got[c][i] == reference_generate(model, p, edit, set(stops), 8), (c, i)
@@ -126,7 +141,9 @@ def _unembedding_ablation(model, token: int) -> Ablation:
     (g * w_t) . h / rms(h), is then exactly 0 wherever the edit acts."""
     direction = model.lm_head.weight[token] * model.model.norm.weight
     last = model.config.num_hidden_layers - 1
-    return Ablation(HookPoint(last, "block", "output"), "directional", basis=orthonormal_basis(direction[None]))
+    return Ablation(
+        HookPoint(last, "block", "output"), "directional", basis=orthonormal_basis(direction[None])
+    )
 
 
 def test_hook_is_live_during_decoding(untied):
@@ -152,7 +169,12 @@ def test_hook_is_live_during_decoding(untied):
 
 def test_loglik_equals_manual_sum(tiny):
     model, tok, prompts = tiny
-    conts = [tok(" sports")["input_ids"], tok(" science/technology")["input_ids"], tok(" a")["input_ids"], tok(" travel")["input_ids"]]
+    conts = [
+        tok(" sports")["input_ids"],
+        tok(" science/technology")["input_ids"],
+        tok(" a")["input_ids"],
+        tok(" travel")["input_ids"],
+    ]
     conditions = _conditions(model)
     got = continuation_logprobs(model, prompts, conts, conditions, tok.pad_token_id, rows_per_forward=5)
     assert got.shape == (len(conditions), len(prompts))
@@ -174,10 +196,19 @@ def test_loglik_with_shared_prompts_equals_manual_sum(fixture, rows, request):
     rows=3 splits a prompt's group of pairs from the next prompt's and conditions into groups."""
     model, tok = load_tiny(request.getfixturevalue(fixture))
     prompts = [tok(p)["input_ids"] for p in PROMPTS[:3]]
-    labels = [tok(x)["input_ids"] for x in (" sports", " science/technology", " a", " travel and entertainment")]
+    labels = [
+        tok(x)["input_ids"] for x in (" sports", " science/technology", " a", " travel and entertainment")
+    ]
     pairs = [(p, lab) for lab in labels for p in prompts]  # interleaved: pairs of one prompt are not adjacent
     conditions = _conditions(model)
-    got = continuation_logprobs(model, [p for p, _ in pairs], [lab for _, lab in pairs], conditions, tok.pad_token_id, rows_per_forward=rows)
+    got = continuation_logprobs(
+        model,
+        [p for p, _ in pairs],
+        [lab for _, lab in pairs],
+        conditions,
+        tok.pad_token_id,
+        rows_per_forward=rows,
+    )
     for c, edit in enumerate(conditions):
         for i, (p, k) in enumerate(pairs):
             with torch.no_grad(), stacked_edits(model, [edit], 1):
@@ -186,7 +217,7 @@ def test_loglik_with_shared_prompts_equals_manual_sum(fixture, rows, request):
             assert got[c, i] == pytest.approx(manual, abs=1e-4), (c, i)
 
 
-# ----------------------------------------------------------------------------- every EOS id stops (Qwen3's <|endoftext|>)
+# ------------------------------------------------------------- every EOS id stops (Qwen3's <|endoftext|>)
 
 ENDOFTEXT, IM_END = 151643, 151645  # Qwen3's generation config lists both; its tokenizer's EOS is <|im_end|>
 
@@ -201,9 +232,17 @@ def forced_qwen3(tok, next_of: dict[int, int]):
     d = 16
     assert len(next_of) <= d
     cfg = Qwen3Config(
-        vocab_size=len(tok), hidden_size=d, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, tie_word_embeddings=False, pad_token_id=ENDOFTEXT, eos_token_id=IM_END,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=d,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        tie_word_embeddings=False,
+        pad_token_id=ENDOFTEXT,
+        eos_token_id=IM_END,
+    )
     model = Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
         for layer in model.model.layers:
@@ -245,14 +284,23 @@ def test_generation_stops_at_the_models_endoftext(qwen3_tok):
     <|endoftext|> and the decoded answer is " Denver Broncos"; with only the tokenizer's EOS (the old
     stop list) the same model runs on into the next text."""
     tok = qwen3_tok
-    prompt, next_of, answer = _chain(tok, "Question: Who won Super Bowl 50?\nAnswer:", " Denver Broncos<|endoftext|> The 2016 season was")
+    prompt, next_of, answer = _chain(
+        tok, "Question: Who won Super Bowl 50?\nAnswer:", " Denver Broncos<|endoftext|> The 2016 season was"
+    )
     assert ENDOFTEXT in answer
     stop_at = answer.index(ENDOFTEXT)
     model = forced_qwen3(tok, next_of)
     old_stops = sorted(set(stop_token_ids(tok, model)) - {ENDOFTEXT})
     ran_on = greedy_generate(model, [prompt], [None], old_stops, tok.pad_token_id, len(answer))[0][0]
     assert ran_on == answer  # the forced model does write past <|endoftext|>
-    got = greedy_generate(model, [prompt, prompt[:-1] + prompt[-1:]], [None, None], stop_token_ids(tok, model), tok.pad_token_id, 20)
+    got = greedy_generate(
+        model,
+        [prompt, prompt[:-1] + prompt[-1:]],
+        [None, None],
+        stop_token_ids(tok, model),
+        tok.pad_token_id,
+        20,
+    )
     assert all(g == answer[: stop_at + 1] for c in got for g in c)
     assert tok.decode(got[0][0], skip_special_tokens=True) == " Denver Broncos"
 
@@ -274,10 +322,13 @@ def test_steer_eval_tasks_stop_at_the_models_endoftext(qwen3_tok):
     (lid,) = se.lid_records(model, tok, [text], ["s0"], cond, [None], s, "lid")
     assert (lid[0]["answer"], lid[0]["predicted"]) == (" French", "fra_Latn")
     (cont,) = se.continuation_records(model, tok, [text], ["s0"], cond, [None], s, "continuation")
-    assert cont[0]["continuation"] == " yesterday.\nIt" and cont[0]["n_new_tokens"] == cont_answer.index(ENDOFTEXT) + 1
+    assert (
+        cont[0]["continuation"] == " yesterday.\nIt"
+        and cont[0]["n_new_tokens"] == cont_answer.index(ENDOFTEXT) + 1
+    )
 
 
-# ----------------------------------------------------------------------------- the fp32 head: cached, and greedy's argmax
+# ------------------------------------------------------------- the fp32 head: cached, and greedy's argmax
 
 
 def test_fp32_head_is_made_once_per_weight(tiny):
@@ -303,7 +354,8 @@ def test_fp32_head_is_made_once_per_weight(tiny):
 
 @torch.no_grad()
 def reference_fp32_argmax(model, prompt: list[int], edit, stop: set[int], max_new: int) -> list[int]:
-    """Greedy, batch 1, no cache, the edit hooked: argmax of the fp32 head's logits of the final hidden state."""
+    """Greedy, batch 1, no cache, the edit hooked: argmax of the fp32 head's logits of the final hidden
+    state."""
     from langsae.forward import logits_from_hidden
 
     ids, out = list(prompt), []
@@ -331,7 +383,9 @@ def test_bf16_greedy_takes_its_argmax_from_the_fp32_head(untied, rows):
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
     conditions = _conditions(model)
     stops = stop_token_ids(tok, model)
-    got = greedy_generate(model, prompts, conditions, stops, tok.pad_token_id, max_new_tokens=8, rows_per_forward=rows)
+    got = greedy_generate(
+        model, prompts, conditions, stops, tok.pad_token_id, max_new_tokens=8, rows_per_forward=rows
+    )
     for c, edit in enumerate(conditions):
         for i, p in enumerate(prompts):
             assert got[c][i] == reference_fp32_argmax(model, p, edit, set(stops), 8), (c, i)

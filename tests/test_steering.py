@@ -30,7 +30,9 @@ def texts():
 @pytest.fixture(scope="module")
 def nu(tiny_args, tiny_transcoders, tmp_path_factory):
     out = tmp_path_factory.mktemp("steer") / "run"
-    cfg = resolve(build_parser("t").parse_args([*tiny_args, "--out-dir", str(out), "--languages", ",".join(LANGS)]))
+    cfg = resolve(
+        build_parser("t").parse_args([*tiny_args, "--out-dir", str(out), "--languages", ",".join(LANGS)])
+    )
     write_fake_nu(out, cfg.describe(), tiny_transcoders, LANGS, top_k=3, pool=6)
     return load_nu_results(cfg, None, 3)
 
@@ -40,10 +42,15 @@ def _ids(tok, text, n=12):
 
 
 def _block_out(model, ids, layer, ctx=None):
-    """Block `layer`'s output [T, d] of one forward, under ctx (entered first, so the capture sees its edits)."""
+    """Block `layer`'s output [T, d] of one forward, under ctx (entered first, so the capture sees its
+    edits)."""
     from contextlib import nullcontext
 
-    with ctx or nullcontext(), capture(model, {"h": HookPoint(layer, "block", "output")}) as store, torch.no_grad():
+    with (
+        ctx or nullcontext(),
+        capture(model, {"h": HookPoint(layer, "block", "output")}) as store,
+        torch.no_grad(),
+    ):
         model(ids)
         return store["h"][0]
 
@@ -58,8 +65,15 @@ def test_vectors_equal_a_brute_force_mean_difference(tiny, texts, tmp_path):
             for t in texts.by_language[lang]:  # batch 1, no padding; position 0 left out
                 rows.append(_block_out(model, torch.tensor([tok(t)["input_ids"]]), L)[1:])
             means[lang] = torch.cat(rows).double().mean(0)
-        torch.testing.assert_close(got[L].vector("eng_Latn", "jpn_Jpan").double(), means["jpn_Jpan"] - means["eng_Latn"], atol=1e-5, rtol=1e-4)
-        assert int(got[L].n_tokens[0]) == sum(len(tok(t)["input_ids"]) - 1 for t in texts.by_language["eng_Latn"])
+        torch.testing.assert_close(
+            got[L].vector("eng_Latn", "jpn_Jpan").double(),
+            means["jpn_Jpan"] - means["eng_Latn"],
+            atol=1e-5,
+            rtol=1e-4,
+        )
+        assert int(got[L].n_tokens[0]) == sum(
+            len(tok(t)["input_ids"]) - 1 for t in texts.by_language["eng_Latn"]
+        )
     # saved per layer and pair, and read back only with the same config hash
     steering.save_vectors(tmp_path, got[2], "h1", {"x": 1})
     back = steering.load_vectors(tmp_path, 2, "h1")
@@ -94,19 +108,25 @@ def test_alpha_zero_leaves_the_forward_unchanged(tiny, nu, texts):
         s = Steering(1, _vec(d, 2) * 100, torch.zeros(1), g)
         with steer(model, s), torch.no_grad():
             assert torch.equal(model(ids).logits, base)
-            assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id), ref_tokens)
+            assert torch.equal(
+                model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id),
+                ref_tokens,
+            )
 
 
 def test_sv_adds_alpha_v_everywhere(tiny, texts):
     model, tok = tiny
     ids = _ids(tok, texts.by_language["eng_Latn"][1])
     v = _vec(model.config.hidden_size)
-    diff = _block_out(model, ids, 1, steer(model, Steering(1, v, torch.tensor([2.5])))) - _block_out(model, ids, 1)
+    diff = _block_out(model, ids, 1, steer(model, Steering(1, v, torch.tensor([2.5])))) - _block_out(
+        model, ids, 1
+    )
     torch.testing.assert_close(diff, (2.5 * v[0, 0]).expand_as(diff))
 
 
 def _brute_force_open(model, ids, lf, feats, transcoder):
-    """Where any of `feats` is active at layer lf.layer's MLP input, from the full transcoder weights: [T] bool."""
+    """Where any of `feats` is active at layer lf.layer's MLP input, from the full transcoder weights:
+    [T] bool."""
     with capture(model, {"x": HookPoint(lf.layer, "mlp", "input")}) as store, torch.no_grad():
         model(ids)
     acts = torch.relu(store["x"][0] @ transcoder["W_enc"][feats].T + transcoder["b_enc"][feats])
@@ -147,7 +167,11 @@ def test_multi_layer_gate_is_decided_once_from_the_unsteered_state(tiny, nu, tin
     w = tiny_transcoders[1]
     for alpha in (-4.0, -16.0, 16.0, 64.0):  # a strength at which a gate re-read at layer 2 would switch
         s = Steering(1, v, torch.tensor([alpha]), make_gate(lf, [feats]))
-        with steer(model, Steering(1, v[:, :1], torch.tensor([alpha]), make_gate(lf, [feats]))), capture(model, {"x": HookPoint(2, "mlp", "input")}) as st, torch.no_grad():
+        with (
+            steer(model, Steering(1, v[:, :1], torch.tensor([alpha]), make_gate(lf, [feats]))),
+            capture(model, {"x": HookPoint(2, "mlp", "input")}) as st,
+            torch.no_grad(),
+        ):
             model(ids)  # layer 2's MLP input after the steering at layer 1: what the earlier port's gate read
         reread = (torch.relu(st["x"][0] @ w["W_enc"][feats].T + w["b_enc"][feats]) > 0).any(-1)
         if not torch.equal(reread, expected):
@@ -167,7 +191,9 @@ def test_rows_are_steered_independently(tiny, nu, texts):
     """Two conditions stacked along the batch give what each gives alone."""
     model, tok = tiny
     lf = nu.layers[0]
-    ids = torch.cat([_ids(tok, texts.by_language["eng_Latn"][0]), _ids(tok, texts.by_language["fra_Latn"][0])])
+    ids = torch.cat(
+        [_ids(tok, texts.by_language["eng_Latn"][0]), _ids(tok, texts.by_language["fra_Latn"][0])]
+    )
     d = model.config.hidden_size
     vectors = torch.cat([_vec(d, 1, 1), _vec(d, 1, 2)])
     feats = [lf.top("eng_Latn", [1, 2, 3]), lf.top("fra_Latn", [1])]
@@ -184,7 +210,12 @@ def test_a_kv_cached_decode_step_is_steered_like_a_full_forward(tiny, nu, texts)
     model, tok = tiny
     lf = nu.layers[1]
     ids = _ids(tok, texts.by_language["jpn_Jpan"][1], 14)
-    s = Steering(1, _vec(model.config.hidden_size, 2, 5), torch.tensor([3.0]), make_gate(lf, [lf.top("jpn_Jpan", [1, 2, 3])]))
+    s = Steering(
+        1,
+        _vec(model.config.hidden_size, 2, 5),
+        torch.tensor([3.0]),
+        make_gate(lf, [lf.top("jpn_Jpan", [1, 2, 3])]),
+    )
     with steer(model, s), torch.no_grad():
         full = model(ids).logits[0, -1]
         prefill = model(ids[:, :-1], use_cache=True)
@@ -198,12 +229,19 @@ def test_random_direction_has_the_norm_of_v_and_is_seeded():
     v = torch.randn(32, generator=torch.Generator().manual_seed(0))
     r = steering.random_direction_like(v, seed=7)
     assert r.norm().item() == pytest.approx(v.norm().item(), rel=1e-6)
-    assert torch.equal(r, steering.random_direction_like(v, seed=7)) and not torch.equal(r, steering.random_direction_like(v, seed=8))
+    assert torch.equal(r, steering.random_direction_like(v, seed=7)) and not torch.equal(
+        r, steering.random_direction_like(v, seed=8)
+    )
 
 
 def test_a_gate_must_be_decided_at_the_first_steered_layer(tiny, nu):
     model, _ = tiny
-    s = Steering(0, torch.zeros(1, 2, model.config.hidden_size), torch.ones(1), make_gate(nu.layers[1], [nu.layers[1].top("eng_Latn", [1])]))
+    s = Steering(
+        0,
+        torch.zeros(1, 2, model.config.hidden_size),
+        torch.ones(1),
+        make_gate(nu.layers[1], [nu.layers[1].top("eng_Latn", [1])]),
+    )
     with pytest.raises(ValueError, match="first steered layer"):
         with steer(model, s):
             pass
@@ -241,7 +279,8 @@ def _steer_reference(model, prompt, s, stop, max_new):
 
 
 def _engine_conditions(model, nu):
-    """No steering, alpha = 0 (sv and gated), sv over two layers, and two gated conditions sharing one encoder."""
+    """No steering, alpha = 0 (sv and gated), sv over two layers, and two gated conditions sharing one
+    encoder."""
     d = model.config.hidden_size
     lf = nu.layers[1]
     gate = make_gate(lf, [lf.top("fra_Latn", [1, 2, 3]), lf.top("jpn_Jpan", [1, 2, 3])])
@@ -263,10 +302,15 @@ def test_steering_through_the_engine_equals_an_uncached_batch1_loop(untied, nu, 
     from langsae.generate import greedy_generate, stop_token_ids
 
     model, tok = untied
-    prompts = [tok(t)["input_ids"][:n] for t, n in zip(texts.by_language["jpn_Jpan"][:2] + texts.by_language["fra_Latn"][:1], (9, 14, 6))]
+    prompts = [
+        tok(t)["input_ids"][:n]
+        for t, n in zip(texts.by_language["jpn_Jpan"][:2] + texts.by_language["fra_Latn"][:1], (9, 14, 6))
+    ]
     conditions = _engine_conditions(model, nu)
     stops = [tok.eos_token_id]
-    got = greedy_generate(model, prompts, conditions, stops, tok.pad_token_id, 6, rows, stack=steering.stacked_steering)
+    got = greedy_generate(
+        model, prompts, conditions, stops, tok.pad_token_id, 6, rows, stack=steering.stacked_steering
+    )
     for c, s in enumerate(conditions):
         for i, p in enumerate(prompts):
             assert got[c][i] == _steer_reference(model, p, s, set(stops), 6), (c, i)
@@ -281,7 +325,14 @@ def test_steered_loglik_equals_a_manual_sum(untied, nu, texts):
     model, tok = untied
     ids = tok(texts.by_language["eng_Latn"][0])["input_ids"][:12]
     conditions = _engine_conditions(model, nu)
-    got = continuation_logprobs(model, [ids[:1], ids[:5]], [ids[1:], ids[5:]], conditions, tok.pad_token_id, stack=steering.stacked_steering)
+    got = continuation_logprobs(
+        model,
+        [ids[:1], ids[:5]],
+        [ids[1:], ids[5:]],
+        conditions,
+        tok.pad_token_id,
+        stack=steering.stacked_steering,
+    )
     for c, s in enumerate(conditions):
         from contextlib import nullcontext
 
@@ -299,10 +350,20 @@ def test_build_edits_gives_each_method_its_vector_and_gate(nu):
 
     d = nu.layers[1].W_enc.shape[1]
     g = torch.Generator().manual_seed(0)
-    vectors = {L: steering.SteeringVectors(L, tuple(LANGS), torch.randn(len(LANGS), d, generator=g), torch.ones(len(LANGS))) for L in (1, 2)}
+    vectors = {
+        L: steering.SteeringVectors(
+            L, tuple(LANGS), torch.randn(len(LANGS), d, generator=g), torch.ones(len(LANGS))
+        )
+        for L in (1, 2)
+    }
     src, tgt = "fra_Latn", "eng_Latn"
-    conds = [se.SteerCondition(se.NONE, src, tgt), se.SteerCondition(se.SV, src, tgt, 1, 2, 4.0), se.SteerCondition(se.GATED, src, tgt, 1, 2, 4.0),
-             se.SteerCondition(se.RANDOM_DIR, src, tgt, 1, 2, 4.0, 0), se.SteerCondition(se.RANDOM_GATE, src, tgt, 1, 1, 4.0, 0)]  # fmt: skip
+    conds = [
+        se.SteerCondition(se.NONE, src, tgt),
+        se.SteerCondition(se.SV, src, tgt, 1, 2, 4.0),
+        se.SteerCondition(se.GATED, src, tgt, 1, 2, 4.0),
+        se.SteerCondition(se.RANDOM_DIR, src, tgt, 1, 2, 4.0, 0),
+        se.SteerCondition(se.RANDOM_GATE, src, tgt, 1, 1, 4.0, 0),
+    ]
     none, sv, gated, rdir, rgate = se.build_edits(conds, vectors, nu, gate_k=2, seed=0)
     want = torch.stack([vectors[L].vector(src, tgt) for L in (1, 2)])
     assert none is None and sv.gate is None and rdir.gate is None
