@@ -4,6 +4,7 @@ against a brute-force per-item loop, activations against a batch-1 forward, and 
 import csv
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 from nu_artifacts import load_tiny, write_fake_nu
 
 from langsae.stages import code_switching
-from langsae import code_switch, config
+from langsae import code_switch, config, stats
+from langsae.artifacts import config_hash
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.data import PAPER_LANGUAGES
@@ -289,6 +291,17 @@ def test_script_end_to_end_resumes_and_recomputes_from_items(tiny_args, fake_nu,
     assert len(diffs) == n_items * (len(LANGS) - 1)
     assert float(row["value"]) == pytest.approx(np.mean(diffs), rel=1e-4)
     meta = json.loads((fdir / "code_switching_meta.json").read_text())
+    # the meta names its stage, the cache key of its settings, how its intervals were drawn and its figures
+    run_cfg = resolve(build_parser("t").parse_args(argv))
+    assert meta["stage"] == code_switching.STAGE.name == "code-switching"
+    assert code_switching.STAGE.meta == "code_switching_meta.json"
+    assert meta["config_hash"] == config_hash(meta["settings"])
+    resampling = "items with replacement, one draw shared by all languages and layers"
+    drawn = {"n_boot": stats.N_BOOT, "alpha": stats.ALPHA, "interval": "percentile", "seed": run_cfg.seed}
+    assert meta["bootstrap"] == {**drawn, "resampling": resampling}
+    stems = ("prefix_feature", "noun_feature", "heatmap")
+    expected = {f"code_switching_{s}.{ext}" for s in stems for ext in ("png", "pdf")}
+    assert {Path(f).name for f in meta["figures"]} == expected
     assert set(meta["outputs"]) == {f"code_switching_{n}.csv" for n in ("items", "results", "heatmap")}
     for name, record in meta["outputs"].items():  # the records of the files the report reads
         data = (fdir / name).read_bytes()

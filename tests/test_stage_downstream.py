@@ -14,7 +14,7 @@ from langsae import downstream, tasks
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
 from langsae.errors import UserError
-from langsae.stats import Resampled
+from langsae.stats import ALPHA, N_BOOT, Resampled
 
 TOY = ["--model", "toy"]
 
@@ -215,6 +215,17 @@ def test_stage_sentiment_on_toy_with_synthetic_amazon(toy_run, tmp_path, capsys,
     assert _stage(toy_run, *both) == {"computed": 0, "cached": 4, "unit": "(task, language, layer, condition)"}
     meta = json.loads((toy_run / "downstream_meta.json").read_text())
     assert meta["languages"] == {"sentiment": ["spa_Latn"]} and list(meta["skipped_tasks"]["sentiment"]) == ["fra_Latn"]
+    # the meta names its stage, its layer rule, how its intervals were drawn and its figures
+    assert meta["stage"] == downstream_ablation.STAGE.name == "downstream"
+    assert downstream_ablation.STAGE.meta == "downstream_meta.json" and meta["layer_rule"] == "--layers"
+    items = "items with replacement; XQuAD and SIB-200 ids jointly across languages"
+    assert meta["bootstrap"] == {
+        "n_boot": N_BOOT, "alpha": ALPHA, "interval": "percentile", "seed": 0,
+        "resampling": f"{items}, Amazon reviews per language; deltas paired by item",
+        "random_control": "mean over draws; its CI resamples draws as well as items",
+    }
+    figures = {Path(f).name for f in meta["figures"]}
+    assert figures == {f"downstream_sentiment_L1.{ext}" for ext in ("png", "pdf")}
 
 
 def test_default_layer_rule(tmp_path):
