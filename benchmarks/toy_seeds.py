@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from langsae import toy  # noqa: E402
 from langsae.artifacts import load_json, save_json, save_text  # noqa: E402
+from langsae.code_switch import RESULTS_FILE as CODE_SWITCH_RESULTS  # noqa: E402
 from langsae.config import FEATURES_ROOT  # noqa: E402
 from langsae.nu import META_FILE as NU_META  # noqa: E402
 
@@ -78,7 +79,7 @@ def seed_findings(seed: int) -> dict[str, dict]:
     modal = str(
         max(set(peaks), key=peaks.count)
     )  # the report's code-switching layer: chosen without the probe items
-    with open(run_dir(seed) / "code_switching_results.csv", newline="") as f:
+    with open(run_dir(seed) / CODE_SWITCH_RESULTS, newline="") as f:
         switch = {
             r["language"]: float(r["ci_low"]) > 0
             for r in csv.DictReader(f)
