@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping, Sequence
 
+META_FILE = "data_checks.json"  # the check_data stage's record: every check with its evidence
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 _ORDER = {PASS: 0, WARN: 1, FAIL: 2}
 MAX_LISTED = 50  # rows listed per problem in the JSON (counts are always complete)
@@ -73,7 +74,8 @@ def counts(sets: Sets, languages: Sequence[str], task_sets: Collection[str] = ()
 
 def disjoint(reference: str, sets: Sets) -> Check:
     """No text of set `reference` (e.g. selection) appears, in the same language, in any other set
-    (exact text after stripping outer whitespace): features are never measured on the texts that chose them."""
+    (exact text after stripping outer whitespace): features are never measured on the texts that
+    chose them."""
     ref = sets[reference]
     overlaps = []
     for name, by_lang in sets.items():
@@ -236,7 +238,8 @@ def token_lengths(
         return Check(
             "token lengths",
             FAIL,
-            f"{len(short)} texts under {MIN_TOKENS} tokens (first: {short[0]['set']}/{short[0]['language']} row {short[0]['row']})",
+            f"{len(short)} texts under {MIN_TOKENS} tokens "
+            f"(first: {short[0]['set']}/{short[0]['language']} row {short[0]['row']})",
             details,
         )
     medians = [v["median"] for row in table.values() for v in row.values()]

@@ -14,6 +14,7 @@ import datasets
 import pytest
 
 from langsae import data, tasks
+from langsae.checks import META_FILE as DATA_CHECKS
 from langsae.data import PAPER_LANGUAGES, load_texts, read_sib200, validate_languages
 from langsae.errors import UserError
 from langsae.nu import META_FILE as NU_META
@@ -313,7 +314,7 @@ def test_check_data_meta_records_every_file_it_read_with_its_sha256(tmp_path, mo
     out = tmp_path / "run"
     argv = ["--model", "toy", "--languages", "eng_Latn,glg_Latn", "--out-dir", str(out), "--no-tokenizer"]
     assert run_main(check_data.main, argv) == 0
-    record = json.loads((out / "data_checks.json").read_text())["data"]
+    record = json.loads((out / DATA_CHECKS).read_text())["data"]
     read = [
         "data/flores_deng2025/multilingual_data.jsonl.gz",
         "data/flores_deng2025/multilingual_data_test.jsonl.gz",

@@ -1,6 +1,5 @@
 """The nu stage against brute force, invariances, resume, and the real sae-lens loading path."""
 
-from helpers import N_TEXTS, run_nu, load_layer, brute_force_mu, transcoder_encode, mlp_input_hook
 import json
 import shutil
 import threading
@@ -8,10 +7,11 @@ import weakref
 
 import pytest
 import torch
+from helpers import N_TEXTS, brute_force_mu, load_layer, mlp_input_hook, run_nu, transcoder_encode
 
-from langsae.stages import nu as compute_nu_scores
 from langsae import nu
 from langsae.data import PAPER_LANGUAGES
+from langsae.stages import nu as compute_nu_scores
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,9 @@ def nu_run(tiny_args, tmp_path_factory):
 
 def test_nu_matches_brute_force(nu_run, tiny_model_dir, tiny_transcoders):
     for layer in (0, 2):
-        mu_ref = brute_force_mu(tiny_model_dir, mlp_input_hook(layer), transcoder_encode(tiny_transcoders[layer]))
+        mu_ref = brute_force_mu(
+            tiny_model_dir, mlp_input_hook(layer), transcoder_encode(tiny_transcoders[layer])
+        )
         got = load_layer(nu_run, layer)
         torch.testing.assert_close(got["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
         # nu by its definition, language by language
@@ -56,15 +58,18 @@ def test_position_zero_is_excluded():
 
 
 def test_hook_reads_post_attention_layernorm_output_after_gain(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
     from langsae.forward import Batch, capture, run_through_layer
     from langsae.model import HookPoint, hook_point
-    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     layer = model.model.layers[1]
     seen = {}
     h = layer.post_attention_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("ln", out))
-    h2 = layer.post_attention_layernorm.register_forward_pre_hook(lambda m, a: seen.__setitem__("resid", a[0]))
+    h2 = layer.post_attention_layernorm.register_forward_pre_hook(
+        lambda m, a: seen.__setitem__("resid", a[0])
+    )
     ids = torch.tensor([[3, 40, 41, 42, 7]])
     with capture(model, {"x": hook_point("blocks.1.mlp.hook_in")}) as store:
         run_through_layer(model, Batch(ids, torch.ones_like(ids), [0]), 1)
@@ -92,6 +97,7 @@ def test_directions_hold_the_transcoders_rows(nu_run, tiny_transcoders):
 def test_meta_and_top20(nu_run):
     meta = json.loads((nu_run / nu.META_FILE).read_text())
     assert meta["languages"] == list(PAPER_LANGUAGES) and meta["layers"] == [0, 1, 2]
+    assert meta["stage"] == compute_nu_scores.STAGE.name == "nu"
     assert meta["sae_release"] == "mwhanna-qwen3-0.6b-transcoders-lowl0" and meta["sae_ids"]["2"] == "layer_2"
     assert "excluded" in meta["position_0"] and meta["n_texts"]["eng_Latn"] == N_TEXTS
     assert all(v > 0 for v in meta["token_counts"].values())
@@ -129,7 +135,9 @@ def test_prefetch_loads_in_the_background_one_ahead_across_passes(tiny_args, nu_
     alive, log = [], []
 
     def tracked(p, L, *a):
-        log.append((L, threading.current_thread() is threading.main_thread(), sum(r() is not None for r in alive)))
+        log.append(
+            (L, threading.current_thread() is threading.main_thread(), sum(r() is not None for r in alive))
+        )
         sae = real(p, L, *a)
         alive.append(weakref.ref(sae))
         return sae
@@ -141,7 +149,9 @@ def test_prefetch_loads_in_the_background_one_ahead_across_passes(tiny_args, nu_
     assert max(n for _, _, n in log) <= 1, f"more than one SAE alive when a read started: {log}"
     for layer in range(3):  # three passes, same bytes as one pass
         for name, path in nu.layer_files(tmp_path, layer).items():
-            assert path.read_bytes() == nu.layer_files(nu_run, layer)[name].read_bytes(), f"layer {layer} {name}"
+            assert path.read_bytes() == nu.layer_files(nu_run, layer)[name].read_bytes(), (
+                f"layer {layer} {name}"
+            )
 
 
 def test_missing_sae_file_is_the_same_one_line_error(tiny_args, tmp_path, monkeypatch, capsys):
@@ -194,13 +204,17 @@ def test_load_sae_equals_sae_lens_bit_for_bit(tiny_transcoders, dtype):
 
     for layer in range(3):
         ours = load_sae(PRESETS["qwen3-0.6b"], layer, "cpu", dtype)
-        ref = SAE.from_pretrained("mwhanna-qwen3-0.6b-transcoders-lowl0", f"layer_{layer}", device="cpu", dtype=str(dtype)[6:])
+        ref = SAE.from_pretrained(
+            "mwhanna-qwen3-0.6b-transcoders-lowl0", f"layer_{layer}", device="cpu", dtype=str(dtype)[6:]
+        )
         assert ours.state_dict().keys() == ref.state_dict().keys()
         for name, t in ref.state_dict().items():
             got = ours.state_dict()[name]
             assert got.dtype == t.dtype == dtype and got.shape == t.shape, name
             assert torch.equal(bits(got), bits(t)), name
-        assert torch.equal(ours.W_enc, tiny_transcoders[layer]["W_enc"].T.to(dtype)), "hub layout is [d_sae, d_in]"
+        assert torch.equal(ours.W_enc, tiny_transcoders[layer]["W_enc"].T.to(dtype)), (
+            "hub layout is [d_sae, d_in]"
+        )
 
 
 def test_interrupted_run_resumes_to_identical_files(tiny_args, nu_run, tmp_path, monkeypatch):
@@ -220,11 +234,15 @@ def test_interrupted_run_resumes_to_identical_files(tiny_args, nu_run, tmp_path,
     assert run_nu(tiny_args, tmp_path, "--batch-size", "4") == 0
     for layer in range(3):
         for name, path in nu.layer_files(tmp_path, layer).items():
-            assert path.read_bytes() == nu.layer_files(nu_run, layer)[name].read_bytes(), f"layer {layer} {name}"
+            assert path.read_bytes() == nu.layer_files(nu_run, layer)[name].read_bytes(), (
+                f"layer {layer} {name}"
+            )
 
 
 def custom_sae_args(model_dir, release: str) -> list[str]:
-    """Flags for a custom model with a sae-lens-format SAE release (ids layer_L/width_16k/canonical), layer 1 only."""
+    """Flags for a custom model with a sae-lens-format SAE release (ids layer_L/width_16k/canonical),
+    layer 1 only."""
+    # fmt: skip below keeps each flag next to its value, as on a command line
     return [
         "--model", "custom", "--model-id", str(model_dir), "--sae-release", release,
         "--sae-id-template", "layer_{layer}/width_16k/canonical", "--device", "cpu", "--dtype", "float32",
@@ -254,7 +272,9 @@ def test_residual_sae_path(tiny_model_dir, tiny_residual_saes, tmp_path):
     got = load_layer(tmp_path, 1)
     torch.testing.assert_close(got["mean_acts"].double(), mu_ref, atol=1e-5, rtol=1e-4)
     assert got["directions"]["hook_name"] == got["directions"]["hook_name_out"] == "blocks.1.hook_resid_post"
-    torch.testing.assert_close(got["directions"]["threshold"], sae.threshold.detach()[got["directions"]["feature_indices"]])
+    torch.testing.assert_close(
+        got["directions"]["threshold"], sae.threshold.detach()[got["directions"]["feature_indices"]]
+    )
 
 
 # ----------------------------------------------------------------------------- Gemma 2 hook points and BOS
@@ -262,7 +282,8 @@ def test_residual_sae_path(tiny_model_dir, tiny_residual_saes, tmp_path):
 
 def test_gemma2_hook_points_are_transformer_lens_s():
     """On Gemma 2, mlp.hook_in is the MLP module's input (pre_feedforward_layernorm's output, after its
-    gain) and hook_mlp_out is post_feedforward_layernorm's output, as in TransformerLens; not the raw MLP output."""
+    gain) and hook_mlp_out is post_feedforward_layernorm's output, as in TransformerLens; not the raw MLP
+    output."""
     from tiny_models import tiny_gemma2
 
     from langsae.forward import Batch, capture, run_through_layer
@@ -272,9 +293,13 @@ def test_gemma2_hook_points_are_transformer_lens_s():
     layer = model.model.layers[1]
     seen = {}
     hooks = [
-        layer.pre_feedforward_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("pre_norm", out)),
+        layer.pre_feedforward_layernorm.register_forward_hook(
+            lambda m, a, out: seen.__setitem__("pre_norm", out)
+        ),
         layer.mlp.register_forward_hook(lambda m, a, out: seen.__setitem__("mlp", out)),
-        layer.post_feedforward_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("post_norm", out)),
+        layer.post_feedforward_layernorm.register_forward_hook(
+            lambda m, a, out: seen.__setitem__("post_norm", out)
+        ),
     ]
     ids = torch.tensor([[3, 40, 41, 42, 7]])
     points = {"in": hook_point("blocks.1.mlp.hook_in"), "out": hook_point("blocks.1.hook_mlp_out")}
@@ -284,10 +309,14 @@ def test_gemma2_hook_points_are_transformer_lens_s():
         h.remove()
     assert torch.equal(store["in"], seen["pre_norm"])
     assert torch.equal(store["out"], seen["post_norm"])
-    assert not torch.allclose(store["out"], seen["mlp"], atol=1e-3), "random norm gains must make the two differ"
+    assert not torch.allclose(store["out"], seen["mlp"], atol=1e-3), (
+        "random norm gains must make the two differ"
+    )
 
 
-def test_mlp_output_sae_on_gemma2_reads_post_feedforward_layernorm(tiny_gemma2_dir, tiny_mlp_out_saes, tmp_path):
+def test_mlp_output_sae_on_gemma2_reads_post_feedforward_layernorm(
+    tiny_gemma2_dir, tiny_mlp_out_saes, tmp_path
+):
     """The nu stage, end to end from sae-lens's own files, with an SAE reading blocks.1.hook_mlp_out on a
     Gemma 2 whose tokenizer adds BOS: mu equals a brute force hooked on post_feedforward_layernorm."""
     assert run_nu(custom_sae_args(tiny_gemma2_dir, "test-org/tiny-mlp-out-sae"), tmp_path) == 0
@@ -295,13 +324,17 @@ def test_mlp_output_sae_on_gemma2_reads_post_feedforward_layernorm(tiny_gemma2_d
     encode = jumprelu_by_hand(sae)
 
     def post_norm_hook(model, seen):
-        return model.model.layers[1].post_feedforward_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("x", out))
+        return model.model.layers[1].post_feedforward_layernorm.register_forward_hook(
+            lambda m, a, out: seen.__setitem__("x", out)
+        )
 
     def raw_mlp_hook(model, seen):
         return model.model.layers[1].mlp.register_forward_hook(lambda m, a, out: seen.__setitem__("x", out))
 
     got = load_layer(tmp_path, 1)["mean_acts"].double()
-    torch.testing.assert_close(got, brute_force_mu(tiny_gemma2_dir, post_norm_hook, encode), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        got, brute_force_mu(tiny_gemma2_dir, post_norm_hook, encode), atol=1e-5, rtol=1e-4
+    )
     assert not torch.allclose(got, brute_force_mu(tiny_gemma2_dir, raw_mlp_hook, encode), atol=1e-3)
     meta = json.loads((tmp_path / nu.META_FILE).read_text())
     assert "BOS token" in meta["position_0"] and meta["config"]["position_0"] == meta["position_0"]

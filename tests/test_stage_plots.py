@@ -5,11 +5,11 @@ import pytest
 import torch
 from nu_artifacts import write_fake_nu
 
-from langsae.stages import plots as plot_sae_features
 from langsae import feature_figures, nu
 from langsae.artifacts import save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
+from langsae.stages import plots as plot_sae_features
 
 LANGS = ["eng_Latn", "fra_Latn", "kor_Hang"]
 # mu [K, d_sae]: each language has one feature of its own (0, 1, 3); 2, 4 and 7 are equal everywhere
@@ -25,7 +25,14 @@ def write_nu_run(out_dir, describe):
     layer's values, indices, mean_acts and top20, computed with the ν stage's own functions."""
     d_sae = 8
     g = torch.Generator().manual_seed(0)
-    tc = {L: {"W_enc": torch.randn(d_sae, 4, generator=g), "W_dec": torch.randn(d_sae, 4, generator=g), "b_enc": torch.zeros(d_sae)} for L in MU}
+    tc = {
+        L: {
+            "W_enc": torch.randn(d_sae, 4, generator=g),
+            "W_dec": torch.randn(d_sae, 4, generator=g),
+            "b_enc": torch.zeros(d_sae),
+        }
+        for L in MU
+    }
     write_fake_nu(out_dir, describe, tc, LANGS, top_k=2, pool=2)
     for L, mu in MU.items():
         mu = torch.tensor(mu)
@@ -33,13 +40,17 @@ def write_nu_run(out_dir, describe):
         files = nu.layer_files(out_dir, L)
         for key, t in (("values", values), ("indices", indices), ("mean_acts", mu)):
             torch.save(t, files[key])
-        top = nu.top_table(values, indices, mu, LANGS, 20, f"qwen3-0.6b/{L}-transcoder-hp" if L == 0 else None)
+        top = nu.top_table(
+            values, indices, mu, LANGS, 20, f"qwen3-0.6b/{L}-transcoder-hp" if L == 0 else None
+        )
         save_json(top, files["top20"])
 
 
 @pytest.fixture
 def run(tmp_path):
-    args = build_parser("t").parse_args(["--model", "toy", "--out-dir", str(tmp_path / "run"), "--languages", ",".join(LANGS)])
+    args = build_parser("t").parse_args(
+        ["--model", "toy", "--out-dir", str(tmp_path / "run"), "--languages", ",".join(LANGS)]
+    )
     cfg = resolve(args)
     write_nu_run(cfg.features_dir, cfg.describe())
     return cfg
@@ -48,7 +59,11 @@ def run(tmp_path):
 def test_layer_summary_by_hand(run):
     s = feature_figures.summarise_layer(run.features_dir, 0, top_k=2, seed=0)
     np.testing.assert_allclose(s.top[:, 0], [5, 4, 3])
-    assert s.top_ids.tolist() == [[0, 2], [1, 2], [3, 2]]  # ties at ν 0 keep index order: feature 2 is second for all
+    assert s.top_ids.tolist() == [
+        [0, 2],
+        [1, 2],
+        [3, 2],
+    ]  # ties at ν 0 keep index order: feature 2 is second for all
     np.testing.assert_allclose(s.jaccard, [[1, 1 / 3, 1 / 3], [1 / 3, 1, 1 / 3], [1 / 3, 1 / 3, 1]])
     assert s.exclusive.tolist() == [True, True, True]
     np.testing.assert_allclose(s.mu_top[0], [5, 0, 0])  # English's top-1 measured in each language
@@ -63,24 +78,48 @@ def test_layer_summary_by_hand(run):
 
 
 def test_jaccard():
-    np.testing.assert_allclose(feature_figures.jaccard([{1, 2}, {2, 3}, set()]), [[1, 1 / 3, 0], [1 / 3, 1, 0], [0, 0, 1]])
+    np.testing.assert_allclose(
+        feature_figures.jaccard([{1, 2}, {2, 3}, set()]), [[1, 1 / 3, 0], [1 / 3, 1, 0], [0, 0, 1]]
+    )
 
 
 def test_every_figure_and_the_table(run, tmp_path):
     out = tmp_path / "features"
-    files = feature_figures.write_all(run.features_dir, out, [0, 1], LANGS, layer=0, top_k=2, n_table=3, seed=0)
+    files = feature_figures.write_all(
+        run.features_dir, out, [0, 1], LANGS, layer=0, top_k=2, n_table=3, seed=0
+    )
     names = {f.name for f in files}
-    for stem in ("figure1_layer0", "nu_distributions", "top1_nu_by_layer", "topk_overlap", "specificity_layer0"):
+    for stem in (
+        "figure1_layer0",
+        "nu_distributions",
+        "top1_nu_by_layer",
+        "topk_overlap",
+        "specificity_layer0",
+    ):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names and (out / f"{stem}.png").stat().st_size > 1000
     md = (out / "top_features.md").read_text()
-    assert "| eng_Latn | 1 | 0 | 5 | 5 | 0 (fra_Latn) | [0](https://www.neuronpedia.org/qwen3-0.6b/0-transcoder-hp/0) |" in md
-    assert "| fra_Latn | 1 | 0 | 2.5 | 5 | 5 (eng_Latn) | - |" in md  # layer 1: no Neuronpedia id, the shared feature shows
+    link = "[0](https://www.neuronpedia.org/qwen3-0.6b/0-transcoder-hp/0)"
+    assert f"| eng_Latn | 1 | 0 | 5 | 5 | 0 (fra_Latn) | {link} |" in md
+    assert (
+        "| fra_Latn | 1 | 0 | 2.5 | 5 | 5 (eng_Latn) | - |" in md
+    )  # layer 1: no Neuronpedia id, the shared feature shows
     assert md.count("| kor_Hang |") == 6  # 3 rows x 2 layers
 
 
 def test_script_writes_under_output_and_refuses_missing_nu(run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(plot_sae_features, "model_layers", lambda cfg: 28)  # layer 5 exists: whether the toy is built or not
-    argv = ["--model", "toy", "--out-dir", str(run.features_dir), "--languages", ",".join(LANGS), "--top-k", "2"]
+    monkeypatch.setattr(
+        plot_sae_features, "model_layers", lambda cfg: 28
+    )  # layer 5 exists: whether the toy is built or not
+    argv = [
+        "--model",
+        "toy",
+        "--out-dir",
+        str(run.features_dir),
+        "--languages",
+        ",".join(LANGS),
+        "--top-k",
+        "2",
+    ]
     assert plot_sae_features.main(argv) == {"computed": 11, "cached": 0, "unit": "file"}
     out = run.features_dir / "figures" / "features"  # beside a run folder outside sae_features/
     assert (out / "figure1_layer1.png").exists()  # layer 10 not computed: the middle of layers 0, 1

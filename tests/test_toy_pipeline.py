@@ -16,6 +16,7 @@ from helpers import (
 )
 from safetensors.torch import load_file
 
+from langsae.checks import META_FILE as DATA_CHECKS
 from langsae.cli import run_main
 from langsae.config import PRESETS
 from langsae.data import PAPER_LANGUAGES
@@ -83,7 +84,7 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
     argv = [*TOY, "--layers", "1", "--n-texts-per-lang", "4", "--out-dir", str(out)]
     assert run_main(run_pipeline.main, argv) == 0
     assert (out / "layer_1_indices.pt").exists() and (out / "ablation_results.csv").exists()
-    assert json.loads((out / "data_checks.json").read_text())["status"] in ("PASS", "WARN")
+    assert json.loads((out / DATA_CHECKS).read_text())["status"] in ("PASS", "WARN")
     figures = out / "figures"
     assert (figures / "figure5.png").exists() and (figures / "features" / "figure1_layer1.png").exists()
     rows = json.loads((out / run_pipeline.TIMINGS_FILE).read_text())["stages"]

@@ -2,8 +2,8 @@
 identity, token lengths, XQuAD spans, SIB-200 labels, Amazon label balance.
 
 Each check is PASS, WARN or FAIL, printed as one table and written with its evidence to
-sae_features/<run>/data_checks.json (keys: stage, status, checks[{name, status, summary,
-details}], config, versions, written). Exits non-zero when any check FAILs.
+sae_features/<run>/data_checks.json (stages.write_meta's keys, with status, checks[{name, status,
+summary, details}], sets, data_source, data and written). Exits non-zero when any check FAILs.
 
 Sets checked, per language of --languages (all texts, not only the first N):
   selection   the nu stage's texts (--split); evaluation  Section 5's texts (disjoint from selection)
@@ -26,7 +26,7 @@ import logging
 import time
 
 from langsae import checks, langid, tasks
-from langsae.artifacts import package_versions, preflight, save_json
+from langsae.artifacts import preflight
 from langsae.config import build_parser, resolve
 from langsae.data import (
     BUNDLED,
@@ -42,12 +42,13 @@ from langsae.errors import UserError
 from langsae.forward import tokenize
 from langsae.model import load_tokenizer
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished
+from langsae.stages import Stage, finished, write_meta
 from langsae.verdicts import Artifacts, cell, not_run
 
 log = logging.getLogger(__name__)
 
 XQUAD_DIR = DATA_DIR / "xquad"
+NAME = "check-data"  # the stage's one name: its Stage and its record's "stage"
 TASK_SETS = ("sib200", "xquad", "amazon")  # sets that cover only some languages
 
 
@@ -62,7 +63,8 @@ def parse_args(argv):
         "--amazon-per-label",
         type=int,
         default=40,
-        help="reviews per star rating in the stratified Amazon sample checked (the sentiment task's --n-per-label)",
+        help="reviews per star rating in the stratified Amazon sample checked "
+        "(the sentiment task's --n-per-label)",
     )
     g.add_argument(
         "--no-tokenizer",
@@ -180,22 +182,24 @@ def main(argv=None):
     if amazon_why and not amazon:
         results[-1].summary += f" ({amazon_why})"
     status = checks.worst([c.status for c in results])
-    path = cfg.features_dir / "data_checks.json"
-    save_json(
-        {
-            "stage": "check_data",
-            "status": status,
-            "checks": [vars(c) for c in results],
-            "config": cfg.describe(),
-            "sets": {k: {lang: len(v) for lang, v in s.items()} for k, s in texts.items()},
-            "data_source": selection.source,
-            "data": data_record(
-                cfg, (selection, evaluation), {"qa": xquad, "topic": sib_rows, "sentiment": amazon}
-            ),
-            "versions": package_versions(),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        },
+    path = cfg.features_dir / checks.META_FILE
+    settings = {
+        "amazon_per_label": args.amazon_per_label,
+        "no_tokenizer": args.no_tokenizer,
+        "seed": cfg.seed,
+    }
+    write_meta(
         path,
+        cfg,
+        NAME,
+        settings,
+        [],
+        status=status,
+        checks=[vars(c) for c in results],
+        sets={k: {lang: len(v) for lang, v in s.items()} for k, s in texts.items()},
+        data_source=selection.source,
+        data=data_record(cfg, (selection, evaluation), {"qa": xquad, "topic": sib_rows, "sentiment": amazon}),
+        written=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     print(checks.format_table(results))
     print(f"details: {path}")
@@ -209,26 +213,26 @@ def main(argv=None):
 
 
 def data_section(a: Artifacts) -> list[str]:
-    checks = a.json("data_checks.json")
-    if checks is None:
+    record = a.json(checks.META_FILE)
+    if record is None:
         return not_run("Data checks", a, None, "python check_data.py")
     lines = [
         "## Data checks",
         "",
-        f"Overall: **{checks['status']}** (details in `data_checks.json`).",
+        f"Overall: **{record['status']}** (details in `{checks.META_FILE}`).",
         "",
         "| check | status | summary |",
         "|---|---|---|",
     ]
-    lines += [f"| {c['name']} | {c['status']} | {cell(c['summary'])} |" for c in checks["checks"]]
+    lines += [f"| {c['name']} | {c['status']} | {cell(c['summary'])} |" for c in record["checks"]]
     return lines + [""]
 
 
 STAGE = Stage(
-    "check-data",
+    NAME,
     "check_data.py",
     "(data checks)",
     main,
     report=data_section,
-    meta="data_checks.json",
+    meta=checks.META_FILE,
 )
