@@ -83,7 +83,8 @@ def select_stages(stages: list[Stage], only: str | None, start: str | None) -> l
         unknown = [n for n in asked if n not in names]
         if unknown or not asked:
             raise UserError(
-                f"--stages: unknown stage {unknown[0] if unknown else '(none given)'!r}; choose from {', '.join(names)}"
+                f"--stages: unknown stage {unknown[0] if unknown else '(none given)'!r}; "
+                f"choose from {', '.join(names)}"
             )
         wanted = set(asked)
     if start:
@@ -101,7 +102,8 @@ def format_table(rows: list[dict]) -> str:
         computed = "" if r.get("computed") is None else r["computed"]
         cached = "" if r.get("cached") is None else r["cached"]
         lines.append(
-            f"{r['stage']:<16}{r['status']:<10}{r['wall_s']:>9.1f}{computed:>10}{cached:>8}  {r.get('unit') or ''}"
+            f"{r['stage']:<16}{r['status']:<10}{r['wall_s']:>9.1f}{computed:>10}{cached:>8}  "
+            f"{r.get('unit') or ''}"
         )
         if r.get("note"):
             lines.append(f"{'':<16}{r['note']}")

@@ -26,7 +26,8 @@ MODES = ("directional", "feature")
 
 
 def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis [d, r] of the span of the rows of `directions` [k, d], each first scaled to unit norm.
+    """Orthonormal basis [d, r] of the span of the rows of `directions` [k, d], each first scaled to
+    unit norm.
 
     QR of the unit directions; a (numerically) rank-deficient set falls back to an SVD so
     that no spurious direction enters the basis.
@@ -108,7 +109,8 @@ def make_ablation(
         reads_output = False
     else:
         raise UserError(
-            f"feature ablation needs the SAE to read the input or output of the module it writes; got {lf.hook_in} -> {lf.hook_out}"
+            "feature ablation needs the SAE to read the input or output of the module it writes; "
+            f"got {lf.hook_in} -> {lf.hook_out}"
         )
     threshold = None if lf.threshold is None else lf.threshold[rows].to(device)
     return Ablation(

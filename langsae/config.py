@@ -167,7 +167,8 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
                 layers.append(int(part))
         except ValueError:
             raise UserError(
-                f"--layers: cannot read {part!r}; give comma-separated integers such as 0,5,10 or a range 0-27"
+                f"--layers: cannot read {part!r}; give comma-separated integers such as 0,5,10 "
+                "or a range 0-27"
             ) from None
     if not layers:
         raise UserError(f"--layers {text!r} names no layer; give e.g. 0,5,10, a range 0-27, or all")
@@ -197,13 +198,15 @@ def build_parser(
     layers_default: what an unset --layers means in this script. ignored: common flags the script
     accepts (run_pipeline.py passes every stage the same ones) but never reads, left out of its --help.
     """
-    # no abbreviations: run_pipeline.py passes every flag but its own on to the stages, so `--stage` must not mean `--stages`
+    # no abbreviations: run_pipeline.py passes every flag but its own on to the stages, so `--stage` must
+    # not mean `--stages`
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("model and SAE")
     g.add_argument(
         "--model",
         default="qwen3-0.6b",
-        help=f"preset: {', '.join(PRESETS)} (alias gemma-2b), or {CUSTOM} with --model-id/--sae-release/--sae-id-template",
+        help=f"preset: {', '.join(PRESETS)} (alias gemma-2b), or {CUSTOM} with "
+        "--model-id/--sae-release/--sae-id-template",
     )
     g.add_argument("--model-id", help="Hugging Face model id or local folder; overrides the preset's model")
     g.add_argument(
@@ -214,15 +217,16 @@ def build_parser(
     g.add_argument(
         "--languages",
         default=",".join(PAPER_LANGUAGES),
-        help="comma-separated FLORES+ codes; bundled (offline): the paper's ten and the 205 SIB-200 languages "
-        "(e.g. glg_Latn, kas_Arab); others (e.g. wuu_Hans) come from the gated hub dataset",
+        help="comma-separated FLORES+ codes; bundled (offline): the paper's ten and the 205 SIB-200 "
+        "languages (e.g. glg_Latn, kas_Arab); others (e.g. wuu_Hans) come from the gated hub dataset",
     )
     g.add_argument("--layers", help=f"comma-separated layers or ranges (0-27); default: {layers_default}")
     g.add_argument(
         "--n-texts-per-lang",
         type=int,
         default=-1,
-        help="first N selection texts of each language (the nu stage), in file order; -1 = all. Section 5 sets its evaluation texts with --n-texts",
+        help="first N selection texts of each language (the nu stage), in file order; -1 = all. "
+        "Section 5 sets its evaluation texts with --n-texts",
     )
     g.add_argument(
         "--split",
@@ -299,7 +303,8 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
 def run_name_for(preset: Preset) -> str:
     if preset.name != CUSTOM:
         return preset.name
-    return f"{_slug(Path(preset.model_id).name if Path(preset.model_id).exists() else preset.model_id)}__{_slug(preset.sae_release)}"
+    model = Path(preset.model_id).name if Path(preset.model_id).exists() else preset.model_id
+    return f"{_slug(model)}__{_slug(preset.sae_release)}"
 
 
 def _under_features_root(features_dir: Path) -> Path | None:

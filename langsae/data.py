@@ -294,7 +294,10 @@ def _load_deng(languages: list[str], which: str, split: str) -> dict[str, tuple[
 
 # ----------------------------------------------------------------------------- FLORES+ on the hub
 
-TOKEN_HELP = "set HF_TOKEN or put [huggingface] token = hf_... in secrets.ini (accept the dataset's terms on the hub first)"
+TOKEN_HELP = (
+    "set HF_TOKEN or put [huggingface] token = hf_... in secrets.ini "
+    "(accept the dataset's terms on the hub first)"
+)
 
 
 def _not_bundled(languages: list[str], why: str) -> str:
@@ -323,7 +326,10 @@ def _load_hub(languages: list[str], which: str, split: str) -> dict[str, tuple[l
         out[lang] = [text for _, text in part], [f"hub:{split}:{i}" for i, _ in part]
     if failed:
         cause = first_error.__cause__ or first_error
-        why = f"loading failed ({type(cause).__name__}: {str(cause).splitlines()[0][:160] if str(cause) else ''})"
+        why = (
+            f"loading failed ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0][:160] if str(cause) else ''})"
+        )
         raise UserError(
             _not_bundled(failed, f"{why}; offline, it must already be in the local Hugging Face cache")
         )

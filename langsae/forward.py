@@ -348,7 +348,8 @@ def fp32_head(model) -> Fp32Head:
 
 
 def _project(final_hidden: torch.Tensor, head: Fp32Head) -> torch.Tensor:
-    """The head's matmul in fp32 (F.linear, the op nn.Linear runs: an fp32 model's logits are bit-identical)."""
+    """The head's matmul in fp32 (F.linear, the op nn.Linear runs: an fp32 model's logits are
+    bit-identical)."""
     return torch.nn.functional.linear(final_hidden.float(), head.weight, head.bias)
 
 

@@ -34,7 +34,8 @@ def hf_token(secrets_file: Path = SECRETS_FILE) -> str | None:
 def hub_error_message(what: str, err: Exception) -> str:
     """One line for a failed hub access, naming the offline way out."""
     return (
-        f"could not load {what} ({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}). "
+        f"could not load {what} ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:160] if str(err) else ''}). "
         "Without hub access it must already be in the local Hugging Face cache "
         "(at that revision, if one is named); "
         "`--model toy` runs the whole pipeline offline"

@@ -84,7 +84,8 @@ def _unicode_punct() -> frozenset[str]:
 
 
 def mixed_segmentation(text: str) -> list[str]:
-    """MLQA's Chinese tokens: each CJK character (or punctuation mark) alone, other runs split on whitespace."""
+    """MLQA's Chinese tokens: each CJK character (or punctuation mark) alone, other runs split on
+    whitespace."""
     punct = _unicode_punct()
     out, run = [], ""
     for ch in text:
@@ -120,7 +121,8 @@ def language_f1(prediction: str, golds: Sequence[str], lang: str) -> float:
 
 
 def parse_rating(text: str, labels: Sequence[int] = (1, 2, 3, 4, 5)) -> int | None:
-    """The first digit in `text` if it is one of `labels`, else None (unparseable: never mapped to a label)."""
+    """The first digit in `text` if it is one of `labels`, else None (unparseable: never mapped to a
+    label)."""
     m = re.search(r"\d", text)
     if m is None:
         return None

@@ -84,7 +84,8 @@ def hook_point(hook_name: str) -> HookPoint:
         if m:
             return HookPoint(int(m.group(1)), module, io)
     raise UserError(
-        f"SAE hook {hook_name!r} is not supported; known: blocks.L.mlp.hook_in, blocks.L.hook_mlp_out, blocks.L.hook_resid_post"
+        f"SAE hook {hook_name!r} is not supported; known: blocks.L.mlp.hook_in, blocks.L.hook_mlp_out, "
+        "blocks.L.hook_resid_post"
     )
 
 
@@ -231,7 +232,8 @@ def check_layers(layers: tuple[int, ...] | None, n_layers: int, flag: str = "--l
 
 
 def load_tokenizer(preset: Preset) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, right-padded (cheap: stages that must know about it before the weights load it first)."""
+    """The model's tokenizer, right-padded (cheap: stages that must know about it before the weights
+    load it first)."""
     from transformers import AutoTokenizer
 
     _prepare(preset)
@@ -248,7 +250,8 @@ def load_tokenizer(preset: Preset) -> PreTrainedTokenizerBase:
 def load_model(
     preset: Preset, device: str, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The HF causal LM (eval mode) and its tokenizer (`tokenizer` if already loaded, else `load_tokenizer`)."""
+    """The HF causal LM (eval mode) and its tokenizer (`tokenizer` if already loaded, else
+    `load_tokenizer`)."""
     from transformers import AutoModelForCausalLM
 
     if tokenizer is None:

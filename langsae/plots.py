@@ -147,7 +147,8 @@ def figure5(
     _finish(
         fig,
         axes,
-        f"Figure 5 ({mode} ablation): ΔCE on the language's own texts (self) vs mean over the other languages, 95% CI (sentences resampled jointly)",
+        f"Figure 5 ({mode} ablation): ΔCE on the language's own texts (self) vs mean over the other "
+        "languages, 95% CI (sentences resampled jointly)",
     )
     return save_figure(fig, stem)
 
@@ -305,7 +306,8 @@ def mds_map(coords, labels, co_clustering, languages: Sequence[str], stem: Path,
     ax.set_xlabel("MDS 1")
     ax.set_ylabel("MDS 2")
     ax.set_title(
-        f"MDS of the interaction distance (stress-1 {stress:.3f}); colour: Ward cluster;\nedges: share of resamples in one cluster",
+        f"MDS of the interaction distance (stress-1 {stress:.3f}); colour: Ward cluster;\n"
+        "edges: share of resamples in one cluster",
         fontsize=9,
     )
     return save_figure(fig, stem)
@@ -514,7 +516,8 @@ def downstream_figure(rows: Sequence[dict], task: str, layer: int, stem: Path) -
     legend = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=5, fontsize=7, frameon=False)
     fig.suptitle(
-        f"{task}, ablation at layer {layer}: baseline vs own top-1+2 vs random (same k) vs another language's top-1+2; 95% CI",
+        f"{task}, ablation at layer {layer}: baseline vs own top-1+2 vs random (same k) "
+        "vs another language's top-1+2; 95% CI",
         fontsize=9,
     )
     return save_figure(fig, stem)
