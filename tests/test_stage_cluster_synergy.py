@@ -103,7 +103,10 @@ def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
     for r in rows:
         assert math.isclose(float(r["synergy"]), float(r["delta_ab"]) - float(r["delta_a"]) - float(r["delta_b"]), rel_tol=1e-4, abs_tol=1e-5)
         assert float(r["ci_low"]) <= float(r["synergy"]) <= float(r["ci_high"])
-    summary = json.loads((run / "cluster_synergy_summary.json").read_text())["layers"]
+    meta = json.loads((run / "cluster_synergy_summary.json").read_text())
+    assert meta["stage"] == cluster_synergy.STAGE.name == "cluster-synergy" and meta["n_pairs"] == n_pairs
+    assert meta["settings"]["permutations"] == 200 and "sentence ids" in meta["bootstrap"]["resampling"]
+    summary = meta["layers"]
     assert set(summary) == {"0", "1", "all_layers"}
     for s in summary.values():
         for which in ("with_degenerate", "without_degenerate"):

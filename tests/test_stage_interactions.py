@@ -199,6 +199,10 @@ def test_stage3_after_section5_computes_nothing_and_matches_a_batch1_reference(s
     for name in ("interaction_matrix", "interaction_mds", "interaction_dendrogram", "interaction_coclustering"):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000, name
     assert "MDS+Ward" in capsys.readouterr().out
+    meta = json.loads((run / "interaction_meta.json").read_text())
+    assert meta["stage"] == cross_linguistic_interactions.STAGE.name == "interactions"
+    assert meta["settings"] == clusters["settings"] and (meta["computed"], meta["cached"]) == (0, out["cached"])
+    assert meta["bootstrap"]["stability_resamples"] == 20 and "draws" in meta["bootstrap"]["random_reference"]
 
     # --aggregate peak: column j at language j's held-out peak from Section 5, still nothing computed
     assert stage3(run, "--aggregate", "peak")["computed"] == 0

@@ -223,6 +223,10 @@ def test_script_end_to_end_and_resume(tiny_args, nu_dir, tmp_path, monkeypatch, 
         assert float(r["random_ci_low"]) <= float(r["random_delta_ce"]) <= float(r["random_ci_high"])
     meta = json.loads((nu_dir / "section5_meta.json").read_text())
     assert meta["split_seed"] == 0 and "half A" in meta["peak_rule"] and meta["bootstrap"]["n_boot"] == stats.N_BOOT
+    stage = reproduce_figures_section5.STAGE  # the report finds the meta by the stage's name for it
+    assert meta["stage"] == stage.name == "section5" and stage.meta == "section5_meta.json"
+    assert meta["bootstrap"]["random_control"] == "draws resampled with replacement as well as sentence ids"
+    assert meta["mode"] == "directional" and meta["n_conditions"] * 3 == len(rows) and meta["data"]
 
     # the directions the engine ablated are the transcoder rows the nu stage saved
     d = torch.load(nu_dir / "layer_2_directions.pt", weights_only=False)
@@ -248,6 +252,10 @@ def test_feature_mode_joins_the_same_table(tiny_args, nu_dir, tmp_path, monkeypa
     feature = [r for r in rows if r["mode"] == "feature"]
     assert len(feature) == 3 * 3 and {r["features"] for r in feature} == {"top1"}
     assert (nu_dir / "figures" / "figure5_feature.png").exists()
+    for name in ("figure5_data_feature.csv", "section5_summary_feature.csv"):  # beside the directional ones
+        assert (nu_dir / name).exists(), name
+    meta = json.loads((nu_dir / "section5_meta_feature.json").read_text())
+    assert meta["stage"] == "section5" and meta["mode"] == "feature" and meta["top_k"] == 1
 
 
 @pytest.mark.parametrize(
