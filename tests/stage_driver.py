@@ -2,7 +2,8 @@
 writes (one relative path a line), optionally dies (os._exit(9), like a kill: no cleanup) right after
 its Nth unit (group) is saved, or sleeps before each unit's forward so that two processes overlap.
 
-usage: stage_driver.py STAGE LOG EXIT_AFTER DELAY_S STAGE_ARGS...   (STAGE: section5 or nu; EXIT_AFTER 0: never)
+usage: stage_driver.py STAGE LOG EXIT_AFTER DELAY_S STAGE_ARGS...
+       (STAGE: section5 or nu; EXIT_AFTER 0: never)
 Section 5 logs <name>/<key>.pt per condition file (a unit: a condition group of one layer);
 the nu stage logs layer_<L> per layer (a unit: a layer).
 """

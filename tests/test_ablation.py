@@ -181,7 +181,7 @@ def test_feature_mode_on_a_residual_sae_reads_the_edited_output(tiny_transcoders
     assert torch.allclose(a.apply(h, torch.zeros_like(h)), h - acts[..., None] * lf.W_dec[3], atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- Gemma 2: hook_mlp_out after post_feedforward_layernorm
+# ---------------------------------------------------- Gemma 2: hook_mlp_out after post_feedforward_layernorm
 
 
 def _gemma_features(

@@ -138,7 +138,8 @@ def test_deng_sets_unchanged(no_hub):
 
 
 def test_deng_ids_parallel_and_aligned_with_sib(no_hub):
-    """Deng ids are the same list in all ten; where an id is sib:<k>, it is SIB's sentence k in that language."""
+    """Deng ids are the same list in all ten; where an id is sib:<k>, it is SIB's sentence k in that
+    language."""
     for which, n_sib in (("selection", 46), ("evaluation", 464)):
         texts = load_texts(PAPER_LANGUAGES, which, -1)
         ids = texts.ids["eng_Latn"]

@@ -26,7 +26,8 @@ def test_squad(pred, golds, em, f1):
 
 
 def test_squad_normalize_keeps_non_ascii_punctuation():
-    # the official script strips string.punctuation only; Chinese full stops stay (one reason for the language-aware F1)
+    # the official script strips string.punctuation only; Chinese full stops stay (one reason for the
+    # language-aware F1)
     assert m.squad_normalize("北京。") == "北京。"
     assert m.squad_f1("北京大学", ["北京"]) == 0.0  # one whitespace token each: no partial credit
 

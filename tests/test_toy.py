@@ -36,7 +36,8 @@ def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def _mlp_io(model, tokenizer, texts: list[str], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """MLP input and output [N, d] of every token, hooked directly on the HF module (independent of langsae.forward)."""
+    """MLP input and output [N, d] of every token, hooked directly on the HF module (independent of
+    langsae.forward)."""
     seen: dict[str, list] = {"x": [], "y": []}
 
     def hook(mod, args, out):

@@ -1,4 +1,5 @@
-"""Tiny random models and SAE weights that tests build in memory (conftest's fixtures save some of them to disk)."""
+"""Tiny random models and SAE weights that tests build in memory (conftest's fixtures save some of them
+to disk)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def tiny_gemma2(vocab_size: int = 50, seed: int = 0, **ids):
 
 
 def bos_tokenizer(texts: list[str], vocab_size: int):
-    """A byte-level BPE tokenizer trained on `texts` that puts a <bos> token before every text, as Gemma's does."""
+    """A byte-level BPE tokenizer trained on `texts` that puts a <bos> token before every text, as Gemma's
+    does."""
     from tokenizers import Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
