@@ -257,7 +257,7 @@ def split_halves(sentence_ids: Sequence, seed: int) -> tuple[np.ndarray, np.ndar
     return np.sort(uniq[perm[:cut]]), np.sort(uniq[perm[cut:]])
 
 
-def bootstrap_record(seed: int, resampling: str, **more: str) -> dict:
+def bootstrap_record(seed: int, resampling: str, **more: object) -> dict:
     """A stage meta's "bootstrap" entry: how its intervals were made (resampling: what was drawn; more:
     e.g. how a random control's draws enter)."""
     return {
