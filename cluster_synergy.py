@@ -1,4 +1,6 @@
-"""The `cluster-synergy` stage (Sec. 5 synergy across language pairs): its code is langsae/stages/cluster_synergy.py.
+"""The `cluster-synergy` stage (Sec. 5 synergy across language pairs).
+
+Its code is langsae/stages/cluster_synergy.py.
 
     python cluster_synergy.py --help    # what it does, and every flag
 """

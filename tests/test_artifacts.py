@@ -20,7 +20,9 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["022", "077", "002"])
+@pytest.mark.parametrize(
+    "mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["022", "077", "002"]
+)
 def test_saved_files_follow_the_umask(tmp_path, umask, mask, expected):
     from langsae.plots import plt, save_figure  # plots picks the file-only backend first
 

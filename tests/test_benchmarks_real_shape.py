@@ -83,7 +83,8 @@ def test_planted_features_top_nu_and_own_language_ablation_costs_most():
             nu = mu[i] - torch.cat([mu[:i], mu[i + 1 :]]).mean(0)
             assert int(nu.argmax()) == planted[L][lang]
 
-    # own-language ablation: the planted decoder direction projected out of block 0's output, on evaluation texts
+    # own-language ablation: the planted decoder direction projected out of block 0's output,
+    # on evaluation texts
     ev = load_texts(LANGS, "evaluation", 8).by_language
     batches = {lang: make_batches(tokenize(tok, ev[lang]), 8, tok.pad_token_id)[0] for lang in LANGS}
     base = {lang: per_text_ce(model, b) for lang, b in batches.items()}

@@ -18,7 +18,9 @@ def test_presets_and_run_folders():
     assert q.features_dir.name == "qwen3-0.6b" and q.output_dir.name == "qwen3-0.6b"
     g = cfg("--model", "gemma-2b")
     assert g.preset.name == "gemma-2-2b" and g.sae_id(12) == "layer_12/width_16k/canonical"
-    c = cfg("--model", "custom", "--model-id", "org/m", "--sae-release", "org/s", "--sae-id-template", "l{layer}")
+    c = cfg(
+        "--model", "custom", "--model-id", "org/m", "--sae-release", "org/s", "--sae-id-template", "l{layer}"
+    )
     assert c.run_name == "org_m__org_s"
     swapped = cfg("--model-id", "other/model")  # a preset with another model is another run
     assert swapped.run_name != q.run_name

@@ -5,20 +5,18 @@ import io
 
 import pytest
 
-from langsae.stages import check_data
-from langsae.stages import cluster_synergy
-from langsae.stages import code_switching
-from langsae.stages import nu as compute_nu_scores
-from langsae.stages import interactions as cross_linguistic_interactions
-from langsae.stages import downstream as downstream_ablation
-from langsae.stages import plots as plot_sae_features
-from langsae.stages import section5 as reproduce_figures_section5
 import run_pipeline
-from langsae.stages import steering as steer_language
 from langsae import code_switch, report, tasks
 from langsae.cli import run_main
 from langsae.config import build_parser, parse_layers, resolve
 from langsae.errors import UserError
+from langsae.stages import check_data, cluster_synergy, code_switching
+from langsae.stages import downstream as downstream_ablation
+from langsae.stages import interactions as cross_linguistic_interactions
+from langsae.stages import nu as compute_nu_scores
+from langsae.stages import plots as plot_sae_features
+from langsae.stages import section5 as reproduce_figures_section5
+from langsae.stages import steering as steer_language
 
 SCRIPTS = {
     "check_data": check_data.parse_args,

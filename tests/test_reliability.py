@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from langsae.stages import nu as compute_nu_scores
-from langsae.stages import plots as plot_sae_features
 from langsae import artifacts, nu, report
 from langsae.cli import run_main
 from langsae.errors import CorruptArtifact
+from langsae.stages import nu as compute_nu_scores
+from langsae.stages import plots as plot_sae_features
 
 TOY = ["--model", "toy", "--n-texts-per-lang", "8"]  # what the small_toy_nu fixture ran
 STALE = time.time() - 2 * artifacts.STALE_TMP_S

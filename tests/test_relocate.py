@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from langsae.stages import code_switching
-from langsae.stages import nu as compute_nu_scores
-from langsae.stages import section5 as reproduce_figures_section5
 from langsae import config, features, model, toy
 from langsae.errors import UserError
 from langsae.nu import META_FILE as NU_META
+from langsae.stages import code_switching
+from langsae.stages import nu as compute_nu_scores
+from langsae.stages import section5 as reproduce_figures_section5
 
 TOY = ["--model", "toy"]
 NU = ["--n-texts-per-lang", "4"]

@@ -8,12 +8,12 @@ import re
 
 import numpy as np
 import pytest
-from scipy.stats import kstest
 from helpers import LANGS5, TOY, copy_nu, read_csv, stage3
+from scipy.stats import kstest
 
-from langsae.stages import cluster_synergy
 from langsae import config, sweep, synergy
 from langsae.cli import run_main
+from langsae.stages import cluster_synergy
 from langsae.stats import Resampled
 
 LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])  # 10 languages in clusters of 3, 3, 2, 2
@@ -23,7 +23,10 @@ A_IDX, B_IDX = np.array([p[0] for p in PAIRS]), np.array([p[1] for p in PAIRS])
 
 def test_permutation_p_is_uniform_under_the_null():
     rng = np.random.default_rng(0)
-    ps = [synergy.permutation_test(rng.normal(size=len(PAIRS)), A_IDX, B_IDX, LABELS, 199, seed=s)[1] for s in range(300)]
+    ps = [
+        synergy.permutation_test(rng.normal(size=len(PAIRS)), A_IDX, B_IDX, LABELS, 199, seed=s)[1]
+        for s in range(300)
+    ]
     assert kstest(ps, "uniform").pvalue > 0.01
     assert 0.02 < np.mean(np.array(ps) <= 0.05) < 0.09
 
@@ -63,7 +66,11 @@ def test_cluster_effect_given_cosine_finds_a_planted_effect_and_keeps_its_level(
     ps = []
     for s in range(200):  # synergy depends on the cosine only, the cosine not on clusters
         c = rng.uniform(0.0, 0.8, len(PAIRS))
-        ps.append(synergy.permutation_test(-c + rng.normal(size=len(PAIRS)), A_IDX, B_IDX, LABELS, 199, seed=s, covariate=c)[1])
+        ps.append(
+            synergy.permutation_test(
+                -c + rng.normal(size=len(PAIRS)), A_IDX, B_IDX, LABELS, 199, seed=s, covariate=c
+            )[1]
+        )
     assert kstest(ps, "uniform").pvalue > 0.01
 
 
@@ -77,7 +84,20 @@ def test_group_means_and_regression_by_hand():
 
 
 def _stage4(run, *extra):
-    return cluster_synergy.main([*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5), "--n-texts", "4", "--permutations", "200", *extra])
+    return cluster_synergy.main(
+        [
+            *TOY,
+            "--out-dir",
+            str(run),
+            "--languages",
+            ",".join(LANGS5),
+            "--n-texts",
+            "4",
+            "--permutations",
+            "200",
+            *extra,
+        ]
+    )
 
 
 def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
@@ -86,7 +106,11 @@ def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
     argv = [*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5), "--n-texts", "4"]
     assert run_main(cluster_synergy.main, argv) == 2  # no clusters yet
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and "python cross_linguistic_interactions.py --model toy" in err[0] and "--n-texts 4" in err[0]
+    assert (
+        len(err) == 1
+        and "python cross_linguistic_interactions.py --model toy" in err[0]
+        and "--n-texts 4" in err[0]
+    )
 
     stage3(run, "--k", "2")
     out = _stage4(run)
@@ -95,13 +119,22 @@ def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
     n_pairs = 2 * 10  # layers x pairs of 5 languages
     assert len(rows) == 2 * n_pairs
     same = [r for r in rows if r["same_feature"] == "True"]
-    assert {(r["lang_a"], r["lang_b"]) for r in same} >= {("eng_Latn", "spa_Latn")}  # they share a top-1 on the toy
+    assert {(r["lang_a"], r["lang_b"]) for r in same} >= {
+        ("eng_Latn", "spa_Latn")
+    }  # they share a top-1 on the toy
     for r in same:
-        assert r["feature_a"] == r["feature_b"] and float(r["cosine"]) > 0.999999 and r["degenerate"] == "True"
+        assert (
+            r["feature_a"] == r["feature_b"] and float(r["cosine"]) > 0.999999 and r["degenerate"] == "True"
+        )
         assert r["delta_ab"] == r["delta_a"] == r["delta_b"]  # one condition, read back from one cache entry
         assert math.isclose(float(r["synergy"]), -float(r["delta_a"]), rel_tol=1e-5, abs_tol=1e-7)
     for r in rows:
-        assert math.isclose(float(r["synergy"]), float(r["delta_ab"]) - float(r["delta_a"]) - float(r["delta_b"]), rel_tol=1e-4, abs_tol=1e-5)
+        assert math.isclose(
+            float(r["synergy"]),
+            float(r["delta_ab"]) - float(r["delta_a"]) - float(r["delta_b"]),
+            rel_tol=1e-4,
+            abs_tol=1e-5,
+        )
         assert float(r["ci_low"]) <= float(r["synergy"]) <= float(r["ci_high"])
     meta = json.loads((run / "cluster_synergy_summary.json").read_text())
     assert meta["stage"] == cluster_synergy.STAGE.name == "cluster-synergy" and meta["n_pairs"] == n_pairs
@@ -111,14 +144,28 @@ def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
     for s in summary.values():
         for which in ("with_degenerate", "without_degenerate"):
             c = s[which]
-            assert set(c) == {"intra", "inter", "difference", "permutation_p", "n_permutations", "regression", "intra_given_cosine"}
+            assert set(c) == {
+                "intra",
+                "inter",
+                "difference",
+                "permutation_p",
+                "n_permutations",
+                "regression",
+                "intra_given_cosine",
+            }
             assert set(c["regression"]) == {"slope", "intercept", "r", "p", "n"}
             assert set(c["intra_given_cosine"]) == {"coefficient", "permutation_p", "n_permutations"}
-            # the permutations used: all 200 with every pair (both groups always have pairs); fewer may qualify without
+            # the permutations used: all 200 with every pair (both groups always have pairs); fewer may
+            # qualify without
             assert c["n_permutations"] == 200 if which == "with_degenerate" else c["n_permutations"] <= 200
     for layer in ("0", "1"):
-        n = {w: summary[layer][w]["intra"]["n_pairs"] + summary[layer][w]["inter"]["n_pairs"] for w in ("with_degenerate", "without_degenerate")}
-        degenerate = len({(r["lang_a"], r["lang_b"]) for r in rows if r["layer"] == layer and r["degenerate"] == "True"})
+        n = {
+            w: summary[layer][w]["intra"]["n_pairs"] + summary[layer][w]["inter"]["n_pairs"]
+            for w in ("with_degenerate", "without_degenerate")
+        }
+        degenerate = len(
+            {(r["lang_a"], r["lang_b"]) for r in rows if r["layer"] == layer and r["degenerate"] == "True"}
+        )
         assert n["with_degenerate"] == 10 and n["without_degenerate"] == 10 - degenerate
     for name in ("synergy_intra_inter", "synergy_vs_cosine", "synergy_pairs"):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000, name

@@ -11,7 +11,6 @@ import pytest
 import torch
 from nu_artifacts import load_tiny, write_fake_nu
 
-from langsae.stages import code_switching
 from langsae import code_switch, config, stats
 from langsae.artifacts import config_hash
 from langsae.cli import run_main
@@ -20,6 +19,7 @@ from langsae.data import PAPER_LANGUAGES
 from langsae.features import load_nu_results
 from langsae.forward import capture
 from langsae.model import HookPoint
+from langsae.stages import code_switching
 
 LANGS = ["eng_Latn", "jpn_Jpan", "cmn_Hans", "tha_Thai"]
 
@@ -35,7 +35,9 @@ def test_probe_set_covers_the_ten_languages_with_consistent_offsets():
     rows = [json.loads(line) for line in code_switch.PROBE_FILE.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == len(ps.concepts) * 10
     for r in rows:
-        assert r["sentence"][r["noun_start"] : r["noun_end"]] == r["noun"] and r["noun_end"] == len(r["sentence"])
+        assert r["sentence"][r["noun_start"] : r["noun_end"]] == r["noun"] and r["noun_end"] == len(
+            r["sentence"]
+        )
     # a noun's translations differ from one another within an item (else Y's noun is X's noun)
     for nouns in ps.noun:
         assert len({n for lang, n in nouns.items() if lang not in ("spa_Latn", "por_Latn")}) == 8
@@ -46,7 +48,17 @@ def test_probe_set_covers_the_ten_languages_with_consistent_offsets():
 
 
 def test_bad_probe_file_is_refused(tmp_path):
-    row = {"item": 0, "concept": "x", "gloss_en": "x", "lang": "eng_Latn", "sentence": "a dog", "prefix": "a ", "noun": "dog", "noun_start": 1, "noun_end": 5}
+    row = {
+        "item": 0,
+        "concept": "x",
+        "gloss_en": "x",
+        "lang": "eng_Latn",
+        "sentence": "a dog",
+        "prefix": "a ",
+        "noun": "dog",
+        "noun_start": 1,
+        "noun_end": 5,
+    }
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(row) + "\n")
     with pytest.raises(code_switch.UserError, match="offsets"):
@@ -72,9 +84,13 @@ def test_offset_alignment_finds_the_noun_without_spaces(tiny, lang):
     probes = [p for p in code_switch.build_probes(ps) if p.noun_lang == lang]
     tokens = code_switch.tokenize_probes(tok, probes)
     for p, ids, pos, straddles in zip(probes, tokens.token_ids, tokens.noun_positions, tokens.straddles):
-        assert pos == list(range(pos[0], len(ids))) and pos[0] >= 1  # the noun ends the text, never at position 0
+        assert (
+            pos == list(range(pos[0], len(ids))) and pos[0] >= 1
+        )  # the noun ends the text, never at position 0
         noun = tok.decode(ids[pos[0] :])
-        if straddles:  # a token spans the prefix's end and the noun's start: it counts, with its extra characters
+        if (
+            straddles
+        ):  # a token spans the prefix's end and the noun's start: it counts, with its extra characters
             assert noun.endswith(ps.noun[p.item][lang]) and p.text.endswith(noun)
             continue
         assert noun.strip() == ps.noun[p.item][lang]
@@ -93,9 +109,13 @@ def test_offset_alignment_counts_a_straddling_token():
     vocab = {"<|endoftext|>": 0, "我": 1, "烤面": 2, "包": 3}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("我|烤面|包"), behavior="isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
     probe = code_switch.Probe(0, "cmn_Hans", "cmn_Hans", "我烤面包", 3, 4)  # noun "包" after "我烤面"
-    tokens = code_switch.tokenize_probes(tok, [probe, code_switch.Probe(0, "cmn_Hans", "cmn_Hans", "我烤面包", 2, 4)])
+    tokens = code_switch.tokenize_probes(
+        tok, [probe, code_switch.Probe(0, "cmn_Hans", "cmn_Hans", "我烤面包", 2, 4)]
+    )
     assert tokens.token_ids[0] == [1, 2, 3]
     assert tokens.noun_positions == [[2], [1, 2]] and tokens.straddles == [False, True]
     # cut alone: the neutral start (id 0 here) + the straddling token as it is, not "面包" retokenised
@@ -105,7 +125,8 @@ def test_offset_alignment_counts_a_straddling_token():
 
 
 def _noun_ids_from_text(tok, text, noun_start):
-    """Brute force: tokenise the text, keep every token that ends after the noun starts (the noun ends the text)."""
+    """Brute force: tokenise the text, keep every token that ends after the noun starts (the noun ends the
+    text)."""
     enc = tok(text, return_offsets_mapping=True)
     return [i for i, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]) if e > s and e > noun_start]
 
@@ -180,7 +201,9 @@ def _brute_force_cases(acts, probes, languages, n_items):
             out["same_noun_alone"][i, k] = acts[find[i, x, x, True], k]
             out["other_nouns_alone"][i, k] = np.mean([acts[find[i, x, y, True], k] for y in others])
             out["own_noun_after_own_prefix"][i, k] = acts[find[i, x, x, False], k]
-            out["own_noun_after_foreign_prefix"][i, k] = np.mean([acts[find[i, y, x, False], k] for y in others])
+            out["own_noun_after_foreign_prefix"][i, k] = np.mean(
+                [acts[find[i, y, x, False], k] for y in others]
+            )
             out["own_noun_alone"][i, k] = acts[find[i, x, x, True], k]
             foreign_cut = [acts[find[i, y, x, True], k] for y in others]  # x's noun as cut after y's prefix
             out["own_noun_alone_as_after_foreign_prefix"][i, k] = np.mean(foreign_cut)
@@ -203,14 +226,27 @@ def test_measures_equal_a_brute_force_per_item_loop():
         for case, v in _brute_force_cases(acts[L], probes, LANGS, n).items():
             np.testing.assert_allclose(m.by_name[case].point[:, li], v.mean(0))
         for name, (_, a, b) in code_switch.CONTRASTS.items():
-            np.testing.assert_allclose(m.by_name[name].point[:, li], values[L][a].mean(0) - values[L][b].mean(0))
+            np.testing.assert_allclose(
+                m.by_name[name].point[:, li], values[L][a].mean(0) - values[L][b].mean(0)
+            )
     # the heatmap: X's (Y's) feature on Y's noun after X's prefix, by hand for one pair and item
     pairs = code_switch.pair_matrices(acts[3], probes, LANGS, n)
-    j = next(j for j, p in enumerate(probes) if (p.item, p.prefix_lang, p.noun_lang) == (2, "tha_Thai", "jpn_Jpan"))
-    assert pairs["prefix_feature"][2, 3, 1] == acts[3][j, 3] and pairs["noun_feature"][2, 3, 1] == acts[3][j, 1]
+    j = next(
+        j for j, p in enumerate(probes) if (p.item, p.prefix_lang, p.noun_lang) == (2, "tha_Thai", "jpn_Jpan")
+    )
+    assert (
+        pairs["prefix_feature"][2, 3, 1] == acts[3][j, 3] and pairs["noun_feature"][2, 3, 1] == acts[3][j, 1]
+    )
     rows = code_switch.heatmap_rows(pairs, LANGS, 3, seed=0, n_boot=200)
-    r = next(r for r in rows if (r["measure"], r["prefix_lang"], r["noun_lang"]) == ("noun_feature", "tha_Thai", "jpn_Jpan"))
-    assert r["value"] == pytest.approx(pairs["noun_feature"][:, 3, 1].mean()) and r["ci_low"] <= r["value"] <= r["ci_high"]
+    r = next(
+        r
+        for r in rows
+        if (r["measure"], r["prefix_lang"], r["noun_lang"]) == ("noun_feature", "tha_Thai", "jpn_Jpan")
+    )
+    assert (
+        r["value"] == pytest.approx(pairs["noun_feature"][:, 3, 1].mean())
+        and r["ci_low"] <= r["value"] <= r["ci_high"]
+    )
 
 
 def test_effect_layer_finds_a_planted_peak():
@@ -229,7 +265,9 @@ def test_effect_layer_finds_a_planted_peak():
 @pytest.fixture(scope="module")
 def fake_nu(tiny_args, tiny_transcoders, tmp_path_factory):
     out = tmp_path_factory.mktemp("code_switch") / "run"
-    cfg = resolve(build_parser("t").parse_args([*tiny_args, "--out-dir", str(out), "--languages", ",".join(LANGS)]))
+    cfg = resolve(
+        build_parser("t").parse_args([*tiny_args, "--out-dir", str(out), "--languages", ",".join(LANGS)])
+    )
     write_fake_nu(out, cfg.describe(), tiny_transcoders, LANGS)
     return cfg
 
@@ -258,25 +296,52 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_script_end_to_end_resumes_and_recomputes_from_items(tiny_args, fake_nu, tmp_path, monkeypatch, capsys):
+def test_script_end_to_end_resumes_and_recomputes_from_items(
+    tiny_args, fake_nu, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
-    argv = [*tiny_args, "--out-dir", str(fake_nu.features_dir), "--languages", ",".join(LANGS), "--batch-size", "16"]
+    argv = [
+        *tiny_args,
+        "--out-dir",
+        str(fake_nu.features_dir),
+        "--languages",
+        ",".join(LANGS),
+        "--batch-size",
+        "16",
+    ]
     assert code_switching.main(argv) == {"computed": 3, "cached": 0, "unit": "layer"}
     fdir = fake_nu.features_dir
-    results, items = _read_csv(fdir / "code_switching_results.csv"), _read_csv(fdir / "code_switching_items.csv")
+    results, items = (
+        _read_csv(fdir / "code_switching_results.csv"),
+        _read_csv(fdir / "code_switching_items.csv"),
+    )
     n_items = len(code_switch.load_probe_set().concepts)
     n_cases = sum(len(c) for c in code_switch.CASES.values()) + len(code_switch.CONTRASTS)
     assert len(results) == 3 * n_cases * (len(LANGS) + 1)
     # a number of the results table, recomputed by hand from the per-text table
     L, x = "2", "cmn_Hans"
     per_item = [
-        np.mean([float(r["activation"]) for r in items if r["layer"] == L and r["item"] == str(i) and r["prefix_lang"] == x
-                 and r["noun_lang"] != x and r["feature_lang"] == x and r["text"] == "after_prefix"])
+        np.mean(
+            [
+                float(r["activation"])
+                for r in items
+                if r["layer"] == L
+                and r["item"] == str(i)
+                and r["prefix_lang"] == x
+                and r["noun_lang"] != x
+                and r["feature_lang"] == x
+                and r["text"] == "after_prefix"
+            ]
+        )
         for i in range(n_items)
-    ]  # fmt: skip
-    row = next(r for r in results if (r["layer"], r["case"], r["language"]) == (L, "other_nouns_after_prefix", x))
+    ]
+    row = next(
+        r for r in results if (r["layer"], r["case"], r["language"]) == (L, "other_nouns_after_prefix", x)
+    )
     assert float(row["value"]) == pytest.approx(np.mean(per_item), rel=1e-4)
-    assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"]) and row["n_items"] == str(n_items)
+    assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"]) and row["n_items"] == str(
+        n_items
+    )
     # the paper's contrast from the per-text table: each prefixed row minus the alone row cut from the same
     # (item, prefix_lang, noun_lang), which holds the same noun token ids
     at = [r for r in items if r["layer"] == L and r["feature_lang"] == x]
@@ -309,7 +374,11 @@ def test_script_end_to_end_resumes_and_recomputes_from_items(tiny_args, fake_nu,
     assert meta["heatmap_layer"] in (0, 1, 2) and meta["features"]["2"][x] == int(row["feature"])
     assert len(_read_csv(fdir / "code_switching_heatmap.csv")) == 2 * len(LANGS) ** 2
     figures = resolve(build_parser("t").parse_args(argv)).output_dir  # wherever the run's config puts them
-    for name in ("code_switching_prefix_feature.png", "code_switching_noun_feature.pdf", "code_switching_heatmap.png"):
+    for name in (
+        "code_switching_prefix_feature.png",
+        "code_switching_noun_feature.pdf",
+        "code_switching_heatmap.png",
+    ):
         assert (figures / name).stat().st_size > 1000, name
 
     def fail(*a, **k):
@@ -338,9 +407,19 @@ def test_bad_input_is_one_line_exit_2(tiny_args, fake_nu, capsys, extra, message
 
 def test_probe_languages_are_those_every_item_has(tmp_path):
     assert code_switch.probe_languages() == tuple(sorted(PAPER_LANGUAGES))
-    rows = [json.loads(line) for line in code_switch.PROBE_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in code_switch.PROBE_FILE.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     short = tmp_path / "probes.jsonl"  # item 0 without Korean
-    short.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if not (r["item"] == rows[0]["item"] and r["lang"] == "kor_Hang")))
+    short.write_text(
+        "".join(
+            json.dumps(r, ensure_ascii=False) + "\n"
+            for r in rows
+            if not (r["item"] == rows[0]["item"] and r["lang"] == "kor_Hang")
+        )
+    )
     assert code_switch.probe_languages(short) == tuple(sorted(set(PAPER_LANGUAGES) - {"kor_Hang"}))
 
 

@@ -1,7 +1,6 @@
 """Stage 3: distances and clusters against hand values and sklearn, stability on planted and random
 matrices, and the script end to end on the tiny fixture against a batch-1 reference."""
 
-from helpers import LANGS5, SHARED, STAGE3, TOY, copy_nu, read_csv, stage3
 import json
 import math
 from contextlib import nullcontext
@@ -10,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import LANGS5, SHARED, STAGE3, TOY, copy_nu, read_csv, stage3
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
-from langsae.stages import interactions as cross_linguistic_interactions
-from langsae.stages import section5 as reproduce_figures_section5
 from langsae import config, features, interactions, sweep
 from langsae.ablation import make_ablation
 from langsae.cli import run_main
@@ -22,6 +20,8 @@ from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.forward import edit_output, tokenize
 from langsae.model import load_model
+from langsae.stages import interactions as cross_linguistic_interactions
+from langsae.stages import section5 as reproduce_figures_section5
 from langsae.sweep import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
 
 # ----------------------------------------------------------------------------- distance and clusters by hand
@@ -111,11 +111,20 @@ def _sweep_result() -> SweepResult:
     """Two languages x 2 texts (sentences s0, s1 in both), two layers, per-text ΔCE chosen by hand:
     at layer 3 ablating eng gives 1, 3 on eng texts and 0, 0.2 on fra texts; ablating fra gives
     0.5, 0.5 | 2, 4; at layer 5 everything is twice that; random draws 0.1 and 0.3 everywhere."""
-    ev = EvalSet(("eng_Latn", "fra_Latn"), [[1, 2]] * 4, np.array([0, 0, 1, 1]), "synthetic", np.array(["s0", "s1", "s0", "s1"]))
+    ev = EvalSet(
+        ("eng_Latn", "fra_Latn"),
+        [[1, 2]] * 4,
+        np.array([0, 0, 1, 1]),
+        "synthetic",
+        np.array(["s0", "s1", "s0", "s1"]),
+    )
     eng, fra = np.array([1, 3, 0, 0.2]), np.array([0.5, 0.5, 2, 4])
     conds, rows = [], []
     for L, scale in ((3, 1.0), (5, 2.0)):
-        conds += [Condition(L, "directional", "eng_Latn", "top1+2", (L, 1)), Condition(L, "directional", "fra_Latn", "top1+2", (L, 2))]
+        conds += [
+            Condition(L, "directional", "eng_Latn", "top1+2", (L, 1)),
+            Condition(L, "directional", "fra_Latn", "top1+2", (L, 2)),
+        ]
         rows += [scale * eng, scale * fra]
         for draw, v in enumerate((0.1, 0.3)):
             conds.append(Condition(L, "directional", NO_LANGUAGE, RANDOM, (100 + draw, 200), draw))
@@ -144,24 +153,25 @@ def test_layer_matrices_and_aggregates_by_hand():
 # ----------------------------------------------------------------------------- the script on the small toy
 
 
-
-
 def section5_run(out):
     assert run_main(reproduce_figures_section5.main, [*TOY, "--out-dir", str(out), *SHARED]) == 0
 
 
 def _reference_delta(model, ids: list[int], ablation) -> float:
-    """Slow and obvious: one text, batch 1, full forwards with and without the hook, CE from the full logits."""
+    """Slow and obvious: one text, batch 1, full forwards with and without the hook, CE from the full
+    logits."""
     x = torch.tensor([ids])
     ce = []
     for a in (None, ablation):
-        with torch.no_grad(), (edit_output(model, a.hook, a.apply) if a else nullcontext()):
+        with torch.no_grad(), edit_output(model, a.hook, a.apply) if a else nullcontext():
             logits = model(input_ids=x).logits[0].float()
         ce.append(F.cross_entropy(logits[:-1], x[0, 1:]).item())
     return ce[1] - ce[0]
 
 
-def test_stage3_after_section5_computes_nothing_and_matches_a_batch1_reference(small_toy_nu, tmp_path, monkeypatch, capsys):
+def test_stage3_after_section5_computes_nothing_and_matches_a_batch1_reference(
+    small_toy_nu, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
     run = copy_nu(small_toy_nu, tmp_path / "run")
     section5_run(run)
@@ -170,12 +180,16 @@ def test_stage3_after_section5_computes_nothing_and_matches_a_batch1_reference(s
     rows = read_csv(run / "interaction_matrix.csv")
     assert list(rows[0]) == interactions.MATRIX_COLUMNS
     assert {r["layer"] for r in rows} == {"0", "1", "mean"}
-    assert len([r for r in rows if r["ablated_lang"] == "random"]) == 3 * 5  # per layer and the aggregate, per language
+    assert (
+        len([r for r in rows if r["ablated_lang"] == "random"]) == 3 * 5
+    )  # per layer and the aggregate, per language
     for r in rows:
         assert float(r["ci_low"]) <= float(r["delta_ce"]) <= float(r["ci_high"])
 
     # a few cells against batch-1 forwards with the nu stage's saved directions
-    cfg = resolve(build_parser("t").parse_args([*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5)]))
+    cfg = resolve(
+        build_parser("t").parse_args([*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5)])
+    )
     nu = features.load_nu_results(cfg, None, 2)
     model, tok = load_model(cfg.preset, "cpu", torch.float32)
     texts = load_texts(tuple(LANGS5), "evaluation", 4)
@@ -188,26 +202,56 @@ def test_stage3_after_section5_computes_nothing_and_matches_a_batch1_reference(s
     assert abs(cell[("eng_Latn", "jpn_Jpan", "mean")] - mean_cell) < 1e-5
 
     clusters = json.loads((run / interactions.CLUSTERS_FILE).read_text())
-    for key in ("languages", "distance", "labels", "co_clustering", "ari", "stress", "silhouette", "settings", "mds_coords"):
+    for key in (
+        "languages",
+        "distance",
+        "labels",
+        "co_clustering",
+        "ari",
+        "stress",
+        "silhouette",
+        "settings",
+        "mds_coords",
+    ):
         assert key in clusters, key
-    assert clusters["languages"] == LANGS5 and len(clusters["distance"]) == 5 and set(clusters["labels"]) == set(LANGS5)
-    assert len(set(clusters["labels"].values())) == 3 and clusters["ari"]["n_resamples"] + clusters["ari"]["n_skipped"] == 20
+    assert (
+        clusters["languages"] == LANGS5
+        and len(clusters["distance"]) == 5
+        and set(clusters["labels"]) == set(LANGS5)
+    )
+    assert (
+        len(set(clusters["labels"].values())) == 3
+        and clusters["ari"]["n_resamples"] + clusters["ari"]["n_skipped"] == 20
+    )
     assert set(clusters["silhouette"]) == {"2", "3", "4"}
     co = np.array(clusters["co_clustering"])
     assert np.allclose(np.diag(co), 1) and np.allclose(co, co.T)
-    assert clusters["labels"]["eng_Latn"] == clusters["labels"]["spa_Latn"]  # one shared top-1: identical columns
-    for name in ("interaction_matrix", "interaction_mds", "interaction_dendrogram", "interaction_coclustering"):
+    assert (
+        clusters["labels"]["eng_Latn"] == clusters["labels"]["spa_Latn"]
+    )  # one shared top-1: identical columns
+    for name in (
+        "interaction_matrix",
+        "interaction_mds",
+        "interaction_dendrogram",
+        "interaction_coclustering",
+    ):
         assert (run / "figures" / f"{name}.png").stat().st_size > 1000, name
     assert "MDS+Ward" in capsys.readouterr().out
     meta = json.loads((run / "interaction_meta.json").read_text())
     assert meta["stage"] == cross_linguistic_interactions.STAGE.name == "interactions"
-    assert meta["settings"] == clusters["settings"] and (meta["computed"], meta["cached"]) == (0, out["cached"])
+    assert meta["settings"] == clusters["settings"] and (meta["computed"], meta["cached"]) == (
+        0,
+        out["cached"],
+    )
     assert meta["bootstrap"]["stability_resamples"] == 20 and "draws" in meta["bootstrap"]["random_reference"]
 
     # --aggregate peak: column j at language j's held-out peak from Section 5, still nothing computed
     assert stage3(run, "--aggregate", "peak")["computed"] == 0
     peaks = {r["language"]: r["peak_layer"] for r in read_csv(run / "section5_summary.csv")}
-    cell = {(r["eval_lang"], r["ablated_lang"], r["layer"]): r["delta_ce"] for r in read_csv(run / "interaction_matrix.csv")}
+    cell = {
+        (r["eval_lang"], r["ablated_lang"], r["layer"]): r["delta_ce"]
+        for r in read_csv(run / "interaction_matrix.csv")
+    }
     for ab in LANGS5:
         assert cell[("eng_Latn", ab, "peak")] == cell[("eng_Latn", ab, peaks[ab])]
 
@@ -242,6 +286,8 @@ def test_bad_input_is_one_line_exit_2(small_toy_nu, tmp_path, capsys, extra, mes
     run = copy_nu(small_toy_nu, tmp_path / "run")
     argv = [*TOY, "--out-dir", str(run), *SHARED, *STAGE3, *extra]
     assert run_main(cross_linguistic_interactions.main, argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # (after the model's progress bar)
+    errors = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")
+    ]  # (after the model's progress bar)
     assert len(errors) == 1 and re.search(message, errors[0]), errors
     assert not (run / interactions.CLUSTERS_FILE).exists()

@@ -244,10 +244,21 @@ def custom_sae_args(model_dir, release: str) -> list[str]:
     layer 1 only."""
     # fmt: skip below keeps each flag next to its value, as on a command line
     return [
-        "--model", "custom", "--model-id", str(model_dir), "--sae-release", release,
-        "--sae-id-template", "layer_{layer}/width_16k/canonical", "--device", "cpu", "--dtype", "float32",
-        "--layers", "1",
-    ]  # fmt: skip
+        "--model",
+        "custom",
+        "--model-id",
+        str(model_dir),
+        "--sae-release",
+        release,
+        "--sae-id-template",
+        "layer_{layer}/width_16k/canonical",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--layers",
+        "1",
+    ]
 
 
 def jumprelu_by_hand(sae):

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from langsae.stages import nu as compute_nu_scores
-from langsae.stages import section5 as reproduce_figures_section5
 from langsae import config, section5, stats, sweep
-from langsae.sweep import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
 from langsae.cli import run_main
 from langsae.data import load_texts
+from langsae.stages import nu as compute_nu_scores
+from langsae.stages import section5 as reproduce_figures_section5
+from langsae.sweep import NO_LANGUAGE, RANDOM, Condition, EvalSet, SweepResult
 
 LANGS = ["eng_Latn", "fra_Latn", "jpn_Jpan"]
 
@@ -45,14 +45,26 @@ def _synthetic_result() -> SweepResult:
       fra top1: 0, 0 | 2, 2        fra top2: 1, 1 | 1, 1      fra top1+2: 0.5, 0.5 | 3, 5
       random k=1 draws 0/1: 0.1/0.3 everywhere; k=2 draws 0/1: 0.2/0.4 everywhere
     """
-    ev = EvalSet(("eng_Latn", "fra_Latn"), [[1, 2]] * 4, np.array([0, 0, 1, 1]), "synthetic", np.array(["s0", "s1", "s0", "s1"]))
+    ev = EvalSet(
+        ("eng_Latn", "fra_Latn"),
+        [[1, 2]] * 4,
+        np.array([0, 0, 1, 1]),
+        "synthetic",
+        np.array(["s0", "s1", "s0", "s1"]),
+    )
     deltas = {
-        ("eng_Latn", "top1"): [1, 3, 0, 0.2], ("eng_Latn", "top2"): [0, 0, 0, 0], ("eng_Latn", "top1+2"): [2, 4, 0.4, 0.4],
-        ("fra_Latn", "top1"): [0, 0, 2, 2], ("fra_Latn", "top2"): [1, 1, 1, 1], ("fra_Latn", "top1+2"): [0.5, 0.5, 3, 5],
-    }  # fmt: skip
+        ("eng_Latn", "top1"): [1, 3, 0, 0.2],
+        ("eng_Latn", "top2"): [0, 0, 0, 0],
+        ("eng_Latn", "top1+2"): [2, 4, 0.4, 0.4],
+        ("fra_Latn", "top1"): [0, 0, 2, 2],
+        ("fra_Latn", "top2"): [1, 1, 1, 1],
+        ("fra_Latn", "top1+2"): [0.5, 0.5, 3, 5],
+    }
     conds, rows = [], []
     for i, ((lang, fs), d) in enumerate(deltas.items()):
-        conds.append(Condition(4, "directional", lang, fs, (10 * i,) if "+" not in fs else (10 * i, 10 * i + 1)))
+        conds.append(
+            Condition(4, "directional", lang, fs, (10 * i,) if "+" not in fs else (10 * i, 10 * i + 1))
+        )
         rows.append(d)
     for k, vals in ((1, (0.1, 0.3)), (2, (0.2, 0.4))):
         for draw, v in enumerate(vals):
@@ -74,16 +86,24 @@ def test_figure5_rows_by_hand():
     assert math.isclose(_get(rows, language="eng_Latn", features="top1", series="others")["delta_ce"], 0.1)
     assert math.isclose(_get(rows, language="eng_Latn", features="top1+2", series="self")["delta_ce"], 3.0)
     # control: French features on English texts
-    assert math.isclose(_get(rows, language="eng_Latn", features="top1+2", series="other_lang_features")["delta_ce"], 0.5)
-    assert math.isclose(_get(rows, language="fra_Latn", features="top1", series="random")["delta_ce"], 0.2)  # k=1 draws
-    assert math.isclose(_get(rows, language="fra_Latn", features="top1+2", series="random")["delta_ce"], 0.3)  # k=2 draws
+    assert math.isclose(
+        _get(rows, language="eng_Latn", features="top1+2", series="other_lang_features")["delta_ce"], 0.5
+    )
+    assert math.isclose(
+        _get(rows, language="fra_Latn", features="top1", series="random")["delta_ce"], 0.2
+    )  # k=1 draws
+    assert math.isclose(
+        _get(rows, language="fra_Latn", features="top1+2", series="random")["delta_ce"], 0.3
+    )  # k=2 draws
     self_row = _get(rows, language="eng_Latn", features="top1", series="self")
     assert 1.0 <= self_row["ci_low"] <= 2.0 <= self_row["ci_high"] <= 3.0
     # the random band resamples draws: with 2 draws, a replicate holds draw 0 twice (ΔCE 0.1 on every
     # text) with probability 1/4 > 2.5%, and draw 1 twice (0.3) likewise, so the band is [0.1, 0.3];
     # averaging the draws before resampling texts gave a zero-width band at 0.2
     rand = _get(rows, language="fra_Latn", features="top1", series="random")
-    assert math.isclose(rand["ci_low"], 0.1, abs_tol=1e-6) and math.isclose(rand["ci_high"], 0.3, abs_tol=1e-6)
+    assert math.isclose(rand["ci_low"], 0.1, abs_tol=1e-6) and math.isclose(
+        rand["ci_high"], 0.3, abs_tol=1e-6
+    )
     # others on eng top1: fra texts 0, 0.2 -> replicates 0, 0.1 or 0.2
     others = _get(rows, language="eng_Latn", features="top1", series="others")
     assert -1e-6 <= others["ci_low"] <= 0.1 <= others["ci_high"] <= 0.2 + 1e-6  # float32 replicate sums
@@ -93,10 +113,15 @@ def test_figure6_synergy_is_paired_per_text():
     r = _synthetic_result()
     rows = section5.figure6_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)
     syn = _get(rows, language="eng_Latn", eval="self", quantity="synergy")
-    # per text: 2-1-0 = 1 and 4-3-0 = 1: no spread, so a zero-width interval (an unpaired bootstrap would be wide)
+    # per text: 2-1-0 = 1 and 4-3-0 = 1: no spread, so a zero-width interval (an unpaired bootstrap
+    # would be wide)
     assert (syn["delta_ce"], syn["ci_low"], syn["ci_high"]) == (1.0, 1.0, 1.0)
-    assert math.isclose(_get(rows, language="fra_Latn", eval="self", quantity="synergy")["delta_ce"], 4 - 2 - 1)
-    assert math.isclose(_get(rows, language="fra_Latn", eval="others", quantity="synergy")["delta_ce"], 0.5 - 0 - 1)
+    assert math.isclose(
+        _get(rows, language="fra_Latn", eval="self", quantity="synergy")["delta_ce"], 4 - 2 - 1
+    )
+    assert math.isclose(
+        _get(rows, language="fra_Latn", eval="others", quantity="synergy")["delta_ce"], 0.5 - 0 - 1
+    )
 
 
 def test_summary_is_measured_on_the_held_out_half_by_hand():
@@ -105,30 +130,46 @@ def test_summary_is_measured_on_the_held_out_half_by_hand():
     (a,), (b,) = stats.split_halves(r.evalset.sentence_ids, 0)
     assert {a, b} == {"s0", "s1"}
     # by hand from the table in _synthetic_result, on the one sentence of half B (eng text, fra text):
-    #   eng top1+2: self (s0: 2, s1: 4), others = fra text (0.4, 0.4), synergy = self − top1 − top2 (2−1−0, 4−3−0)
+    #   eng top1+2: self (s0: 2, s1: 4), others = fra text (0.4, 0.4),
+    #   synergy = self − top1 − top2 (2−1−0, 4−3−0)
     #   fra top1+2: self (3, 5), others = eng text (0.5, 0.5), synergy (3−2−1, 5−2−1)
     #   French top1+2 on English texts: 0.5; English top1+2 on French texts: 0.4
     expected = {
-        "s0": {"eng_Latn": dict(self=2.0, others=0.4, diff=1.6, ratio=5.0, synergy=1.0, olf=0.5),
-               "fra_Latn": dict(self=3.0, others=0.5, diff=2.5, ratio=6.0, synergy=0.0, olf=0.4)},
-        "s1": {"eng_Latn": dict(self=4.0, others=0.4, diff=3.6, ratio=10.0, synergy=1.0, olf=0.5),
-               "fra_Latn": dict(self=5.0, others=0.5, diff=4.5, ratio=10.0, synergy=2.0, olf=0.4)},
-    }[b]  # fmt: skip
-    summary = {row["language"]: row for row in section5.summary_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)}
+        "s0": {
+            "eng_Latn": dict(self=2.0, others=0.4, diff=1.6, ratio=5.0, synergy=1.0, olf=0.5),
+            "fra_Latn": dict(self=3.0, others=0.5, diff=2.5, ratio=6.0, synergy=0.0, olf=0.4),
+        },
+        "s1": {
+            "eng_Latn": dict(self=4.0, others=0.4, diff=3.6, ratio=10.0, synergy=1.0, olf=0.5),
+            "fra_Latn": dict(self=5.0, others=0.5, diff=4.5, ratio=10.0, synergy=2.0, olf=0.4),
+        },
+    }[b]
+    summary = {
+        row["language"]: row for row in section5.summary_rows(r, ["eng_Latn", "fra_Latn"], [4], 2, seed=0)
+    }
     for lang, want in expected.items():
         row = summary[lang]
-        assert row["peak_layer"] == 4 and row["peak_frequency"] == "4:1.000" and row["modal_peak_share"] == 1.0
+        assert (
+            row["peak_layer"] == 4 and row["peak_frequency"] == "4:1.000" and row["modal_peak_share"] == 1.0
+        )
         assert row["peak_selection_half_n"] == 1 and row["report_half_n"] == 1
-        for col, ci, key in [("self_delta_ce", "self", "self"), ("others_delta_ce", "others", "others"),
-                             ("specificity_diff", "specificity_diff", "diff"), ("specificity", "specificity", "ratio"),
-                             ("synergy", "synergy", "synergy"), ("other_lang_features_delta_ce", "other_lang_features", "olf")]:  # fmt: skip
+        for col, ci, key in [
+            ("self_delta_ce", "self", "self"),
+            ("others_delta_ce", "others", "others"),
+            ("specificity_diff", "specificity_diff", "diff"),
+            ("specificity", "specificity", "ratio"),
+            ("synergy", "synergy", "synergy"),
+            ("other_lang_features_delta_ce", "other_lang_features", "olf"),
+        ]:
             # one sentence in half B: every replicate draws it, so each interval is that value
             for got in (row[col], row[f"{ci}_ci_low"], row[f"{ci}_ci_high"]):
                 assert math.isclose(got, want[key], abs_tol=1e-9), (lang, col, got, want[key])
         assert row["specificity_ratio_unbounded"] is False
         # random k=2: draws 0.2 and 0.4 on every text; replicates resample the 2 draws -> [0.2, 0.4]
         assert math.isclose(row["random_delta_ce"], 0.3, abs_tol=1e-9) and row["random_draws"] == 2
-        assert math.isclose(row["random_ci_low"], 0.2, abs_tol=1e-9) and math.isclose(row["random_ci_high"], 0.4, abs_tol=1e-9)
+        assert math.isclose(row["random_ci_low"], 0.2, abs_tol=1e-9) and math.isclose(
+            row["random_ci_high"], 0.4, abs_tol=1e-9
+        )
     assert "shared_with" in summary["eng_Latn"]
     table = section5.format_summary(list(summary.values()))
     assert "unbounded" not in table and f"{expected['eng_Latn']['ratio']:.2f}" in table
@@ -145,7 +186,10 @@ def _layered_result(own: np.ndarray) -> SweepResult:
     ev = EvalSet(("eng_Latn", "fra_Latn"), [[1, 2]] * (2 * n), np.repeat([0, 1], n), "simulated", ids)
     conds, rows = [], []
     for L in range(K):
-        conds += [Condition(L, "directional", "eng_Latn", "top1", (2 * L,)), Condition(L, "directional", "fra_Latn", "top1", (2 * L + 1,))]
+        conds += [
+            Condition(L, "directional", "eng_Latn", "top1", (2 * L,)),
+            Condition(L, "directional", "fra_Latn", "top1", (2 * L + 1,)),
+        ]
         rows += [np.concatenate([own[L], np.zeros(n)]), np.zeros(2 * n)]
     return SweepResult(ev, conds, np.zeros(2 * n), np.ones(2 * n, dtype=int), np.array(rows))
 
@@ -158,22 +202,30 @@ def test_held_out_peak_is_unbiased_where_the_same_text_argmax_is_not():
     held_out, same_text, covered = [], [], 0
     for sim in range(sims):
         own = truth + np.random.default_rng(sim).normal(size=(K, n))
-        (eng, _) = section5.summary_rows(_layered_result(own), ["eng_Latn", "fra_Latn"], list(range(K)), 1, seed=sim, n_boot=200)
+        (eng, _) = section5.summary_rows(
+            _layered_result(own), ["eng_Latn", "fra_Latn"], list(range(K)), 1, seed=sim, n_boot=200
+        )
         held_out.append(eng["self_delta_ce"])
         covered += eng["self_ci_low"] <= truth <= eng["self_ci_high"]
         same_text.append(own.mean(axis=1).max())  # the old rule: argmax and report on all texts
     se = 1 / np.sqrt(n)
     assert np.mean(same_text) - truth > 1.0 * se  # the bias the old rule had (E max of 10 normals ≈ 1.54 SE)
-    assert abs(np.mean(held_out) - truth) < 4 * (np.sqrt(2) * se) / np.sqrt(sims)  # unbiased, within 4 SE of the mean
+    assert abs(np.mean(held_out) - truth) < 4 * (np.sqrt(2) * se) / np.sqrt(
+        sims
+    )  # unbiased, within 4 SE of the mean
     assert covered / sims >= 0.88  # nominal 95%; the old same-text interval covered ~74%
 
 
 def test_a_planted_peak_is_found_with_frequency_near_one():
     own = 0.5 + np.random.default_rng(0).normal(size=(10, 100))
     own[6] += 1.0  # 10 SE above every other layer
-    (eng, _) = section5.summary_rows(_layered_result(own), ["eng_Latn", "fra_Latn"], list(range(10)), 1, seed=0, n_boot=200)
+    (eng, _) = section5.summary_rows(
+        _layered_result(own), ["eng_Latn", "fra_Latn"], list(range(10)), 1, seed=0, n_boot=200
+    )
     assert eng["peak_layer"] == 6 and eng["modal_peak_layer"] == 6 and eng["modal_peak_share"] >= 0.95
-    assert eng["peak_frequency"].startswith("6:") and eng["peak_selection_half_n"] + eng["report_half_n"] == 100
+    assert (
+        eng["peak_frequency"].startswith("6:") and eng["peak_selection_half_n"] + eng["report_half_n"] == 100
+    )
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -182,13 +234,33 @@ def test_a_planted_peak_is_found_with_frequency_near_one():
 @pytest.fixture(scope="module")
 def nu_dir(tiny_args, tmp_path_factory):
     out = tmp_path_factory.mktemp("section5") / "run"
-    flags = ["--out-dir", str(out), "--languages", ",".join(LANGS), "--layers", "0,2", "--n-texts-per-lang", "4"]
+    flags = [
+        "--out-dir",
+        str(out),
+        "--languages",
+        ",".join(LANGS),
+        "--layers",
+        "0,2",
+        "--n-texts-per-lang",
+        "4",
+    ]
     assert run_main(compute_nu_scores.main, [*tiny_args, *flags, "--top-k", "2", "--control-pool", "6"]) == 0
     return out
 
 
 def _run(tiny_args, nu_dir, *extra):
-    flags = ["--out-dir", str(nu_dir), "--languages", ",".join(LANGS), "--n-texts", "3", "--batch-size", "4", "--random-draws", "2"]
+    flags = [
+        "--out-dir",
+        str(nu_dir),
+        "--languages",
+        ",".join(LANGS),
+        "--n-texts",
+        "3",
+        "--batch-size",
+        "4",
+        "--random-draws",
+        "2",
+    ]
     return run_main(reproduce_figures_section5.main, [*tiny_args, *flags, *extra])
 
 
@@ -218,11 +290,21 @@ def test_script_end_to_end_and_resume(tiny_args, nu_dir, tmp_path, monkeypatch, 
     assert {r["language"] for r in summary} == set(LANGS)
     for r in summary:  # 3 sentences: 1 chooses the peak, 2 report it
         assert (r["peak_selection_half_n"], r["report_half_n"]) == ("1", "2")
-        assert r["specificity_ratio_unbounded"] in ("True", "False") and r["peak_frequency"].startswith(r["modal_peak_layer"] + ":")
-        assert float(r["specificity_diff_ci_low"]) <= float(r["specificity_diff"]) <= float(r["specificity_diff_ci_high"])
+        assert r["specificity_ratio_unbounded"] in ("True", "False") and r["peak_frequency"].startswith(
+            r["modal_peak_layer"] + ":"
+        )
+        assert (
+            float(r["specificity_diff_ci_low"])
+            <= float(r["specificity_diff"])
+            <= float(r["specificity_diff_ci_high"])
+        )
         assert float(r["random_ci_low"]) <= float(r["random_delta_ce"]) <= float(r["random_ci_high"])
     meta = json.loads((nu_dir / "section5_meta.json").read_text())
-    assert meta["split_seed"] == 0 and "half A" in meta["peak_rule"] and meta["bootstrap"]["n_boot"] == stats.N_BOOT
+    assert (
+        meta["split_seed"] == 0
+        and "half A" in meta["peak_rule"]
+        and meta["bootstrap"]["n_boot"] == stats.N_BOOT
+    )
     stage = reproduce_figures_section5.STAGE  # the report finds the meta by the stage's name for it
     assert meta["stage"] == stage.name == "section5" and stage.meta == "section5_meta.json"
     assert meta["bootstrap"]["random_control"] == "draws resampled with replacement as well as sentence ids"
@@ -231,7 +313,9 @@ def test_script_end_to_end_and_resume(tiny_args, nu_dir, tmp_path, monkeypatch, 
     # the directions the engine ablated are the transcoder rows the nu stage saved
     d = torch.load(nu_dir / "layer_2_directions.pt", weights_only=False)
     top = d["top_indices"][LANGS.index("fra_Latn")].tolist()
-    fra = [r for r in rows if r["layer"] == "2" and r["ablated_lang"] == "fra_Latn" and r["features"] == "top1+2"]
+    fra = [
+        r for r in rows if r["layer"] == "2" and r["ablated_lang"] == "fra_Latn" and r["features"] == "top1+2"
+    ]
     assert {r["feature_ids"] for r in fra} == {"+".join(map(str, sorted(top[:2])))}
 
     # a rerun computes nothing and rewrites the same table
@@ -246,7 +330,10 @@ def test_script_end_to_end_and_resume(tiny_args, nu_dir, tmp_path, monkeypatch, 
 
 def test_feature_mode_joins_the_same_table(tiny_args, nu_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
-    assert _run(tiny_args, nu_dir, "--layers", "2", "--mode", "feature", "--random-draws", "0", "--top-k", "1") == 0
+    assert (
+        _run(tiny_args, nu_dir, "--layers", "2", "--mode", "feature", "--random-draws", "0", "--top-k", "1")
+        == 0
+    )
     rows = _read_csv(nu_dir / "ablation_results.csv")
     assert {r["mode"] for r in rows} == {"directional", "feature"}
     feature = [r for r in rows if r["mode"] == "feature"]
@@ -262,7 +349,10 @@ def test_feature_mode_joins_the_same_table(tiny_args, nu_dir, tmp_path, monkeypa
     "extra, message",
     [
         (["--top-k", "3"], "--top-k 3 is out of range"),
-        (["--layers", "1"], r"layer\(s\) \[1\] have no nu results.*python compute_nu_scores\.py .*--layers 0,1,2"),
+        (
+            ["--layers", "1"],
+            r"layer\(s\) \[1\] have no nu results.*python compute_nu_scores\.py .*--layers 0,1,2",
+        ),
         (["--layers", "7"], "out of range: the model has 3 layers"),
         (["--languages", "eng_Latn,kor_Hang"], r"not kor_Hang.*python compute_nu_scores\.py"),
         (["--n-texts", "0"], "--n-texts must be at least 1"),
