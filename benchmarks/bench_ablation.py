@@ -12,7 +12,8 @@ and checks both give the same ΔCE. Also reported: the floor, i.e. the FLOPs the
 avoid (one baseline forward per text, and layers L..end + LM head on the real tokens per
 condition), as FLOPs and as time at the best throughput measured here.
 
-    python benchmarks/bench_ablation.py [--layers 3,10,17,24] [--languages 2] [--texts-per-lang 1] [--threads 1]
+    python benchmarks/bench_ablation.py [--layers 3,10,17,24] [--languages 2] [--texts-per-lang 1]
+                                        [--threads 1]
 
 Writes bench_results/bench_ablation.json (git-ignored) and prints a summary. Not a test: it takes minutes.
 """
@@ -169,7 +170,8 @@ def engine_sweep(model, nu, conditions, evalset, batch_size: int, max_rows: int)
 
 
 def best_rate(model, rows: int, width: int, repeats: int = 2) -> float:
-    """FLOP/s of one large stacked forward over all layers + head: the best throughput the engine can reach."""
+    """FLOP/s of one large stacked forward over all layers + head: the best throughput the engine can
+    reach."""
     cfg = model.config
     h = torch.randn(rows, width, cfg.hidden_size) * 0.1
     mask = torch.ones(rows, width, dtype=torch.long)
@@ -221,7 +223,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     model = qwen3_06b_shape()
     print(
-        f"random Qwen3-0.6B-shaped model built in {time.perf_counter() - t0:.0f}s; {torch.get_num_threads()} threads"
+        f"random Qwen3-0.6B-shaped model built in {time.perf_counter() - t0:.0f}s; "
+        f"{torch.get_num_threads()} threads"
     )
     nu = fake_nu(layers, langs, model.config.hidden_size)
     conditions = [
@@ -236,7 +239,8 @@ def main(argv=None):
     evalset = EvalSet(tuple(langs), ids, np.repeat(np.arange(len(langs)), args.texts_per_lang), "random ids")
     batch_size = n_texts  # one batch: all texts
     print(
-        f"sweep: {len(conditions)} conditions (layers {layers} x {len(langs)} languages x top1, top1+2) x {n_texts} texts"
+        f"sweep: {len(conditions)} conditions (layers {layers} x {len(langs)} languages x top1, top1+2) "
+        f"x {n_texts} texts"
     )
 
     # Interleaved, so that load from other processes on the machine hits both approaches alike.
@@ -295,11 +299,15 @@ def main(argv=None):
     }
     save_json(result, args.out)
     print(
-        f"\nengine {engine_s:.1f}s (median of {len(engine_times)}) vs naive {naive_s:.1f}s: {naive_s / engine_s:.1f}x faster\n"
-        f"FLOPs: floor {flops['floor'] / 1e9:.0f} G, engine {flops['engine'] / 1e9:.0f} G ({flops['engine'] / flops['floor']:.2f}x floor), "
+        f"\nengine {engine_s:.1f}s (median of {len(engine_times)}) vs naive {naive_s:.1f}s: "
+        f"{naive_s / engine_s:.1f}x faster\n"
+        f"FLOPs: floor {flops['floor'] / 1e9:.0f} G, engine {flops['engine'] / 1e9:.0f} G "
+        f"({flops['engine'] / flops['floor']:.2f}x floor), "
         f"naive {flops['naive'] / 1e9:.0f} G ({flops['naive'] / flops['floor']:.2f}x floor)\n"
-        f"best measured rate {rate / 1e9:.1f} GFLOP/s -> floor {floor_s:.1f}s; engine at {engine_s / floor_s:.2f}x the floor's time\n"
-        f"same numbers: max |ΔCE engine − ΔCE naive| = {max_diff:.2e} (mean |ΔCE| {result['mean_abs_delta_ce']:.3f})\n"
+        f"best measured rate {rate / 1e9:.1f} GFLOP/s -> floor {floor_s:.1f}s; "
+        f"engine at {engine_s / floor_s:.2f}x the floor's time\n"
+        f"same numbers: max |ΔCE engine − ΔCE naive| = {max_diff:.2e} "
+        f"(mean |ΔCE| {result['mean_abs_delta_ce']:.3f})\n"
         f"-> {args.out}"
     )
     return result

@@ -1,4 +1,4 @@
-"""Benchmark: stages 3 and 4 (interactions, cluster synergy): wall time and conditions computed.
+r"""Benchmark: stages 3 and 4 (interactions, cluster synergy): wall time and conditions computed.
 
 toy (default): on the toy model (`--model toy`; LANGSAE_TOY_DIR picks the build), in a fresh folder:
   1. the nu stage and Section 5 (timed, for reference), then stage 3 and stage 4: stage 3 must
@@ -11,7 +11,8 @@ qwen-shape (--qwen-shape): stage 4's sweep alone at Qwen3-0.6B shape with random
 
     python benchmarks/bench_interactions.py                      # toy, the stages' defaults
     python benchmarks/bench_interactions.py --qwen-shape --device cuda
-    python benchmarks/bench_interactions.py --qwen-shape --device cpu --dtype float32 --layers 27 --languages 3 --texts-per-lang 2   # a check that it runs
+    python benchmarks/bench_interactions.py --qwen-shape --device cpu --dtype float32 --layers 27 \
+        --languages 3 --texts-per-lang 2                         # a check that it runs
 
 Writes bench_results/bench_interactions[_qwen].json (git-ignored) and prints a summary. Not a test.
 """
@@ -163,7 +164,8 @@ def main(argv=None):
     p.add_argument(
         "--languages",
         default=None,
-        help="toy: --languages (default the paper's ten); qwen-shape: how many of the paper's languages (default 10)",
+        help="toy: --languages (default the paper's ten); "
+        "qwen-shape: how many of the paper's languages (default 10)",
     )
     p.add_argument(
         "--n-texts",

@@ -1,9 +1,9 @@
 """Benchmark: the nu stage against its bare cost, at the real Qwen3-0.6B shape, in one run.
 
 Builds (in a temporary Hugging Face cache, offline) a random-weight model of the exact
-Qwen3-0.6B shape (with Qwen3's real tokenizer, benchmarks/real_shape.py) and random transcoders of the real width (163,840, stored in fp32 as the
-hub stores them, 1.34 GB each) for a few layers in the mwhanna layout, then measures on
-the same texts:
+Qwen3-0.6B shape (with Qwen3's real tokenizer, benchmarks/real_shape.py) and random transcoders of the
+real width (163,840, stored in fp32 as the hub stores them, 1.34 GB each) for a few layers in the
+mwhanna layout, then measures on the same texts:
   read  = the time to load each transcoder into memory (`load_sae`), measured alone, from
           a cold page cache (the files are dropped from it first; --warm keeps them)
   bare  = one model forward over every batch up to the deepest scored layer (the stage
@@ -286,7 +286,8 @@ def main():
     p.add_argument(
         "--warm",
         action="store_true",
-        help="leave the transcoder files in the page cache (default: drop them, as a first run reads from disk)",
+        help="leave the transcoder files in the page cache "
+        "(default: drop them, as a first run reads from disk)",
     )
     p.add_argument("--out", type=Path, help="result JSON (default bench_results/nu_<device>_<n>texts.json)")
     p.add_argument("--keep", action="store_true", help=f"keep the fixtures under {TMP.parent}/bench-nu-*")

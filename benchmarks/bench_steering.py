@@ -164,7 +164,8 @@ def main(argv=None):
     if (mismatches or not alpha0_is_unsteered) and not args.tolerate_mismatch:
         raise SystemExit(
             f"engine and uncached batch-1 generation differ on {len(mismatches)} (condition, item) pairs"
-            f"{', first ' + str(mismatches[0]) if mismatches else ''}; alpha 0 = unsteered: {alpha0_is_unsteered}"
+            f"{', first ' + str(mismatches[0]) if mismatches else ''}; "
+            f"alpha 0 = unsteered: {alpha0_is_unsteered}"
         )
 
     return result

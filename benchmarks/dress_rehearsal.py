@@ -7,14 +7,15 @@ which each language's top feature is planted so that ablating it matters (real_s
 ΔCE is positive, so stages 3 and 4 run), then runs each stage of run_pipeline.STAGES in order
 through its own `main`, timing it.
 
-  CPU, reduced (default): Section 5 with --top-k 1 and one random draw; the stages run twice, at the first layer with half the texts and at
-  every --layers with all of them; per stage, wall = fixed + per_unit x units (SCALING) through
-  the two points separates fixed costs (imports, model load) from per-unit costs, and the
-  estimate is that line at the paper's units. An estimate, not a measurement.
+  CPU, reduced (default): Section 5 with --top-k 1 and one random draw; the stages run twice, at the
+  first layer with half the texts and at every --layers with all of them; per stage, wall = fixed +
+  per_unit x units (SCALING) through the two points separates fixed costs (imports, model load) from
+  per-unit costs, and the estimate is that line at the paper's units. An estimate, not a measurement.
 
       python benchmarks/dress_rehearsal.py                                  # layers 0,1; 4 + 4 texts/language
       python benchmarks/dress_rehearsal.py --layers 0-3 --n-sel 20 --n-eval 40
-      python benchmarks/dress_rehearsal.py --layers 0 --n-sel 2 --n-eval 2 --languages eng_Latn,fra_Latn   # smallest
+      python benchmarks/dress_rehearsal.py --layers 0 --n-sel 2 --n-eval 2 --languages eng_Latn,fra_Latn
+                                                                            # smallest
 
   GPU, paper size (--full): 28 layers, 100 selection and 500 evaluation texts per language, each
   stage's defaults otherwise (downstream at layer 10), bf16; records each stage's wall time and
@@ -111,7 +112,8 @@ def downstream_units(s: dict) -> int:
 
 
 def steering_units(s: dict) -> int:
-    """Steered (text, condition) pairs: no steering once, sv + gated + draws of both controls per alpha and layer."""
+    """Steered (text, condition) pairs: no steering once, sv + gated + draws of both controls per alpha
+    and layer."""
     return s["st_sources"] * s["st_texts"] * (1 + s["st_layers"] * s["st_alphas"] * (2 + 2 * s["st_draws"]))
 
 
@@ -240,7 +242,8 @@ def run_stages(common: list[str], sizes: dict, full: bool, device: str) -> list[
             row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         rows.append(row)
         print(
-            f"== {stage.name} at {sizes['layers']} layers, {sizes['n_sel']} + {sizes['n_eval']} texts per language: {row['wall_s']:.1f} s ({status})",
+            f"== {stage.name} at {sizes['layers']} layers, {sizes['n_sel']} + {sizes['n_eval']} texts per "
+            f"language: {row['wall_s']:.1f} s ({status})",
             flush=True,
         )
     return rows
@@ -354,9 +357,10 @@ def rehearse(args, argv):
             "loadavg": os.getloadavg(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         },
-        "scaling": "reduced: wall = fixed + per_unit x units through the two passes, evaluated at paper units; units: check-data 1, "
-        "nu layers x selection texts x languages, section5 layers x evaluation texts x languages x conditions per layer "
-        "(reduced: top-k 1, 1 random draw; paper: top-k 2, 5 draws), interactions 1 (reads section5's conditions), "
+        "scaling": "reduced: wall = fixed + per_unit x units through the two passes, evaluated at paper "
+        "units; units: check-data 1, nu layers x selection texts x languages, section5 layers x "
+        "evaluation texts x languages x conditions per layer (reduced: top-k 1, 1 random draw; "
+        "paper: top-k 2, 5 draws), interactions 1 (reads section5's conditions), "
         "cluster-synergy layers x evaluation texts x languages x pairs, downstream (item, condition) pairs, "
         "code-switching layers, steering (text, condition) pairs (paper sizes in 'paper'), plots layers",
     }
@@ -365,7 +369,8 @@ def rehearse(args, argv):
     print(run_pipeline.format_table([{**r, **(r["work"] or {}), "status": r["status"][:9]} for r in rows]))
     untimed = f" (not timed: {', '.join(result['not_timed'])})" if result["not_timed"] else ""
     print(
-        f"total {result['total_s']} s (largest pass); paper-size estimate {result['estimate_paper_s']} s{untimed} -> {out}"
+        f"total {result['total_s']} s (largest pass); "
+        f"paper-size estimate {result['estimate_paper_s']} s{untimed} -> {out}"
     )
 
 

@@ -346,7 +346,8 @@ def verdict(part: str, r: dict, tiny: bool) -> tuple[str, str, str]:
         return f"{key} {r[key]:.2f}{raw}", f"{op} {target:g}", "n/a" if tiny else "ok" if ok else "FAIL"
     if part == "identity":
         return (
-            f"max |ΔCE| {r['max_abs_delta_ce']:.1e} ({r['alone_max_abs_delta_ce']:.1e} alone), {r['n_texts']} texts",
+            f"max |ΔCE| {r['max_abs_delta_ce']:.1e} ({r['alone_max_abs_delta_ce']:.1e} alone), "
+            f"{r['n_texts']} texts",
             "== 0",
             "ok" if r["exact"] else "FAIL",
         )

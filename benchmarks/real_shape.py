@@ -12,9 +12,10 @@ embedding of every token the language owns (the tokens of its selection texts wh
 frequency is at least half in it), at STRENGTH times the norm of an embedding row. The residual
 stream then carries v on the language's texts and the tied head rewards the language's own tokens
 along v, so the model predicts the language better, and projecting v out (the directional
-ablation) costs CE on that language's texts and little elsewhere. One feature per language reads and writes v: encoder row
-ENC_GAIN * v with no bias (its nu is far above any random feature's), decoder row v at the mean
-norm of the layer's random decoder rows. Tokenising is all it needs: no forward, seconds on a CPU.
+ablation) costs CE on that language's texts and little elsewhere. One feature per language reads and
+writes v: encoder row ENC_GAIN * v with no bias (its nu is far above any random feature's), decoder
+row v at the mean norm of the layer's random decoder rows. Tokenising is all it needs: no forward,
+seconds on a CPU.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 
 Every file under A and B is compared: identical bytes first; then, for JSON, the parsed values (key
 order aside) with the differing key paths named; for .pt, every tensor and value (torch.equal);
-for PDFs, the bytes without their creation date; for REPORT.md, the lines, apart from the rows that record when and from which commit it was written.
+for PDFs, the bytes without their creation date; for REPORT.md, the lines, apart from the rows that
+record when and from which commit it was written.
 Fields that only record when or how fast a stage ran (timestamps, wall times, a claim's
 heartbeat) are listed apart, as volatile. Exit status 0 when nothing else differs.
 """

@@ -61,7 +61,8 @@ def run_dir(seed: int) -> Path:
 
 
 def run_stages(seed: int) -> None:
-    """Build the toy with `seed` (reused when current) and run STAGE_SCRIPTS on it (cached work is skipped)."""
+    """Build the toy with `seed` (reused when current) and run STAGE_SCRIPTS on it (cached work is
+    skipped)."""
     toy.build_toy(toy_root(seed), seed=seed, scale="full")
     # Idle OpenMP threads sleep rather than spin (no number changes): seeds can run side by side.
     env = {**os.environ, "LANGSAE_TOY_DIR": str(toy_root(seed)), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -162,28 +163,34 @@ def short(lang: str) -> str:
 def cluster_markdown(per_seed: dict[int, dict]) -> str:
     """Stages 3-4 across seeds, one row per seed."""
     lines = [
-        "| seed | clusters (k=5) | mean ARI | vie co-clusters with en/es/fr/pt | with th/ko | arb alone | arb max co-clustering |",
+        "| seed | clusters (k=5) | mean ARI | vie co-clusters with en/es/fr/pt | with th/ko | arb alone "
+        "| arb max co-clustering |",
         "|---|---|---|---|---|---|---|",
     ]
     for seed, f in per_seed.items():
         lines.append(
-            f"| {seed} | {f['clusters']} | {f['ari_mean']:.2f} | {f['vie_with_en_es_fr_pt']:.2f} | {f['vie_with_tha_kor']:.2f} | "
+            f"| {seed} | {f['clusters']} | {f['ari_mean']:.2f} | {f['vie_with_en_es_fr_pt']:.2f} | "
+            f"{f['vie_with_tha_kor']:.2f} | "
             f"{'yes' if f['arb_singleton'] else 'no'} | {f['arb_max_co']:.2f} |"
         )
     lines += [
         "",
-        "| seed | pairs | intra − inter synergy, all pairs [95% CI], p | without degenerate pairs | slope on abs(cosine), r (all pairs) "
+        "| seed | pairs | intra − inter synergy, all pairs [95% CI], p | without degenerate pairs "
+        "| slope on abs(cosine), r (all pairs) "
         "| intra beyond abs(cosine), permutation p (all pairs) |",
         "|---|---|---|---|---|---|",
     ]
     for seed, f in per_seed.items():
         a, b = f["synergy"]["with_degenerate"], f["synergy"]["without_degenerate"]
         fmt = lambda x: (
-            f"{x['difference']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}], p={x['p']:.3g} ({x['n_intra']} intra, {x['n_inter']} inter)"
+            f"{x['difference']:+.3f} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}], p={x['p']:.3g} "
+            f"({x['n_intra']} intra, {x['n_inter']} inter)"
         )
         lines.append(
-            f"| {seed} | {f['n_same_feature']} same feature, {f['n_overlapping']} overlapping | {fmt(a)} | {fmt(b)} | "
-            f"{a['cos_slope']:+.2f}, r={a['cos_r']:+.2f} | {a['intra_given_cos']:+.3f}, p={a['intra_given_cos_p']:.3g} |"
+            f"| {seed} | {f['n_same_feature']} same feature, {f['n_overlapping']} overlapping | "
+            f"{fmt(a)} | {fmt(b)} | "
+            f"{a['cos_slope']:+.2f}, r={a['cos_r']:+.2f} | "
+            f"{a['intra_given_cos']:+.3f}, p={a['intra_given_cos_p']:.3g} |"
         )
     return "\n".join(lines) + "\n"
 
