@@ -8,7 +8,8 @@ under `<root>/hub`. Toy runs then load through exactly the code real runs use. F
 (selection and evaluation sets) is never trained on; its evaluation set measures quality.
 
     python -m langsae.toy [--force] [--seed N] [--scale full|small] [--root DIR]
-    python -m langsae.toy --verify [--scale full|small]     # rebuild seed 0, compare with the committed fingerprint
+    python -m langsae.toy --verify [--scale full|small]     # rebuild seed 0, compare with the
+                                                            # committed fingerprint
 
 The build is bit-for-bit reproducible on x86-64 machines with AVX2 of one CPU vendor (see
 "bit-for-bit across machines" in `langsae.toy.reproduce`); the fingerprints of seed 0 are committed in

@@ -104,7 +104,8 @@ def build_record(seed: int, scale: str) -> dict:
 
 
 def current_build(root: Path) -> dict | None:
-    """The build.json of a complete build in `root`, if a rebuild with its own seed and scale would record the same."""
+    """The build.json of a complete build in `root`, if a rebuild with its own seed and scale would
+    record the same."""
     root = Path(root)
     path = root / "build.json"
     if not (path.exists() and (root / "model" / "config.json").exists() and (root / "hub").is_dir()):
@@ -118,7 +119,8 @@ def current_build(root: Path) -> dict | None:
 
 
 def ensure_built(root: Path = TOY_ROOT) -> Path:
-    """Reuse the toy build in `root` if it is complete and current (any seed or scale); else build the default."""
+    """Reuse the toy build in `root` if it is complete and current (any seed or scale); else build the
+    default."""
     if current_build(root) is not None:
         return Path(root)
     log.warning(

@@ -24,11 +24,13 @@ from langsae.toy_paths import TOY_ROOT
 
 
 def record_fingerprint(root: Path) -> dict:
-    """Record the build in `root` (seed 0, current) as its scale's committed fingerprint for this CPU vendor."""
+    """Record the build in `root` (seed 0, current) as its scale's committed fingerprint for this CPU
+    vendor."""
     record = current_build(root)
     if record is None or record["seed"] != 0:
         raise UserError(
-            f"{root} holds no current build of seed 0; build it first with `python -m langsae.toy --root {root}`"
+            f"{root} holds no current build of seed 0; "
+            f"build it first with `python -m langsae.toy --root {root}`"
         )
     table = load_json(FINGERPRINT_FILE) if FINGERPRINT_FILE.exists() else {}
     entry = {**fingerprint(root), "seed": 0, "versions": record["versions"], "machine": cpu_model()}
@@ -50,22 +52,26 @@ def verify(scale: str) -> bool:
         versions = load_json(root / "build.json")["versions"]
     for other, entry in known.items():
         print(
-            f"model CE per language vs the {other} build ({entry.get('machine', '?')}): largest difference {max_ce_difference(actual, entry):.2e} nats"
+            f"model CE per language vs the {other} build ({entry.get('machine', '?')}): "
+            f"largest difference {max_ce_difference(actual, entry):.2e} nats"
         )
     expected = known.get(vendor)
     if expected is None:
         print(
-            f"NO FINGERPRINT: none is committed for this CPU vendor ({vendor}); `--write-fingerprint` records one"
+            f"NO FINGERPRINT: none is committed for this CPU vendor ({vendor}); "
+            "`--write-fingerprint` records one"
         )
         return False
     differs = first_difference(actual, expected)
     if differs is None:
         print(
-            f"OK: the {scale} build (seed 0) is identical to the committed {vendor} fingerprint ({len(actual['sha256'])} files and quality.json)"
+            f"OK: the {scale} build (seed 0) is identical to the committed {vendor} fingerprint "
+            f"({len(actual['sha256'])} files and quality.json)"
         )
         return True
     print(
-        f"DIFFERS: the {scale} build (seed 0) does not match the committed {vendor} fingerprint; first differing artifact: {differs}"
+        f"DIFFERS: the {scale} build (seed 0) does not match the committed {vendor} fingerprint; "
+        f"first differing artifact: {differs}"
     )
     changed = {
         k: (expected["versions"].get(k), v) for k, v in versions.items() if expected["versions"].get(k) != v
@@ -78,8 +84,8 @@ def verify(scale: str) -> bool:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m langsae.toy",
-        description="Build the offline toy model organism: a small Qwen3 trained on NTREX-128 text of the paper's "
-        "ten languages, and one transcoder per layer, in the layout the `toy` preset loads.",
+        description="Build the offline toy model organism: a small Qwen3 trained on NTREX-128 text of the "
+        "paper's ten languages, and one transcoder per layer, in the layout the `toy` preset loads.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--force", action="store_true", help="rebuild even if the folder holds a current build")
@@ -94,19 +100,21 @@ def main(argv: list[str] | None = None) -> None:
         "--root",
         type=Path,
         default=TOY_ROOT,
-        help="folder to build into; the toy preset reads the default (toy_model/, or $LANGSAE_TOY_DIR when set)",
+        help="folder to build into; the toy preset reads the default "
+        "(toy_model/, or $LANGSAE_TOY_DIR when set)",
     )
     p.add_argument(
         "--verify",
         action="store_true",
-        help="build the default seed at --scale into a temporary folder and compare every file and the quality "
-        "report with the committed fingerprint (exit 1 naming the first artifact that differs)",
+        help="build the default seed at --scale into a temporary folder and compare every file and the "
+        "quality report with the committed fingerprint (exit 1 naming the first artifact that differs)",
     )
     p.add_argument(
         "--write-fingerprint",
         action="store_true",
-        help="record the current seed-0 build in --root as its scale's committed fingerprint for this machine's CPU vendor "
-        "(for maintainers, after a recipe change: then on an Intel and on an AMD machine)",
+        help="record the current seed-0 build in --root as its scale's committed fingerprint for this "
+        "machine's CPU vendor (for maintainers, after a recipe change: then on an Intel and on an AMD "
+        "machine)",
     )
     args = p.parse_args(argv)
     if args.verify:
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.write_fingerprint:
         entry = record_fingerprint(args.root)
         print(
-            f"recorded the {cpu_vendor()} fingerprint of {args.root} ({len(entry['sha256'])} files and quality.json) in {FINGERPRINT_FILE}"
+            f"recorded the {cpu_vendor()} fingerprint of {args.root} "
+            f"({len(entry['sha256'])} files and quality.json) in {FINGERPRINT_FILE}"
         )
         return
     build_toy(args.root, seed=args.seed, scale=args.scale, force=args.force)

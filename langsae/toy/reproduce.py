@@ -56,7 +56,8 @@ def _artifact_rank(name: str) -> tuple[int, str]:
 
 
 def fingerprint(root: Path) -> dict:
-    """SHA-256 of every file of the build in `root` (in the order the build makes them) and its quality report."""
+    """SHA-256 of every file of the build in `root` (in the order the build makes them) and its quality
+    report."""
     root = Path(root)
     files = [p for part in ("model", "hub") for p in (root / part).rglob("*") if p.is_file()] + [
         root / "quality.json"
@@ -69,7 +70,8 @@ def fingerprint(root: Path) -> dict:
 
 
 def first_difference(actual: dict, expected: dict) -> str | None:
-    """The first artifact, in build order, whose fingerprint differs (a missing or extra file counts); None if equal."""
+    """The first artifact, in build order, whose fingerprint differs (a missing or extra file counts);
+    None if equal."""
     names = sorted(set(actual["sha256"]) | set(expected["sha256"]), key=_artifact_rank)
     for name in names:
         if actual["sha256"].get(name) != expected["sha256"].get(name):
@@ -84,7 +86,8 @@ def committed_fingerprints(scale: str) -> dict[str, dict]:
 
 
 def committed_fingerprint(scale: str, vendor: str | None = None) -> dict | None:
-    """The committed fingerprint of the default seed at `scale` for `vendor` (default: this machine's), or None."""
+    """The committed fingerprint of the default seed at `scale` for `vendor` (default: this machine's),
+    or None."""
     return committed_fingerprints(scale).get(vendor or cpu_vendor())
 
 
@@ -138,7 +141,8 @@ def build_threads(hp: ToyScale) -> int:
 
 
 def build_environment(hp: ToyScale, kernels: dict[str, str] = PINNED_KERNELS) -> dict[str, str]:
-    """The environment of the build process: this one's, with `kernels` (pinned by default) and the thread count."""
+    """The environment of the build process: this one's, with `kernels` (pinned by default) and the
+    thread count."""
     threads = str(build_threads(hp))
     env = {k: v for k, v in os.environ.items() if k not in PINNED_KERNELS}
     env.update({**kernels, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})

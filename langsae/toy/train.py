@@ -128,7 +128,8 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, flo
     tokenizer.save_pretrained(out / "model")
     clock.lap("model")
 
-    # Transcoders learn from fresh forward passes of the trained model on a seeded sample of its training text.
+    # Transcoders learn from fresh forward passes of the trained model on a seeded sample of its training
+    # text.
     g = torch.Generator().manual_seed(seed + 1)
     tc_texts = [t for lang in PAPER_LANGUAGES for t in _sample(texts[lang], hp.tc_texts_per_language, g)]
     tc_batches = make_batches(tokenize(tokenizer, tc_texts, hp.max_tokens), 32, tokenizer.pad_token_id)
