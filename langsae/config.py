@@ -136,6 +136,12 @@ class RunConfig:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
+    def model_settings(self, *fields: str) -> dict:
+        """The model part of a stage's cache key: these fields of `describe()`, in this order (by default
+        the model's content identity, the SAE release and id template, and the dtype)."""
+        d = self.describe()
+        return {k: d[k] for k in fields or ("model", "sae_release", "sae_id_template", "dtype")}
+
     def key(self) -> dict:
         """`describe()` without what names a place: what cache keys and staleness checks compare, so a
         run folder (or the toy, or the clone) copied elsewhere keeps its results. The SAE is its

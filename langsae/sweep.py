@@ -586,12 +586,8 @@ def open_sweep(cfg: RunConfig, nu: NuResults, n_texts: int) -> SweepSetup:
     texts = load_texts(cfg.languages, "evaluation", n_texts, cfg.split)
     model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype)
     evalset = build_eval_set(tokenizer, texts)
-    d = cfg.describe()
     settings = {
-        "model": d["model"],
-        "sae_release": d["sae_release"],
-        "sae_id_template": d["sae_id_template"],
-        "dtype": d["dtype"],
+        **cfg.model_settings(),
         "split": cfg.split,
         "nu_config_hash": nu.meta["config_hash"],
         "eval_texts": evalset.digest(),

@@ -145,12 +145,8 @@ def main(argv=None) -> dict:
     tokenizer = load_tokenizer(cfg.preset)
     probes = code_switch.build_probes(ps)
     tokens = code_switch.tokenize_probes(tokenizer, probes)
-    d = cfg.describe()
     settings = {
-        "model": d["model"],
-        "sae_release": d["sae_release"],
-        "sae_id_template": d["sae_id_template"],
-        "dtype": d["dtype"],
+        **cfg.model_settings(),
         "nu_config_hash": nu.meta["config_hash"],
         "languages": languages,
         "rank": args.rank,

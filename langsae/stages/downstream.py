@@ -220,13 +220,8 @@ def main(argv=None):
     )
 
     model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
-    d = cfg.describe()
-    settings = {
-        "model": d["model"],
-        "sae_release": d["sae_release"],
-        "dtype": d["dtype"],
-        "nu_config_hash": nu.meta["config_hash"],
-    }
+    nu_hash = nu.meta["config_hash"]
+    settings = {**cfg.model_settings("model", "sae_release", "dtype"), "nu_config_hash": nu_hash}
     task_settings = {
         "prompt_version": tasks.PROMPT_VERSION,
         "n_items": args.n_items,

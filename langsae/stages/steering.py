@@ -263,8 +263,7 @@ def main(argv=None):
     )
 
     model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, load_tokenizer(cfg.preset))
-    d = cfg.describe()
-    settings = {"model": d["model"], "sae_release": d["sae_release"], "dtype": d["dtype"]}
+    settings = cfg.model_settings("model", "sae_release", "dtype")
     vec_settings = {
         **settings,
         "languages": list(pair_langs),
