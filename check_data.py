@@ -1,6 +1,6 @@
 """The `check-data` stage ((data checks)): its code is langsae/stages/check_data.py.
 
-    python check_data.py --help    # what it does, and every flag
+python check_data.py --help    # what it does, and every flag
 """
 
 import sys

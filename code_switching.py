@@ -1,6 +1,6 @@
 """The `code-switching` stage (Sec. 4): its code is langsae/stages/code_switching.py.
 
-    python code_switching.py --help    # what it does, and every flag
+python code_switching.py --help    # what it does, and every flag
 """
 
 import sys

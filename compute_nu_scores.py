@@ -1,6 +1,6 @@
 """The `nu` stage (ν-scores, Fig. 1): its code is langsae/stages/nu.py.
 
-    python compute_nu_scores.py --help    # what it does, and every flag
+python compute_nu_scores.py --help    # what it does, and every flag
 """
 
 import sys

@@ -1,6 +1,6 @@
 """The `interactions` stage (Sec. 5, clusters): its code is langsae/stages/interactions.py.
 
-    python cross_linguistic_interactions.py --help    # what it does, and every flag
+python cross_linguistic_interactions.py --help    # what it does, and every flag
 """
 
 import sys

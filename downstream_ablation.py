@@ -1,6 +1,6 @@
 """The `downstream` stage (task claims): its code is langsae/stages/downstream.py.
 
-    python downstream_ablation.py --help    # what it does, and every flag
+python downstream_ablation.py --help    # what it does, and every flag
 """
 
 import sys

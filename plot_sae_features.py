@@ -1,6 +1,6 @@
 """The `plots` stage (Fig. 1): its code is langsae/stages/plots.py.
 
-    python plot_sae_features.py --help    # what it does, and every flag
+python plot_sae_features.py --help    # what it does, and every flag
 """
 
 import sys

@@ -1,6 +1,6 @@
 """The `section5` stage (Sec. 5, Fig. 5, 6): its code is langsae/stages/section5.py.
 
-    python reproduce_figures_section5.py --help    # what it does, and every flag
+python reproduce_figures_section5.py --help    # what it does, and every flag
 """
 
 import sys

@@ -1,6 +1,6 @@
 """The `steering` stage (Sec. 6): its code is langsae/stages/steering.py.
 
-    python steer_language.py --help    # what it does, and every flag
+python steer_language.py --help    # what it does, and every flag
 """
 
 import sys

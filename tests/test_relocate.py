@@ -38,6 +38,7 @@ def run_a(small_toy, tmp_path_factory):
 
 def point_toy_at(monkeypatch, root):
     """The toy preset and toy.TOY_ROOT at another build folder, as LANGSAE_TOY_DIR would set them."""
+
     def prepare():
         return toy.ensure_built(root)
 

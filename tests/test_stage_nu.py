@@ -242,22 +242,17 @@ def test_interrupted_run_resumes_to_identical_files(tiny_args, nu_run, tmp_path,
 def custom_sae_args(model_dir, release: str) -> list[str]:
     """Flags for a custom model with a sae-lens-format SAE release (ids layer_L/width_16k/canonical),
     layer 1 only."""
-    # fmt: skip below keeps each flag next to its value, as on a command line
+    flags = (
+        "--model custom --device cpu --dtype float32 --layers 1"  # then the two that hold a path or a name
+    )
     return [
-        "--model",
-        "custom",
+        *flags.split(),
         "--model-id",
         str(model_dir),
         "--sae-release",
         release,
         "--sae-id-template",
         "layer_{layer}/width_16k/canonical",
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-        "--layers",
-        "1",
     ]
 
 
