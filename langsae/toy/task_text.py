@@ -23,10 +23,10 @@ import numpy as np
 
 from langsae import checks
 from langsae.artifacts import load_json
-from langsae.data import FLORES_DEV_SIZE, load_ntrex, load_texts, read_sib200, sib_id
+from langsae.data import FLORES_DEV_SIZE, PAPER_LANGUAGES, load_ntrex, load_texts, read_sib200, sib_id
 from langsae.errors import UserError
 from langsae.steer_eval import LANGUAGE_NAMES, LID_PROMPT
-from langsae.tasks import TOPIC_EXAMPLE, XQUAD, read_xquad
+from langsae.tasks import TOPIC_EXAMPLE, XQUAD, _fit, read_xquad
 
 LID, TOPIC = "lid", "topic"
 TEMPLATES = {LID: LID_PROMPT, TOPIC: TOPIC_EXAMPLE}
@@ -112,6 +112,27 @@ def task_lines(languages: Sequence[str], seed: int, n_lid: int, n_topic: int) ->
     for i, lang in enumerate(languages):
         lid = lid_lines(lang, i, seed, n_lid) if n_lid else []
         out[lang] = lid + (topic_lines(lang, i, seed, n_topic) if n_topic else [])
+    return out
+
+
+def task_record(seed: int, n_lid: int, n_topic: int, languages: Sequence[str] = PAPER_LANGUAGES) -> dict:
+    """build.json's TASK_LINES_KEY: the rule, the settings and the lines per language and task."""
+    lines = task_lines(languages, seed, n_lid, n_topic)
+    return {
+        "rule": task_rule(),
+        "lid_per_language": n_lid,
+        "topic_per_language": n_topic,
+        "lines": {lang: {k: sum(x.kind == k for x in v) for k in (LID, TOPIC)} for lang, v in lines.items()},
+    }
+
+
+def fit_lines(tokenizer, lines: Sequence[TaskLine], max_tokens: int) -> list[list[int]]:
+    """Token ids of each line within max_tokens, cut in its sentence (from its end) so that the prompt's
+    question and the answer are always kept: the end of a task line is what it teaches."""
+    out = []
+    for x in lines:
+        text = _fit(tokenizer, lambda s, x=x: x.prompt(s) + x.answer, x.sentence, max_tokens, "task line")
+        out.append(tokenizer(text)["input_ids"])
     return out
 
 
