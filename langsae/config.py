@@ -342,6 +342,10 @@ def resolve(args: argparse.Namespace) -> RunConfig:
         raise UserError("--batch-size must be at least 1")
     if args.n_texts_per_lang == 0 or args.n_texts_per_lang < -1:
         raise UserError("--n-texts-per-lang must be a positive number, or -1 for all")
+    if args.split == "devtest" and Path(preset.model_id).is_dir():  # a local model: the toy's build.json
+        from langsae.toy.task_text import refuse_devtest
+
+        refuse_devtest(Path(preset.model_id).parent / "build.json", args.split)
     features_dir = Path(args.out_dir) if args.out_dir else FEATURES_ROOT / run_name_for(preset)
     inside = _under_features_root(features_dir)
     return RunConfig(

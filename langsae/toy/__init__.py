@@ -20,10 +20,10 @@ their tiny fixtures, so toy runs, test runs and real runs share one loading path
 
 The package: `build` (the build folder, build.json, reuse, the transcoders' hub files, a build's
 identity), `scales` (the hyper-parameters of a build), `train` (tokenizer, model and transcoder
-training, the quality report), `reproduce` (the pinned build process, fingerprints and their
-per-vendor comparison), `cli` (the command line). Every public name is importable from
-`langsae.toy`; where the toy lives (`TOY_ROOT`, `TOY_RELEASE`) is in `langsae.toy_paths`,
-which the presets import without the training code.
+training, the quality report), `task_text` (task training lines and their leak checks), `reproduce`
+(the pinned build process, fingerprints and their per-vendor comparison), `cli` (the command line).
+Every public name is importable from `langsae.toy`; where the toy lives (`TOY_ROOT`, `TOY_RELEASE`)
+is in `langsae.toy_paths`, which the presets import without the training code.
 """
 
 from langsae.toy.build import (

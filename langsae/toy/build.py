@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,10 +27,11 @@ from langsae.artifacts import (
     package_versions,
     save_json,
 )
-from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, ntrex_file
+from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, ntrex_file, sib_file
 from langsae.errors import UserError
 from langsae.toy.reproduce import _train_in_pinned_process, fingerprint
 from langsae.toy.scales import _scale
+from langsae.toy.task_text import TASK_LINES_KEY, task_record
 from langsae.toy_paths import TOY_ROOT
 
 log = logging.getLogger("langsae.toy")  # one logger for the whole toy, as before the split
@@ -90,16 +90,21 @@ PARTIAL_PREFIX = (
 
 def build_record(seed: int, scale: str) -> dict:
     """What build.json holds for a build with this seed and scale: equal records mean an equal build."""
+    hp = _scale(scale)
     files = [ntrex_file(lang) for lang in PAPER_LANGUAGES] + [EVALUATION_FILE]
+    if hp.task_lines:
+        files += [sib_file(lang) for lang in PAPER_LANGUAGES]
     record = {
         "format": TOY_FORMAT,
         "seed": seed,
         "scale": scale,
-        "hyperparameters": asdict(_scale(scale)),
+        "hyperparameters": hp.recorded(),
         "languages": list(PAPER_LANGUAGES),
         "versions": package_versions(MODEL_PACKAGES),
         "data_sha256": {str(f.relative_to(DATA_DIR)): file_sha256(f) for f in files},
     }
+    if hp.task_lines:
+        record[TASK_LINES_KEY] = task_record(seed, hp.task_lid_per_language, hp.task_topic_per_language)
     return json.loads(json.dumps(record))  # the form it has after a round trip through build.json
 
 

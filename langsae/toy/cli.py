@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         "--scale",
         choices=list(SCALES),
         default="full",
-        help="full: the toy model (a few minutes on 2 cores); small: a build of seconds, for tests",
+        help="full: the toy model (a few minutes on 2 cores); small: a build of seconds, for tests; "
+        "small-tasks: small with task lines (langsae.toy.task_text) in its training text",
     )
     p.add_argument(
         "--root",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from langsae.errors import UserError
 
@@ -32,6 +32,22 @@ class ToyScale:
     tc_lr: float
     tc_l1: float  # sparsity coefficient on normalised activations, so one value fits every layer
     eval_texts_per_language: int  # FLORES evaluation texts for quality.json
+    # Task lines (langsae.toy.task_text) mixed into the model's training text, per language (-1: all).
+    # Off (0) in the scales the committed fingerprints are of: build.json records them only when on.
+    task_lid_per_language: int = 0
+    task_topic_per_language: int = 0
+
+    @property
+    def task_lines(self) -> bool:
+        return bool(self.task_lid_per_language or self.task_topic_per_language)
+
+    def recorded(self) -> dict:
+        """The hyper-parameters as build.json records them: the task-line fields only when on, so a
+        build without task lines keeps the record (and the reuse) it had before they existed."""
+        out = asdict(self)
+        if not self.task_lines:
+            del out["task_lid_per_language"], out["task_topic_per_language"]
+        return out
 
 
 SCALES = {
@@ -83,6 +99,11 @@ SCALES = {
         eval_texts_per_language=10,
     ),
 }
+# The small scale with task lines (issue 18), for the tests of the switch: longer texts, so that a task
+# line's prompt and answer fit after its sentence is cut (a task line is cut in its sentence, never its end).
+SCALES["small-tasks"] = replace(
+    SCALES["small"], max_tokens=96, task_lid_per_language=40, task_topic_per_language=40
+)
 
 
 def _scale(name: str) -> ToyScale:

@@ -26,6 +26,7 @@ from langsae.model import HookPoint
 from langsae.toy.build import TOY_MODEL_NAME, write_mwhanna_release
 from langsae.toy.reproduce import PINNED_ATEN, PINNED_KERNELS, build_threads
 from langsae.toy.scales import ToyScale, _scale
+from langsae.toy.task_text import TaskLine, fit_lines, task_lines
 from langsae.toy_paths import TOY_RELEASE
 
 log = logging.getLogger("langsae.toy")  # one logger for the whole toy, as before the split
@@ -91,15 +92,12 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, flo
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     clock = _StageClock()
-    texts = load_ntrex(PAPER_LANGUAGES)
-    if hp.texts_per_language != -1:
-        texts = {lang: t[: hp.texts_per_language] for lang, t in texts.items()}
-    train_texts = [t for lang in PAPER_LANGUAGES for t in texts[lang]]
-    tokenizer = train_tokenizer(train_texts, hp.vocab_size)
-    train_ids = tokenize(tokenizer, train_texts, hp.max_tokens)
+    texts, train_texts, lines = training_text(hp, seed)
+    tokenizer = train_tokenizer(train_texts + [x.text for x in lines], hp.vocab_size)
+    train_ids = tokenize(tokenizer, train_texts, hp.max_tokens) + fit_lines(tokenizer, lines, hp.max_tokens)
     n_tokens = sum(map(len, train_ids))
     log.info(
-        "tokenizer: vocabulary %d; %d training texts, %d tokens", len(tokenizer), len(train_texts), n_tokens
+        "tokenizer: vocabulary %d; %d training texts, %d tokens", len(tokenizer), len(train_ids), n_tokens
     )
     clock.lap("tokenizer")
 
@@ -163,6 +161,21 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, flo
     quality["threads"] = torch.get_num_threads()
     log_quality(quality)
     return quality, clock.laps
+
+
+def training_text(hp: ToyScale, seed: int) -> tuple[dict[str, list[str]], list[str], list[TaskLine]]:
+    """NTREX texts per language (the transcoders sample them), the model's plain training texts in
+    language order, and the task lines mixed in after them (none unless the scale turns them on);
+    the model's batches are shuffled, so where the lines go in the list does not matter."""
+    texts = load_ntrex(PAPER_LANGUAGES)
+    if hp.texts_per_language != -1:
+        texts = {lang: t[: hp.texts_per_language] for lang, t in texts.items()}
+    train_texts = [t for lang in PAPER_LANGUAGES for t in texts[lang]]
+    lines: list[TaskLine] = []
+    if hp.task_lines:
+        by_lang = task_lines(PAPER_LANGUAGES, seed, hp.task_lid_per_language, hp.task_topic_per_language)
+        lines = [x for lang in PAPER_LANGUAGES for x in by_lang[lang]]
+    return texts, train_texts, lines
 
 
 class _StageClock:
