@@ -22,7 +22,7 @@ import torch
 from langsae.data import PAPER_LANGUAGES, validate_languages
 from langsae.errors import UserError
 from langsae.model import model_identity
-from langsae.toy_paths import TOY_RELEASE, TOY_ROOT
+from langsae.toy_paths import TOY_RELEASE, TOY_ROOT, refuse_devtest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FEATURES_ROOT = PROJECT_ROOT / "sae_features"
@@ -343,8 +343,6 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     if args.n_texts_per_lang == 0 or args.n_texts_per_lang < -1:
         raise UserError("--n-texts-per-lang must be a positive number, or -1 for all")
     if args.split == "devtest" and Path(preset.model_id).is_dir():  # a local model: the toy's build.json
-        from langsae.toy.task_text import refuse_devtest
-
         refuse_devtest(Path(preset.model_id).parent / "build.json", args.split)
     features_dir = Path(args.out_dir) if args.out_dir else FEATURES_ROOT / run_name_for(preset)
     inside = _under_features_root(features_dir)

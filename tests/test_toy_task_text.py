@@ -16,6 +16,7 @@ from langsae.steer_eval import LID_PROMPT, named_language
 from langsae.tasks import TOPIC_EXAMPLE, read_xquad
 from langsae.toy import task_text as tt
 from langsae.toy.train import training_text
+from langsae.toy_paths import TASK_LINES_KEY
 
 TWO = ("eng_Latn", "spa_Latn")  # enough languages for the planted leaks, and fast
 
@@ -148,7 +149,7 @@ def _args(tmp_path, split, record):
 
 
 def test_a_toy_trained_on_task_lines_refuses_devtest_in_one_line(tmp_path):
-    trained = {"format": 3, "seed": 0, "scale": "full", tt.TASK_LINES_KEY: {"rule": "hand-written"}}
+    trained = {"format": 3, "seed": 0, "scale": "full", TASK_LINES_KEY: {"rule": "hand-written"}}
     with pytest.raises(UserError) as e:
         resolve(_args(tmp_path, "devtest", trained))
     assert "--split devtest" in str(e.value) and "\n" not in str(e.value)
@@ -162,7 +163,7 @@ def test_the_default_build_records_and_trains_exactly_what_it_did(tmp_path):
         hp = toy.SCALES[scale]
         assert not hp.task_lines
         record = toy.build_record(0, scale)
-        assert tt.TASK_LINES_KEY not in record
+        assert TASK_LINES_KEY not in record
         expected = {k: v for k, v in dataclasses.asdict(hp).items() if not k.startswith("task_")}
         assert record["hyperparameters"] == expected
         assert not any(name.startswith("sib200/") for name in record["data_sha256"])
@@ -180,8 +181,8 @@ def test_the_switch_puts_the_lines_in_the_training_text():
     assert len(lines) == (40 + 40) * len(PAPER_LANGUAGES)
     assert train_texts == training_text(toy.SCALES["small"], 0)[1]  # plain text kept as it was
     record = toy.build_record(0, "small-tasks")
-    assert record[tt.TASK_LINES_KEY]["rule"] == tt.task_rule()
-    assert record[tt.TASK_LINES_KEY]["lines"]["tha_Thai"] == {"lid": 40, "topic": 40}
+    assert record[TASK_LINES_KEY]["rule"] == tt.task_rule()
+    assert record[TASK_LINES_KEY]["lines"]["tha_Thai"] == {"lid": 40, "topic": 40}
     assert str(sib_file("tha_Thai").relative_to(DATA_DIR)) in record["data_sha256"]
     # Cut to max_tokens in the sentence: every line still ends with its answer.
     tokenizer = toy.train_tokenizer(train_texts + [x.text for x in lines], hp.vocab_size)

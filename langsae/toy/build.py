@@ -31,8 +31,8 @@ from langsae.data import DATA_DIR, EVALUATION_FILE, PAPER_LANGUAGES, ntrex_file,
 from langsae.errors import UserError
 from langsae.toy.reproduce import _train_in_pinned_process, fingerprint
 from langsae.toy.scales import _scale
-from langsae.toy.task_text import TASK_LINES_KEY, task_record
-from langsae.toy_paths import TOY_ROOT
+from langsae.toy.task_text import task_record
+from langsae.toy_paths import TASK_LINES_KEY, TOY_ROOT
 
 log = logging.getLogger("langsae.toy")  # one logger for the whole toy, as before the split
 

@@ -9,28 +9,25 @@ Two tasks, each in the exact prompt the pipeline measures it with, followed by t
          which the topic task measures, are never taken.
 `measured_sets` gathers every sentence a toy run (split dev) measures; `find_leaks` and `leak_check` say
 whether any task line holds one of them, by sentence id and by text. A toy trained on these lines must not
-be run with --split devtest (`refuse_devtest`): its selection and evaluation sets would then overlap them.
+be run with --split devtest (`toy_paths.refuse_devtest`): its selection and evaluation sets would then
+overlap them.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from langsae import checks
-from langsae.artifacts import load_json
 from langsae.data import FLORES_DEV_SIZE, PAPER_LANGUAGES, load_ntrex, load_texts, read_sib200, sib_id
-from langsae.errors import UserError
 from langsae.steer_eval import LANGUAGE_NAMES, LID_PROMPT
 from langsae.tasks import TOPIC_EXAMPLE, XQUAD, _fit, read_xquad
 
 LID, TOPIC = "lid", "topic"
 TEMPLATES = {LID: LID_PROMPT, TOPIC: TOPIC_EXAMPLE}
-TASK_LINES_KEY = "task_lines"  # build.json's record of a build trained on task lines
 MIN_CONTAINED_CHARS = 20  # shorter measured texts are only matched whole (a few words occur anywhere)
 # Devtest train rows left out in every language (parallel lines): FLORES's English sentence 1028 holds
 # the whole of sentence 1029, a SIB dev row the topic task measures (found by `leak_check`).
@@ -242,20 +239,3 @@ def leak_check(lines: Mapping[str, Sequence[TaskLine]], measured: Sequence[Measu
 
 
 # ----------------------------------------------------------------------------- runs of a toy trained on them
-
-
-def refuse_devtest(build_json: Path, split: str) -> None:
-    """One-line refusal of a devtest run on a toy whose build.json records task lines: its devtest
-    selection and evaluation sets are made of the FLORES devtest sentences the topic lines train on."""
-    path = Path(build_json)
-    if split != "devtest" or not path.is_file():
-        return
-    try:
-        record = load_json(path)
-    except ValueError:
-        return  # not a build's record: the build's own checks say so
-    if isinstance(record, dict) and record.get(TASK_LINES_KEY):
-        raise UserError(
-            f"--split devtest: the toy in {path.parent} was trained on FLORES devtest sentences (topic task "
-            f"lines, see {TASK_LINES_KEY} in {path}); run it on --split dev or build a toy without task lines"
-        )
