@@ -153,6 +153,11 @@ class Arch:
 ARCHITECTURES: dict[str, Arch] = {  # config.model_type -> its adapter: the one place to add a model family
     "qwen3": Arch(),
     "gemma2": Arch(mlp_output_norm="post_feedforward_layernorm"),
+    # Qwen3's layout; each layer's `mlp` is a sparse MoE block (router + experts) or, at mlp_only_layers /
+    # off decoder_sparse_step, a dense MLP. Hook points sit on `mlp` either way: its input is the
+    # post-attention norm's output, its output what joins the residual stream (a plain tensor in
+    # transformers 5; 4.x returned (hidden, router_logits), which forward's hooks take the first of).
+    "qwen3_moe": Arch(),
 }
 
 

@@ -49,6 +49,47 @@ def tiny_gemma2(vocab_size: int = 50, seed: int = 0, **ids):
     return model
 
 
+# hidden and layers as conftest's TINY, so the tiny mwhanna transcoders fit this model too
+MOE = dict(hidden=32, intermediate=64, expert_intermediate=16, layers=3, heads=4, kv_heads=2, head_dim=8)
+MOE_DENSE_LAYERS = (1,)  # mlp_only_layers: a plain MLP between two sparse MoE blocks
+
+
+def tiny_qwen3_moe(vocab_size: int = 50, seed: int = 0, **ids):
+    """A random tiny Qwen3MoeForCausalLM (eval): sparse MoE blocks (4 experts, top-2, renormalised as in
+    Qwen3-30B-A3B) at layers 0 and 2, a dense MLP at layer 1. The router and experts are scaled up from
+    the init (std 0.02) so that routing varies from token to token and the experts' sum is not
+    negligible; the post-attention norms get random gains as in conftest's tiny Qwen3. `ids`:
+    pad/bos/eos_token_id for the config."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=MOE["hidden"],
+        intermediate_size=MOE["intermediate"],
+        moe_intermediate_size=MOE["expert_intermediate"],
+        num_hidden_layers=MOE["layers"],
+        num_attention_heads=MOE["heads"],
+        num_key_value_heads=MOE["kv_heads"],
+        head_dim=MOE["head_dim"],
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        mlp_only_layers=list(MOE_DENSE_LAYERS),
+        tie_word_embeddings=True,
+        **ids,
+    )
+    model = Qwen3MoeForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.post_attention_layernorm.weight.uniform_(0.5, 2.0)
+            if hasattr(layer.mlp, "experts"):
+                layer.mlp.gate.weight.mul_(30.0)
+                layer.mlp.experts.gate_up_proj.mul_(10.0)
+                layer.mlp.experts.down_proj.mul_(10.0)
+    return model
+
+
 def bos_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE tokenizer trained on `texts` that puts a <bos> token before every text, as Gemma's
     does."""
