@@ -7,7 +7,7 @@ Two modes:
   feature (transcoder-native): at the SAE's write point (the MLP output for a transcoder),
       out <- out - sum_f a_f(x) W_dec[f], with a_f recomputed from the SAE's read point
       (the MLP input) with the saved encoder row, bias and JumpReLU threshold if any. The
-      reconstruction error stays in place.
+      reconstruction error stays in place. Refused for a TopK SAE (`check_feature_mode`).
 Both are built from the compact per-feature weights of langsae.features.LayerFeatures.
 """
 
@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from langsae.errors import UserError
-from langsae.features import LayerFeatures, feature_activations
+from langsae.features import TOPK_WHY, LayerFeatures, feature_activations
 from langsae.model import HookPoint, hook_point
 
 MODES = ("directional", "feature")
@@ -91,6 +91,21 @@ class Ablation:
         return (out.float() - acts @ self.W_dec).to(out.dtype)
 
 
+def check_feature_mode(lf: LayerFeatures) -> None:
+    """Refuse feature mode for a TopK SAE, which directional mode handles unchanged.
+
+    Its a_f(x) is f's pre-activation only where f is among the top k of all d_sae pre-activations at that
+    position (TOPK_WHY), so subtracting it needs the full encoder at every position, not the few saved
+    rows; and what "removing f" should mean there is itself open (the k-th feature after f moves up into
+    the top k in the SAE's own reconstruction). A refusal is honest where a ReLU of the saved row is not.
+    """
+    if lf.topk is not None:
+        raise UserError(
+            f"feature-mode ablation is not defined for layer {lf.layer}'s SAE (architecture topk, "
+            f"k={lf.topk}): {TOPK_WHY}; use --mode directional"
+        )
+
+
 def make_ablation(
     lf: LayerFeatures, features: Sequence[int], mode: str, device: str | torch.device = "cpu"
 ) -> Ablation:
@@ -102,6 +117,7 @@ def make_ablation(
     if mode == "directional":
         basis = orthonormal_basis(lf.W_dec[rows]).to(device)
         return Ablation(HookPoint(lf.layer, "block", "output"), mode, basis=basis)
+    check_feature_mode(lf)
     read, write = hook_point(lf.hook_in), hook_point(lf.hook_out)
     if read == write:
         reads_output = True

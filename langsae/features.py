@@ -22,6 +22,9 @@ from langsae.model import HookPoint, hook_point
 from langsae.nu import META_FILE, layer_files
 
 NU_SCRIPT = "compute_nu_scores.py"
+# Why a TopK SAE's saved rows cannot give its features' activations: whether a feature is active at a
+# position depends on whether it is among the k largest pre-activations of all d_sae features there.
+TOPK_WHY = "a TopK SAE's feature is active only where it is among the top k of all its features"
 
 
 def feature_activations(
@@ -49,6 +52,8 @@ class FeatureEncoder:
     (`read`: the MLP input for a transcoder), without the full SAE.
 
     W_enc [k, d_in], b_enc [k], threshold [k] or None, input_bias [d_in] or None, in `features` order.
+    sae: the full SAE, whose own `encode` then gives the activations (a TopK SAE needs it, see TOPK_WHY:
+    its TopK then decides which features are active); None: the saved rows above.
     """
 
     features: tuple[int, ...]
@@ -57,9 +62,13 @@ class FeatureEncoder:
     b_enc: torch.Tensor
     threshold: torch.Tensor | None
     input_bias: torch.Tensor | None
+    sae: object | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., d_in] at `read` -> activations [..., k] fp32."""
+        if self.sae is not None:
+            cols = torch.tensor(self.features, dtype=torch.long, device=x.device)
+            return self.sae.encode(x.to(self.sae.dtype)).index_select(-1, cols).float()
         return feature_activations(x, self.W_enc, self.b_enc, self.threshold, self.input_bias)
 
 
@@ -86,6 +95,7 @@ class LayerFeatures:
     b_enc: torch.Tensor
     threshold: torch.Tensor | None
     input_bias: torch.Tensor | None = None  # [d_in], subtracted before encoding (apply_b_dec_to_input)
+    topk: int | None = None  # k of a TopK SAE (its activations need the full SAE: TOPK_WHY), else None
 
     def top(self, language: str, ranks: Sequence[int]) -> tuple[int, ...]:
         """Feature ids of `language` at 1-based nu ranks."""
@@ -111,9 +121,17 @@ class LayerFeatures:
             )
         return pos
 
-    def encoder(self, features: Sequence[int], device: str | torch.device = "cpu") -> FeatureEncoder:
+    def encoder(
+        self, features: Sequence[int], device: str | torch.device = "cpu", sae=None
+    ) -> FeatureEncoder:
         """The encoders of `features` (SAE feature ids, each saved: a top-k or control feature), on
-        `device`."""
+        `device`. `sae`: this layer's full SAE (model.load_sae), whose own encode then decides; a TopK
+        SAE's layer needs it (TOPK_WHY), so without it that is refused rather than answered wrongly."""
+        if self.topk is not None and sae is None:
+            raise UserError(
+                f"layer {self.layer}'s SAE is TopK (k={self.topk}): {TOPK_WHY}, which its saved rows "
+                "cannot tell; pass the layer's SAE (langsae.model.load_sae) to read its features"
+            )
         rows = self.rows(features)
         return FeatureEncoder(
             tuple(int(f) for f in features),
@@ -122,6 +140,7 @@ class LayerFeatures:
             self.b_enc[rows].to(device),
             None if self.threshold is None else self.threshold[rows].to(device),
             None if self.input_bias is None else self.input_bias.to(device),
+            sae,
         )
 
 
@@ -276,6 +295,7 @@ def load_nu_results(cfg: RunConfig, layers: Sequence[int] | None, top_k: int) ->
             b_enc=d["b_enc"].float(),
             threshold=None if d.get("threshold") is None else d["threshold"].float(),
             input_bias=None if d.get("input_bias") is None else d["input_bias"].float(),
+            topk=None if d.get("topk") is None else int(d["topk"]),
         )
         if lf.languages != nu_langs or lf.top_indices.shape[1] < top_k:
             remake = nu_command(cfg, layers, top_k_saved, made)

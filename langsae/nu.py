@@ -201,6 +201,8 @@ def feature_directions(
         "threshold": None if threshold is None else threshold[feats.to(dev)].float().cpu(),
         # subtracted from the input before encoding (sae-lens's apply_b_dec_to_input); None if not
         "input_bias": sae.b_dec.float().cpu() if getattr(sae.cfg, "apply_b_dec_to_input", False) else None,
+        # a TopK SAE's k: its features' activations need every feature's pre-activation (features.TOPK_WHY)
+        "topk": int(sae.cfg.k) if sae.cfg.architecture() == "topk" else None,
     }
 
 

@@ -10,7 +10,8 @@ KV-cached decode step of one token), through `forward.edit_output`:
   sv      at every position;
   gated   only where any of the source language's top-k features is active, read at the SAE's own
           read point (the MLP input for a transcoder; the block output itself for a residual SAE)
-          from the nu stage's saved encoder rows.
+          from the nu stage's saved encoder rows, or through the full SAE's own encode where one is
+          given (a TopK SAE needs it: "active" there means among the top k and > 0).
 Multi-layer variants steer layers L..L+n-1 (each with its own layer's vector). Their gate is decided
 once, at layer L, from the unsteered state, and reused at L+1..L+n-1. This fixes the self-switching
 gate: a gate re-read at each layer sees the state already steered at the layers below, and steering
@@ -213,10 +214,14 @@ class Gate:
 
 
 def make_gate(
-    lf: LayerFeatures, features_per_row: Sequence[Sequence[int]], device: str | torch.device = "cpu"
+    lf: LayerFeatures,
+    features_per_row: Sequence[Sequence[int]],
+    device: str | torch.device = "cpu",
+    sae=None,
 ) -> Gate:
     """A gate whose row r opens where any of features_per_row[r] (SAE feature ids of layer lf.layer) is
-    active."""
+    active. `sae`: the layer's full SAE, read through its own encode (required for a TopK SAE, see
+    `LayerFeatures.encoder`); None: the saved encoder rows."""
     union = sorted({int(f) for fs in features_per_row for f in fs})
     if not union:
         raise UserError("a gated steering edit needs at least one gate feature")
@@ -224,7 +229,7 @@ def make_gate(
     rows = torch.zeros(len(features_per_row), len(union), dtype=torch.bool)
     for r, fs in enumerate(features_per_row):
         rows[r, [col[int(f)] for f in fs]] = True
-    return Gate(lf.encoder(union, device), rows.to(device))
+    return Gate(lf.encoder(union, device, sae), rows.to(device))
 
 
 @dataclass(frozen=True)
