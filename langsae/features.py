@@ -18,7 +18,7 @@ import torch
 from langsae.artifacts import read_json, read_torch
 from langsae.config import FEATURES_ROOT, RunConfig, figures_dir_for, run_name_for
 from langsae.errors import UserError
-from langsae.model import HookPoint, hook_point
+from langsae.model import HookPoint, hook_point, load_sae
 from langsae.nu import META_FILE, layer_files
 
 NU_SCRIPT = "compute_nu_scores.py"
@@ -142,6 +142,12 @@ class LayerFeatures:
             None if self.input_bias is None else self.input_bias.to(device),
             sae,
         )
+
+
+def encoder_sae(cfg: RunConfig, lf: LayerFeatures):
+    """The layer's full SAE where reading its features needs one (a TopK SAE: TOPK_WHY), else None (the
+    saved rows suffice, and nothing downstream loads a full SAE it does not need)."""
+    return None if lf.topk is None else load_sae(cfg.preset, lf.layer, cfg.device, cfg.dtype)
 
 
 @dataclass(frozen=True)

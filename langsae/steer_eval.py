@@ -277,14 +277,16 @@ def build_edits(
     gate_k: int,
     seed: int,
     device: str | torch.device = "cpu",
+    gate_sae=lambda layer: None,
 ) -> list[Steering | None]:
     """One-row Steering per condition (None for `none`), for `steering.stacked_steering`. The gated conditions
-    of a layer share one encoder (one `make_gate` over all of their feature sets)."""
+    of a layer share one encoder (one `make_gate` over all of their feature sets). gate_sae(L): the full SAE
+    the gate at layer L reads through (`features.encoder_sae`: a TopK SAE's), or None."""
     gated = [c for c in conditions if c.method in (GATED, RANDOM_GATE)]
     gates: dict[SteerCondition, Gate] = {}
     for L in sorted({c.layer for c in gated}):
         mine = [c for c in gated if c.layer == L]
-        g = make_gate(nu.layers[L], [gate_features(c, nu, gate_k, seed) for c in mine], device)
+        g = make_gate(nu.layers[L], [gate_features(c, nu, gate_k, seed) for c in mine], device, gate_sae(L))
         gates.update({c: Gate(g.encoder, g.rows[j : j + 1]) for j, c in enumerate(mine)})
     out = []
     for c in conditions:

@@ -195,3 +195,28 @@ def test_gated_steering_with_topk_gate_matches_hand_hook(tiny_model_dir, tiny_qw
         plain = model(input_ids=ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert (got - plain).abs().max() > 1e-3  # the gate opened somewhere
+
+
+def test_stages_read_a_topk_layer_through_its_full_sae(tiny_model_dir, tiny_qwen_scope, layer_features):
+    """What the steering and code-switching stages call: encoder_sae loads the TopK layer's SAE, whose
+    encoder (and build_edits' gate) then match TopK by hand; a layer of another SAE kind needs none."""
+    from dataclasses import replace
+
+    from langsae import steer_eval as se
+
+    lf, cfg = layer_features
+    sae = features.encoder_sae(cfg, lf)
+    assert sae is not None and features.encoder_sae(cfg, replace(lf, topk=None)) is None
+    model, tok = load_tiny(tiny_model_dir)
+    texts, _ = load_texts(("jpn_Jpan",), "evaluation", 1).flat()
+    _, x = _block_output(model, tok, texts)
+    feats = lf.top("jpn_Jpan", (1, 2))
+    want = topk_by_hand(tiny_qwen_scope[LAYER])(x)[..., list(feats)]
+    torch.testing.assert_close(lf.encoder(feats, sae=sae)(x).double(), want, atol=1e-5, rtol=1e-5)
+    nu = features.load_nu_results(cfg, [LAYER], 3)
+    cond = se.SteerCondition(se.GATED, "jpn_Jpan", "eng_Latn", LAYER, 1, 2.0)
+    vectors = {LAYER: se.SteeringVectors(LAYER, LANGS, torch.zeros(3, x.shape[-1]), torch.ones(3))}
+    with pytest.raises(UserError, match="TopK"):
+        se.build_edits([cond], vectors, nu, 3, 0)
+    (edit,) = se.build_edits([cond], vectors, nu, 3, 0, gate_sae=lambda L: sae)
+    assert edit.gate.encoder.sae is sae

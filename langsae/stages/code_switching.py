@@ -182,7 +182,10 @@ def main(argv=None) -> dict:
     for group in claim_batches(todo, lambda L: claim_file(cdir, f"layer_{L}"), is_done):
         if model is None:
             model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
-        encoders = {L: nu.layers[L].encoder(feats[L], cfg.device) for L in group}
+        encoders = {
+            L: nu.layers[L].encoder(feats[L], cfg.device, features.encoder_sae(cfg, nu.layers[L]))
+            for L in group
+        }
         pad = tokenizer.pad_token_id
         for L, a in code_switch.noun_activations(model, tokens, encoders, cfg.batch_size, pad).items():
             save_cached_layer(cdir / f"layer_{L}.pt", chash, {"layer": L, "features": feats[L], "acts": a})

@@ -301,8 +301,13 @@ def main(argv=None):
     records = {t: {} for t in run["tasks"]}
     conditions, computed, cached = [], len(vec_new), len(vec_layers) - len(vec_new)
 
+    saes = {}  # a TopK SAE's layer gates through the full SAE, loaded once when first needed
+
+    def gate_sae(L):
+        return saes[L] if L in saes else saes.setdefault(L, features.encoder_sae(cfg, nu.layers[L]))
+
     def edits(cs):
-        return se.build_edits(cs, vectors, nu, args.gate_k, cfg.seed, cfg.device)
+        return se.build_edits(cs, vectors, nu, args.gate_k, cfg.seed, cfg.device, gate_sae)
 
     for source in run["sources"]:
         conds = se.conditions_for(
