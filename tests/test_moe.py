@@ -143,6 +143,23 @@ def test_run_from_layer_gives_the_full_forward_logits(moe):
     assert (logits_from_hidden(model, skipped)[real] - full[real]).abs().max() > 1e-3
 
 
+def test_run_from_layer_with_sliding_window_attention(moe):
+    """Qwen3-MoE configs may set use_sliding_window (then every layer slides, in the model's forward and in
+    transformers' mask builder alike): running from each layer still gives the model's logits."""
+    _, tok, ids = moe
+    model = tiny_qwen3_moe(len(tok), use_sliding_window=True, sliding_window=3)
+    plain = tiny_qwen3_moe(len(tok))
+    batch = make_batches(ids, len(ids), tok.pad_token_id)[0]
+    real = batch.attention_mask.bool()
+    with torch.no_grad():
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        unslid = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert (unslid[real] - full[real]).abs().max() > 1e-3, "the window must matter on these lengths"
+    for L in LAYERS:
+        final = run_from_layer(model, hidden_before_layer(model, batch, L), batch.attention_mask, L)
+        torch.testing.assert_close(logits_from_hidden(model, final)[real], full[real], atol=1e-5, rtol=1e-5)
+
+
 def _directional(layer: int, W_dec: torch.Tensor) -> Ablation:
     return Ablation(HookPoint(layer, "block", "output"), "directional", basis=orthonormal_basis(W_dec))
 

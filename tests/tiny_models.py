@@ -54,12 +54,12 @@ MOE = dict(hidden=32, intermediate=64, expert_intermediate=16, layers=3, heads=4
 MOE_DENSE_LAYERS = (1,)  # mlp_only_layers: a plain MLP between two sparse MoE blocks
 
 
-def tiny_qwen3_moe(vocab_size: int = 50, seed: int = 0, **ids):
+def tiny_qwen3_moe(vocab_size: int = 50, seed: int = 0, **config):
     """A random tiny Qwen3MoeForCausalLM (eval): sparse MoE blocks (4 experts, top-2, renormalised as in
     Qwen3-30B-A3B) at layers 0 and 2, a dense MLP at layer 1. The router and experts are scaled up from
     the init (std 0.02) so that routing varies from token to token and the experts' sum is not
-    negligible; the post-attention norms get random gains as in conftest's tiny Qwen3. `ids`:
-    pad/bos/eos_token_id for the config."""
+    negligible; the post-attention norms get random gains as in conftest's tiny Qwen3. `config`: more
+    Qwen3MoeConfig fields (pad/bos/eos_token_id, use_sliding_window, ...)."""
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     torch.manual_seed(seed)
@@ -77,7 +77,7 @@ def tiny_qwen3_moe(vocab_size: int = 50, seed: int = 0, **ids):
         norm_topk_prob=True,
         mlp_only_layers=list(MOE_DENSE_LAYERS),
         tie_word_embeddings=True,
-        **ids,
+        **config,
     )
     model = Qwen3MoeForCausalLM(cfg).eval()
     with torch.no_grad():
