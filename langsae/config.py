@@ -12,6 +12,7 @@ A run folder elsewhere (`--out-dir`) keeps its figures beside it, in `<out-dir>/
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,8 +94,46 @@ PRESETS: dict[str, Preset] = {
         prepare="langsae.toy:ensure_built",  # imported when called: the presets need no training code
     ),
 }
-PRESET_ALIASES = {"gemma-2b": "gemma-2-2b"}
+# Presets read from sae-lens's release registry when used (langsae.presets): the short name is chosen
+# here, everything else (model, SAE ids, layers, the default layer) comes from the registry. A family
+# with two releases of one model gets a suffix: qwen3-14b-lowl0 (the low-L0 transcoders), -k50/-k100
+# (Qwen-Scope's TopK k); the bare Qwen-Scope name is k=50, which every Qwen-Scope size has.
+REGISTRY_PRESETS = {
+    "qwen3-1.7b": "mwhanna-qwen3-1.7b-transcoders-lowl0",
+    "qwen3-4b": "mwhanna-qwen3-4b-transcoders",
+    "qwen3-8b": "mwhanna-qwen3-8b-transcoders",
+    "qwen3-14b": "mwhanna-qwen3-14b-transcoders",
+    "qwen3-14b-lowl0": "mwhanna-qwen3-14b-transcoders-lowl0",
+    "qwen-scope-3-1.7b-k50": "qwen-scope-3-1.7b-base-w32k-l50",
+    "qwen-scope-3-1.7b-k100": "qwen-scope-3-1.7b-base-w32k-l100",
+    "qwen-scope-3-8b-k50": "qwen-scope-3-8b-base-w64k-l50",
+    "qwen-scope-3-8b-k100": "qwen-scope-3-8b-base-w64k-l100",
+    "qwen-scope-3-30b-a3b-k50": "qwen-scope-3-30b-a3b-base-w32k-l50",
+    "qwen-scope-3-30b-a3b-k100": "qwen-scope-3-30b-a3b-base-w128k-l100",
+}
+PRESET_ALIASES = {
+    "gemma-2b": "gemma-2-2b",
+    "qwen-scope-3-1.7b": "qwen-scope-3-1.7b-k50",
+    "qwen-scope-3-8b": "qwen-scope-3-8b-k50",
+    "qwen-scope-3-30b-a3b": "qwen-scope-3-30b-a3b-k50",
+}
 CUSTOM = "custom"
+
+
+def preset_names() -> list[str]:
+    """Every preset's name, the hand-written ones first (aliases and custom left out)."""
+    return [*PRESETS, *REGISTRY_PRESETS]
+
+
+def named_preset(name: str) -> Preset | None:
+    """The preset called `name` (or an alias of it); None if there is none. A registry preset is read
+    from sae-lens's registry only now: importing sae-lens takes seconds, which --help should not pay."""
+    name = PRESET_ALIASES.get(name, name)
+    if name in REGISTRY_PRESETS:
+        from langsae.presets import registry_preset
+
+        return registry_preset(name).preset()
+    return PRESETS.get(name)
 
 
 LABELS = ("model_id",)  # in RunConfig.describe() for people, left out of RunConfig.key()
@@ -211,8 +250,9 @@ def build_parser(
     g.add_argument(
         "--model",
         default="qwen3-0.6b",
-        help=f"preset: {', '.join(PRESETS)} (alias gemma-2b), or {CUSTOM} with "
-        "--model-id/--sae-release/--sae-id-template",
+        help=f"preset: {', '.join(preset_names())} (aliases: "
+        + ", ".join(f"{a} = {t}" for a, t in PRESET_ALIASES.items())
+        + f"), or {CUSTOM} with --model-id/--sae-release/--sae-id-template; the presets: README.md",
     )
     g.add_argument("--model-id", help="Hugging Face model id or local folder; overrides the preset's model")
     g.add_argument(
@@ -275,17 +315,14 @@ def _hide(p: argparse.ArgumentParser, flags: Sequence[str]) -> None:
 
 
 def resolve_preset(args: argparse.Namespace) -> Preset:
-    name = PRESET_ALIASES.get(args.model, args.model)
-    if name == CUSTOM:
+    if args.model == CUSTOM:
         missing = [f for f in ("model_id", "sae_release", "sae_id_template") if not getattr(args, f)]
         if missing:
             flags = ", ".join("--" + m.replace("_", "-") for m in missing)
             raise UserError(f"--model custom needs {flags}")
         base = Preset(CUSTOM, args.model_id, args.sae_release, args.sae_id_template)
-    elif name in PRESETS:
-        base = PRESETS[name]
     else:
-        raise UserError(f"unknown --model {args.model!r}; choose one of {', '.join([*PRESETS, CUSTOM])}")
+        base = named_preset(args.model) or _unknown_model(args.model)
     overrides = {
         "model_id": args.model_id or base.model_id,
         "sae_release": args.sae_release or base.sae_release,
@@ -304,6 +341,14 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
             prepare=base.prepare,
         )
     return base
+
+
+def _unknown_model(name: str):
+    """One line: the close matches first (a typo is the likely cause), then every choice."""
+    choices = [*preset_names(), *PRESET_ALIASES, CUSTOM]
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise UserError(f"unknown --model {name!r}{hint}. Presets: {', '.join([*preset_names(), CUSTOM])}")
 
 
 def run_name_for(preset: Preset) -> str:

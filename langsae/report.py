@@ -204,15 +204,18 @@ def readme_block(report_text: str, report_link: str) -> str:
     )
 
 
-def update_readme(readme: Path, report: Path, report_link: str) -> None:
+def replace_marked(readme: Path, start_marker: str, end_marker: str, block: str) -> None:
+    """Put `block` between the two markers of `readme`, leaving the rest as it is (generated parts)."""
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"error: {readme} has no {README_START} ... {README_END} markers")
-    start, rest = text.split(README_START, 1)
-    _, end = rest.split(README_END, 1)
-    save_text(
-        f"{start}{README_START}\n{readme_block(report.read_text(), report_link)}\n{README_END}{end}", readme
-    )
+    if start_marker not in text or end_marker not in text:
+        raise SystemExit(f"error: {readme} has no {start_marker} ... {end_marker} markers")
+    start, rest = text.split(start_marker, 1)
+    _, end = rest.split(end_marker, 1)
+    save_text(f"{start}{start_marker}\n{block}\n{end_marker}{end}", readme)
+
+
+def update_readme(readme: Path, report: Path, report_link: str) -> None:
+    replace_marked(readme, README_START, README_END, readme_block(report.read_text(), report_link))
 
 
 def main(argv: list[str] | None = None) -> int:
