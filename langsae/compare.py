@@ -1,0 +1,357 @@
+"""Several runs side by side (model sizes, SAE families): every report claim's verdict per run, and
+per language the held-out peak layer as a fraction of depth, specificity, top-1 exclusivity and
+task deltas, read from each run's own artifacts (no model is loaded).
+
+    python compare_runs.py sae_features/toy sae_features/toy_small [--out output/compare]
+
+Writes into --out: compare_claims.csv, compare_languages.csv, compare.md (both tables in Markdown),
+compare_peak_depth.{png,pdf}, compare_specificity.{png,pdf} and compare_meta.json.
+
+A claim's verdict is the report's own (`report.claim_row`), judged on the run's own languages.
+The per-language table holds only the languages every run measured; the others are named as left
+out. Not built: how far two SAE families of one model agree on a language's features, which needs
+both SAEs' activations on the same tokens (see docs/stages.md#comparing-runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from langsae import config, nu, plots, section5
+from langsae.artifacts import package_versions, save_csv, save_json, save_text
+from langsae.errors import UserError
+from langsae.report import _model, _stage_metas, claim_row, claims
+from langsae.stages import registry
+from langsae.stages.downstream import TASK_METRICS
+from langsae.stages.downstream import _downstream as downstream_entries  # the entries its claims judge
+from langsae.verdicts import Artifacts, Interval, cell, interval_of, ivl
+
+CLAIMS_FILE, LANGUAGES_FILE, META_FILE, TABLE_FILE = (
+    "compare_claims.csv",
+    "compare_languages.csv",
+    "compare_meta.json",
+    "compare.md",
+)
+PEAK_FIGURE, SPECIFICITY_FIGURE = "compare_peak_depth", "compare_specificity"
+DEPTH_KEYS = ("num_hidden_layers", "n_model_layers")  # a layer count a run's metas may record
+PEAK_FRACTION_RULE = (
+    "held-out peak layer / the model's number of layers (layer L of N is L/N, the rule by which "
+    "presets.relative_layer places a layer at the same relative depth)"
+)
+TASK_COLUMNS = tuple(f"{task}_{metric}" for task, metric, _ in TASK_METRICS)
+LANGUAGE_COLUMNS = (
+    "run",
+    "language",
+    "peak_layer",
+    "n_layers",
+    "peak_fraction",
+    "specificity_diff",
+    "specificity_diff_ci_low",
+    "specificity_diff_ci_high",
+    "exclusive_top1",
+    "task_layer",
+    *(f"{t}_{c}" for t in TASK_COLUMNS for c in ("own_delta", "ci_low", "ci_high")),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder and what the comparison needs to know about it."""
+
+    label: str
+    artifacts: Artifacts
+    languages: tuple[str, ...]  # Section 5's, else the nu stage's
+    identity: dict  # model and SAE, as its stages' metas record them
+    depth: int | None
+    depth_source: str
+
+
+def model_depth(metas: list[dict], model_id: str | None) -> tuple[int | None, str]:
+    """The model's number of layers, and where it came from: a run's meta if one records it, else
+    the model's config when it is on this machine (a local folder or the Hugging Face cache; no
+    weights are read). None with the reason when neither has it."""
+    for meta in metas:
+        for key in DEPTH_KEYS:
+            if isinstance(meta.get(key), int):
+                return meta[key], f"{meta.get('stage', 'a stage')} meta ({key})"
+    if not model_id:
+        return None, "unknown: no model in the run's metas"
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_id, local_files_only=True)
+    except (OSError, ValueError):
+        return (
+            None,
+            f"unknown: no layer count in the run's metas, and no config of {model_id} on this machine",
+        )
+    return cfg.get_text_config().num_hidden_layers, f"config of {model_id}"
+
+
+def open_run(features_dir: Path, figures_dir: Path, label: str) -> Run:
+    """A run folder's artifacts; one line when the folder is missing or holds no stage's results."""
+    features_dir = Path(features_dir)
+    if not features_dir.is_dir():
+        raise UserError(f"run folder {features_dir} does not exist; pass sae_features/<run> folders")
+    a = Artifacts(features_dir, figures_dir)
+    nu_meta, s5 = a.json(nu.META_FILE), section5.summary(a)
+    if nu_meta is None and s5 is None:
+        why = a.damaged() or f"neither {nu.META_FILE} nor {section5.SUMMARY_FILE}"
+        raise UserError(
+            f"{features_dir} holds no run's results ({why}); run compute_nu_scores.py and "
+            f"reproduce_figures_section5.py with --out-dir {features_dir} first"
+        )
+    languages = [r["language"] for r in s5[0]] if s5 else nu_meta.get("languages", [])
+    metas = _stage_metas(a, registry())
+    identity = next((m for m in map(_model, metas) if m.get("model_id")), {})
+    depth, source = model_depth(metas, identity.get("model_id"))
+    return Run(label, a, tuple(languages), identity, depth, source)
+
+
+def labels(folders: list[Path]) -> list[str]:
+    """Each run's name: its folder's name, or parent/name where two runs share a name."""
+    names = [Path(f).resolve().name for f in folders]
+    return [
+        n if names.count(n) == 1 else f"{Path(f).resolve().parent.name}/{n}" for n, f in zip(names, folders)
+    ]
+
+
+def shared_languages(runs: list[Run]) -> tuple[list[str], dict[str, list[str]]]:
+    """The languages every run measured (in the first run's order), and per run those left out."""
+    shared = [lang for lang in runs[0].languages if all(lang in r.languages for r in runs)]
+    if not shared:
+        raise UserError("the runs share no language; compare runs measured on at least one common language")
+    left = {r.label: [lang for lang in r.languages if lang not in shared] for r in runs}
+    return shared, {k: v for k, v in left.items() if v}
+
+
+def claim_rows(runs: list[Run]) -> list[dict]:
+    """Every report claim's verdict and evidence per run, as the run's REPORT.md states them."""
+    rows = []
+    for stage, claim in claims(registry()):
+        for r in runs:
+            ev, verdict = claim_row(claim, stage, r.artifacts)
+            rows.append(
+                {
+                    "number": claim.number,
+                    "claim": claim.text,
+                    "run": r.label,
+                    "verdict": verdict,
+                    "evidence": ev.numbers,
+                }
+            )
+    return rows
+
+
+def _blank_if_nan(x: float) -> float | str:
+    return x if math.isfinite(x) else ""
+
+
+def language_rows(run: Run, languages: list[str]) -> list[dict]:
+    """Per shared language: the held-out peak (and its fraction of depth), specificity with its CI,
+    top-1 exclusivity at the peak layer, and each task's own-feature delta (the report's entries)."""
+    a = run.artifacts
+    s5 = section5.summary(a)
+    by_lang = {r["language"]: r for r in s5[0]} if s5 else {}
+    exclusive = (a.json(nu.META_FILE) or {}).get("exclusive_top1", {})
+    got = downstream_entries(a)
+    entries, task_layer = got if got else ([], "")
+    rows = []
+    for lang in languages:
+        r = by_lang.get(lang)
+        peak = int(r["peak_layer"]) if r else None
+        spec = interval_of(r, "specificity_diff") if r else Interval(math.nan, math.nan, math.nan)
+        row = {
+            "run": run.label,
+            "language": lang,
+            "peak_layer": "" if peak is None else peak,
+            "n_layers": run.depth or "",
+            "peak_fraction": peak / run.depth if peak is not None and run.depth else "",
+            "specificity_diff": _blank_if_nan(spec.value),
+            "specificity_diff_ci_low": _blank_if_nan(spec.low),
+            "specificity_diff_ci_high": _blank_if_nan(spec.high),
+            "exclusive_top1": exclusive.get(str(peak), {}).get(lang, ""),
+            "task_layer": task_layer if entries else "",
+        }
+        for e in entries:
+            if e["lang"] == lang:
+                d, key = ivl(e["own_delta"]), f"{e['task']}_{e['metric']}"
+                row |= {f"{key}_own_delta": d.value, f"{key}_ci_low": d.low, f"{key}_ci_high": d.high}
+        rows.append({c: row.get(c, "") for c in LANGUAGE_COLUMNS})
+    return rows
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _bars(rows: list[dict], runs: list[Run], languages: list[str], key: str, stem: Path, ylabel: str):
+    """Grouped bars: one group per language, one bar per run; CI whiskers when the rows have them."""
+    fig, ax = plots.plt.subplots(figsize=(max(4.0, 0.9 * len(languages) * len(runs) ** 0.5), 3.2))
+    width = 0.8 / len(runs)
+    x = np.arange(len(languages))
+    for i, run in enumerate(runs):
+        mine = {r["language"]: r for r in rows if r["run"] == run.label}
+        y = np.array([float(mine[lang][key]) if mine[lang][key] != "" else np.nan for lang in languages])
+        err = None
+        if f"{key}_ci_low" in LANGUAGE_COLUMNS:
+            lo = np.array([float(mine[g][f"{key}_ci_low"] or "nan") for g in languages])
+            hi = np.array([float(mine[g][f"{key}_ci_high"] or "nan") for g in languages])
+            err = np.nan_to_num(np.vstack([y - lo, hi - y]))
+        label = run.label if np.isfinite(y).any() else f"{run.label} (not measured)"
+        ax.bar(
+            x + (i - (len(runs) - 1) / 2) * width, np.nan_to_num(y), width, yerr=err, label=label, capsize=2
+        )
+    ax.set_xticks(x, [lang.split("_")[0] for lang in languages], fontsize=8)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    return plots.save_figure(fig, stem)
+
+
+def figures(rows: list[dict], runs: list[Run], languages: list[str], out: Path) -> list[Path]:
+    peak = _bars(rows, runs, languages, "peak_fraction", out / PEAK_FIGURE, "held-out peak layer / depth")
+    spec = _bars(
+        rows,
+        runs,
+        languages,
+        "specificity_diff",
+        out / SPECIFICITY_FIGURE,
+        "self − others ΔCE at peak (nats)",
+    )
+    return [*peak, *spec]
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x) if x != "" else "-"
+
+
+def markdown(runs: list[Run], claim_table: list[dict], rows: list[dict], shared, left_out) -> str:
+    """compare.md: the runs, the claims' verdicts per run, and the per-language table."""
+    lines = ["# Comparing runs", "", "| run | model | SAE release | layers (from) |", "|---|---|---|---|"]
+    for r in runs:
+        depth = f"{r.depth} ({r.depth_source})" if r.depth else r.depth_source
+        lines.append(
+            f"| {r.label} | {r.identity.get('model_id', '-')} | {r.identity.get('sae_release', '-')} "
+            f"| {cell(depth)} |"
+        )
+    lines += [
+        "",
+        "## Claims",
+        "",
+        "Each run's verdict, as its REPORT.md states it (on its own languages).",
+        "",
+    ]
+    lines += ["| # | claim | " + " | ".join(r.label for r in runs) + " |", "|---|---|" + "---|" * len(runs)]
+    for i in range(0, len(claim_table), len(runs)):
+        group = claim_table[i : i + len(runs)]
+        verdicts = " | ".join(f"**{g['verdict']}**" for g in group)
+        lines.append(f"| {group[0]['number']} | {cell(group[0]['claim'])} | {verdicts} |")
+    lines += ["", "## Languages", ""]
+    if left_out:
+        gone = "; ".join(f"{run}: {', '.join(langs)}" for run, langs in left_out.items())
+        lines += [f"Only the {len(shared)} languages every run measured are compared (left out: {gone}).", ""]
+    lines += [
+        f"Peak fraction: {PEAK_FRACTION_RULE}. Specificity: self − others ΔCE at the peak [95% CI]. "
+        "Exclusive: the top-1 feature at the peak layer is in no other language's top-5. Task Δ: "
+        "own-feature delta of the primary metric at the layer the report judges.",
+        "",
+        "| language | run | peak layer | fraction of depth | self − others [95% CI] | exclusive | task Δ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: shared.index(r["language"])):
+        spec = Interval(*(float(r[f"specificity_diff{c}"] or "nan") for c in ("", "_ci_low", "_ci_high")))
+        tasks = "; ".join(
+            f"{t} {Interval(*(float(r[f'{t}_{c}']) for c in ('own_delta', 'ci_low', 'ci_high')))}"
+            for t in TASK_COLUMNS
+            if r[f"{t}_own_delta"] != ""
+        )
+        lines.append(
+            f"| {r['language']} | {r['run']} | {_fmt(r['peak_layer'])} | {_fmt(r['peak_fraction'], 2)} "
+            f"| {spec} | {_fmt(r['exclusive_top1'])} | {tasks or '-'} |"
+        )
+    lines += [
+        "",
+        "Figures: " + ", ".join(f"[{s}.png]({s}.png)" for s in (PEAK_FIGURE, SPECIFICITY_FIGURE)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the script
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (sae_features/<run>), two or more")
+    p.add_argument(
+        "--out", type=Path, default=None, help="where the tables and figures go (default output/compare)"
+    )
+    p.add_argument(
+        "--figures-dirs",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="each run's figures folder, in the order of the runs (default: where its stages put them)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if len(args.runs) < 2:
+        raise UserError("compare_runs.py needs two or more run folders")
+    if args.figures_dirs is not None and len(args.figures_dirs) != len(args.runs):
+        raise UserError(
+            f"--figures-dirs: give one folder per run ({len(args.runs)}), got {len(args.figures_dirs)}"
+        )
+    fig_dirs = args.figures_dirs or [config.figures_dir_for(f) for f in args.runs]
+    runs = [open_run(f, d, name) for f, d, name in zip(args.runs, fig_dirs, labels(args.runs))]
+    shared, left_out = shared_languages(runs)
+    if left_out:
+        gone = "; ".join(f"{run}: {', '.join(langs)}" for run, langs in left_out.items())
+        print(f"the runs differ in languages: comparing only the {len(shared)} shared ({gone} left out)")
+    out = args.out or config.OUTPUT_ROOT / "compare"
+    claim_table = claim_rows(runs)
+    rows = [row for r in runs for row in language_rows(r, shared)]
+    save_csv(claim_table, out / CLAIMS_FILE, ["number", "claim", "run", "verdict", "evidence"])
+    save_csv(rows, out / LANGUAGES_FILE, LANGUAGE_COLUMNS)
+    figs = figures(rows, runs, shared, out)
+    save_text(markdown(runs, claim_table, rows, shared, left_out), out / TABLE_FILE)
+    meta = {
+        "stage": "compare_runs",
+        "runs": [
+            {
+                "label": r.label,
+                "features_dir": str(r.artifacts.features_dir),
+                "figures_dir": str(r.artifacts.output_dir),
+                **{
+                    k: r.identity.get(k)
+                    for k in ("preset", "model_id", "model", "sae_release", "sae_id_template")
+                },
+                "languages": list(r.languages),
+                "n_layers": r.depth,
+                "n_layers_from": r.depth_source,
+            }
+            for r in runs
+        ],
+        "shared_languages": shared,
+        "left_out": left_out,
+        "peak_fraction_rule": PEAK_FRACTION_RULE,
+        "figures": [str(f) for f in figs],
+        "versions": package_versions(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    save_json(meta, out / META_FILE)
+    print(f"compared {len(runs)} runs on {len(shared)} languages: {out / TABLE_FILE}")
+    return meta
