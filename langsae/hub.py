@@ -6,6 +6,7 @@ import configparser
 import functools
 import logging
 import os
+import re
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,13 +32,17 @@ def hf_token(secrets_file: Path = SECRETS_FILE) -> str | None:
     return None
 
 
-def hub_error_message(what: str, err: Exception) -> str:
-    """One line for a failed hub access, naming the offline way out."""
+def hub_error_message(what: str, err: Exception, repo_id: str | None = None) -> str:
+    """One line for a failed hub access, naming the offline way out, and for a hub repo (`repo_id`; not a
+    local folder) the command that fetches it into the cache (huggingface_hub's CLI is `hf`)."""
+    fetch = ""
+    if repo_id and re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) and not Path(repo_id).exists():
+        fetch = f"fetch it on a machine with hub access with `hf download {repo_id}`, then rerun; "
     return (
         f"could not load {what} ({type(err).__name__}: "
         f"{str(err).splitlines()[0][:160] if str(err) else ''}). "
         "Without hub access it must already be in the local Hugging Face cache "
-        "(at that revision, if one is named); "
+        f"(at that revision, if one is named): {fetch}"
         "`--model toy` runs the whole pipeline offline"
     )
 

@@ -220,7 +220,7 @@ def model_config(preset: Preset):
     try:
         return AutoConfig.from_pretrained(preset.model_id, **_hub_kwargs())
     except (OSError, ValueError) as e:
-        raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
+        raise UserError(hub_error_message(f"model {preset.model_id!r}", e, preset.model_id)) from e
 
 
 def check_layers(layers: tuple[int, ...] | None, n_layers: int, flag: str = "--layers") -> tuple[int, ...]:
@@ -245,7 +245,7 @@ def load_tokenizer(preset: Preset) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(preset.model_id, **_hub_kwargs())
     except (OSError, ValueError) as e:
-        raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
+        raise UserError(hub_error_message(f"model {preset.model_id!r}", e, preset.model_id)) from e
     tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -265,7 +265,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
     except (OSError, ValueError) as e:
-        raise UserError(hub_error_message(f"model {preset.model_id!r}", e)) from e
+        raise UserError(hub_error_message(f"model {preset.model_id!r}", e, preset.model_id)) from e
     architecture(model)  # a family langsae cannot hook is refused here, before any stage work
     return model.to(device).eval(), tokenizer
 
@@ -337,6 +337,14 @@ def _converter_name(preset: Preset) -> str:
     return preset.sae_converter or get_conversion_loader_name(preset.sae_release)
 
 
+def _sae_repo(preset: Preset) -> str | None:
+    """The hub repo that holds the release's files (for the fetch hint); None for a project-local cache."""
+    if preset.sae_hub_cache is not None:
+        return None
+    info = _directory().get(preset.sae_release)
+    return info.repo_id if info else preset.sae_release
+
+
 def check_sae_ids(preset: Preset, layers: tuple[int, ...]) -> None:
     """Refuse a release or id that sae-lens does not know, before any heavy work."""
     directory = _directory()
@@ -370,7 +378,7 @@ def sae_config(preset: Preset, layer: int) -> dict:
         with local_hub_cache(preset.sae_hub_cache):
             return getter(repo_id, folder, "cpu", False, get_config_overrides(preset.sae_release, sae_id))
     except Exception as e:  # hub / file errors come in many types
-        raise UserError(hub_error_message(f"SAE {preset.sae_release}/{sae_id}", e)) from e
+        raise UserError(hub_error_message(f"SAE {preset.sae_release}/{sae_id}", e, _sae_repo(preset))) from e
 
 
 def sae_hook_names(cfg: dict) -> tuple[str, str]:
@@ -430,7 +438,7 @@ def _sae_lens_load(preset: Preset, layer: int, device: str, dtype: torch.dtype) 
     except UserError:
         raise
     except Exception as e:
-        raise UserError(hub_error_message(f"SAE {preset.sae_release}/{sae_id}", e)) from e
+        raise UserError(hub_error_message(f"SAE {preset.sae_release}/{sae_id}", e, _sae_repo(preset))) from e
     return sae.eval()
 
 
