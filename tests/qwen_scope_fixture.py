@@ -56,6 +56,15 @@ def register_release(n_layers: int, d_in: int) -> None:
     )
 
 
+def unregister_release() -> None:
+    """Undo `register_release`, so that tests reading sae-lens's registry (the presets') never see it."""
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    loaders.QWEN_SCOPE_MODEL_INFO.pop(TINY_BASE, None)
+    get_pretrained_saes_directory().pop(TINY_QWEN_SCOPE, None)
+
+
 def write_qwen_scope_release(hub_cache: Path, n_layers: int, d_in: int, seed: int = 500) -> dict:
     """Write `layer{L}.sae.pt` for every layer into the HF cache as TINY_QWEN_SCOPE_REPO and register
     the release; returns the raw weights by layer (Qwen Scope's orientation)."""
@@ -74,7 +83,8 @@ def write_qwen_scope_release(hub_cache: Path, n_layers: int, d_in: int, seed: in
 
 def tiny_qwen_scope_for(model_dir: Path) -> dict[int, dict[str, torch.Tensor]]:
     """The tiny TopK SAEs for every layer of a tiny Qwen3 (conftest's tiny_model_dir), written into the
-    tests' HF cache as the release TINY_QWEN_SCOPE. A test module wraps it in its own fixture."""
+    tests' HF cache as the release TINY_QWEN_SCOPE. A test module wraps it in its own fixture, calling
+    `unregister_release` at its end."""
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(model_dir)

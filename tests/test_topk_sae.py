@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from helpers import brute_force_mu, load_layer, run_nu
 from nu_artifacts import load_tiny
-from qwen_scope_fixture import K, qwen_scope_args, tiny_qwen_scope_for
+from qwen_scope_fixture import K, qwen_scope_args, tiny_qwen_scope_for, unregister_release
 
 from langsae import features, sweep
 from langsae.ablation import make_ablation
@@ -48,7 +48,9 @@ def _cfg(model_dir, out_dir):
 
 @pytest.fixture(scope="module")
 def tiny_qwen_scope(tiny_model_dir):
-    return tiny_qwen_scope_for(tiny_model_dir)
+    """The tiny TopK release, known to sae-lens only while this module runs."""
+    yield tiny_qwen_scope_for(tiny_model_dir)
+    unregister_release()
 
 
 @pytest.fixture(scope="module")
