@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         choices=list(SCALES),
         default="full",
         help="full: the toy model (a few minutes on 2 cores); small: a build of seconds, for tests; "
-        "small-tasks: small with task lines (langsae.toy.task_text) in its training text",
+        "small-tasks: small with task lines (langsae.toy.task_text) in its training text; "
+        "full-tasks: the full toy with task lines (a candidate recipe, docs/toy_model.md)",
     )
     p.add_argument(
         "--root",

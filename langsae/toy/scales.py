@@ -105,6 +105,13 @@ SCALES["small-tasks"] = replace(
     SCALES["small"], max_tokens=96, task_lid_per_language=40, task_topic_per_language=40
 )
 
+# Issue 18's first candidate recipe (not the default toy): the full toy with 400 language-identification
+# lines and every topic line per language (about 36% more training texts) and a third more steps, so the
+# model sees its plain text about as often as the full toy does.
+SCALES["full-tasks"] = replace(
+    SCALES["full"], lm_steps=800, task_lid_per_language=400, task_topic_per_language=-1
+)
+
 
 def _scale(name: str) -> ToyScale:
     if name not in SCALES:
