@@ -135,3 +135,15 @@ def test_the_readme_example_stage_is_one_module_and_one_line(small_toy, tmp_path
     assert "## Token counts" in report and all(f"| {lang} | {n} |" in report for lang, n in counts.items())
     rows = json.loads((run / run_pipeline.TIMINGS_FILE).read_text())["stages"]
     assert [(r["stage"], r["status"], r["computed"]) for r in rows] == [("token-counts", "done", len(counts))]
+
+
+def test_the_readme_stage_table_is_the_registry():
+    """README's table of stages names each stage, its script and its paper section as the registry does,
+    in pipeline order (a stage added or renamed in code shows up here)."""
+    from langsae.stages import registry
+
+    text = (ROOT / "README.md").read_text().split("## Stages", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:4] for line in text.splitlines() if line.startswith("| `")]
+    table = [tuple(cell.strip().strip("`") for cell in row) for row in rows]
+    table = [row for row in table if row[1].endswith(".py")]  # the stage table, not the preset table
+    assert table == [(s.name, s.script, s.section) for s in registry()]
