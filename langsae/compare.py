@@ -31,7 +31,7 @@ from langsae.report import _model, _stage_metas, claim_row, claims
 from langsae.stages import registry
 from langsae.stages.downstream import TASK_METRICS
 from langsae.stages.downstream import _downstream as downstream_entries  # the entries its claims judge
-from langsae.verdicts import Artifacts, Interval, cell, interval_of, ivl
+from langsae.verdicts import Artifacts, Interval, cell, interval_of, ivl, short
 
 CLAIMS_FILE, LANGUAGES_FILE, META_FILE, TABLE_FILE = (
     "compare_claims.csv",
@@ -191,39 +191,42 @@ def language_rows(run: Run, languages: list[str]) -> list[dict]:
 # ----------------------------------------------------------------------------- figures
 
 
-def _bars(rows: list[dict], runs: list[Run], languages: list[str], key: str, stem: Path, ylabel: str):
-    """Grouped bars: one group per language, one bar per run; CI whiskers when the rows have them."""
-    fig, ax = plots.plt.subplots(figsize=(max(4.0, 0.9 * len(languages) * len(runs) ** 0.5), 3.2))
-    width = 0.8 / len(runs)
-    x = np.arange(len(languages))
+def _per_language(rows: list[dict], runs: list[Run], languages: list[str], key: str, stem: Path, ylabel: str):
+    """One point per language and run, side by side, with CI whiskers where the rows have them. Points,
+    not bars: a peak at layer 0 (fraction 0) stays visible, and a value a run lacks is no mark at all."""
+    fig, ax = plots.plt.subplots(figsize=(max(4.0, 0.7 * len(languages)), 3.2), layout="constrained")
+    x, step = np.arange(len(languages)), 0.6 / len(runs)
     for i, run in enumerate(runs):
         mine = {r["language"]: r for r in rows if r["run"] == run.label}
-        y = np.array([float(mine[lang][key]) if mine[lang][key] != "" else np.nan for lang in languages])
+        y = np.array([float(mine[g][key] or "nan") for g in languages])
         err = None
         if f"{key}_ci_low" in LANGUAGE_COLUMNS:
-            lo = np.array([float(mine[g][f"{key}_ci_low"] or "nan") for g in languages])
-            hi = np.array([float(mine[g][f"{key}_ci_high"] or "nan") for g in languages])
-            err = np.nan_to_num(np.vstack([y - lo, hi - y]))
+            lo, hi = (
+                np.array([float(mine[g][f"{key}_ci_{e}"] or "nan") for g in languages])
+                for e in ("low", "high")
+            )
+            err = np.vstack([y - lo, hi - y])
         label = run.label if np.isfinite(y).any() else f"{run.label} (not measured)"
-        ax.bar(
-            x + (i - (len(runs) - 1) / 2) * width, np.nan_to_num(y), width, yerr=err, label=label, capsize=2
-        )
-    ax.set_xticks(x, [lang.split("_")[0] for lang in languages], fontsize=8)
+        ax.errorbar(x + (i - (len(runs) - 1) / 2) * step, y, yerr=err, fmt="o", ms=4, capsize=2, label=label)
+    ax.set_xticks(x, [short(g) for g in languages], fontsize=8)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.legend(fontsize=7, frameon=False)
+    fig.legend(loc="outside lower center", ncol=min(4, len(runs)), fontsize=7, frameon=False)
     return plots.save_figure(fig, stem)
 
 
 def figures(rows: list[dict], runs: list[Run], languages: list[str], out: Path) -> list[Path]:
-    peak = _bars(rows, runs, languages, "peak_fraction", out / PEAK_FIGURE, "held-out peak layer / depth")
-    spec = _bars(
+    """The peak layer as a fraction of depth, and specificity at the peak, per language and run."""
+    peak = _per_language(
+        rows, runs, languages, "peak_fraction", out / PEAK_FIGURE, "held-out peak layer / depth"
+    )
+    spec = _per_language(
         rows,
         runs,
         languages,
         "specificity_diff",
         out / SPECIFICITY_FIGURE,
-        "self − others ΔCE at peak (nats)",
+        "self − others ΔCE at the peak (nats)",
     )
     return [*peak, *spec]
 
@@ -263,7 +266,7 @@ def markdown(runs: list[Run], claim_table: list[dict], rows: list[dict], shared,
     lines += [
         f"Peak fraction: {PEAK_FRACTION_RULE}. Specificity: self − others ΔCE at the peak [95% CI]. "
         "Exclusive: the top-1 feature at the peak layer is in no other language's top-5. Task Δ: "
-        "own-feature delta of the primary metric at the layer the report judges.",
+        "own-feature delta of the primary metric [95% CI] at the layer the report judges (L).",
         "",
         "| language | run | peak layer | fraction of depth | self − others [95% CI] | exclusive | task Δ |",
         "|---|---|---|---|---|---|---|",
@@ -275,6 +278,7 @@ def markdown(runs: list[Run], claim_table: list[dict], rows: list[dict], shared,
             for t in TASK_COLUMNS
             if r[f"{t}_own_delta"] != ""
         )
+        tasks = f"L{r['task_layer']}: {tasks}" if tasks else tasks
         lines.append(
             f"| {r['language']} | {r['run']} | {_fmt(r['peak_layer'])} | {_fmt(r['peak_fraction'], 2)} "
             f"| {spec} | {_fmt(r['exclusive_top1'])} | {tasks or '-'} |"
