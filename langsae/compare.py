@@ -305,6 +305,7 @@ def parse_args(argv):
         "--figures-dirs",
         nargs="+",
         type=Path,
+        metavar="DIR",
         default=None,
         help="each run's figures folder, in the order of the runs (default: where its stages put them)",
     )
