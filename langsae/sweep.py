@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from langsae.ablation import MODES, Ablation, make_ablation
-from langsae.artifacts import config_hash, read_torch, save_torch
-from langsae.config import PRESETS, RunConfig
+from langsae.artifacts import config_hash, preflight, read_torch, save_torch
+from langsae.config import PRESETS, RunConfig, resolve
 from langsae.controls import NO_LANGUAGE, random_draw
 from langsae.data import Texts, load_texts
 from langsae.errors import CorruptArtifact, UserError
@@ -548,6 +548,15 @@ def check_sweep_args(args: argparse.Namespace, cfg: RunConfig) -> int:
             "(use --random-draws 2 or more)"
         )
     return n_texts
+
+
+def start(args: argparse.Namespace) -> tuple[RunConfig, int]:
+    """The first steps of every ΔCE stage: resolve the run, check its folders (cached conditions, CSVs
+    and figures) before any model loads, validate the sweep flags; returns the run and N (texts per
+    language)."""
+    cfg = resolve(args)
+    preflight(cfg, min_free_mb=200)
+    return cfg, check_sweep_args(args, cfg)
 
 
 @dataclass

@@ -16,8 +16,8 @@ without them. Clusters come from stage 3 (interaction_clusters.json). Writes:
 from __future__ import annotations
 
 from langsae import features, interactions, plots, section5, stats, sweep, synergy
-from langsae.artifacts import preflight, save_csv
-from langsae.config import build_parser, resolve
+from langsae.artifacts import save_csv
+from langsae.config import build_parser
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
@@ -62,9 +62,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = resolve(args)
-    preflight(cfg, min_free_mb=200)  # cached ablation conditions, CSVs and figures
-    n_texts = sweep.check_sweep_args(args, cfg)
+    cfg, n_texts = sweep.start(args)
     languages = list(cfg.languages)
     if len(languages) < 3:
         raise SkippedTask("intra- vs inter-cluster synergy needs at least three languages in --languages")

@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from langsae import features, interactions, plots, section5, stats, sweep
-from langsae.artifacts import preflight, save_csv, save_json
-from langsae.config import build_parser, resolve
+from langsae.artifacts import save_csv, save_json
+from langsae.config import build_parser
 from langsae.errors import SkippedTask, UserError
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
@@ -133,9 +133,7 @@ def _matrix_rows(per_layer, m, rand, aggregate, layers, languages, args, n_ranks
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = resolve(args)
-    preflight(cfg, min_free_mb=200)  # cached ablation conditions, clusters, CSVs and figures
-    n_texts = sweep.check_sweep_args(args, cfg)
+    cfg, n_texts = sweep.start(args)
     languages = list(cfg.languages)
     _check_args(args, languages)
     aggregate = interactions.parse_aggregate(args.aggregate)

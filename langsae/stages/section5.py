@@ -18,8 +18,8 @@ from typing import Sequence
 
 from langsae import features, plots, stats, sweep
 from langsae import section5 as s5lib
-from langsae.artifacts import preflight, save_csv
-from langsae.config import build_parser, resolve
+from langsae.artifacts import save_csv
+from langsae.config import build_parser
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, write_meta
@@ -55,9 +55,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = resolve(args)
-    preflight(cfg, min_free_mb=200)  # cached sweep conditions, CSVs and figures
-    n_texts = sweep.check_sweep_args(args, cfg)
+    cfg, n_texts = sweep.start(args)
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
     nu = features.load_nu_results(cfg, cfg.layers, args.top_k)
