@@ -24,13 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from langsae import config, nu, plots, section5
+from langsae import config, downstream, nu, plots, section5
 from langsae.artifacts import package_versions, save_csv, save_json, save_text
 from langsae.errors import UserError
-from langsae.report import _model, _stage_metas, claim_row, claims
+from langsae.report import claim_row, claims, model_identity_of, stage_metas
 from langsae.stages import registry
-from langsae.stages.downstream import TASK_METRICS
-from langsae.stages.downstream import _downstream as downstream_entries  # the entries its claims judge
 from langsae.verdicts import Artifacts, Interval, cell, interval_of, ivl, short
 
 CLAIMS_FILE, LANGUAGES_FILE, META_FILE, TABLE_FILE = (
@@ -45,7 +43,7 @@ PEAK_FRACTION_RULE = (
     "held-out peak layer / the model's number of layers (layer L of N is L/N, the rule by which "
     "presets.relative_layer places a layer at the same relative depth)"
 )
-TASK_COLUMNS = tuple(f"{task}_{metric}" for task, metric, _ in TASK_METRICS)
+TASK_COLUMNS = tuple(f"{task}_{metric}" for task, metric, _ in downstream.TASK_METRICS)
 LANGUAGE_COLUMNS = (
     "run",
     "language",
@@ -109,8 +107,8 @@ def open_run(features_dir: Path, figures_dir: Path, label: str) -> Run:
             f"reproduce_figures_section5.py with --out-dir {features_dir} first"
         )
     languages = [r["language"] for r in s5[0]] if s5 else nu_meta.get("languages", [])
-    metas = _stage_metas(a, registry())
-    identity = next((m for m in map(_model, metas) if m.get("model_id")), {})
+    metas = stage_metas(a, registry())
+    identity = next((m for m in map(model_identity_of, metas) if m.get("model_id")), {})
     depth, source = model_depth(metas, identity.get("model_id"))
     return Run(label, a, tuple(languages), identity, depth, source)
 
@@ -161,7 +159,7 @@ def language_rows(run: Run, languages: list[str]) -> list[dict]:
     s5 = section5.summary(a)
     by_lang = {r["language"]: r for r in s5[0]} if s5 else {}
     exclusive = (a.json(nu.META_FILE) or {}).get("exclusive_top1", {})
-    got = downstream_entries(a)
+    got = downstream.claimed_entries(a)  # the entries its claims judge
     entries, task_layer = got if got else ([], "")
     rows = []
     for lang in languages:

@@ -105,6 +105,31 @@ def figure_stem(task: str, layer: int, mode: str = DEFAULT_MODE) -> str:
 RESULTS_FILE, SUMMARY_FILE, META_FILE = results_file(), summary_file(), meta_file()  # the report reads these
 FIGURES_GLOB = "downstream_*.png"  # the report's images: every task's figures, at every layer and mode
 
+# The report's task claims: each task's primary metric, and the chance level its baseline must clear.
+CHANCE = {("qa", "f1"): 0.0, ("sentiment", "accuracy"): 0.2, ("topic", "accuracy"): 1 / 7}
+TASK_METRICS = (
+    ("qa", "f1", "generate"),
+    ("sentiment", "accuracy", "generate"),
+    ("topic", "accuracy", "loglik"),
+)
+CLAIMED_LAYER = 10  # the earlier reproduction's layer of the 0.6B
+
+
+def claimed_entries(a) -> tuple[list[dict], int] | None:
+    """The summary entries the report's task claims judge: the primary metrics (TASK_METRICS) at
+    layer 10, or at the stage's first layer when it did not run 10; None when the stage has not run.
+    `a` is a run's `verdicts.Artifacts` (anything with `.json(name)`); the report and
+    compare_runs.py both read through it."""
+    d = a.json(SUMMARY_FILE)
+    if d is None:
+        return None
+    entries = [e for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]
+    layers = [e["layer"] for e in entries]
+    if not layers:
+        return [], CLAIMED_LAYER
+    layer = CLAIMED_LAYER if CLAIMED_LAYER in layers else layers[0]
+    return [e for e in entries if e["layer"] == layer], layer
+
 
 # ----------------------------------------------------------------------------- conditions
 

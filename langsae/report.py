@@ -101,12 +101,12 @@ def _toy_build(model_id: str) -> dict | None:
         return None
 
 
-def _stage_metas(a: Artifacts, stages: list[Stage]) -> list[dict]:
+def stage_metas(a: Artifacts, stages: list[Stage]) -> list[dict]:
     """The meta records the run's stages left, in pipeline order."""
     return [m for m in (a.json(s.meta) for s in stages if s.meta) if m]
 
 
-def _model(meta: dict) -> dict:
+def model_identity_of(meta: dict) -> dict:
     """Model, SAE release and preset of a stage's meta (the ν stage keeps them at its top level)."""
     return {**meta.get("config", {}), **{k: meta[k] for k in ("model_id", "sae_release") if k in meta}}
 
@@ -114,8 +114,8 @@ def _model(meta: dict) -> dict:
 def header(a: Artifacts, run: str, stages: list[Stage]) -> list[str]:
     """The run's title, the toy banner, one table of what made the run (model and SAE, each stage's
     own rows by its `header`, versions, code), and the pipeline's timings."""
-    metas = _stage_metas(a, stages)
-    models = [_model(m) for m in metas]
+    metas = stage_metas(a, stages)
+    models = [model_identity_of(m) for m in metas]
     model = next((m for m in models if m.get("model_id")), {})
     lines = [f"# Report: {run}", ""]
     build = _toy_build(model["model_id"]) if model.get("model_id") else None

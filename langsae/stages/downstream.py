@@ -318,33 +318,9 @@ def main(argv=None):
 # ----------------------------------------------------------------------------- claims and report section
 
 
-CHANCE = {("qa", "f1"): 0.0, ("sentiment", "accuracy"): 0.2, ("topic", "accuracy"): 1 / 7}
-
-
-TASK_METRICS = (
-    ("qa", "f1", "generate"),
-    ("sentiment", "accuracy", "generate"),
-    ("topic", "accuracy", "loglik"),
-)
-
-
-def _downstream(a: Artifacts) -> tuple[list[dict], int] | None:
-    """The summary entries of the primary metrics at layer 10, or at the stage's first layer when it did
-    not run 10."""
-    d = a.json(downstream.SUMMARY_FILE)
-    if d is None:
-        return None
-    entries = [e for e in d["entries"] if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS]
-    layers = [e["layer"] for e in entries]
-    if not layers:
-        return [], 10
-    layer = 10 if 10 in layers else layers[0]
-    return [e for e in entries if e["layer"] == layer], layer
-
-
 def _margin(e: dict) -> float:
     """The baseline's margin over chance; NaN when its CI reaches chance (nothing to lose)."""
-    chance, base = CHANCE[(e["task"], e["metric"])], ivl(e["baseline"])
+    chance, base = downstream.CHANCE[(e["task"], e["metric"])], ivl(e["baseline"])
     return base.value - chance if base.low > chance else math.nan
 
 
@@ -377,7 +353,7 @@ def _task_figure(a: Artifacts, entries: list[dict], layer: int) -> str | None:
 
 
 def collapse(a: Artifacts) -> Evidence | None:
-    got = _downstream(a)
+    got = downstream.claimed_entries(a)
     if got is None:
         return None
     entries, layer = got
@@ -397,7 +373,7 @@ def collapse(a: Artifacts) -> Evidence | None:
 
 
 def arabic_robust(a: Artifacts) -> Evidence | None:
-    got = _downstream(a)
+    got = downstream.claimed_entries(a)
     if got is None:
         return None
     entries, layer = got
@@ -441,7 +417,7 @@ def downstream_section(a: Artifacts) -> list[str]:
             {True: "yes", False: "no", None: "-"}[e["own_drop_exceeds_random"]],
         )
         for e in d["entries"]
-        if (e["task"], e["metric"], e["scoring"]) in TASK_METRICS
+        if (e["task"], e["metric"], e["scoring"]) in downstream.TASK_METRICS
     ]
     lines = [f"## {title}", "", f"{d['mode']} ablation; {d['rule']}", ""]
     head = [
