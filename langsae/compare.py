@@ -4,13 +4,15 @@ task deltas, read from each run's own artifacts (no model is loaded).
 
     python compare_runs.py sae_features/toy sae_features/toy_small [--out output/compare]
 
-Writes into --out: compare_claims.csv, compare_languages.csv, compare.md (both tables in Markdown),
-compare_peak_depth.{png,pdf}, compare_specificity.{png,pdf} and compare_meta.json.
+Writes into --out: compare_claims.csv, compare_languages.csv, compare_agreement.csv, compare.md (the
+tables in Markdown), compare_peak_depth.{png,pdf}, compare_specificity.{png,pdf} and compare_meta.json.
 
 A claim's verdict is the report's own (`report.claim_row`), judged on the run's own languages.
 The per-language table holds only the languages every run measured; the others are named as left
-out. Not built: how far two SAE families of one model agree on a language's features, which needs
-both SAEs' activations on the same tokens (see docs/stages.md#comparing-runs).
+out. Two runs of one model with different SAE releases (a transcoder and a residual SAE) get their
+SAE families' agreement per language: the cosine of their top features' decoder directions
+(AGREEMENT_RULE). Not built: the overlap of both SAEs' activations on the same tokens, which needs
+both SAEs in one forward pass (see docs/stages.md#comparing-runs).
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from langsae import config, downstream, nu, plots, section5
-from langsae.artifacts import package_versions, save_csv, save_json, save_text
+from langsae.artifacts import package_versions, read_torch, save_csv, save_json, save_text
 from langsae.errors import UserError
 from langsae.report import claim_row, claims, model_identity_of, stage_metas
 from langsae.stages import registry
 from langsae.verdicts import Artifacts, Interval, cell, interval_of, ivl, short
 
-CLAIMS_FILE, LANGUAGES_FILE, META_FILE, TABLE_FILE = (
+CLAIMS_FILE, LANGUAGES_FILE, AGREEMENT_FILE, META_FILE, TABLE_FILE = (
     "compare_claims.csv",
     "compare_languages.csv",
+    "compare_agreement.csv",
     "compare_meta.json",
     "compare.md",
 )
@@ -186,6 +190,99 @@ def language_rows(run: Run, languages: list[str]) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- SAE-family agreement
+
+
+AGREEMENT_COLUMNS = (
+    "run_a",
+    "run_b",
+    "language",
+    "layer",
+    "hook_a",
+    "hook_b",
+    "top1_a",
+    "top1_b",
+    "decoder_cosine",
+    "k_b",
+    "best_abs_cosine_topk",
+    "best_feature_b",
+)
+AGREEMENT_RULE = (
+    "For two runs of one model (equal content identity) with different SAE releases, per shared language "
+    "and layer: decoder_cosine = cos(W_dec[top-1 of A], W_dec[top-1 of B]), and best_abs_cosine_topk = "
+    "max over B's saved top-k of |cos(W_dec[top-1 of A], W_dec[f])|, read from each run's "
+    "layer_<L>_directions.pt (no forward pass): both decoders write into the same d_model residual space "
+    "(a transcoder into the MLP output, a residual SAE into the block output). The overlap of both SAEs' "
+    "activations on the same tokens is not built"
+)
+
+
+def same_model_pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """Pairs of runs of one model (equal content identity, not a folder that was absent) whose SAE
+    releases differ: the pairs whose SAE families can be compared feature by feature."""
+    known = [
+        r for r in runs if r.identity.get("model") and not str(r.identity["model"]).startswith("absent:")
+    ]
+    return [
+        (a, b)
+        for i, a in enumerate(known)
+        for b in known[i + 1 :]
+        if a.identity["model"] == b.identity["model"]
+        and a.identity.get("sae_release") != b.identity.get("sae_release")
+    ]
+
+
+def _directions(run: Run, layer: int) -> dict:
+    """A layer's saved decoder rows of the run's top features (the nu stage's layer_<L>_directions.pt)."""
+    fdir = run.artifacts.features_dir
+    return read_torch(
+        nu.layer_files(fdir, layer)["directions"], f"python compute_nu_scores.py --out-dir {fdir}"
+    )
+
+
+def _decoder_rows(d: dict, features: torch.Tensor) -> torch.Tensor:
+    """W_dec rows [n, d_model] of `features` (saved top features: feature_indices is sorted)."""
+    return d["W_dec"].float()[torch.searchsorted(d["feature_indices"].long(), features.long())]
+
+
+def agreement_rows(a: Run, b: Run, languages: list[str]) -> list[dict]:
+    """Per shared language and layer both nu stages computed: how close run A's top-1 feature's decoder
+    direction is to run B's top-1 (signed cosine) and to the nearest of B's saved top-k (|cosine|)."""
+    layers = [L for L in (a.artifacts.json(nu.META_FILE) or {}).get("layers", [])]
+    layers = [L for L in layers if L in (b.artifacts.json(nu.META_FILE) or {}).get("layers", [])]
+    rows = []
+    for L in layers:
+        da, db = _directions(a, L), _directions(b, L)
+        if da["W_dec"].shape[1] != db["W_dec"].shape[1]:
+            raise UserError(
+                f"{a.label} and {b.label} name one model but their layer {L} decoders write "
+                f"{da['W_dec'].shape[1]} and {db['W_dec'].shape[1]} dimensions; check both runs' meta.json"
+            )
+        for lang in (g for g in languages if g in da["languages"] and g in db["languages"]):
+            top_a = da["top_indices"][da["languages"].index(lang)]
+            top_b = db["top_indices"][db["languages"].index(lang)]
+            u = _decoder_rows(da, top_a[:1])
+            cos = torch.nn.functional.cosine_similarity(u, _decoder_rows(db, top_b), dim=-1)
+            best = int(cos.abs().argmax())
+            rows.append(
+                {
+                    "run_a": a.label,
+                    "run_b": b.label,
+                    "language": lang,
+                    "layer": L,
+                    "hook_a": da.get("hook_name_out") or da["hook_name"],
+                    "hook_b": db.get("hook_name_out") or db["hook_name"],
+                    "top1_a": int(top_a[0]),
+                    "top1_b": int(top_b[0]),
+                    "decoder_cosine": float(cos[0]),
+                    "k_b": len(top_b),
+                    "best_abs_cosine_topk": float(cos[best].abs()),
+                    "best_feature_b": int(top_b[best]),
+                }
+            )
+    return rows
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -236,8 +333,9 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x) if x != "" else "-"
 
 
-def markdown(runs: list[Run], claim_table: list[dict], rows: list[dict], shared, left_out) -> str:
-    """compare.md: the runs, the claims' verdicts per run, and the per-language table."""
+def markdown(runs: list[Run], claim_table: list[dict], rows: list[dict], shared, left_out, agree) -> str:
+    """compare.md: the runs, the claims' verdicts per run, the per-language table and, for runs of
+    one model with different SAEs, their agreement."""
     lines = ["# Comparing runs", "", "| run | model | SAE release | layers (from) |", "|---|---|---|---|"]
     for r in runs:
         depth = f"{r.depth} ({r.depth_source})" if r.depth else r.depth_source
@@ -281,11 +379,33 @@ def markdown(runs: list[Run], claim_table: list[dict], rows: list[dict], shared,
             f"| {r['language']} | {r['run']} | {_fmt(r['peak_layer'])} | {_fmt(r['peak_fraction'], 2)} "
             f"| {spec} | {_fmt(r['exclusive_top1'])} | {tasks or '-'} |"
         )
+    lines += agreement_markdown(runs, agree)
     lines += [
         "",
         "Figures: " + ", ".join(f"[{s}.png]({s}.png)" for s in (PEAK_FIGURE, SPECIFICITY_FIGURE)),
     ]
     return "\n".join(lines) + "\n"
+
+
+def agreement_markdown(runs: list[Run], agree: list[dict]) -> list[str]:
+    """The SAE-family agreement section: its rule and rows, or why there are none."""
+    lines = ["", "## SAE-family agreement", ""]
+    if not same_model_pairs(runs):
+        return lines + ["No two runs share a model with different SAE releases: no agreement to compare."]
+    lines += [
+        f"{AGREEMENT_RULE}.",
+        "",
+        "| language | layer | runs (A vs B) | top-1 A, B | cos(top-1 A, top-1 B) "
+        "| best \\|cos\\| in B's top-k (feature) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in agree:
+        lines.append(
+            f"| {r['language']} | {r['layer']} | {r['run_a']} vs {r['run_b']} | {r['top1_a']}, {r['top1_b']} "
+            f"| {r['decoder_cosine']:+.3f} | {r['best_abs_cosine_topk']:.3f} "
+            f"({r['best_feature_b']}, k={r['k_b']}) |"
+        )
+    return lines
 
 
 # ----------------------------------------------------------------------------- the script
@@ -330,7 +450,9 @@ def main(argv: list[str] | None = None) -> dict:
     save_csv(claim_table, out / CLAIMS_FILE, ["number", "claim", "run", "verdict", "evidence"])
     save_csv(rows, out / LANGUAGES_FILE, LANGUAGE_COLUMNS)
     figs = figures(rows, runs, shared, out)
-    save_text(markdown(runs, claim_table, rows, shared, left_out), out / TABLE_FILE)
+    agree = [row for a, b in same_model_pairs(runs) for row in agreement_rows(a, b, shared)]
+    save_csv(agree, out / AGREEMENT_FILE, AGREEMENT_COLUMNS)
+    save_text(markdown(runs, claim_table, rows, shared, left_out, agree), out / TABLE_FILE)
     meta = {
         "stage": "compare_runs",
         "runs": [
@@ -351,6 +473,8 @@ def main(argv: list[str] | None = None) -> dict:
         "shared_languages": shared,
         "left_out": left_out,
         "peak_fraction_rule": PEAK_FRACTION_RULE,
+        "agreement_pairs": [[a.label, b.label] for a, b in same_model_pairs(runs)],
+        "agreement_rule": AGREEMENT_RULE,
         "figures": [str(f) for f in figs],
         "versions": package_versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),

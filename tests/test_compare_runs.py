@@ -8,11 +8,14 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from helpers import copy_nu, read_csv
+from nu_artifacts import edit_meta, write_fake_nu
 
 from langsae import compare, report
-from langsae.artifacts import save_json
+from langsae.artifacts import save_json, save_torch
 from langsae.cli import run_main
 from langsae.stages import section5 as reproduce_figures_section5
 
@@ -190,4 +193,91 @@ def test_runs_without_a_common_language_are_refused(runs, tmp_path, capsys):
     rc, io = _compare([run_c, runs[1]], tmp_path / "cmp", capsys)
     assert rc == 2 and io.err.strip() == (
         "error: the runs share no language; compare runs measured on at least one common language"
+    )
+
+
+# ----------------------------------------------------------------------------- SAE-family agreement
+
+LANGS = ["eng_Latn", "spa_Latn", "jpn_Jpan"]
+E = torch.eye(4)
+# Run A's top-1 decoder direction per language at layer 1, and run B's top-1 and top-2 there, chosen so
+# the cosines are known by hand: identical (scaled), orthogonal with B's top-2 antiparallel, 60 degrees.
+A_TOP1 = {"eng_Latn": E[0], "spa_Latn": E[1], "jpn_Jpan": E[0]}
+B_TOP2 = {
+    "eng_Latn": (3 * E[0], E[1]),
+    "spa_Latn": (E[2], -2 * E[1]),
+    "jpn_Jpan": (0.5 * E[0] + math.sqrt(3) / 2 * E[3], E[2]),
+}
+# language -> (cos(top-1 A, top-1 B), best |cos| over B's top-2, the rank in B of that best feature)
+EXPECTED = {"eng_Latn": (1.0, 1.0, 0), "spa_Latn": (0.0, 1.0, 1), "jpn_Jpan": (0.5, 0.5, 0)}
+
+
+def _fake_run(path, model, release, layers, seed, rows=None):
+    """A nu-only run of `model` with SAE `release`; `rows` sets decoder rows: language -> vectors by rank."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {L: {k: torch.randn(32, 4, generator=g) for k in ("W_enc", "W_dec")} for L in layers}
+    for w in weights.values():
+        w["b_enc"] = torch.zeros(32)
+    config = {"preset": "fake", "model_id": f"/nowhere/{model}", "model": model, "sae_release": release}
+    dirs = write_fake_nu(path, config, weights, LANGS, top_k=2, seed=seed)
+    edit_meta(path, num_hidden_layers=3)
+    d = dirs[1]
+    for lang, vectors in (rows or {}).items():
+        for rank, v in enumerate(vectors):
+            feature = d["top_indices"][LANGS.index(lang), rank]
+            d["W_dec"][int((d["feature_indices"] == feature).nonzero())] = v
+    save_torch(d, path / "layer_1_directions.pt")
+    return d
+
+
+def _brute_force(da, db, lang):
+    """cos(top-1 of A, top-1 of B) and max |cos| over B's top-k, from the saved rows by numpy."""
+    i = LANGS.index(lang)
+
+    def row(d, f):
+        return d["W_dec"][list(d["feature_indices"]).index(f)].numpy().astype(float)
+
+    u = row(da, da["top_indices"][i, 0])
+    cos = [u @ row(db, f) / np.linalg.norm(u) / np.linalg.norm(row(db, f)) for f in db["top_indices"][i]]
+    return cos[0], max(abs(c) for c in cos)
+
+
+def test_sae_family_agreement_is_the_decoder_cosine_for_runs_of_one_model(tmp_path, capsys):
+    model = "sha256:same-model"
+    da = _fake_run(tmp_path / "tc", model, "transcoders", [0, 1], 0, {g: (v,) for g, v in A_TOP1.items()})
+    db = _fake_run(tmp_path / "resid", model, "residual-sae", [1, 2], 1, B_TOP2)
+    _fake_run(tmp_path / "other", "sha256:another-model", "residual-sae", [1], 2)
+    dc = _fake_run(tmp_path / "tc_again", model, "transcoders", [1], 3)  # tc's SAE again: not paired with tc
+    runs = [tmp_path / n for n in ("tc", "resid", "other", "tc_again")]
+    rc, io = _compare(runs, tmp_path / "cmp", capsys)
+    assert rc == 0, io.err
+    rows = read_csv(tmp_path / "cmp" / compare.AGREEMENT_FILE)
+    pairs = [("tc", "resid"), ("resid", "tc_again")]  # one model, two SAE releases; at their one shared layer
+    assert [(r["run_a"], r["run_b"], r["language"], r["layer"]) for r in rows] == [
+        (*p, g, "1") for p in pairs for g in LANGS
+    ]
+    for r in rows[:3]:  # tc vs resid: by hand
+        cos, best, rank = EXPECTED[r["language"]]
+        i = LANGS.index(r["language"])
+        assert math.isclose(float(r["decoder_cosine"]), cos, abs_tol=1e-6)
+        assert math.isclose(float(r["best_abs_cosine_topk"]), best, abs_tol=1e-6)
+        assert int(r["best_feature_b"]) == int(db["top_indices"][i, rank]) and r["k_b"] == "2"
+        assert (int(r["top1_a"]), int(r["top1_b"])) == (
+            int(da["top_indices"][i, 0]),
+            int(db["top_indices"][i, 0]),
+        )
+    for r in rows[3:]:  # resid vs tc_again: random rows, by brute force
+        cos, best = _brute_force(db, dc, r["language"])
+        assert math.isclose(float(r["decoder_cosine"]), cos, abs_tol=1e-5)
+        assert math.isclose(float(r["best_abs_cosine_topk"]), best, abs_tol=1e-5)
+    meta = json.loads((tmp_path / "cmp" / compare.META_FILE).read_text())
+    assert meta["agreement_pairs"] == [list(p) for p in pairs]
+    assert "## SAE-family agreement" in (tmp_path / "cmp" / compare.TABLE_FILE).read_text()
+
+    rc, io = _compare([runs[2], runs[0], runs[3]], tmp_path / "none", capsys)  # another model, or one SAE
+    assert rc == 0, io.err
+    assert read_csv(tmp_path / "none" / compare.AGREEMENT_FILE) == []
+    assert (
+        "No two runs share a model with different SAE releases"
+        in (tmp_path / "none" / compare.TABLE_FILE).read_text()
     )
