@@ -348,10 +348,18 @@ def finished_layers(out_dir: Path, config_hash: str) -> list[int]:
     return sorted(L for L in layers if layer_done(out_dir, L, config_hash))
 
 
-def write_meta(out_dir: Path, stage: str, settings: dict, config_hash: str, texts: Texts) -> dict:
+def write_meta(
+    out_dir: Path,
+    stage: str,
+    settings: dict,
+    config_hash: str,
+    texts: Texts,
+    n_model_layers: int | None = None,
+) -> dict:
     """META_FILE: what made this run's nu-scores; lists only the layers made with this config. Not
     stages.write_meta: its "config" is the run's describe(), while readers of this one
-    (features.nu_command, identity_mismatch, the report's header) need the nu settings there."""
+    (features.nu_command, identity_mismatch, the report's header) need the nu settings there.
+    n_model_layers: the model's num_hidden_layers, so compare_runs.py finds depth without its config."""
     layers = finished_layers(out_dir, config_hash)
     done = {L: read_json(layer_files(out_dir, L)["done"], "compute_nu_scores.py") for L in layers}
     any_done = next(iter(done.values()), {})
@@ -361,6 +369,7 @@ def write_meta(out_dir: Path, stage: str, settings: dict, config_hash: str, text
         "config_hash": config_hash,
         "languages": list(texts.languages),
         "layers": layers,
+        "num_hidden_layers": n_model_layers,
         "model_id": settings["model_id"],
         "sae_release": settings["sae_release"],
         "sae_ids": {str(L): d["sae_id"] for L, d in done.items()},

@@ -128,6 +128,7 @@ def test_two_toy_runs_with_different_seeds(runs, tmp_path, capsys):
     assert meta["left_out"] == {"run_a": ["eng_Latn"], "run_b": ["arb_Arab"]}
     assert [m["features_dir"] for m in meta["runs"]] == [str(r) for r in runs]
     assert all(m["sae_release"] and m["model_id"] for m in meta["runs"]) and "torch" in meta["versions"]
+    assert all(m["n_layers_from"] == "nu meta (num_hidden_layers)" for m in meta["runs"])
 
 
 def _edit(path, **changes):
@@ -137,17 +138,20 @@ def _edit(path, **changes):
 
 
 def test_depth_from_a_meta_first_and_said_unknown_without_one(runs, tmp_path, capsys):
-    run_c, run_d = (shutil.copytree(runs[1], tmp_path / n) for n in ("run_c", "run_d"))
-    _edit(run_c / "section5_meta.json", num_hidden_layers=7)
+    run_c, run_d, run_e = (shutil.copytree(runs[1], tmp_path / n) for n in ("run_c", "run_d", "run_e"))
+    _edit(run_e / "meta.json", num_hidden_layers=None)  # no count in any meta: the model's config.json
+    _edit(run_c / "meta.json", num_hidden_layers=7)  # the nu meta's count wins over the model's config
     gone = str(tmp_path / "no_such_model")
-    _edit(run_d / "meta.json", model_id=gone)
+    _edit(run_d / "meta.json", model_id=gone, num_hidden_layers=None)  # as a nu meta before it recorded depth
     s5 = json.loads((run_d / "section5_meta.json").read_text())
     _edit(run_d / "section5_meta.json", config={**s5["config"], "model_id": gone})
-    rc, io = _compare([run_c, run_d], tmp_path / "cmp", capsys)
+    rc, io = _compare([run_c, run_d, run_e], tmp_path / "cmp", capsys)
     assert rc == 0, io.err
     rows = read_csv(tmp_path / "cmp" / compare.LANGUAGES_FILE)
     for r in rows:
-        if r["run"] == "run_c":
+        if r["run"] == "run_e":
+            assert r["n_layers"] == str(_depth(run_e)) != "7"
+        elif r["run"] == "run_c":
             assert r["n_layers"] == "7" and math.isclose(
                 float(r["peak_fraction"]), int(r["peak_layer"]) / 7, rel_tol=1e-5
             )

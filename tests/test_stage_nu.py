@@ -94,9 +94,11 @@ def test_directions_hold_the_transcoders_rows(nu_run, tiny_transcoders):
     assert torch.equal(d["top_indices"], load_layer(nu_run, 1)["indices"][:, :5])
 
 
-def test_meta_and_top20(nu_run):
+def test_meta_and_top20(nu_run, tiny_model_dir):
     meta = json.loads((nu_run / nu.META_FILE).read_text())
     assert meta["languages"] == list(PAPER_LANGUAGES) and meta["layers"] == [0, 1, 2]
+    depth = json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert meta["num_hidden_layers"] == depth  # compare_runs.py's depth, without the model's config
     assert meta["stage"] == compute_nu_scores.STAGE.name == "nu"
     assert meta["sae_release"] == "mwhanna-qwen3-0.6b-transcoders-lowl0" and meta["sae_ids"]["2"] == "layer_2"
     assert "excluded" in meta["position_0"] and meta["n_texts"]["eng_Latn"] == N_TEXTS

@@ -170,7 +170,8 @@ def main(argv=None):
         raise UserError("nu-scores compare languages: give at least two in --languages")
     if args.top_k < 1 or args.control_pool < 0:
         raise UserError("--top-k must be at least 1 and --control-pool at least 0")
-    layers = check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
+    n_model_layers = model_config(cfg.preset).num_hidden_layers
+    layers = check_layers(cfg.layers, n_model_layers)
     check_sae_ids(cfg.preset, layers)
     texts = load_texts(cfg.languages, "selection", cfg.n_texts_per_lang, cfg.split)
     flat_texts, lang_ids = texts.flat()
@@ -195,7 +196,7 @@ def main(argv=None):
 
     # the key holds the model's content identity; its name or path goes into the meta for people only
     made = {**settings, "model_id": cfg.preset.model_id}
-    meta = nu.write_meta(cfg.features_dir, NAME, made, chash, texts)
+    meta = nu.write_meta(cfg.features_dir, NAME, made, chash, texts, n_model_layers)
     print(f"{nu.META_FILE}: {len(meta['layers'])} layers; top-1 in no other language's top-5, per layer:")
     for L in meta["layers"]:
         excl, shared = meta["exclusive_top1"][str(L)], list(meta["shared_top5"][str(L)].values())
