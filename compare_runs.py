@@ -1,5 +1,6 @@
 """Compare runs side by side: each report claim's verdict per run, and per shared language the
-peak layer as a fraction of depth, specificity, top-1 exclusivity and task deltas. Its code is
+peak layer as a fraction of depth, specificity, top-1 exclusivity and task deltas; for runs of one
+model with different SAE releases, the decoder cosines of their top features. Its code is
 langsae/compare.py.
 
 python compare_runs.py --help    # what it does, and every flag
