@@ -355,11 +355,13 @@ def write_meta(
     config_hash: str,
     texts: Texts,
     n_model_layers: int | None = None,
+    memory_plan: dict | None = None,
 ) -> dict:
     """META_FILE: what made this run's nu-scores; lists only the layers made with this config. Not
     stages.write_meta: its "config" is the run's describe(), while readers of this one
     (features.nu_command, identity_mismatch, the report's header) need the nu settings there.
-    n_model_layers: the model's num_hidden_layers, so compare_runs.py finds depth without its config."""
+    n_model_layers: the model's num_hidden_layers, so compare_runs.py finds depth without its config.
+    memory_plan: the stage's memory estimate (memory.MemoryPlan.record)."""
     layers = finished_layers(out_dir, config_hash)
     done = {L: read_json(layer_files(out_dir, L)["done"], "compute_nu_scores.py") for L in layers}
     any_done = next(iter(done.values()), {})
@@ -385,6 +387,7 @@ def write_meta(
         "exclusive_top1": {str(L): d["exclusive_top1"] for L, d in done.items()},
         "versions": package_versions(),
         "data": data_record(sets=(texts,)),
+        "memory_plan": memory_plan,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_json(meta, Path(out_dir) / META_FILE)

@@ -19,6 +19,7 @@ from langsae import features, interactions, plots, section5, stats, sweep, syner
 from langsae.artifacts import save_csv
 from langsae.config import build_parser
 from langsae.errors import SkippedTask, UserError
+from langsae.memory import sweep_plan
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, write_meta
@@ -63,6 +64,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cfg, n_texts = sweep.start(args)
+    plan = sweep_plan(cfg, STAGE_NAME, args.rows_per_forward)  # before any load (langsae.memory)
     languages = list(cfg.languages)
     if len(languages) < 3:
         raise SkippedTask("intra- vs inter-cluster synergy needs at least three languages in --languages")
@@ -112,6 +114,7 @@ def main(argv=None):
         STAGE_NAME,
         settings,
         figures,
+        memory_plan=plan.record(),
         layers=summary,
         pair_synergy=synergy.PAIR_SYNERGY,
         regression=synergy.REGRESSION,

@@ -32,6 +32,7 @@ from langsae.config import PRESETS, build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.interactions import CLUSTERS_FILE, STAGE3_SCRIPT
+from langsae.memory import generation_plan
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, write_meta
@@ -170,6 +171,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
     preflight(cfg, min_free_mb=200)  # generations and scores per unit, CSVs and figures
+    new, prompt = args.max_new_tokens, args.max_prompt_tokens
+    plan = generation_plan(cfg, STAGE_NAME, args.rows_per_forward, new, prompt)  # before any load
     for name, default in (("n_items", 200), ("n_topic_items", -1)):  # CPU-sized on the toy preset
         if getattr(args, name) is None:
             setattr(args, name, cfg.preset.defaults.get(f"downstream_{name}", default))
@@ -295,6 +298,7 @@ def main(argv=None):
         figures,
         task_settings=task_settings,
         mode=mode,
+        memory_plan=plan.record(),
         tasks=list(items),
         skipped_tasks=skipped,
         languages={t: list(v) for t, v in items.items()},

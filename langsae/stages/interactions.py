@@ -24,6 +24,7 @@ from langsae import features, interactions, plots, section5, stats, sweep
 from langsae.artifacts import save_csv, save_json
 from langsae.config import build_parser
 from langsae.errors import SkippedTask, UserError
+from langsae.memory import sweep_plan
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, write_meta
@@ -134,6 +135,7 @@ def _matrix_rows(per_layer, m, rand, aggregate, layers, languages, args, n_ranks
 def main(argv=None):
     args = parse_args(argv)
     cfg, n_texts = sweep.start(args)
+    plan = sweep_plan(cfg, STAGE_NAME, args.rows_per_forward)  # before any load (langsae.memory)
     languages = list(cfg.languages)
     _check_args(args, languages)
     aggregate = interactions.parse_aggregate(args.aggregate)
@@ -237,6 +239,7 @@ def main(argv=None):
         STAGE_NAME,
         settings,
         figures,
+        memory_plan=plan.record(),
         eval_source=setup.evalset.source,
         n_conditions=len(conditions),
         computed=result.computed,

@@ -26,6 +26,7 @@ from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.features import NU_DEFAULTS, NU_SCRIPT
 from langsae.forward import tokenize
+from langsae.memory import nu_plan
 from langsae.model import (
     check_layers,
     check_sae_ids,
@@ -166,6 +167,7 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
     preflight(cfg, min_free_mb=500)  # per layer indices, values, mu [K, d_sae]: up to tens of MB for Qwen3
+    plan = nu_plan(cfg, NAME, args.cache_gb)  # before any load: refused in one line when it cannot fit
     if len(cfg.languages) < 2:
         raise UserError("nu-scores compare languages: give at least two in --languages")
     if args.top_k < 1 or args.control_pool < 0:
@@ -196,7 +198,7 @@ def main(argv=None):
 
     # the key holds the model's content identity; its name or path goes into the meta for people only
     made = {**settings, "model_id": cfg.preset.model_id}
-    meta = nu.write_meta(cfg.features_dir, NAME, made, chash, texts, n_model_layers)
+    meta = nu.write_meta(cfg.features_dir, NAME, made, chash, texts, n_model_layers, plan.record())
     print(f"{nu.META_FILE}: {len(meta['layers'])} layers; top-1 in no other language's top-5, per layer:")
     for L in meta["layers"]:
         excl, shared = meta["exclusive_top1"][str(L)], list(meta["shared_top5"][str(L)].values())

@@ -20,6 +20,7 @@ from langsae import features, plots, stats, sweep
 from langsae import section5 as s5lib
 from langsae.artifacts import save_csv
 from langsae.config import build_parser
+from langsae.memory import sweep_plan
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, write_meta
@@ -56,6 +57,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     cfg, n_texts = sweep.start(args)
+    plan = sweep_plan(cfg, STAGE_NAME, args.rows_per_forward)  # before any load (langsae.memory)
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
     nu = features.load_nu_results(cfg, cfg.layers, args.top_k)
@@ -97,6 +99,7 @@ def main(argv=None):
         figures,
         mode=mode,
         top_k=args.top_k,
+        memory_plan=plan.record(),
         random_draws=args.random_draws,
         n_texts_per_lang=n_texts,
         layers=layers,

@@ -30,6 +30,7 @@ from langsae.artifacts import config_hash, preflight, save_csv, save_json
 from langsae.config import PRESETS, _comma_list, build_parser, resolve
 from langsae.data import load_texts, validate_languages
 from langsae.errors import SkippedTask, UserError
+from langsae.memory import generation_plan
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, write_meta
@@ -244,6 +245,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = resolve(args)
     preflight(cfg, min_free_mb=100)  # steered generations, CSVs and figures
+    new = max(args.max_new_tokens, args.lid_max_new_tokens)
+    plan = generation_plan(cfg, STAGE_NAME, args.rows_per_forward, new)  # before any load (langsae.memory)
     run = settings_from(args, cfg)
     if "collateral" not in run["tasks"]:
         log.warning("without the collateral task there is no trade-off figure and no best-alpha summary")
@@ -387,6 +390,7 @@ def main(argv=None):
         degenerate_rule="empty, or one token more than half of the generated tokens",
         evaluation=evaluation.source,
         bootstrap=stats.bootstrap_record(cfg.seed, resampling),
+        memory_plan=plan.record(),
         best_rule=se.BEST_RULE,
         data=data_record(cfg, (selection, evaluation)),
     )
