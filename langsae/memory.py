@@ -249,7 +249,7 @@ def device_available(device: str, device_map: str | None = None) -> int | None:
 def plan(cfg, stage: str, layer: int | None = None, **sizes) -> MemoryPlan:
     """The plan of `stage` for run `cfg` (config.RunConfig): the model's config and the SAE of `layer`
     (default: the run's first layer, else 0), widths only. An SAE whose config cannot be read here
-    (not cached offline, an id the release lacks) counts as 0: the stage's own checks name that."""
+    (not cached offline, a release or id sae-lens lacks) counts as 0: the stage's own checks name that."""
     from langsae.model import model_config, sae_config
 
     model_cfg = model_config(cfg.preset)
@@ -258,7 +258,7 @@ def plan(cfg, stage: str, layer: int | None = None, **sizes) -> MemoryPlan:
         layer = next((L for L in cfg.layers or () if 0 <= L < n_layers), 0)
     try:
         sae_cfg = sae_config(cfg.preset, layer)
-    except UserError as e:
+    except Exception as e:  # noqa: BLE001 - sae-lens's lookups raise ValueError, KeyError... before its load
         log.info("memory plan without the SAE: %s", e)
         sae_cfg = None
     s = Sizes(**sizes)
