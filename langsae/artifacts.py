@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from langsae import distributed
 from langsae.errors import CorruptArtifact, UserError
 
 _PROC_STATUS = "/proc/self/status"
@@ -96,7 +97,10 @@ def preflight(cfg: Any, min_free_mb: float) -> None:
     it is called). It also removes stale temporaries of atomic_path under both folders: only those
     untouched for STALE_TMP_S, since a concurrent run of the same stage may be writing its own now.
     Folders it had to create are removed again when still empty (the stage makes them as it writes),
-    so a stage whose later input checks fail leaves nothing behind."""
+    so a stage whose later input checks fail leaves nothing behind. Under torchrun rank 0 alone checks the
+    shared folders (another rank's check could find a folder rank 0 has just removed again)."""
+    if not distributed.is_main():
+        return
     for folder in dict.fromkeys([Path(cfg.output_dir), Path(cfg.features_dir)]):
         created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
         try:

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from langsae import distributed
 from langsae.data import PAPER_LANGUAGES, validate_languages
 from langsae.errors import UserError
 from langsae.model import model_identity
@@ -381,6 +382,7 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     preset = resolve_preset(args)
     d = preset.defaults
     device = args.device or d.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.setup(device)  # under torchrun: this rank's GPU, and the process group joined
     dtype = DTYPES[args.dtype or d.get("dtype", "bfloat16")]
     batch_size = args.batch_size if args.batch_size is not None else d.get("batch_size", 8)
     if batch_size < 1:

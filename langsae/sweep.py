@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from langsae import distributed
 from langsae.ablation import MODES, Ablation, make_ablation
 from langsae.artifacts import config_hash, preflight, read_torch, save_torch
 from langsae.config import PRESETS, RunConfig, resolve
@@ -413,7 +414,10 @@ def run_sweep(
 
     for _ in range(3):  # a file found corrupt when read back is removed and computed again
         claimed = claim_units(
-            [base_key], lambda k: store.claim_of("baseline", k), lambda k: done("baseline", [k])
+            [base_key],
+            lambda k: store.claim_of("baseline", k),
+            lambda k: done("baseline", [k]),
+            share=distributed.rank_share,
         )
         for _ in claimed:
             log.info("baseline CE on %d evaluation texts", len(evalset.token_ids))
@@ -422,10 +426,11 @@ def run_sweep(
             mine.add(("baseline", base_key))
         per_group = max(1, max_rows // batch_size)
         _compute_groups(model, batches, nu, by_key, store, per_group, max_rows, done, mine)
+        distributed.barrier()  # under torchrun every rank reads back the others' shares
         entries = {("baseline", base_key): store.get("baseline", base_key)}
         entries.update({(f"layer_{c.layer}", k): store.get(f"layer_{c.layer}", k) for k, c in by_key.items()})
         missing = {nk for nk, e in entries.items() if e is None}
-        if not missing:
+        if not distributed.any_rank(bool(missing)):  # every rank retries, or none
             break
         mine -= missing
     else:
@@ -460,7 +465,7 @@ def _compute_groups(
         return store.claim_of(unit[0], config_hash({"group": unit[1]}))
 
     progress = tqdm(total=len(units), desc="condition groups", unit="group")
-    for name, group in claim_units(units, claim_of, lambda u: done(*u)):
+    for name, group in claim_units(units, claim_of, lambda u: done(*u), share=distributed.rank_share):
         todo = [k for k in group if not done(name, [k])]
         L = by_key[todo[0]].layer
         if any(key[0] != L for key in inputs):

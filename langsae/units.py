@@ -7,8 +7,8 @@ Every stage's unit loop (Section 5 condition groups, downstream and steering uni
 
 which yields the units this process should compute: a unit already done is skipped; a unit another LIVE
 process has claimed is skipped now and revisited at the end (waited for, or taken over if its owner died);
-a claim whose owner died is taken over. `share` picks the units a process tries at all: today every unit;
-a "rank r of n" share for torchrun (`units[r::n]`) is one more function of the same shape.
+a claim whose owner died is taken over. `share` picks the units a process tries at all: every unit, or
+under torchrun this rank's (`distributed.rank_share`, `units[r::n]` of the full, fixed unit list).
 
 Mechanism: a claim is a file `<name>.claim` beside the unit's output (no artifact ends in `.claim`),
 created with os.open(O_CREAT | O_EXCL), which is atomic on local file systems and on NFSv3+, and holds its
@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from langsae import distributed
 from langsae.artifacts import config_hash, read_json, save_json, save_text, verify_file
 from langsae.errors import CorruptArtifact
 
@@ -248,13 +249,14 @@ def claim_batches(
     stale_after: float = STALE_AFTER_S,
     poll: float | None = None,  # None: POLL_S
     most: int | None = None,
+    share: Callable[[Sequence[T]], Sequence[T]] = everything,
 ) -> Iterator[list[T]]:
     """Like claim_units, for units computed together (stacked along the batch): yields every unfinished
     unit this process can claim now as one list (at most `most` of them: the rest stay free for other
     processes and are tried after this list), claims held until the loop asks for the next list; then
     the units that were held by live processes and have not been finished since, once they are claimable.
-    Returns once every unit is done."""
-    pending = [u for u in units if not is_done(u)]
+    Returns once every unit of `share(units)` is done."""
+    pending = [u for u in share(units) if not is_done(u)]
     while pending:
         held, later = [], []
         for unit in pending:
@@ -344,9 +346,16 @@ class UnitStore:
             return name in out
 
         n_computed = 0
-        for todo in claim_batches(units, lambda u: self.claim_of(task, lang, u[0]), done):
+        claim_of = lambda u: self.claim_of(task, lang, u[0])  # noqa: E731
+        for todo in claim_batches(units, claim_of, done, share=distributed.rank_share):
             for (name, key, meta), records in zip(todo, compute(todo)):
                 self.save(task, lang, name, key, records, meta)
                 out[name] = records
             n_computed += len(todo)
+        distributed.barrier()  # under torchrun the other ranks' shares are read back (as cached units)
+        for name, key, _ in units:
+            if name not in out and (got := self.load(task, lang, name, key)) is not None:
+                out[name] = got
+        if len(out) < len({u[0] for u in units}):  # only under torchrun: another rank's unit is missing
+            raise RuntimeError(f"{task} {lang}: units of another rank are missing under {self.root}")
         return out, n_computed

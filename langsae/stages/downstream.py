@@ -25,7 +25,7 @@ import csv
 import logging
 import math
 
-from langsae import ablation, downstream, features, plots, stats, tasks, units
+from langsae import ablation, distributed, downstream, features, plots, stats, tasks, units
 from langsae import section5 as s5lib
 from langsae.artifacts import preflight, save_csv, save_json
 from langsae.config import PRESETS, build_parser, resolve
@@ -35,7 +35,7 @@ from langsae.interactions import CLUSTERS_FILE, STAGE3_SCRIPT
 from langsae.memory import generation_plan
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished, write_meta
+from langsae.stages import Stage, finished, work, write_meta
 from langsae.verdicts import (
     COLLAPSE_SHARE,
     INCONCLUSIVE,
@@ -265,10 +265,12 @@ def main(argv=None):
             computed, cached = computed + n_new, cached + n_old
         r, s = downstream.results_rows(res, layers, args.mode, cfg.seed)
         rows, summary = rows + r, summary + s
-        for L in layers:
+        for L in layers if distributed.is_main() else ():  # under torchrun rank 0 alone draws
             stem = cfg.output_dir / downstream.figure_stem(task, L, args.mode)
             figures += plots.downstream_figure(r, task, L, stem)
 
+    if distributed.after_share():
+        return work(computed, cached, "(task, language, layer, condition)")
     fdir, mode = cfg.features_dir, args.mode
     save_csv(rows, fdir / downstream.results_file(mode), downstream.RESULTS_COLUMNS)
     save_json(

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import time
 
+from langsae import distributed, nu
 from langsae import feature_figures as ff
-from langsae import nu
 from langsae import section5 as s5lib
 from langsae.artifacts import config_hash, preflight
 from langsae.config import build_parser, resolve
@@ -40,7 +40,7 @@ from langsae.model import (
     sae_hook_points,
 )
 from langsae.prefetch import Prefetcher
-from langsae.stages import Stage, finished
+from langsae.stages import Stage, finished, work
 from langsae.units import claim_batches, claim_file
 from langsae.verdicts import (
     INCONCLUSIVE,
@@ -90,7 +90,7 @@ def parse_args(argv):
 
 
 def score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) -> list[int]:
-    """Score the `pending` layers; return those this process computed.
+    """Score those of the `pending` layers not done yet; return those this process computed.
 
     Layers are claimed (langsae.units, one claim file per layer) before anything runs, at most as many
     at a time as one forward pass caches (--cache-gb), so concurrent runs of this stage split the layers
@@ -114,7 +114,7 @@ def score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) -> 
     def claim_of(L):
         return claim_file(cfg.features_dir, f"layer_{L}")
 
-    for group in claim_batches(pending, claim_of, is_done, most=per_pass):
+    for group in claim_batches(pending, claim_of, is_done, most=per_pass, share=distributed.rank_share):
         if model is None:
             model, _ = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
         # The prefetcher starts after the model is loaded because the SAE loader points
@@ -194,7 +194,10 @@ def main(argv=None):
     done = len(layers) - len(pending)
     print(f"run {cfg.run_name}: {done} of {len(layers)} layers already done -> {cfg.features_dir}")
 
-    computed = score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) if pending else []
+    # every layer, not only the pending ones: under torchrun a rank's share must not depend on timing
+    computed = score_layers(cfg, args, layers, chash, tokenizer, flat_texts, lang_ids) if pending else []
+    if distributed.after_share():
+        return work(len(computed), 0, "layer")
 
     # the key holds the model's content identity; its name or path goes into the meta for people only
     made = {**settings, "model_id": cfg.preset.model_id}

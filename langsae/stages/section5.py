@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from langsae import features, plots, stats, sweep
+from langsae import distributed, features, plots, stats, sweep
 from langsae import section5 as s5lib
 from langsae.artifacts import save_csv
 from langsae.config import build_parser
 from langsae.memory import sweep_plan
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished, write_meta
+from langsae.stages import Stage, finished, work, write_meta
 from langsae.verdicts import (
     INCONCLUSIVE,
     N_LISTED,
@@ -71,6 +71,8 @@ def main(argv=None):
     )
     result = setup.run(nu, conditions, cfg, args.rows_per_forward)
     print(f"{result.computed} conditions computed, {result.cached} read from the cache")
+    if distributed.after_share():
+        return work(result.computed, result.cached, "conditions")
 
     fdir, mode = cfg.features_dir, args.mode
     results_path = fdir / s5lib.RESULTS_FILE

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 
-from langsae import features, plots, stats, steering
+from langsae import distributed, features, plots, stats, steering
 from langsae import steer_eval as se
 from langsae.artifacts import config_hash, preflight, save_csv, save_json
 from langsae.config import PRESETS, _comma_list, build_parser, resolve
@@ -33,7 +33,7 @@ from langsae.errors import SkippedTask, UserError
 from langsae.memory import generation_plan
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished, write_meta
+from langsae.stages import Stage, finished, work, write_meta
 from langsae.stats import format_interval
 from langsae.units import UnitStore
 from langsae.verdicts import (
@@ -277,8 +277,19 @@ def main(argv=None):
     }
     vec_hash = config_hash(vec_settings)
     steer_dir = cfg.features_dir / steering.STEERING_DIR
-    vectors, vec_new = steering.steering_vectors(
-        model, tokenizer, selection, vec_layers, steer_dir, vec_hash, vec_settings, cfg.batch_size, cfg.force
+    force_vectors = cfg.force and distributed.is_main()  # the other ranks read what rank 0 made
+    vectors, vec_new = distributed.main_first(  # one forward makes every layer's: rank 0 alone runs it
+        lambda: steering.steering_vectors(
+            model,
+            tokenizer,
+            selection,
+            vec_layers,
+            steer_dir,
+            vec_hash,
+            vec_settings,
+            cfg.batch_size,
+            force_vectors,
+        )
     )
 
     ts = se.TaskSettings(
@@ -347,6 +358,8 @@ def main(argv=None):
             records[task].update(recs)
             computed, cached = computed + n_new, cached + n_old
 
+    if distributed.after_share():
+        return work(computed, cached, "(task, source, condition) or a layer's steering vectors")
     ev = se.Evaluator(evaluation.ids, cfg.seed)
     rows = se.results_rows(records, conditions, ev, cfg.seed)
     summary = (

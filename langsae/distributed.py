@@ -1,0 +1,117 @@
+"""Data parallel under torchrun: each rank computes a deterministic share of a stage's units, then rank 0
+alone aggregates.
+
+    torchrun --nproc-per-node N compute_nu_scores.py ...     (docs/stages.md, "Many processes (torchrun)")
+
+torchrun starts N copies of the stage and tells each its place in the environment (RANK, WORLD_SIZE,
+LOCAL_RANK). A stage claims its units (langsae.units) with `share=rank_share`: rank r tries units[r::n] of
+the stage's full, fixed unit list, so the split does not depend on what is already done or on timing.
+Every rank writes into the same on-disk stores; after its share, each waits at `barrier()`, and then
+rank 0 (`is_main()`) reads every unit back and writes the aggregates, figures, metas and the report.
+A rank that dies leaves only whole units behind (every unit is saved atomically), and torchrun stops
+the others; rerunning the same command computes only what is missing.
+
+Without torchrun (WORLD_SIZE unset or 1) every function here is a no-op: the share is every unit,
+barrier() returns at once and this process is the main one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+# A barrier waits for the slowest rank's share: a long stage on a big model can take many hours.
+TIMEOUT = datetime.timedelta(hours=48)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several ranks started by torchrun."""
+    return world_size() > 1
+
+
+def is_main() -> bool:
+    """Whether this process writes what is shared by all ranks (aggregates, figures, metas, report)."""
+    return rank() == 0
+
+
+def rank_share(units: Sequence[T]) -> Sequence[T]:
+    """This rank's units: units[rank::world] (every unit without torchrun). The `share` of langsae.units."""
+    return units[rank() :: world_size()] if is_distributed() else units
+
+
+def setup(device: str) -> str:
+    """The device of this rank, and the process group joined once (gloo on CPU, nccl on CUDA).
+    A bare "cuda" becomes this rank's GPU, cuda:LOCAL_RANK, so that the ranks of a node use its N GPUs."""
+    if not is_distributed():
+        return device
+    if device == "cuda":
+        device = f"cuda:{local_rank()}"
+    if not torch.distributed.is_initialized():
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(torch.device(device))
+        backend = "nccl" if cuda else "gloo"
+        torch.distributed.init_process_group(backend, timeout=TIMEOUT)
+    return device
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (a no-op without torchrun)."""
+    if is_distributed():
+        _group()
+        torch.distributed.barrier()
+
+
+def _group() -> None:
+    """Join the process group if no stage did (a caller that never resolved a device): gloo."""
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", timeout=TIMEOUT)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on any rank (every rank must call this; `flag` itself without torchrun)."""
+    if not is_distributed():
+        return flag
+    _group()
+    out = [None] * world_size()
+    torch.distributed.all_gather_object(out, bool(flag))
+    return any(out)
+
+
+def main_first(fn: Callable[[], T]) -> T:
+    """fn() on rank 0, then on the other ranks once it returned: for a step every rank needs whose
+    results are cached on disk (the others then read them instead of computing them again)."""
+    if is_main():
+        out = fn()
+        barrier()
+        return out
+    barrier()
+    return fn()
+
+
+def after_share() -> bool:
+    """A stage's guard between its units and its aggregation: wait for every rank's share, then True on
+    the ranks other than 0, which return their work record there once rank 0 has written what follows
+    (its aggregates, figures, meta and report: the next stage reads them) and reached stages.finished."""
+    barrier()
+    if is_main():
+        return False
+    barrier()  # the one in stages.finished on rank 0
+    return True
