@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 GIB = 2**30
 SKIP_ENV = "LANGSAE_SKIP_MEMORY_PLAN"
+MEMINFO = "/proc/meminfo"
 
 
 @dataclass(frozen=True)
@@ -216,16 +217,18 @@ def estimate(
 
 
 def host_available() -> int | None:
-    """RAM the kernel can give without swapping (MemAvailable), else free pages; None if unknown."""
+    """This process's share of the RAM the kernel can give without swapping (MemAvailable, else free
+    pages; None if unknown): under torchrun the ranks of one node (LOCAL_WORLD_SIZE) share it."""
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024 // ranks
     except OSError:
         pass
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // ranks
     except (ValueError, OSError, AttributeError):
         return None
 

@@ -198,3 +198,15 @@ def tiny_args_model_dir(args):
     from pathlib import Path
 
     return Path(args[args.index("--model-id") + 1])
+
+
+def test_host_memory_is_shared_by_the_ranks_of_a_node(monkeypatch, tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n"
+    )
+    monkeypatch.setattr(memory, "MEMINFO", str(meminfo))
+    assert memory.host_available() == 8_000_000 * 1024
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four ranks on this node
+    assert memory.host_available() == 2_000_000 * 1024
+    assert memory.device_available("cpu") == 2_000_000 * 1024
