@@ -19,19 +19,10 @@ from langsae.stages import TIMINGS_FILE
 from langsae.stats import format_interval
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run"
-
-
-FREQ_SURE = (
-    0.95  # a categorical claim wins in at least this share of resamples: supported (at most 1 − this: not)
-)
-
-
+# a categorical claim wins in at least this share of resamples: supported (at most 1 − this: not)
+FREQ_SURE = 0.95
 COLLAPSE_SHARE = 0.5  # a collapse loses at least this share of the baseline's margin over chance
-
-
 ROBUST_SHARE = 0.1  # robust: the drop beyond random stays within this share of that margin
-
-
 PERMUTATION_ALPHA = 0.05  # intra vs inter cluster: the permutation test of the cluster labels must reach this
 
 
@@ -214,7 +205,7 @@ def listing(items: Sequence[tuple[str, float, str]], sep: str = "; ") -> str:
 
 
 def by_lang(rows: Sequence[dict], get: Callable[[dict], Interval], direction: int = 1) -> str:
-    """spread of one interval per Section 5 row, ranked by its value in the claimed direction."""
+    """`listing` of one interval per Section 5 row, ranked by its value in the claimed direction."""
     return listing([(short(r["language"]), direction * get(r).value, str(get(r))) for r in rows])
 
 
