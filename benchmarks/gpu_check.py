@@ -4,8 +4,8 @@
     python benchmarks/gpu_check.py --parts nu,identity    # a subset
     python benchmarks/gpu_check.py --tiny                 # the same code on the CPU (a test runs it)
 
-Parts (each timed on its own, with its peak GPU memory; fixtures are built offline in a temporary
-Hugging Face cache, random weights of the real shape, Qwen3's real tokenizer):
+Parts (each timed on its own, with its peak GPU memory and, for a stage, its memory plan; fixtures are
+built offline in a temporary Hugging Face cache, random weights of the real shape, Qwen3's real tokenizer):
   nu        the nu stage (`compute_nu_scores.py`, a subprocess as a user runs it) against reading its
             transcoder files from a cold page cache (bench_nu): ratio_stage_to_read on its 4 layers, and
             at 28 layers with the stage's imports paid once (the target, <= 1.5)
@@ -331,10 +331,25 @@ def check(args, save) -> dict:
                 **{k: v for k, v in out.items() if k not in ("versions", "machine")},
                 "wall_s": p.wall_s,
                 "peak_gib": p.peak_gib,
+                "plan_gib": stage_plan(part),
             }
             print(f"== {part}: {p.wall_s:.1f} s", flush=True)
             save(results)
     return results
+
+
+def stage_plan(part: str) -> float | None:
+    """The memory plan's device estimate (GiB, langsae.memory) that the part's stage recorded in its meta,
+    to stand beside the measured peak; None for the engine parts, which run no stage. The nu stage runs
+    in a subprocess, so its part's peak is the reads' and not the stage's."""
+    for path in sorted((bench_nu.TMP / "out").glob("*.json")):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("stage") == part and meta.get("memory_plan"):
+            return meta["memory_plan"]["device_gib"]
+    return None
 
 
 def verdict(part: str, r: dict, tiny: bool) -> tuple[str, str, str]:
@@ -363,13 +378,14 @@ def verdict(part: str, r: dict, tiny: bool) -> tuple[str, str, str]:
 
 
 def table(results: dict, tiny: bool) -> str:
-    head = f"{'part':<10}{'wall s':>8}{'peak GiB':>10}  {'result':<52}{'target':<8}ok"
+    head = f"{'part':<10}{'wall s':>8}{'peak GiB':>10}{'plan GiB':>10}  {'result':<52}{'target':<8}ok"
     lines = [head, "-" * len(head)]
     for part, r in results.items():
         if part in PARTS or part == "fixtures":
             value, target, ok = verdict(part, r, tiny)
             peak = "" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-            lines.append(f"{part:<10}{r['wall_s']:>8.1f}{peak:>10}  {value:<52}{target:<8}{ok}")
+            plan = "" if r.get("plan_gib") is None else f"{r['plan_gib']:.2f}"
+            lines.append(f"{part:<10}{r['wall_s']:>8.1f}{peak:>10}{plan:>10}  {value:<52}{target:<8}{ok}")
     return "\n".join(lines)
 
 

@@ -46,6 +46,9 @@ def test_tiny_runs_every_part_and_the_identity_edit_is_exact(tmp_path):
     assert s5["work"]["computed"] > 0 and s5["extrapolated_28_layers_s"] == pytest.approx(
         s5["per_layer_s"] * 28
     )
+    # the stages' memory plans stand beside the peaks (from their metas); the engines run no stage
+    assert s5["plan_gib"] > 0 and nu["plan_gib"] > 0 and r["generate"]["plan_gib"] is None
+    assert "plan GiB" in done.stdout
     assert r["generate"]["identical_tokens"] and r["steering"]["alpha0_equals_unsteered"]
     assert r["generate"]["speedup"] == pytest.approx(r["generate"]["naive_s"] / r["generate"]["engine_s"])
     assert not list(tmp_path.glob("bench-nu-*")), "the fixtures must be removed"
