@@ -19,7 +19,9 @@ cannot run here (e.g. a downstream dataset that is not cached offline) is record
 skipped and the pipeline goes on; any other failure, a crash included, stops it with one
 line and the command that resumes. The per-stage table (wall time, computed vs cached work)
 is printed at the end and kept in sae_features/<run>/pipeline_timings.json, and the report
-is rebuilt after every stage.
+is rebuilt after every stage. Under torchrun (`torchrun --nproc-per-node N run_pipeline.py ...`) the
+units of every stage that has them are split among the ranks, and rank 0 alone writes the aggregates,
+the timings and the report (docs/stages.md, "Many processes (torchrun)").
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import shlex
 import sys
 import time
 
-from langsae import report
+from langsae import distributed, report
 from langsae.artifacts import load_json, save_json
 from langsae.cli import run_main
 from langsae.config import build_parser, resolve
@@ -38,6 +40,8 @@ from langsae.stages import TIMINGS_FILE, Stage, rebuild_report, registry
 
 STAGES = registry()  # the pipeline, in order: langsae.stages.STAGE_MODULES
 PIPELINE_FLAGS = ("--stages", "--from")
+# the stages whose units are split among torchrun's ranks (langsae.distributed); the others run on rank 0
+SHARDED = ("nu", "section5", "interactions", "cluster-synergy", "code-switching", "downstream", "steering")
 log = logging.getLogger("run_pipeline")
 
 
@@ -122,6 +126,17 @@ def record(features_dir, row: dict) -> None:
     save_json({"stages": ordered}, path)
 
 
+def run_stage(stage: Stage, argv: list[str]):
+    """The stage's work record. Under torchrun (langsae.distributed) a stage whose units are split runs on
+    every rank; any other runs on rank 0 alone while the other ranks wait."""
+    if stage.name in SHARDED or not distributed.is_distributed():
+        try:
+            return stage.main(argv)
+        finally:
+            distributed.release()  # rank 0, had the stage stopped between its share and `finished`
+    return distributed.main_only(lambda: stage.main(argv))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)  # --help, and bad flags fail before any stage
@@ -139,7 +154,7 @@ def main(argv=None):
             if own != passed:
                 dropped = " ".join(stage.drops)
                 log.info("%s keeps its own %s (set by running %s)", stage.name, dropped, stage.script)
-            done = stage.main([*own, *stage.flags]) or {}
+            done = run_stage(stage, [*own, *stage.flags]) or {}
             row.update(status="done", **done)
         except SkippedTask as e:
             row.update(status="skipped", note=str(e))
@@ -158,8 +173,9 @@ def main(argv=None):
             failure = e
         row["wall_s"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
-        record(cfg.features_dir, row)
-        rebuild_report(cfg)  # again: the stage's row in the timings is part of the report
+        if distributed.is_main():  # under torchrun rank 0 alone keeps the timings and the report
+            record(cfg.features_dir, row)
+            rebuild_report(cfg)  # again: the stage's row in the timings is part of the report
         if failure is not None:
             print(format_table(rows))
             resume = shlex.join(

@@ -85,14 +85,26 @@ def _group() -> None:
         torch.distributed.init_process_group("gloo", timeout=TIMEOUT)
 
 
+def gathered(items: list[T]) -> list[T]:
+    """Every rank's `items`, concatenated in rank order (every rank must call this; `items` itself
+    without torchrun): what the ranks computed, so that work records and counts in artifacts are the
+    whole stage's, as in one process."""
+    if not is_distributed():
+        return list(items)
+    _group()
+    out: list = [None] * world_size()
+    torch.distributed.all_gather_object(out, list(items))
+    return [x for part in out for x in part]
+
+
+def total(n: int) -> int:
+    """The sum of `n` over the ranks (every rank must call this; `n` itself without torchrun)."""
+    return sum(gathered([n]))
+
+
 def any_rank(flag: bool) -> bool:
     """Whether `flag` is true on any rank (every rank must call this; `flag` itself without torchrun)."""
-    if not is_distributed():
-        return flag
-    _group()
-    out = [None] * world_size()
-    torch.distributed.all_gather_object(out, bool(flag))
-    return any(out)
+    return any(gathered([bool(flag)]))
 
 
 def main_first(fn: Callable[[], T]) -> T:
@@ -110,8 +122,31 @@ def after_share() -> bool:
     """A stage's guard between its units and its aggregation: wait for every rank's share, then True on
     the ranks other than 0, which return their work record there once rank 0 has written what follows
     (its aggregates, figures, meta and report: the next stage reads them) and reached stages.finished."""
+    global _held
     barrier()
     if is_main():
+        _held = is_distributed()
         return False
-    barrier()  # the one in stages.finished on rank 0
+    barrier()  # the one in release(), called by stages.finished on rank 0
     return True
+
+
+_held = False  # rank 0 between after_share() and release(): the other ranks wait for it
+
+
+def release() -> None:
+    """Rank 0, once its stage's shared outputs are written: let the ranks held in after_share() go on.
+    A no-op when none are held (without torchrun, on the other ranks, or in a stage that is not split)."""
+    global _held
+    if _held:
+        _held = False
+        barrier()
+
+
+def main_only(fn: Callable[[], T]) -> T | None:
+    """fn() on rank 0 alone, the other ranks waiting until it returned (they get None): for a stage whose
+    work is not split into units (run_pipeline.py runs check-data and plots so under torchrun)."""
+    try:
+        return fn() if is_main() else None
+    finally:
+        barrier()

@@ -440,7 +440,7 @@ def run_sweep(
     ablated = np.full((len(conditions), len(baseline)), np.nan, dtype=np.float32)
     for i, (c, k) in enumerate(zip(conditions, keys)):
         ablated[i] = entries[f"layer_{c.layer}", k]["ce"].numpy() if c.feature_ids else baseline
-    n_computed = len({k for _, k in mine} & set(by_key))
+    n_computed = distributed.total(len({k for _, k in mine} & set(by_key)))  # by every rank
     log.info("%d conditions computed, %d from cache", n_computed, len(by_key) - n_computed)
     n_tokens, n_cached = base["n_tokens"].numpy(), len(by_key) - n_computed
     return SweepResult(

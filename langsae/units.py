@@ -358,4 +358,4 @@ class UnitStore:
                 out[name] = got
         if len(out) < len({u[0] for u in units}):  # only under torchrun: another rank's unit is missing
             raise RuntimeError(f"{task} {lang}: units of another rank are missing under {self.root}")
-        return out, n_computed
+        return out, distributed.total(n_computed)  # by every rank under torchrun

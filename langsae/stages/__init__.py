@@ -79,12 +79,12 @@ def rebuild_report(cfg) -> None:
 
 def finished(cfg, computed: int, cached: int, unit: str) -> Work:
     """A stage's last step: rebuild the run's REPORT.md, then return its work record. Under torchrun
-    rank 0 then lets the other ranks go on (they wait in distributed.after_share, or here)."""
+    rank 0 alone rebuilds it, then lets the other ranks go on (they wait in distributed.after_share)."""
     from langsae import distributed
 
     if distributed.is_main():
         rebuild_report(cfg)
-    distributed.barrier()
+    distributed.release()
     return work(computed, cached, unit)
 
 

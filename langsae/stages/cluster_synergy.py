@@ -15,14 +15,14 @@ without them. Clusters come from stage 3 (interaction_clusters.json). Writes:
 
 from __future__ import annotations
 
-from langsae import features, interactions, plots, section5, stats, sweep, synergy
+from langsae import distributed, features, interactions, plots, section5, stats, sweep, synergy
 from langsae.artifacts import save_csv
 from langsae.config import build_parser
 from langsae.errors import SkippedTask, UserError
 from langsae.memory import sweep_plan
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished, write_meta
+from langsae.stages import Stage, finished, work, write_meta
 from langsae.verdicts import (
     INCONCLUSIVE,
     PERMUTATION_ALPHA,
@@ -85,6 +85,8 @@ def main(argv=None):
     )
     result = setup.run(nu, conditions, cfg, args.rows_per_forward)
     print(f"{result.computed} conditions computed, {result.cached} read from the cache")
+    if distributed.after_share():
+        return work(result.computed, result.cached, "conditions")
 
     effects = synergy.pair_effects(result, pairs, cfg.seed, stats.N_BOOT)
     n_of = {lang: len(setup.evalset.texts_of(lang)) for lang in languages}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from langsae import code_switch, features, plots, stats
+from langsae import code_switch, distributed, features, plots, stats
 from langsae import section5 as s5lib
 from langsae.artifacts import (
     cached_sha256,
@@ -43,7 +43,7 @@ from langsae.config import build_parser, resolve
 from langsae.errors import CorruptArtifact, SkippedTask, UserError
 from langsae.model import check_layers, load_model, load_tokenizer, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished, write_meta
+from langsae.stages import Stage, finished, work, write_meta
 from langsae.units import claim_batches, claim_file
 from langsae.verdicts import (
     SUPPORTED,
@@ -179,7 +179,8 @@ def main(argv=None) -> dict:
     # Layers are claimed (langsae.units) so that concurrent runs split them: one forward serves the layers
     # this process holds, the model loads only once one is held, and layers a live other process holds are
     # waited for and read from its cache files.
-    for group in claim_batches(todo, lambda L: claim_file(cdir, f"layer_{L}"), is_done):
+    claim_of = lambda L: claim_file(cdir, f"layer_{L}")  # noqa: E731
+    for group in claim_batches(layers, claim_of, is_done, share=distributed.rank_share):
         if model is None:
             model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
         encoders = {
@@ -190,6 +191,11 @@ def main(argv=None) -> dict:
         for L, a in code_switch.noun_activations(model, tokens, encoders, cfg.batch_size, pad).items():
             save_cached_layer(cdir / f"layer_{L}.pt", chash, {"layer": L, "features": feats[L], "acts": a})
             acts[L], computed = a, computed + [L]
+    computed = distributed.gathered(computed)  # by every rank under torchrun
+    if distributed.after_share():
+        return work(len(computed), len(layers) - len(computed), "layer")
+    for L in set(layers) - set(acts):  # under torchrun: the other ranks' layers, from their cache files
+        acts[L] = cached_layer(cdir / f"layer_{L}.pt", chash)
 
     n_items = len(ps.concepts)
     values = {L: code_switch.per_item_values(acts[L].numpy(), probes, languages, n_items) for L in layers}

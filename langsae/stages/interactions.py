@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from langsae import features, interactions, plots, section5, stats, sweep
+from langsae import distributed, features, interactions, plots, section5, stats, sweep
 from langsae.artifacts import save_csv, save_json
 from langsae.config import build_parser
 from langsae.errors import SkippedTask, UserError
 from langsae.memory import sweep_plan
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
-from langsae.stages import Stage, finished, write_meta
+from langsae.stages import Stage, finished, work, write_meta
 from langsae.verdicts import (
     FREQ_SURE,
     INCONCLUSIVE,
@@ -156,6 +156,8 @@ def main(argv=None):
     )
     result = setup.run(nu, conditions, cfg, args.rows_per_forward)
     print(f"{result.computed} conditions computed, {result.cached} read from the cache")
+    if distributed.after_share():
+        return work(result.computed, result.cached, "conditions")
 
     # aggregate: matrices with CIs, then the point clustering and its stability over resamples
     per_layer = interactions.layer_matrices(result, args.features, len(ranks), cfg.seed, stats.N_BOOT)

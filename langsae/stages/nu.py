@@ -196,8 +196,9 @@ def main(argv=None):
 
     # every layer, not only the pending ones: under torchrun a rank's share must not depend on timing
     computed = score_layers(cfg, args, layers, chash, tokenizer, flat_texts, lang_ids) if pending else []
+    computed = distributed.gathered(computed)  # by every rank under torchrun
     if distributed.after_share():
-        return work(len(computed), 0, "layer")
+        return work(len(computed), len(layers) - len(computed), "layer")
 
     # the key holds the model's content identity; its name or path goes into the meta for people only
     made = {**settings, "model_id": cfg.preset.model_id}
