@@ -9,6 +9,7 @@ their figures' absolute paths.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,12 +38,14 @@ def _written(log: Path, rank: int) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _same(a: Path, b: Path, claims_left: int = 0) -> None:
-    """Every file of run b is run a's, apart from at most `claims_left` claims (no artifact is a .claim)."""
+def _same(a: Path, b: Path, killed: bool = False) -> None:
+    """Every file of run b is run a's. After a kill, b may also hold what the killed ranks left beside
+    the artifacts: claims (at most one per rank) and the temporary of a write cut short."""
     out = same_artifacts.compare(a, b)
-    only = [f for f in out["only"] if ".claim " not in f]
+    left = re.compile(r"\.claim |/\.[^/]*\.tmp |^\.[^/]*\.tmp ") if killed else re.compile("$^")
+    only = [f for f in out["only"] if not left.search(f)]
     assert not out["different"] and not only, out["different"] + only
-    assert len(out["same"]) > 50 and len(list(b.rglob("*.claim"))) <= claims_left
+    assert len(out["same"]) > 50 and len(list(b.rglob("*.claim"))) <= (2 if killed else 0)
 
 
 @pytest.fixture(scope="module")
@@ -89,4 +92,38 @@ def test_a_rank_killed_midway_then_a_rerun_gives_the_same_bytes(reference, run, 
     again = _written(second, 0) + _written(second, 1)
     assert again and not set(again) & set(kept), "no finished unit is computed again"
     assert set(again) | set(kept) <= set(ref_written)
-    _same(ref_run, run, claims_left=2)  # a killed rank's claim on the unit it had just saved stays behind
+    _same(ref_run, run, killed=True)
+
+
+# ----------------------------------------------------------------------------- shares, without processes
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_ranks_shares_partition_the_units_in_order(monkeypatch, world):
+    from langsae import distributed
+
+    units = list(range(10))
+    shares = []
+    for r in range(world):
+        monkeypatch.setenv("RANK", str(r))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        shares.append(list(distributed.rank_share(units)))
+    assert sorted(u for s in shares for u in s) == units  # each unit in exactly one share
+    assert all(s == sorted(s) and s for s in shares) and max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_without_torchrun_nothing_is_shared_or_waited_for(monkeypatch, tmp_path):
+    from langsae import distributed, units
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.rank_share([3, 1, 2]) == [3, 1, 2] and distributed.is_main()
+    assert distributed.setup("cuda") == "cuda" and distributed.total(4) == 4 and not distributed.after_share()
+    distributed.barrier()  # returns at once: no process group
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    claim_of = lambda u: tmp_path / f"{u}.claim"  # noqa: E731
+    got = [
+        b for b in units.claim_batches(list("abcde"), claim_of, lambda u: False, share=distributed.rank_share)
+    ]
+    assert got == [["b", "d"]]  # rank 1 of 2 tries only its share (and waits for no other unit)
