@@ -334,7 +334,9 @@ class UnitStore:
         this process computed. Finished units are read (with n_items, only if they hold that many records;
         force: none is); the rest are claimed (claim_batches) and those held at once are computed together
         by compute(units) -> one record list per unit, each saved as soon as computed; units a live other
-        process holds are waited for. The one unit loop of downstream tasks and steering."""
+        process holds are waited for. Under torchrun this rank computes only its share and, after a
+        barrier, reads the other ranks' units (the count is then every rank's). The one unit loop of
+        downstream tasks and steering."""
         out: dict[str, list[dict]] = {}
 
         def done(u) -> bool:
