@@ -24,6 +24,8 @@ from typing import TypeVar
 
 import torch
 
+from langsae.errors import UserError
+
 T = TypeVar("T")
 # A barrier waits for the slowest rank's share: a long stage on a big model can take many hours.
 TIMEOUT = datetime.timedelta(hours=48)
@@ -64,11 +66,16 @@ def setup(device: str) -> str:
     if device == "cuda":
         device = f"cuda:{local_rank()}"
     if not torch.distributed.is_initialized():
-        cuda = torch.device(device).type == "cuda"
+        cuda = str(device).startswith("cuda")
         if cuda:
-            torch.cuda.set_device(torch.device(device))
-        backend = "nccl" if cuda else "gloo"
-        torch.distributed.init_process_group(backend, timeout=TIMEOUT)
+            index, n_gpus = torch.device(device).index or 0, torch.cuda.device_count()
+            if index >= n_gpus:
+                raise UserError(
+                    f"torchrun rank {rank()} would use {device}, but this node shows {n_gpus} GPU(s): "
+                    "give --nproc-per-node at most that many, or --device"
+                )
+            torch.cuda.set_device(index)  # nccl's collectives run on the current device
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     return device
 
 

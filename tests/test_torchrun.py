@@ -127,3 +127,18 @@ def test_without_torchrun_nothing_is_shared_or_waited_for(monkeypatch, tmp_path)
         b for b in units.claim_batches(list("abcde"), claim_of, lambda u: False, share=distributed.rank_share)
     ]
     assert got == [["b", "d"]]  # rank 1 of 2 tries only its share (and waits for no other unit)
+
+
+def test_a_rank_without_its_own_gpu_is_one_line(monkeypatch):
+    import torch
+
+    from langsae import distributed
+    from langsae.errors import UserError
+
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"cuda:2, but this node shows 2 GPU\(s\): give --nproc-per-node"):
+        distributed.setup("cuda")
+    assert not torch.distributed.is_initialized()
