@@ -1,4 +1,5 @@
-"""Runs the ν, Section 5, downstream and steering stages on the small toy into one run folder, for
+"""Runs the ν stage and the feature figures (through run_pipeline.py, which runs `plots` on rank 0 alone),
+then the Section 5, downstream and steering stages on the small toy into one run folder, for
 tests/test_torchrun.py: alone (`python torchrun_driver.py RUN LOG EXIT_AFTER`) or as every rank of
 `torchrun --nproc-per-node 2 torchrun_driver.py ...`. Each rank appends the unit files it saves to
 LOG.<rank> (one relative path a line); EXIT_AFTER N > 0 makes rank 1 die (os._exit(9), like a kill: no
@@ -16,12 +17,12 @@ torch.set_num_threads(1)  # as tests/conftest.py does
 from langsae import distributed, nu, sweep, units  # noqa: E402
 from langsae.cli import run_main  # noqa: E402
 from langsae.stages import downstream, section5, steering  # noqa: E402
-from langsae.stages import nu as nu_stage  # noqa: E402
+from run_pipeline import main as pipeline  # noqa: E402
 
 LANGS = "eng_Latn,spa_Latn,jpn_Jpan,cmn_Hans"
 TOY = ["--model", "toy", "--languages", LANGS]
 STAGES = (
-    (nu_stage, ["--n-texts-per-lang", "4", "--cache-gb", "1e-9"]),
+    (None, ["--n-texts-per-lang", "4", "--stages", "nu,plots"]),  # run_pipeline.py
     (section5, ["--n-texts", "3", "--random-draws", "1", "--rows-per-forward", "8", "--batch-size", "4"]),
     (
         downstream,
@@ -56,6 +57,6 @@ sweep.ConditionStore.put = logged(sweep.ConditionStore.put, lambda self, name, e
 units.UnitStore.save = logged(units.UnitStore.save, lambda self, task, lang, u, *a: [f"{task}/{lang}/{u}"])
 
 for stage, flags in STAGES:
-    code = run_main(stage.main, [*TOY, "--out-dir", str(run), *flags])
+    code = run_main(stage.main if stage else pipeline, [*TOY, "--out-dir", str(run), *flags])
     if code:
         sys.exit(code)
