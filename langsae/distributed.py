@@ -6,8 +6,15 @@ alone aggregates.
 torchrun starts N copies of the stage and tells each its place in the environment (RANK, WORLD_SIZE,
 LOCAL_RANK). A stage claims its units (langsae.units) with `share=rank_share`: rank r tries units[r::n] of
 the stage's full, fixed unit list, so the split does not depend on what is already done or on timing.
-Every rank writes into the same on-disk stores; after its share, each waits at `barrier()`, and then
-rank 0 (`is_main()`) reads every unit back and writes the aggregates, figures, metas and the report.
+Every rank writes into the same on-disk stores. Then a stage's one guard,
+
+    if distributed.after_share():
+        return work(...)
+
+waits for every rank's share; rank 0 (`is_main()`) goes on, reads every unit back and writes the
+aggregates, figures, metas and the report, while the other ranks wait until it reaches
+`stages.finished` (`release()`), so that the next stage finds what it wrote. Counts of work are
+summed over the ranks (`total`, `gathered`), so that they too equal one process's.
 A rank that dies leaves only whole units behind (every unit is saved atomically), and torchrun stops
 the others; rerunning the same command computes only what is missing.
 
