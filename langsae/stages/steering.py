@@ -390,6 +390,7 @@ def main(argv=None):
         STAGE_NAME,
         settings,
         figures,
+        memory_plan=plan.record(),
         run=run,
         task_settings=what,
         vector_settings=vec_settings,
@@ -403,7 +404,6 @@ def main(argv=None):
         degenerate_rule="empty, or one token more than half of the generated tokens",
         evaluation=evaluation.source,
         bootstrap=stats.bootstrap_record(cfg.seed, resampling),
-        memory_plan=plan.record(),
         best_rule=se.BEST_RULE,
         data=data_record(cfg, (selection, evaluation)),
     )
