@@ -581,7 +581,8 @@ class SweepSetup:
     def run(
         self, nu: NuResults, conditions: Sequence[Condition], cfg: RunConfig, max_rows: int
     ) -> SweepResult:
-        return run_sweep(
+        """`run_sweep` with the run's settings; says on the terminal how much was computed and cached."""
+        result = run_sweep(
             self.model,
             self.evalset,
             nu,
@@ -592,6 +593,8 @@ class SweepSetup:
             max_rows,
             cfg.force,
         )
+        print(f"{result.computed} conditions computed, {result.cached} read from the cache")
+        return result
 
 
 def open_sweep(cfg: RunConfig, nu: NuResults, n_texts: int) -> SweepSetup:

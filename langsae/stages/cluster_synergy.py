@@ -84,7 +84,6 @@ def main(argv=None):
         f"texts; clusters from stage 3 ({clusters['settings']['distance']}, k={clusters['settings']['k']})"
     )
     result = setup.run(nu, conditions, cfg, args.rows_per_forward)
-    print(f"{result.computed} conditions computed, {result.cached} read from the cache")
     if distributed.after_share():
         return work(result.computed, result.cached, "conditions")
 

@@ -70,7 +70,6 @@ def main(argv=None):
         f"x {len(languages)} languages x {n_texts} texts"
     )
     result = setup.run(nu, conditions, cfg, args.rows_per_forward)
-    print(f"{result.computed} conditions computed, {result.cached} read from the cache")
     if distributed.after_share():
         return work(result.computed, result.cached, "conditions")
 
