@@ -81,7 +81,9 @@ def test_run_pipeline_runs_every_stage(small_toy, tmp_path, capsys):
     from langsae import verdicts as v
 
     out = tmp_path / "toy_all"
-    argv = [*TOY, "--layers", "1", "--n-texts-per-lang", "4", "--out-dir", str(out)]
+    # four languages (the steering pair among them) keep every stage running, in a fraction of the time
+    langs = "eng_Latn,spa_Latn,arb_Arab,tha_Thai"
+    argv = [*TOY, "--layers", "1", "--n-texts-per-lang", "4", "--languages", langs, "--out-dir", str(out)]
     assert run_main(run_pipeline.main, argv) == 0
     assert (out / "layer_1_indices.pt").exists() and (out / "ablation_results.csv").exists()
     assert json.loads((out / DATA_CHECKS).read_text())["status"] in ("PASS", "WARN")
