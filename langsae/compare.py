@@ -42,7 +42,7 @@ CLAIMS_FILE, LANGUAGES_FILE, AGREEMENT_FILE, META_FILE, TABLE_FILE = (
     "compare.md",
 )
 PEAK_FIGURE, SPECIFICITY_FIGURE = "compare_peak_depth", "compare_specificity"
-DEPTH_KEYS = ("num_hidden_layers", "n_model_layers")  # a layer count a run's metas may record
+DEPTH_KEY = "num_hidden_layers"  # the layer count the nu stage's meta records
 PEAK_FRACTION_RULE = (
     "held-out peak layer / the model's number of layers (layer L of N is L/N, the rule by which "
     "presets.relative_layer places a layer at the same relative depth)"
@@ -80,9 +80,8 @@ def model_depth(metas: list[dict], model_id: str | None) -> tuple[int | None, st
     the model's config when it is on this machine (a local folder or the Hugging Face cache; no
     weights are read). None with the reason when neither has it."""
     for meta in metas:
-        for key in DEPTH_KEYS:
-            if isinstance(meta.get(key), int):
-                return meta[key], f"{meta.get('stage', 'a stage')} meta ({key})"
+        if isinstance(meta.get(DEPTH_KEY), int):
+            return meta[DEPTH_KEY], f"{meta.get('stage', 'a stage')} meta ({DEPTH_KEY})"
     if not model_id:
         return None, "unknown: no model in the run's metas"
     from transformers import AutoConfig

@@ -42,6 +42,7 @@ from langsae.forward import (
     stacked,
     tokenize,
 )
+from langsae.memory import MemoryPlan, sweep_plan
 from langsae.model import load_model
 from langsae.units import claim_file, claim_units
 
@@ -555,13 +556,14 @@ def check_sweep_args(args: argparse.Namespace, cfg: RunConfig) -> int:
     return n_texts
 
 
-def start(args: argparse.Namespace) -> tuple[RunConfig, int]:
+def start(args: argparse.Namespace, stage: str) -> tuple[RunConfig, int, MemoryPlan]:
     """The first steps of every ΔCE stage: resolve the run, check its folders (cached conditions, CSVs
-    and figures) before any model loads, validate the sweep flags; returns the run and N (texts per
-    language)."""
+    and figures) and its memory plan before any model loads, validate the sweep flags; returns the run,
+    N (texts per language) and the plan (for the stage's meta)."""
     cfg = resolve(args)
     preflight(cfg, min_free_mb=200)
-    return cfg, check_sweep_args(args, cfg)
+    n_texts = check_sweep_args(args, cfg)
+    return cfg, n_texts, sweep_plan(cfg, stage, args.rows_per_forward)  # refused in one line if it cannot fit
 
 
 @dataclass

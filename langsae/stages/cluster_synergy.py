@@ -19,7 +19,6 @@ from langsae import distributed, features, interactions, plots, section5, stats,
 from langsae.artifacts import save_csv
 from langsae.config import build_parser
 from langsae.errors import SkippedTask, UserError
-from langsae.memory import sweep_plan
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, work, write_meta
@@ -63,8 +62,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg, n_texts = sweep.start(args)
-    plan = sweep_plan(cfg, STAGE_NAME, args.rows_per_forward)  # before any load (langsae.memory)
+    cfg, n_texts, plan = sweep.start(args, STAGE_NAME)
     languages = list(cfg.languages)
     if len(languages) < 3:
         raise SkippedTask("intra- vs inter-cluster synergy needs at least three languages in --languages")

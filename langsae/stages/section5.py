@@ -20,7 +20,6 @@ from langsae import distributed, features, plots, stats, sweep
 from langsae import section5 as s5lib
 from langsae.artifacts import save_csv
 from langsae.config import build_parser
-from langsae.memory import sweep_plan
 from langsae.model import check_layers, model_config
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, work, write_meta
@@ -56,8 +55,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg, n_texts = sweep.start(args)
-    plan = sweep_plan(cfg, STAGE_NAME, args.rows_per_forward)  # before any load (langsae.memory)
+    cfg, n_texts, plan = sweep.start(args, STAGE_NAME)
     if cfg.layers is not None:
         check_layers(cfg.layers, model_config(cfg.preset).num_hidden_layers)
     nu = features.load_nu_results(cfg, cfg.layers, args.top_k)
