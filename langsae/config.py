@@ -137,7 +137,7 @@ def named_preset(name: str) -> Preset | None:
     return PRESETS.get(name)
 
 
-LABELS = ("model_id",)  # in RunConfig.describe() for people, left out of RunConfig.key()
+LABELS = ("model_id", "device_map")  # in RunConfig.describe() for people, left out of RunConfig.key()
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,8 @@ class RunConfig:
     batch_size: int
     seed: int
     force: bool
+    device_map: str | None = None  # --device-map: accelerate shards the model (model.placement)
+    max_memory: dict | None = None  # --max-memory: accelerate's max_memory for that
 
     def sae_id(self, layer: int) -> str:
         return self.preset.sae_id_template.format(layer=layer)
@@ -174,6 +176,7 @@ class RunConfig:
             "split": self.split,
             "n_texts_per_lang": self.n_texts_per_lang,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "device_map": self.device_map,  # where layers ran, not what they compute: not in key()
         }
 
     def model_settings(self, *fields: str) -> dict:
@@ -298,6 +301,18 @@ def build_parser(
     g.add_argument(
         "--dtype", choices=list(DTYPES), help="model and SAE dtype; default bfloat16 (toy preset: float32)"
     )
+    g.add_argument(
+        "--device-map",
+        choices=DEVICE_MAPS,
+        help="shard the model over the visible GPUs (then the CPU, then <out-dir>/offload/ on disk) with "
+        "accelerate, for a model larger than one GPU; each SAE sits on its layer's GPU. Default: the whole "
+        "model on --device. Not with torchrun",
+    )
+    g.add_argument(
+        "--max-memory",
+        help="with --device-map: the most each device may hold, e.g. 0=40GiB,1=40GiB,cpu=100GiB "
+        "(accelerate's max_memory); default: what is free",
+    )
     g.add_argument("--batch-size", type=int, help="texts per forward pass; default 8 (toy preset: 16)")
     g.add_argument("--seed", type=int, default=0, help="seed for every random choice")
     g.add_argument("--force", action="store_true", help="recompute results even when cached ones match")
@@ -382,6 +397,7 @@ def resolve(args: argparse.Namespace) -> RunConfig:
     preset = resolve_preset(args)
     d = preset.defaults
     device = args.device or d.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device_map, max_memory = _device_map(args)  # refuses torchrun + --device-map before joining a group
     device = distributed.setup(device)  # under torchrun: this rank's GPU, and the process group joined
     dtype = DTYPES[args.dtype or d.get("dtype", "bfloat16")]
     batch_size = args.batch_size if args.batch_size is not None else d.get("batch_size", 8)
@@ -407,4 +423,36 @@ def resolve(args: argparse.Namespace) -> RunConfig:
         batch_size=batch_size,
         seed=args.seed,
         force=args.force,
+        device_map=device_map,
+        max_memory=max_memory,
     )
+
+
+DEVICE_MAPS = ("auto", "balanced", "sequential")
+
+
+def _device_map(args: argparse.Namespace) -> tuple[str | None, dict | None]:
+    """--device-map and --max-memory, checked: accelerate's max_memory ({GPU index or "cpu": size})."""
+    from accelerate.utils import convert_file_size_to_int
+
+    device_map, text = getattr(args, "device_map", None), getattr(args, "max_memory", None)
+    if device_map is not None and distributed.is_distributed():
+        raise UserError(
+            "--device-map shards one model over this process's GPUs, torchrun gives each rank a whole model "
+            "on its own GPU: use one or the other"
+        )
+    if text is None:
+        return device_map, None
+    if device_map is None:
+        raise UserError("--max-memory only applies with --device-map (auto, balanced or sequential)")
+    max_memory = {}
+    for item in _comma_list(text):
+        name, _, size = item.partition("=")
+        try:
+            convert_file_size_to_int(size)
+        except ValueError:
+            size = ""
+        if not size or not (name.isdigit() or name == "cpu"):
+            raise UserError(f"--max-memory: {item!r} is not DEVICE=SIZE (a GPU index or cpu, e.g. 0=40GiB)")
+        max_memory[int(name) if name.isdigit() else name] = size
+    return device_map, max_memory

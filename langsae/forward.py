@@ -17,7 +17,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 from tqdm.auto import tqdm
 
-from langsae.model import HookPoint, architecture, decoder_layers, hook_module
+from langsae.model import HookPoint, architecture, decoder_layers, execution_device, hook_module, input_device
 
 MAX_TOKENS = 512  # FLORES sentences are far shorter; this only guards against runaway inputs
 
@@ -224,7 +224,7 @@ def collect_tokens(
     keep(batch) -> [B, T] bool (e.g. `Batch.statistic_mask`, or the attention mask).
     Returns ({name: [n_kept, d]} on the CPU, in the model's dtype; [n_kept] text index of each token).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     last = max(hp.layer for hp in points.values())
     kept: dict[str, list[torch.Tensor]] = {name: [] for name in points}
     texts = []
@@ -233,7 +233,7 @@ def collect_tokens(
             run_through_layer(model, batch.to(device), last)
             mask = keep(batch)
             for name in points:
-                kept[name].append(store[name][mask.to(device)].cpu())
+                kept[name].append(store[name][mask.to(store[name].device)].cpu())
             texts.append(torch.tensor(batch.indices)[:, None].expand_as(mask)[mask])
     return {name: torch.cat(v) for name, v in kept.items()}, torch.cat(texts)
 
@@ -300,9 +300,12 @@ def run_from_layer(
 
     hidden: [R, T, d]; attention_mask: [R, T] (1 = real token, right padding).
     Returns the final normalised hidden states [R, T, d], the LM head's input. Hooks on
-    the layers (e.g. `edit_output`) fire as in a full forward.
+    the layers (e.g. `edit_output`) fire as in a full forward. Under a device map the residual starts on
+    start_layer's execution device (each layer's accelerate hook moves it on from there).
     """
     arch = architecture(model)
+    hidden = hidden.to(execution_device(arch.layers(model)[start_layer]))
+    attention_mask = attention_mask.to(hidden.device)
     T = hidden.shape[1]
     position_ids = torch.arange(T, device=hidden.device).unsqueeze(0)  # as the model's forward, right padding
     position_embeddings = arch.position_embeddings(model, hidden, position_ids)
@@ -337,20 +340,35 @@ def fp32_head(model) -> Fp32Head:
     and made anew when the weight (or bias) is replaced, moved or written in place."""
     head = model.lm_head
     weight, bias = head.weight, getattr(head, "bias", None)
-    if weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+    offloaded = weight.device.type == "meta"  # --device-map put the head on the CPU or disk
+    if not offloaded and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
         return Fp32Head(weight, bias)
     state = (_state(weight), _state(bias))
     cached = _FP32_HEADS.get(weight)
     if cached is None or cached[0] != state:
-        copy = Fp32Head(weight.detach().float(), None if bias is None else bias.detach().float())
-        cached = _FP32_HEADS[weight] = (state, copy)
+        cached = _FP32_HEADS[weight] = (state, _offloaded_head(head) if offloaded else _float_head(head))
     return cached[1]
+
+
+def _float_head(head: torch.nn.Module) -> Fp32Head:
+    bias = getattr(head, "bias", None)
+    return Fp32Head(head.weight.detach().float(), None if bias is None else bias.detach().float())
+
+
+def _offloaded_head(head: torch.nn.Module) -> Fp32Head:
+    """An fp32 copy of an offloaded head, on its execution device: accelerate loads its weights there for
+    as long as `align_module_device` lasts (a copy is kept, so the weights are read once, not per chunk)."""
+    from accelerate.utils import align_module_device
+
+    with align_module_device(head, execution_device(head)):
+        f = _float_head(head)
+        return Fp32Head(f.weight.clone() if f.weight is head.weight else f.weight, f.bias)
 
 
 def _project(final_hidden: torch.Tensor, head: Fp32Head) -> torch.Tensor:
     """The head's matmul in fp32 (F.linear, the op nn.Linear runs: an fp32 model's logits are
-    bit-identical)."""
-    return torch.nn.functional.linear(final_hidden.float(), head.weight, head.bias)
+    bit-identical), on the head's device (under a device map the final norm may run elsewhere)."""
+    return torch.nn.functional.linear(final_hidden.to(head.weight.device).float(), head.weight, head.bias)
 
 
 def logits_from_hidden(model, final_hidden: torch.Tensor, head: Fp32Head | None = None) -> torch.Tensor:
@@ -425,14 +443,16 @@ def next_token_ce(
     R = final_hidden.shape[0]
     vocab = model.lm_head.weight.shape[0]
     chunk = chunk_tokens or max(1, LOGIT_CHUNK_ELEMENTS // vocab)
-    h, targets, rows = predicted_tokens(final_hidden, input_ids, attention_mask)
-    total = torch.zeros(R, dtype=torch.float32, device=final_hidden.device)
     head = fp32_head(model)  # once for all chunks
+    here, dev = final_hidden.device, head.weight.device  # under a device map the CE runs on the head's device
+    h, targets, rows = predicted_tokens(final_hidden, input_ids.to(here), attention_mask.to(here))
+    h, targets, rows = h.to(dev), targets.to(dev), rows.to(dev)
+    total = torch.zeros(R, dtype=torch.float32, device=dev)
     for s in range(0, h.shape[0], chunk):
         logits = logits_from_hidden(model, h[s : s + chunk], head)
         ce = torch.nn.functional.cross_entropy(logits, targets[s : s + chunk], reduction="none")
         total.index_add_(0, rows[s : s + chunk], ce)
-    count = attention_mask[:, 1:].sum(1)
+    count = attention_mask[:, 1:].sum(1).to(dev)
     mean = total / count.clamp(min=1)
     mean[count == 0] = float("nan")
     return mean, count

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from langsae.forward import fp32_head, fp32_lm_head, logits_from_hidden, stacked_edits
-from langsae.model import HookPoint
+from langsae.model import HookPoint, input_device
 
 DEFAULT_ROWS = 64  # rows (items x conditions) per forward
 
@@ -51,7 +51,8 @@ Stacker = Callable[..., ContextManager]
 
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where input ids go: the embedding's device (under a device map, not every parameter's)."""
+    return input_device(model)
 
 
 @functools.lru_cache(maxsize=4)
@@ -253,7 +254,8 @@ def _score_chunk(model, head, chunk, pairs_of, continuations, group, pad_id, sta
     src = torch.tensor(
         [c * B + i for c in range(n) for i, _ in rows]
     )  # the prompt row of each (condition, continuation) row
-    hidden = [first.last_hidden_state[src.to(dev), -1][:, None]]  # predicts each continuation's first token
+    last = first.last_hidden_state
+    hidden = [last[src.to(last.device), -1][:, None]]  # predicts each continuation's first token
     if width > 1:  # the continuations but their last token, on copies of their prompt's cache
         prompt_rows = [i for i, _ in rows]
         c_ids = torch.full((len(rows), width - 1), pad_id, dtype=torch.long)
@@ -276,13 +278,10 @@ def _score_chunk(model, head, chunk, pairs_of, continuations, group, pad_id, sta
     hidden = torch.cat(hidden, 1)  # [n * rows, width, d]: position j predicts continuation token j
     r_idx = [c * len(rows) + r for c in range(n) for r, cont in enumerate(conts) for _ in cont]
     j_idx = [j for _ in range(n) for cont in conts for j in range(len(cont))]
-    targets = torch.tensor([t for _ in range(n) for cont in conts for t in cont], device=dev)
-    logp = torch.log_softmax(
-        logits_from_hidden(
-            model, hidden[torch.tensor(r_idx, device=dev), torch.tensor(j_idx, device=dev)], head
-        ),
-        dim=-1,
-    )
+    at = hidden.device  # the final norm's: under a device map not necessarily the embedding's
+    picked = hidden[torch.tensor(r_idx, device=at), torch.tensor(j_idx, device=at)]
+    logp = torch.log_softmax(logits_from_hidden(model, picked, head), dim=-1)
+    targets = torch.tensor([t for _ in range(n) for cont in conts for t in cont], device=logp.device)
     tok = logp.gather(1, targets[:, None])[:, 0].double().cpu()
     sums = torch.zeros(n * len(rows), dtype=torch.float64).index_add_(0, torch.tensor(r_idx), tok)
     return sums.view(n, len(rows)).numpy()

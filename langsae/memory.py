@@ -234,14 +234,15 @@ def host_available() -> int | None:
 
 
 def device_available(device: str, device_map: str | None = None) -> int | None:
-    """Free bytes on `device`: the GPU's free memory (all visible GPUs' under --device-map auto,
-    which spreads the model over them), the host's RAM on a CPU, None elsewhere (mps...)."""
+    """Free bytes on `device`: the GPU's free memory (all visible GPUs' under --device-map, any of
+    auto / balanced / sequential, which spreads the model over them), the host's RAM on a CPU, None
+    elsewhere (mps...)."""
     dev = torch.device(device)
     if dev.type == "cpu":
         return host_available()
     if dev.type != "cuda" or not torch.cuda.is_available():
         return None
-    if device_map == "auto":
+    if device_map is not None:
         return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
     return torch.cuda.mem_get_info(dev)[0]
 

@@ -253,21 +253,83 @@ def load_tokenizer(preset: Preset) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    preset: Preset, device: str, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase | None = None
+    preset: Preset,
+    device: str,
+    dtype: torch.dtype,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The HF causal LM (eval mode) and its tokenizer (`tokenizer` if already loaded, else
-    `load_tokenizer`)."""
+    `load_tokenizer`).
+
+    device_map: None puts the whole model on `device`; "auto" / "balanced" / "sequential" (or an explicit
+    {module name: device, "cpu" or "disk"} dict) lets accelerate shard it over the visible GPUs, the CPU
+    and `offload_folder` (the flag --device-map, `placement`), within `max_memory` if given.
+    """
     from transformers import AutoModelForCausalLM
 
     if tokenizer is None:
         tokenizer = load_tokenizer(preset)
     _prepare(preset)
+    sharded = {}
+    if device_map is not None:
+        sharded = {"device_map": device_map, "max_memory": max_memory, "offload_folder": offload_folder}
     try:
-        model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **_hub_kwargs())
+        model = AutoModelForCausalLM.from_pretrained(preset.model_id, dtype=dtype, **sharded, **_hub_kwargs())
     except (OSError, ValueError) as e:
         raise UserError(hub_error_message(f"model {preset.model_id!r}", e, preset.model_id)) from e
     architecture(model)  # a family langsae cannot hook is refused here, before any stage work
-    return model.to(device).eval(), tokenizer
+    if device_map is None:
+        model = model.to(device)
+    return model.eval(), tokenizer
+
+
+OFFLOAD_FOLDER = "offload"  # below the run folder: the weights accelerate puts on disk under --device-map
+
+
+def placement(cfg) -> dict:
+    """`load_model`'s device-map arguments for run `cfg` (config.RunConfig): its --device-map and
+    --max-memory, and the offload folder below the run folder. Every stage loads as
+    `load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer, **placement(cfg))`."""
+    if cfg.device_map is None:
+        return {}
+    offload = Path(cfg.features_dir) / OFFLOAD_FOLDER
+    max_memory = dict(cfg.max_memory) if cfg.max_memory else None  # from_pretrained rewrites it in place
+    return {"device_map": cfg.device_map, "max_memory": max_memory, "offload_folder": offload}
+
+
+# ----------------------------------------------------------------------------- where modules run
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """The device `module` computes on, with or without an accelerate device map.
+
+    A module that accelerate dispatched (--device-map) carries an AlignDevicesHook whose
+    `execution_device` says where its forward runs: for a module offloaded to the CPU or disk its
+    parameters sit on `meta` and are loaded there only for the forward, so a parameter's device would
+    say "meta". Without a hook (no device map) a module runs where its parameters lie.
+    """
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.device.type != "meta":
+            return t.device
+    raise ValueError(f"{type(module).__name__} has no execution device: offloaded without an accelerate hook")
+
+
+def layer_device(model: PreTrainedModel, layer: int) -> torch.device:
+    """Where decoder layer `layer` runs: where its edits' tensors, its residual and its SAE belong."""
+    return execution_device(decoder_layers(model)[layer])
+
+
+def input_device(model: PreTrainedModel) -> torch.device:
+    """Where the token embedding runs: where input ids go."""
+    return execution_device(model.get_input_embeddings())
 
 
 # ----------------------------------------------------------------------------- identity

@@ -43,7 +43,7 @@ from langsae.forward import (
     tokenize,
 )
 from langsae.memory import MemoryPlan, sweep_plan
-from langsae.model import load_model
+from langsae.model import input_device, layer_device, load_model, placement
 from langsae.units import claim_file, claim_units
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,8 @@ def build_eval_set(tokenizer, texts: Texts) -> EvalSet:
 
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where input ids go: the embedding's device (under a device map, not every parameter's)."""
+    return input_device(model)
 
 
 @torch.no_grad()
@@ -460,7 +461,6 @@ def _compute_groups(
         for group in condition_groups([k for k, c in by_key.items() if (c.layer, c.mode) == (L, mode)], size)
     ]
     inputs: dict = {}  # each batch's input of the layer being computed, shared by its groups
-    dev = _device(model)
 
     def claim_of(unit):
         return store.claim_of(unit[0], config_hash({"group": unit[1]}))
@@ -471,7 +471,8 @@ def _compute_groups(
         L = by_key[todo[0]].layer
         if any(key[0] != L for key in inputs):
             inputs.clear()
-        abls = [make_ablation(nu.layers[L], by_key[k].feature_ids, by_key[k].mode, dev) for k in todo]
+        at = layer_device(model, L)  # the edit runs on its layer's device (--device-map)
+        abls = [make_ablation(nu.layers[L], by_key[k].feature_ids, by_key[k].mode, at) for k in todo]
         desc = f"layer {L} ({len(todo)} conditions)"
         ce = ablated_ce(model, batches, L, abls, max_rows, desc=desc, inputs=inputs)
         store.put(name, {k: {"condition": by_key[k].numbers_key(), "ce": ce[j]} for j, k in enumerate(todo)})
@@ -603,7 +604,7 @@ def open_sweep(cfg: RunConfig, nu: NuResults, n_texts: int) -> SweepSetup:
     """Load the first `n_texts` evaluation texts per language and the model, and open the run's
     condition store, keyed by the model, SAE, dtype, split, nu run and the tokenised texts."""
     texts = load_texts(cfg.languages, "evaluation", n_texts, cfg.split)
-    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype)
+    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, **placement(cfg))
     evalset = build_eval_set(tokenizer, texts)
     settings = {
         **cfg.model_settings(),

@@ -41,7 +41,7 @@ from langsae.artifacts import (
 )
 from langsae.config import build_parser, resolve
 from langsae.errors import CorruptArtifact, SkippedTask, UserError
-from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.model import check_layers, load_model, load_tokenizer, model_config, placement
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, work, write_meta
 from langsae.units import claim_batches, claim_file
@@ -182,7 +182,7 @@ def main(argv=None) -> dict:
     claim_of = lambda L: claim_file(cdir, f"layer_{L}")  # noqa: E731
     for group in claim_batches(layers, claim_of, is_done, share=distributed.rank_share):
         if model is None:
-            model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
+            model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer, **placement(cfg))
         encoders = {
             L: nu.layers[L].encoder(feats[L], cfg.device, features.encoder_sae(cfg, nu.layers[L]))
             for L in group

@@ -33,7 +33,7 @@ from langsae.data import load_texts
 from langsae.errors import UserError
 from langsae.interactions import CLUSTERS_FILE, STAGE3_SCRIPT
 from langsae.memory import generation_plan
-from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.model import check_layers, load_model, load_tokenizer, model_config, placement
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, work, write_meta
 from langsae.verdicts import (
@@ -222,7 +222,7 @@ def main(argv=None):
         f"{args.random_draws} random draws"
     )
 
-    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
+    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer, **placement(cfg))
     nu_hash = nu.meta["config_hash"]
     settings = {**cfg.model_settings("model", "sae_release", "dtype"), "nu_config_hash": nu_hash}
     task_settings = {

@@ -35,6 +35,7 @@ from langsae.model import (
     load_tokenizer,
     model_config,
     neuronpedia_id,
+    placement,
     sae_config,
     sae_hook_names,
     sae_hook_points,
@@ -116,7 +117,7 @@ def score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) -> 
 
     for group in claim_batches(pending, claim_of, is_done, most=per_pass, share=distributed.rank_share):
         if model is None:
-            model, _ = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer)
+            model, _ = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer, **placement(cfg))
         # The prefetcher starts after the model is loaded because the SAE loader points
         # huggingface_hub's process-wide cache settings at the preset's cache while it runs.
         # The first transcoder is then read during the forward pass, each next one while the

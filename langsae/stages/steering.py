@@ -31,7 +31,7 @@ from langsae.config import PRESETS, _comma_list, build_parser, resolve
 from langsae.data import load_texts, validate_languages
 from langsae.errors import SkippedTask, UserError
 from langsae.memory import generation_plan
-from langsae.model import check_layers, load_model, load_tokenizer, model_config
+from langsae.model import check_layers, load_model, load_tokenizer, model_config, placement
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, work, write_meta
 from langsae.stats import format_interval
@@ -265,7 +265,8 @@ def main(argv=None):
         f"methods {','.join(run['methods'])}, {run['n_texts']} texts"
     )
 
-    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, load_tokenizer(cfg.preset))
+    tokenizer = load_tokenizer(cfg.preset)
+    model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer, **placement(cfg))
     settings = cfg.model_settings("model", "sae_release", "dtype")
     vec_settings = {
         **settings,
