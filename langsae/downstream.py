@@ -238,7 +238,7 @@ class EngineSettings:
     pad_id: int
     max_new_tokens: int
     rows_per_forward: int
-    device: str
+    device: str  # where edits are built; the engine moves each to its layer's device (forward.stacked_edits)
 
 
 def _choice_scores(model, tokenizer, prompt_ids, items, edits, eng: EngineSettings, desc: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from langsae.artifacts import read_json, read_torch
 from langsae.config import FEATURES_ROOT, RunConfig, figures_dir_for, run_name_for
 from langsae.errors import UserError
-from langsae.model import HookPoint, hook_point, load_sae
+from langsae.model import HookPoint, hook_point, layer_device, load_sae
 from langsae.nu import META_FILE, layer_files
 
 NU_SCRIPT = "compute_nu_scores.py"
@@ -70,6 +70,18 @@ class FeatureEncoder:
             cols = torch.tensor(self.features, dtype=torch.long, device=x.device)
             return self.sae.encode(x.to(self.sae.dtype)).index_select(-1, cols).float()
         return feature_activations(x, self.W_enc, self.b_enc, self.threshold, self.input_bias)
+
+    def to(self, device: str | torch.device) -> "FeatureEncoder":
+        """This encoder on `device` (where its layer runs under --device-map). The full SAE moves in place,
+        which costs nothing where `encoder_sae` already loaded it on its layer's device."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        sae = self.sae if self.sae is None else self.sae.to(device)
+        return FeatureEncoder(
+            self.features,
+            self.read,
+            *map(move, (self.W_enc, self.b_enc, self.threshold, self.input_bias)),
+            sae,
+        )
 
 
 @dataclass(frozen=True)
@@ -144,10 +156,21 @@ class LayerFeatures:
         )
 
 
-def encoder_sae(cfg: RunConfig, lf: LayerFeatures):
+def sae_device(cfg: RunConfig, model, layer: int) -> str:
+    """Where layer `layer`'s SAE (or its saved rows) belongs: --device, or under --device-map the layer's
+    execution device (`model.layer_device`), so it reads the layer's activations where they are computed
+    and the SAEs spread over the GPUs with their layers."""
+    return cfg.device if cfg.device_map is None else str(layer_device(model, layer))
+
+
+def encoder_sae(cfg: RunConfig, lf: LayerFeatures, model=None):
     """The layer's full SAE where reading its features needs one (a TopK SAE: TOPK_WHY), else None (the
-    saved rows suffice, and nothing downstream loads a full SAE it does not need)."""
-    return None if lf.topk is None else load_sae(cfg.preset, lf.layer, cfg.device, cfg.dtype)
+    saved rows suffice, and nothing downstream loads a full SAE it does not need); on the layer's device
+    (`sae_device`) when the model is given, else on --device."""
+    if lf.topk is None:
+        return None
+    device = cfg.device if model is None else sae_device(cfg, model, lf.layer)
+    return load_sae(cfg.preset, lf.layer, device, cfg.dtype)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ attention sink (Qwen3); `langsae.nu.position_0_rule` says which in the metadata.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -17,7 +18,15 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 from tqdm.auto import tqdm
 
-from langsae.model import HookPoint, architecture, decoder_layers, execution_device, hook_module, input_device
+from langsae.model import (
+    HookPoint,
+    architecture,
+    decoder_layers,
+    execution_device,
+    hook_module,
+    input_device,
+    layer_device,
+)
 
 MAX_TOKENS = 512  # FLORES sentences are far shorter; this only guards against runaway inputs
 
@@ -173,12 +182,29 @@ def stacked_edits(model, edits: Sequence, rows_each: int) -> Iterator[None]:
     """While the model runs, rows [i*B, (i+1)*B) get edits[i] (B = rows_each): each edit is an object
     with a `hook` HookPoint and `apply(out, sublayer_input)` (e.g. `langsae.ablation.Ablation`), or
     None for no edit. Edits may sit at different hook points (e.g. different layers): each point
-    gets one hook, which leaves the rows of other points' conditions alone."""
+    gets one hook, which leaves the rows of other points' conditions alone. Each edit's tensors move to
+    its layer's execution device here, once per install (`on_device`), so callers may build edits on any
+    device and under --device-map each acts where its layer runs."""
     with ExitStack() as stack:
         for hp in dict.fromkeys(e.hook for e in edits if e is not None):
-            mine = [e if e is not None and e.hook == hp else None for e in edits]
+            dev = layer_device(model, hp.layer)
+            mine = [on_device(e, dev) if e is not None and e.hook == hp else None for e in edits]
             stack.enter_context(edit_output(model, hp, stacked(mine, rows_each)))
         yield
+
+
+def on_device(edit, device: torch.device):
+    """`edit` (a dataclass such as `langsae.ablation.Ablation`) with every tensor field on `device`; the
+    edit itself when all already are (no copy: the usual case without a device map) or when it is not a
+    dataclass (it then places its own tensors)."""
+    if not dataclasses.is_dataclass(edit):
+        return edit
+    moved = {
+        f.name: v.to(device)
+        for f in dataclasses.fields(edit)
+        if isinstance(v := getattr(edit, f.name), torch.Tensor) and v.device != device
+    }
+    return dataclasses.replace(edit, **moved) if moved else edit
 
 
 class _StopForward(Exception):

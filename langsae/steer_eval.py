@@ -281,7 +281,9 @@ def build_edits(
 ) -> list[Steering | None]:
     """One-row Steering per condition (None for `none`), for `steering.stacked_steering`. The gated conditions
     of a layer share one encoder (one `make_gate` over all of their feature sets). gate_sae(L): the full SAE
-    the gate at layer L reads through (`features.encoder_sae`: a TopK SAE's), or None."""
+    the gate at layer L reads through (`features.encoder_sae`: a TopK SAE's), or None. `device` is only
+    where they are built: `steering.steer` moves each layer's share to that layer's device when it installs
+    the edit, so a steering over layers on several GPUs (--device-map) needs nothing here."""
     gated = [c for c in conditions if c.method in (GATED, RANDOM_GATE)]
     gates: dict[SteerCondition, Gate] = {}
     for L in sorted({c.layer for c in gated}):

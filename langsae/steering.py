@@ -41,7 +41,7 @@ from langsae.data import Texts
 from langsae.errors import CorruptArtifact, UserError
 from langsae.features import FeatureEncoder, LayerFeatures
 from langsae.forward import Batch, collect_tokens, edit_output, make_batches, tokenize
-from langsae.model import HookPoint
+from langsae.model import HookPoint, layer_device
 
 log = logging.getLogger(__name__)
 METHODS = ("sv", "gated")
@@ -268,6 +268,15 @@ def _check(s: Steering) -> None:
         )
 
 
+def _on_layer(s: Steering, i: int, device: torch.device) -> Steering:
+    """Layer first_layer + i's share of `s` on `device`: its vectors (as the only layer) and alpha, and the
+    gate where it is decided (i == 0)."""
+    gate = None
+    if s.gate is not None and i == 0:
+        gate = Gate(s.gate.encoder.to(device), s.gate.rows.to(device))
+    return Steering(s.first_layer + i, s.vectors[:, i : i + 1].to(device), s.alpha.to(device), gate)
+
+
 @contextmanager
 def steer(model, s: Steering) -> Iterator[None]:
     """While active, every forward of `model` (full, prefill or one-token decode step) is steered by `s`.
@@ -280,18 +289,22 @@ def steer(model, s: Steering) -> Iterator[None]:
     last = s.layers[-1]
 
     def edit(i: int, L: int):
+        # once per install, each layer's share of `s` goes to where the layer runs (--device-map may spread
+        # the steered layers over GPUs); only the per-forward gate follows the residual from layer to layer
+        here = _on_layer(s, i, layer_device(model, L))
+
         def fn(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             if s.gate is None:
-                return out + s.delta(i, out.dtype)
+                return out + here.delta(0, out.dtype)
             if i == 0:
-                state["open"] = s.gate.open(x)
+                state["open"] = here.gate.open(x)
             # popped at the last layer, so a forward that skipped the first layer cannot reuse a stale gate
             gate = state.pop("open") if L == last else state.get("open")
             if gate is None:
                 raise RuntimeError(
                     f"layer {s.first_layer} must run before layer {L} in the same forward to decide the gate"
                 )
-            return out + s.delta(i, out.dtype) * gate[..., None].to(out.dtype)
+            return out + here.delta(0, out.dtype) * gate[..., None].to(out.device, out.dtype)
 
         return fn
 

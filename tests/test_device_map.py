@@ -3,15 +3,18 @@ exactly the unsharded run's ΔCE and greedy generation, through the engine the s
 generate.greedy_generate). On CPU every shard computes in fp32 with the same kernels, so equality is exact:
 a difference would mean an edit, the residual or the head went somewhere else, or ran twice."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from tiny_models import random_transcoder
 
-from langsae import memory
+from langsae import downstream, features, forward, memory, steering, tasks
 from langsae.ablation import Ablation
 from langsae.config import build_parser, resolve
 from langsae.errors import UserError
+from langsae.features import FeatureEncoder
 from langsae.forward import make_batches, tokenize
 from langsae.generate import continuation_logprobs, greedy_generate, stop_token_ids
 from langsae.model import HookPoint, input_device, layer_device, load_model, placement
@@ -148,3 +151,117 @@ def test_memory_plan_sums_visible_gpus_with_a_device_map(monkeypatch):
     assert memory.device_available("cuda:0") == free[0]
     for device_map in ("auto", "balanced", "sequential"):
         assert memory.device_available("cuda:0", device_map) == free[0] + free[1]
+
+
+# ----------------------------------------------------------------------------- edits and SAEs on their layer
+
+
+def _spy(monkeypatch, module, name: str) -> list:
+    """Record every call of module.name (calls go on to the real function): [(args, result)]."""
+    calls, real = [], getattr(module, name)
+
+    def spy(*args):
+        calls.append((args, result := real(*args)))
+        return result
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def _steering(d: int, gated: bool, seed: int = 5) -> steering.Steering:
+    """A one-row steering of LAYER (on disk) and LAYER + 1 (on the CPU), gated at LAYER's MLP input by
+    two of three transcoder features."""
+    tc, feats = random_transcoder(d, 96, seed), (3, 17, 40)
+    rows = torch.tensor(feats)
+    enc = FeatureEncoder(
+        feats, HookPoint(LAYER, "mlp", "input"), tc["W_enc"][rows], tc["b_enc"][rows], None, None
+    )
+    gate = steering.Gate(enc, torch.tensor([[True, False, True]])) if gated else None
+    vectors = torch.randn(1, 2, d, generator=torch.Generator().manual_seed(seed))
+    return steering.Steering(LAYER, vectors, torch.tensor([3.0]), gate)
+
+
+def test_downstream_scoring_equals_unsharded(models, monkeypatch):
+    """The downstream stage's engine call (compute_records: greedy answers and choice log-likelihoods), with
+    edits built on --device as run_units builds them: the engine moves each to its layer when installing."""
+    plain, sharded, tok = models
+    items = [tasks.Item(str(i), t, 3, (" 1", " 2", " 3")) for i, t in enumerate(TEXTS)]
+    eng = downstream.EngineSettings(tok.pad_token_id, 5, 6, "cpu")
+    edits = [None, _ablation(plain), _ablation(plain, seed=4)]
+    calls = _spy(monkeypatch, forward, "layer_device")
+    got = [downstream.compute_records(m, tok, "sentiment", "x", items, edits, eng) for m in (plain, sharded)]
+    assert got[0] == got[1]
+    assert got[0][0] != got[0][1] != got[0][2]  # each edit changes the records: the test can tell
+    assert {args[1] for args, _ in calls} == {LAYER}
+
+
+def test_steering_equals_unsharded(models, monkeypatch):
+    """A two-layer steering (one layer on disk, one on the CPU), gated and not, generates and scores exactly
+    as unsharded; each layer's share of it is installed on that layer's execution device."""
+    plain, sharded, tok = models
+    d = plain.config.hidden_size
+    conds = [None, _steering(d, gated=False), _steering(d, gated=True)]
+    prompts = [tok(t)["input_ids"] for t in TEXTS]
+    conts = [tok(" and more")["input_ids"]] * len(prompts)
+    stops = stop_token_ids(tok, plain)
+    calls = _spy(monkeypatch, steering, "layer_device")
+    outs = []
+    for model in (plain, sharded):
+        kw = {"stack": steering.stacked_steering}
+        gen = greedy_generate(model, prompts, conds, stops, tok.pad_token_id, 6, **kw)
+        outs.append((gen, continuation_logprobs(model, prompts, conts, conds, tok.pad_token_id, **kw)))
+    assert outs[0][0] == outs[1][0]
+    assert np.array_equal(outs[0][1], outs[1][1])
+    logp = outs[0][1]
+    assert not np.array_equal(logp[0], logp[1]) and not np.array_equal(logp[1], logp[2])  # steers; gate acts
+    assert {args[1] for args, _ in calls} == {LAYER, LAYER + 1}
+
+
+@pytest.fixture
+def layer_on_meta(models, monkeypatch):
+    """The sharded model with LAYER's accelerate hook saying it runs on `meta`: a device other than every
+    other layer's (the CPU), as a second GPU would be, that a CPU-only test can check placement on."""
+    _, sharded, _ = models
+    hook = sharded.model.layers[LAYER]._hf_hook
+    monkeypatch.setattr(hook, "execution_device", torch.device("meta"))
+    assert layer_device(sharded, LAYER).type == "meta" and layer_device(sharded, LAYER + 1).type == "cpu"
+    return sharded
+
+
+def test_edits_are_installed_on_their_layers_device(models, layer_on_meta, monkeypatch):
+    model, d = layer_on_meta, layer_on_meta.config.hidden_size
+    calls = _spy(monkeypatch, forward, "stacked")
+    edit = _ablation(models[0])  # built on the CPU
+    other = Ablation(HookPoint(LAYER + 1, "block", "output"), "directional", basis=torch.eye(d)[:, :2])
+    with forward.stacked_edits(model, [None, edit, other], 2):
+        pass
+    at_layer, at_next = [args[0] for args, _ in calls]
+    moved = at_layer[1]
+    assert {moved.W_dec.device.type, moved.W_enc.device.type, moved.b_enc.device.type} == {"meta"}
+    assert at_next[2] is other  # already on its layer's device: the same object, nothing copied
+    assert edit.W_dec.device.type == "cpu"  # the caller's edit is left as it was
+
+    placed = _spy(monkeypatch, steering, "_on_layer")
+    with steering.steer(model, _steering(model.config.hidden_size, gated=True)):
+        pass
+    first, second = [s for _, s in placed]
+    assert {first.vectors.device.type, first.alpha.device.type, first.gate.rows.device.type} == {"meta"}
+    assert first.gate.encoder.W_enc.device.type == "meta" and first.gate.encoder.b_enc.device.type == "meta"
+    assert (second.vectors.device.type, second.gate) == ("cpu", None)
+    assert torch.equal(second.vectors[0, 0], _steering(model.config.hidden_size, gated=True).vectors[0, 1])
+
+
+def test_saes_load_on_their_layers_device(layer_on_meta, tiny_args, tmp_path, monkeypatch):
+    """Under --device-map a layer's SAE (the nu stage's, a TopK gate's) loads on the layer's execution device;
+    without one on --device."""
+    model = layer_on_meta
+    mapped, plain = _cfg(tiny_args, tmp_path, "--device-map", "auto"), _cfg(tiny_args, tmp_path)
+    assert features.sae_device(mapped, model, LAYER) == "meta"
+    assert features.sae_device(mapped, model, LAYER + 1) == "cpu"
+    assert features.sae_device(plain, model, LAYER) == plain.device
+    loads = []
+    monkeypatch.setattr(features, "load_sae", lambda preset, L, device, dtype: loads.append((L, device)))
+    lf = SimpleNamespace(layer=LAYER, topk=4)
+    features.encoder_sae(mapped, lf, model)
+    features.encoder_sae(plain, lf, model)
+    assert loads == [(LAYER, "meta"), (LAYER, plain.device)]

@@ -184,7 +184,9 @@ def main(argv=None) -> dict:
         if model is None:
             model, tokenizer = load_model(cfg.preset, cfg.device, cfg.dtype, tokenizer, **placement(cfg))
         encoders = {
-            L: nu.layers[L].encoder(feats[L], cfg.device, features.encoder_sae(cfg, nu.layers[L]))
+            L: nu.layers[L].encoder(
+                feats[L], features.sae_device(cfg, model, L), features.encoder_sae(cfg, nu.layers[L], model)
+            )
             for L in group
         }
         pad = tokenizer.pad_token_id

@@ -24,7 +24,7 @@ from langsae.artifacts import config_hash, preflight
 from langsae.config import build_parser, resolve
 from langsae.data import load_texts
 from langsae.errors import UserError
-from langsae.features import NU_DEFAULTS, NU_SCRIPT
+from langsae.features import NU_DEFAULTS, NU_SCRIPT, sae_device
 from langsae.forward import tokenize
 from langsae.memory import nu_plan
 from langsae.model import (
@@ -110,7 +110,7 @@ def score_layers(cfg, args, pending, chash, tokenizer, flat_texts, lang_ids) -> 
         return L in computed or (not cfg.force and nu.layer_done(cfg.features_dir, L, chash))
 
     def load(L):  # runs in the prefetcher's thread; load_sae is looked up at call time (tests wrap it)
-        return load_sae(cfg.preset, L, cfg.device, cfg.dtype)
+        return load_sae(cfg.preset, L, sae_device(cfg, model, L), cfg.dtype)  # on its layer's device
 
     def claim_of(L):
         return claim_file(cfg.features_dir, f"layer_{L}")

@@ -319,7 +319,7 @@ def main(argv=None):
     saes = {}  # a TopK SAE's layer gates through the full SAE, loaded once when first needed
 
     def gate_sae(L):
-        return saes[L] if L in saes else saes.setdefault(L, features.encoder_sae(cfg, nu.layers[L]))
+        return saes[L] if L in saes else saes.setdefault(L, features.encoder_sae(cfg, nu.layers[L], model))
 
     def edits(cs):
         return se.build_edits(cs, vectors, nu, args.gate_k, cfg.seed, cfg.device, gate_sae)
