@@ -305,8 +305,8 @@ def build_parser(
         "--device-map",
         choices=DEVICE_MAPS,
         help="shard the model over the visible GPUs (then the CPU, then <out-dir>/offload/ on disk) with "
-        "accelerate, for a model larger than one GPU; ΔCE edits run on their layer's device. Default: the "
-        "whole model on --device. Not with torchrun (docs/stages.md)",
+        "accelerate, for a model larger than one GPU; each SAE and edit sits on its layer's device. Default: "
+        "the whole model on --device. Not with torchrun (docs/stages.md)",
     )
     g.add_argument(
         "--max-memory",
