@@ -265,3 +265,22 @@ def test_saes_load_on_their_layers_device(layer_on_meta, tiny_args, tmp_path, mo
     features.encoder_sae(mapped, lf, model)
     features.encoder_sae(plain, lf, model)
     assert loads == [(LAYER, "meta"), (LAYER, plain.device)]
+
+
+def test_nu_stage_under_a_device_map_puts_each_sae_on_its_layer(tiny_args, tmp_path, monkeypatch):
+    """The nu stage asks sae_device for each layer's device with the dispatched model and loads the SAE
+    there, and its results equal the unsharded run's (on the CPU, where accelerate's auto map puts all)."""
+    from helpers import load_layer, run_nu
+
+    from langsae.stages import nu as stage
+
+    chosen, loads = _spy(monkeypatch, stage, "sae_device"), _spy(monkeypatch, stage, "load_sae")
+    assert run_nu(tiny_args, tmp_path / "mapped", "--layers", "1", "--device-map", "auto") == 0
+    (cfg, model, layer), device = chosen[0][0], chosen[0][1]
+    assert (len(chosen), cfg.device_map, layer) == (1, "auto", 1)
+    assert layer == 1 and device == str(layer_device(model, 1))  # the stage's own model, asked for layer 1
+    assert [args[1:3] for args, _ in loads] == [(1, device)]
+    assert run_nu(tiny_args, tmp_path / "plain", "--layers", "1") == 0
+    mapped, plain = load_layer(tmp_path / "mapped", 1), load_layer(tmp_path / "plain", 1)
+    for k in ("indices", "values", "mean_acts"):
+        assert torch.equal(mapped[k], plain[k])
