@@ -36,6 +36,8 @@ def _stage(out, *flags):
             "4",
             "--lid-max-new-tokens",
             "3",
+            "--alphas",  # two, not the toy preset's four: the counts below are by hand
+            "2,8",
             *flags,
         ]
     )
