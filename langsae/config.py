@@ -75,8 +75,9 @@ PRESETS: dict[str, Preset] = {
         sae_converter="mwhanna_transcoder",
         sae_hub_cache=TOY_ROOT / "hub",
         # CPU-sized: the whole toy pipeline runs in minutes (n_eval_texts: Section 5's --n-texts)
-        # steer_*: steer_language.py's defaults, one pair and two alphas on a few texts;
-        # downstream_*: downstream_ablation.py's --n-items (qa) and --n-topic-items
+        # steer_*: steer_language.py's defaults, one pair, four alphas on enough texts for intervals that
+        # can exclude zero; downstream_*: downstream_ablation.py's --n-items (qa), --n-topic-items (all)
+        # and --topic-shots (0: the toy's topic lines are the zero-shot prompt, langsae.toy.task_text)
         defaults={
             "device": "cpu",
             "dtype": "float32",
@@ -85,11 +86,12 @@ PRESETS: dict[str, Preset] = {
             "steer_layer": 1,
             "steer_source": "spa_Latn",
             "steer_target": "eng_Latn",
-            "steer_alphas": "2,8",
-            "steer_n_texts": 6,
+            "steer_alphas": "1,2,4,8",
+            "steer_n_texts": 40,
             "steer_random_draws": 1,
             "downstream_n_items": 40,
-            "downstream_n_topic_items": 60,
+            "downstream_n_topic_items": -1,
+            "downstream_topic_shots": 0,
             "downstream_tasks": "qa,topic",
         },  # the tasks whose data is bundled: the toy stays offline
         prepare="langsae.toy:ensure_built",  # imported when called: the presets need no training code
@@ -405,8 +407,9 @@ def resolve(args: argparse.Namespace) -> RunConfig:
         raise UserError("--batch-size must be at least 1")
     if args.n_texts_per_lang == 0 or args.n_texts_per_lang < -1:
         raise UserError("--n-texts-per-lang must be a positive number, or -1 for all")
-    if args.split == "devtest" and Path(preset.model_id).is_dir():  # a local model: the toy's build.json
-        refuse_devtest(Path(preset.model_id).parent / "build.json", args.split)
+    default_toy = preset.model_id == str(TOY_ROOT / "model")  # built on first use if it is not yet
+    if Path(preset.model_id).is_dir() or default_toy:  # a local model: the toy's build.json
+        refuse_devtest(Path(preset.model_id).parent / "build.json", args.split, default_toy)
     features_dir = Path(args.out_dir) if args.out_dir else FEATURES_ROOT / run_name_for(preset)
     inside = _under_features_root(features_dir)
     return RunConfig(

@@ -317,6 +317,9 @@ class TaskSettings:
     rows_per_forward: int
 
 
+LID_MAX_NEW_TOKENS = 8  # the answer's length limit: "The text is written in" + a language's name
+
+
 def lid_prompt(text: str) -> str:
     return LID_PROMPT.format(text=text)
 

@@ -24,6 +24,7 @@ import gzip
 import json
 import logging
 import time
+from pathlib import Path
 
 from langsae import checks, langid, tasks
 from langsae.artifacts import preflight
@@ -31,6 +32,7 @@ from langsae.config import build_parser, resolve
 from langsae.data import (
     BUNDLED,
     DATA_DIR,
+    PAPER_LANGUAGES,
     SIB_CATEGORIES,
     Texts,
     load_texts,
@@ -43,6 +45,7 @@ from langsae.forward import tokenize
 from langsae.model import load_tokenizer
 from langsae.provenance import data_record
 from langsae.stages import Stage, finished, write_meta
+from langsae.toy import task_text
 from langsae.verdicts import Artifacts, cell, not_run
 
 log = logging.getLogger(__name__)
@@ -181,6 +184,9 @@ def main(argv=None):
     ]
     if amazon_why and not amazon:
         results[-1].summary += f" ({amazon_why})"
+    trained = task_text.trained_lines(Path(cfg.preset.model_id).parent / "build.json")
+    if trained is not None:  # a toy trained on task lines: none of them may be a text any stage measures
+        results.append(task_text.leak_check(trained, task_text.measured_sets(PAPER_LANGUAGES)))
     status = checks.worst([c.status for c in results])
     path = cfg.features_dir / checks.META_FILE
     settings = {

@@ -106,8 +106,9 @@ def parse_args(argv):
     g.add_argument(
         "--topic-shots",
         type=int,
-        default=3,
-        help="topic: examples from SIB-200's train split (seeded, the same sentences in every language)",
+        default=None,
+        help="topic: examples from SIB-200's train split (seeded, the same sentences in every language); "
+        f"default 3, toy preset {TOY['downstream_topic_shots']}",
     )
     g.add_argument(
         "--n-per-label", type=int, default=40, help="sentiment: reviews per star rating (stratified, seeded)"
@@ -173,7 +174,7 @@ def main(argv=None):
     preflight(cfg, min_free_mb=200)  # generations and scores per unit, CSVs and figures
     new, prompt = args.max_new_tokens, args.max_prompt_tokens
     plan = generation_plan(cfg, STAGE_NAME, args.rows_per_forward, new, prompt)  # before any load
-    for name, default in (("n_items", 200), ("n_topic_items", -1)):  # CPU-sized on the toy preset
+    for name, default in (("n_items", 200), ("n_topic_items", -1), ("topic_shots", 3)):  # toy: CPU-sized
         if getattr(args, name) is None:
             setattr(args, name, cfg.preset.defaults.get(f"downstream_{name}", default))
     task_list = chosen_tasks(args, cfg)

@@ -138,7 +138,7 @@ def parse_args(argv):
     g.add_argument(
         "--lid-max-new-tokens",
         type=int,
-        default=8,
+        default=se.LID_MAX_NEW_TOKENS,
         help="lid: the answer's length limit (stops at a newline or EOS)",
     )
     g.add_argument(

@@ -33,7 +33,13 @@ def record_fingerprint(root: Path) -> dict:
             f"build it first with `python -m langsae.toy --root {root}`"
         )
     table = load_json(FINGERPRINT_FILE) if FINGERPRINT_FILE.exists() else {}
-    entry = {**fingerprint(root), "seed": 0, "versions": record["versions"], "machine": cpu_model()}
+    entry = {
+        **fingerprint(root),
+        "seed": 0,
+        "hyperparameters": record["hyperparameters"],
+        "versions": record["versions"],
+        "machine": cpu_model(),
+    }
     table.setdefault(cpu_vendor(), {})[record["scale"]] = entry
     save_json(table, FINGERPRINT_FILE)
     return entry

@@ -80,9 +80,16 @@ def first_difference(actual: dict, expected: dict) -> str | None:
 
 
 def committed_fingerprints(scale: str) -> dict[str, dict]:
-    """The committed fingerprints of the default seed at `scale`, by CPU vendor."""
+    """The committed fingerprints of the default seed at `scale`, by CPU vendor: only those recorded with
+    the scale's current hyper-parameters. After a recipe change a vendor's old entry is stale (another
+    recipe's bytes) and counts as absent until `--write-fingerprint` is run on a machine of that vendor."""
     table = load_json(FINGERPRINT_FILE) if FINGERPRINT_FILE.exists() else {}
-    return {vendor: entries[scale] for vendor, entries in table.items() if scale in entries}
+    recipe = _scale(scale).recorded()
+    return {
+        vendor: entries[scale]
+        for vendor, entries in table.items()
+        if scale in entries and entries[scale].get("hyperparameters") == recipe
+    }
 
 
 def committed_fingerprint(scale: str, vendor: str | None = None) -> dict | None:

@@ -15,8 +15,10 @@ overlap them.
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,10 +26,12 @@ import numpy as np
 from langsae import checks
 from langsae.data import FLORES_DEV_SIZE, PAPER_LANGUAGES, load_ntrex, load_texts, read_sib200, sib_id
 from langsae.steer_eval import LANGUAGE_NAMES, LID_PROMPT
-from langsae.tasks import TOPIC_EXAMPLE, XQUAD, _fit, read_xquad
+from langsae.tasks import TOPIC_EXAMPLE, TOPIC_INSTRUCTION, XQUAD, _fit, read_xquad
+from langsae.toy_paths import TASK_LINES_KEY
 
 LID, TOPIC = "lid", "topic"
-TEMPLATES = {LID: LID_PROMPT, TOPIC: TOPIC_EXAMPLE}
+# The topic line is the topic task's zero-shot prompt (its instruction, then one example), as measured.
+TEMPLATES = {LID: LID_PROMPT, TOPIC: TOPIC_INSTRUCTION + TOPIC_EXAMPLE}
 MIN_CONTAINED_CHARS = 20  # shorter measured texts are only matched whole (a few words occur anywhere)
 # Devtest train rows left out in every language (parallel lines): FLORES's English sentence 1028 holds
 # the whole of sentence 1029, a SIB dev row the topic task measures (found by `leak_check`).
@@ -60,7 +64,15 @@ class TaskLine:
 
     @property
     def text(self) -> str:
-        return self.prompt() + self.answer
+        return self.line()
+
+    @property
+    def ending(self) -> str:
+        """What the line teaches to write: the answer, then a newline, where generation stops."""
+        return self.answer + "\n"
+
+    def line(self, sentence: str | None = None) -> str:
+        return self.prompt(sentence) + self.ending
 
 
 def task_rule() -> str:
@@ -112,6 +124,19 @@ def task_lines(languages: Sequence[str], seed: int, n_lid: int, n_topic: int) ->
     return out
 
 
+def trained_lines(build_json: Path) -> dict[str, list[TaskLine]] | None:
+    """The task lines a toy build was trained on, rebuilt from its build.json (seed and counts); None for a
+    build without task lines or a folder that is not a toy build (a real model's)."""
+    try:
+        record = json.loads(Path(build_json).read_text())
+    except (OSError, ValueError):
+        return None
+    lines = record.get(TASK_LINES_KEY) if isinstance(record, dict) else None
+    if not lines:
+        return None
+    return task_lines(PAPER_LANGUAGES, record["seed"], lines["lid_per_language"], lines["topic_per_language"])
+
+
 def task_record(seed: int, n_lid: int, n_topic: int, languages: Sequence[str] = PAPER_LANGUAGES) -> dict:
     """build.json's TASK_LINES_KEY: the rule, the settings and the lines per language and task."""
     lines = task_lines(languages, seed, n_lid, n_topic)
@@ -128,7 +153,7 @@ def fit_lines(tokenizer, lines: Sequence[TaskLine], max_tokens: int) -> list[lis
     question and the answer are always kept: the end of a task line is what it teaches."""
     out = []
     for x in lines:
-        text = _fit(tokenizer, lambda s, x=x: x.prompt(s) + x.answer, x.sentence, max_tokens, "task line")
+        text = _fit(tokenizer, x.line, x.sentence, max_tokens, "task line")
         out.append(tokenizer(text)["input_ids"])
     return out
 

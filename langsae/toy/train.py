@@ -9,9 +9,11 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from langsae import downstream, tasks
 from langsae.artifacts import save_json
 from langsae.data import PAPER_LANGUAGES, load_ntrex, load_texts
 from langsae.forward import (
@@ -22,11 +24,13 @@ from langsae.forward import (
     predicted_tokens,
     tokenize,
 )
+from langsae.generate import greedy_generate, stop_token_ids
 from langsae.model import HookPoint
+from langsae.steer_eval import LID_MAX_NEW_TOKENS, lid_prompt, named_language
 from langsae.toy.build import TOY_MODEL_NAME, write_mwhanna_release
 from langsae.toy.reproduce import PINNED_ATEN, PINNED_KERNELS, build_threads
 from langsae.toy.scales import ToyScale, _scale
-from langsae.toy.task_text import TaskLine, fit_lines, task_lines
+from langsae.toy.task_text import TOPIC, TaskLine, fit_lines, task_lines
 from langsae.toy_paths import TOY_RELEASE
 
 log = logging.getLogger("langsae.toy")  # one logger for the whole toy, as before the split
@@ -95,6 +99,7 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, flo
     texts, train_texts, lines = training_text(hp, seed)
     tokenizer = train_tokenizer(train_texts + [x.text for x in lines], hp.vocab_size)
     train_ids = tokenize(tokenizer, train_texts, hp.max_tokens) + fit_lines(tokenizer, lines, hp.max_tokens)
+    answers = [0] * len(train_texts) + [len(tokenizer(x.ending)["input_ids"]) for x in lines]
     n_tokens = sum(map(len, train_ids))
     log.info(
         "tokenizer: vocabulary %d; %d training texts, %d tokens", len(tokenizer), len(train_ids), n_tokens
@@ -121,7 +126,7 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, flo
     log.info(
         "toy model: %.2fM parameters, %d layers, hidden %d", n_params / 1e6, hp.num_layers, hp.hidden_size
     )
-    train_model(model, train_ids, tokenizer.pad_token_id, hp, seed)
+    train_model(model, train_ids, tokenizer.pad_token_id, hp, seed, answers)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     clock.lap("model")
@@ -153,6 +158,8 @@ def _build_into(out: Path, seed: int, hp: ToyScale) -> tuple[dict, dict[str, flo
 
     unigram = torch.bincount(torch.tensor([t for ids in train_ids for t in ids]), minlength=len(tokenizer))
     quality = measure_quality(model, tokenizer, transcoders, unigram, hp.eval_texts_per_language)
+    if hp.task_lines:
+        quality["tasks"] = measure_tasks(model, tokenizer, hp.eval_texts_per_language)
     for L in range(hp.num_layers):
         quality["transcoders"][L]["dead_fraction"] = dead_fraction(transcoders[L], xs[L])
     quality["dead_fraction_tokens"] = int(xs[0].shape[0])
@@ -175,6 +182,7 @@ def training_text(hp: ToyScale, seed: int) -> tuple[dict[str, list[str]], list[s
     if hp.task_lines:
         by_lang = task_lines(PAPER_LANGUAGES, seed, hp.task_lid_per_language, hp.task_topic_per_language)
         lines = [x for lang in PAPER_LANGUAGES for x in by_lang[lang]]
+        lines += [x for x in lines if x.kind == TOPIC] * (hp.task_topic_repeats - 1)
     return texts, train_texts, lines
 
 
@@ -198,8 +206,12 @@ def _sample(items: list, n: int, g: torch.Generator) -> list:
     return [items[i] for i in sorted(torch.randperm(len(items), generator=g)[:n].tolist())]
 
 
-def train_model(model, token_ids: list[list[int]], pad_id: int, hp: ToyScale, seed: int) -> None:
+def train_model(
+    model, token_ids: list[list[int]], pad_id: int, hp: ToyScale, seed: int, answers: list[int] | None = None
+) -> None:
     """Next-token training with AdamW: linear warm-up, cosine decay to zero; padding masked out of the loss.
+    answers[i]: how many final tokens of text i are a task line's answer; their loss counts
+    hp.task_answer_weight times (one answer token among a line's ~60 teaches the task too slowly).
 
     Batches mix languages (`mixed_batches`) and the learning rate ends at zero, so the
     weights do not depend on which language the last few batches happened to hold: with
@@ -225,7 +237,10 @@ def train_model(model, token_ids: list[list[int]], pad_id: int, hp: ToyScale, se
         if not epoch:
             epoch = mixed_batches(token_ids, hp.lm_batch_size, pad_id, g)
         batch = epoch.pop()
-        loss = next_token_loss(model, batch)
+        weights = (
+            answer_weights(batch, answers, hp.task_answer_weight) if hp.task_answer_weight != 1 else None
+        )
+        loss = next_token_loss(model, batch, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -236,13 +251,26 @@ def train_model(model, token_ids: list[list[int]], pad_id: int, hp: ToyScale, se
     model.eval()
 
 
-def next_token_loss(model, batch: Batch) -> torch.Tensor:
+def next_token_loss(model, batch: Batch, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the real tokens of a right-padded batch, as the model's own
     `labels=` loss, but the LM head runs only on positions that predict a real token: with a
-    vocabulary 64x the hidden size, the head on padding was a tenth of a training step."""
+    vocabulary 64x the hidden size, the head on padding was a tenth of a training step.
+    weights [B, T]: each predicted token's loss times its weight, still divided by the token count."""
     hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     h, targets, _ = predicted_tokens(hidden, batch.input_ids, batch.attention_mask)
-    return torch.nn.functional.cross_entropy(model.lm_head(h), targets)
+    if weights is None:
+        return torch.nn.functional.cross_entropy(model.lm_head(h), targets)
+    per_token = torch.nn.functional.cross_entropy(model.lm_head(h), targets, reduction="none")
+    return (per_token * weights[:, 1:][batch.attention_mask[:, 1:].bool()]).sum() / len(targets)
+
+
+def answer_weights(batch: Batch, answers: list[int], weight: float) -> torch.Tensor:
+    """[B, T]: `weight` on each row's last answers[index] real tokens (a task line's answer), else 1."""
+    w = torch.ones(batch.input_ids.shape)
+    ends = batch.attention_mask.sum(1).tolist()
+    for row, (i, end) in enumerate(zip(batch.indices, ends)):
+        w[row, end - answers[i] : end] = weight
+    return w
 
 
 def mixed_batches(
@@ -408,6 +436,34 @@ def measure_quality(
     }
 
 
+@torch.no_grad()
+def measure_tasks(model, tokenizer, n_texts: int, rows_per_forward: int = 64) -> dict:
+    """What the task lines teach, measured as the stages measure it, with no edit: per language,
+    unsteered language identification on FLORES evaluation texts (the steering stage's prompt, greedy
+    answer, first language named) and zero-shot topic accuracy on every SIB-200 dev and test item
+    outside the selection set (the downstream stage's items and log-likelihood scoring), with the
+    share of its most frequent class (what always answering one topic scores)."""
+    pad = tokenizer.pad_token_id
+    texts = load_texts(PAPER_LANGUAGES, "evaluation", n_texts)
+    selection = load_texts(PAPER_LANGUAGES, "selection", -1)
+    engine = downstream.EngineSettings(pad, 1, rows_per_forward, "cpu")
+    out: dict[str, dict] = {"lid": {}, "topic": {}, "topic_majority": {}}
+    for lang in tqdm(PAPER_LANGUAGES, desc="task quality", unit="language"):
+        prompts = [tokenizer(lid_prompt(t))["input_ids"] for t in texts.by_language[lang]]
+        stops = stop_token_ids(tokenizer, model)
+        gens = greedy_generate(model, prompts, [None], stops, pad, LID_MAX_NEW_TOKENS, rows_per_forward)[0]
+        named = [named_language(tokenizer.decode(g, skip_special_tokens=True)) for g in gens]
+        out["lid"][lang] = sum(n == lang for n in named) / len(named)
+        items = tasks.topic_items(lang, 0, 0, selection)
+        records = downstream.compute_records(model, tokenizer, "topic", lang, items, [None], engine)[0]
+        golds = [it.gold for it in items]
+        out["topic"][lang] = float(np.mean([r["pred_loglik"] == r["gold"] for r in records]))
+        out["topic_majority"][lang] = max(map(golds.count, set(golds))) / len(golds)
+    out["lid_texts_per_language"] = n_texts
+    out["topic_items_per_language"] = len(items)
+    return out
+
+
 def log_quality(q: dict) -> None:
     log.info(
         "next-token cross-entropy (nats) on %d unseen FLORES texts per language:",
@@ -421,3 +477,11 @@ def log_quality(q: dict) -> None:
     log.info("  %-5s %6s %7s %6s", "layer", "FVE", "L0", "dead")
     for L, row in q["transcoders"].items():
         log.info("  %-5d %6.3f %7.1f %6.3f", L, row["fve"], row["l0"], row["dead_fraction"])
+    if "tasks" in q:
+        t = q["tasks"]
+        log.info("tasks, no edit (LID: first language named; topic: zero-shot, and its majority class):")
+        log.info("  %-10s %6s %6s %8s", "language", "LID", "topic", "majority")
+        for lang in t["lid"]:
+            log.info(
+                "  %-10s %6.2f %6.3f %8.3f", lang, t["lid"][lang], t["topic"][lang], t["topic_majority"][lang]
+            )
