@@ -104,8 +104,14 @@ def preflight(cfg: Any, min_free_mb: float) -> None:
     for folder in dict.fromkeys([Path(cfg.output_dir), Path(cfg.features_dir)]):
         created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
         try:
-            _check_writable(folder)
-            free_mb = shutil.disk_usage(folder).free / 1e6
+            for attempt in range(3):  # a concurrent run's preflight may remove the folder this one just made
+                try:
+                    _check_writable(folder)
+                    free_mb = shutil.disk_usage(folder).free / 1e6
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
             if free_mb < min_free_mb:
                 raise UserError(
                     f"{folder} has {free_mb:.0f} MB free; this stage needs about {min_free_mb:.0f} MB there: "
@@ -137,6 +143,8 @@ def _check_writable(folder: Path) -> None:
         finally:
             os.close(fd)
             os.unlink(probe)
+    except FileNotFoundError:  # the folder went between mkdir and the probe: preflight tries again
+        raise
     except OSError as e:
         raise UserError(f"cannot write in {folder}: {e.strerror or e}; choose another folder") from None
 

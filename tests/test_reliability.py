@@ -154,6 +154,23 @@ def test_stale_temporaries_are_removed_fresh_ones_kept(tmp_path):
     assert fresh.exists() and foreign.exists()
 
 
+def test_preflight_survives_a_concurrent_run_removing_the_folder_it_made(tmp_path, monkeypatch):
+    """Two processes of one stage start together: the other's preflight removes the empty folder this
+    one has just made, before the probe is written (the race CI once hit). The check is made again."""
+    feats, figs = tmp_path / "run", tmp_path / "run" / "figures"
+    real, removed = artifacts.tempfile.mkstemp, []
+
+    def racing(*a, dir=None, **k):
+        if not removed:
+            removed.append(Path(dir))
+            Path(dir).rmdir()  # what the other run's preflight does to an empty folder it made
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(artifacts.tempfile, "mkstemp", racing)
+    artifacts.preflight(types.SimpleNamespace(features_dir=feats, output_dir=figs), min_free_mb=0)
+    assert removed == [figs] and not feats.exists()  # checked again; its made folders removed as before
+
+
 # ----------------------------------------------------------------------------- damaged artifacts
 
 
