@@ -241,6 +241,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+# The flags only a stage that loads the model reads: the others hide them from --help (and accept them,
+# since run_pipeline.py passes every stage the same common flags).
+MODEL_FLAGS = ("--device", "--device-map", "--max-memory", "--dtype", "--batch-size")
+
+
 def build_parser(
     description: str, layers_default: str = "every layer", ignored: Sequence[str] = ()
 ) -> argparse.ArgumentParser:

@@ -219,7 +219,7 @@ def update_readme(readme: Path, report: Path, report_link: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from langsae.config import PROJECT_ROOT, build_parser, resolve
+    from langsae.config import MODEL_FLAGS, PROJECT_ROOT, build_parser, resolve
 
     # the report reads the run's files, whatever settings made them
     unread = (
@@ -227,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "--layers",
         "--n-texts-per-lang",
         "--split",
-        "--device",
-        "--dtype",
-        "--batch-size",
+        *MODEL_FLAGS,
     )
     p = build_parser(__doc__.split("\n\n")[0], ignored=(*unread, "--seed", "--force"))
     p.add_argument(

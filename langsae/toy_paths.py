@@ -28,8 +28,8 @@ def refuse_devtest(build_json: Path, split: str, unbuilt_is_default: bool = Fals
     if not path.is_file():
         if unbuilt_is_default and DEFAULT_BUILD_HAS_TASK_LINES:
             raise UserError(
-                f"--split devtest: the toy in {path.parent} is not built yet, and its default build trains on "
-                "FLORES devtest sentences (topic task lines); run it on --split dev"
+                f"--split devtest: the toy in {path.parent} is not built yet, and its default build trains "
+                "on FLORES devtest sentences (topic task lines); run it on --split dev"
             )
         return
     try:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from langsae import checks, langid, tasks
 from langsae.artifacts import preflight
-from langsae.config import build_parser, resolve
+from langsae.config import MODEL_FLAGS, build_parser, resolve
 from langsae.data import (
     BUNDLED,
     DATA_DIR,
@@ -56,7 +56,7 @@ TASK_SETS = ("sib200", "xquad", "amazon")  # sets that cover only some languages
 
 
 # the data alone: no model runs, no layer is read and the checks always rerun
-UNUSED_FLAGS = ("--layers", "--n-texts-per-lang", "--device", "--dtype", "--batch-size", "--force")
+UNUSED_FLAGS = ("--layers", "--n-texts-per-lang", *MODEL_FLAGS, "--force")
 
 
 def parse_args(argv):

@@ -19,14 +19,14 @@ import dataclasses
 from langsae import feature_figures, features
 from langsae import nu as nu_lib
 from langsae.artifacts import preflight
-from langsae.config import build_parser, resolve
+from langsae.config import MODEL_FLAGS, build_parser, resolve
 from langsae.errors import UserError
 from langsae.model import check_layers, model_config
 from langsae.stages import Stage, finished
 
 PAPER_LAYER = 10  # the seed reproduction's dominant layer
 # no model runs and figures are always redrawn: these common flags mean nothing here
-IGNORED = ("--device", "--dtype", "--batch-size", "--n-texts-per-lang", "--force")
+IGNORED = (*MODEL_FLAGS, "--n-texts-per-lang", "--force")
 
 
 def parse_args(argv):
