@@ -73,7 +73,7 @@ def fails_cleanly(argv, out_dir, capsys) -> str:
 
 
 # The small toy, not the random tiny fixture: the ratio distance needs each language's own ΔCE to
-# be positive, which a random model does not give. eng and spa share their top-1 feature there.
+# be positive, which a random model does not give.
 LANGS5 = ["eng_Latn", "spa_Latn", "jpn_Jpan", "tha_Thai", "arb_Arab"]
 
 

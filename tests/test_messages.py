@@ -88,25 +88,27 @@ def test_plot_names_a_layer_beyond_the_model(small_toy, small_toy_nu, tmp_path, 
 
 
 def test_downstream_section5_hint_keeps_the_runs_flags(tmp_path):
+    # gemma-2-2b: its downstream layer comes from the Section 5 summary (the Qwen3 presets fix one), and
+    # unlike the toy it may run on --split devtest
     argv = [
         "--model",
-        "toy",
+        "gemma-2-2b",
         "--out-dir",
         str(tmp_path / "elsewhere"),
         "--split",
         "devtest",
         "--dtype",
-        "bfloat16",
+        "float32",
     ]
     cfg = resolve(downstream_ablation.parse_args(argv))
     with pytest.raises(UserError) as e:
         downstream_ablation.default_layers(cfg, "feature")
     hint = str(e.value).split("run `", 1)[1].split("`", 1)[0]
-    assert hint.startswith("python reproduce_figures_section5.py --model toy")
+    assert hint.startswith("python reproduce_figures_section5.py --model gemma-2-2b")
     for flag in (
         f"--out-dir {tmp_path / 'elsewhere'}",
         "--split devtest",
-        "--dtype bfloat16",
+        "--dtype float32",
         "--mode feature",
     ):
         assert flag in hint

@@ -83,14 +83,14 @@ def test_group_means_and_regression_by_hand():
     assert math.isnan(synergy.regression([0.3, 0.3, 0.3], [1, 2, 3])["slope"])
 
 
-def _stage4(run, *extra):
+def _stage4(run, *extra, languages=LANGS5):
     return cluster_synergy.main(
         [
             *TOY,
             "--out-dir",
             str(run),
             "--languages",
-            ",".join(LANGS5),
+            ",".join(languages),
             "--n-texts",
             "4",
             "--permutations",
@@ -103,7 +103,9 @@ def _stage4(run, *extra):
 def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(config, "OUTPUT_ROOT", tmp_path / "output")
     run = copy_nu(small_toy_nu, tmp_path / "run")
-    argv = [*TOY, "--out-dir", str(run), "--languages", ",".join(LANGS5), "--n-texts", "4"]
+    # fra with spa (layer 0) and with eng (layer 1) share a top-1 feature on the small toy
+    langs = ["eng_Latn", "spa_Latn", "fra_Latn", "jpn_Jpan", "arb_Arab"]
+    argv = [*TOY, "--out-dir", str(run), "--languages", ",".join(langs), "--n-texts", "4"]
     assert run_main(cluster_synergy.main, argv) == 2  # no clusters yet
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert (
@@ -112,16 +114,28 @@ def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
         and "--n-texts 4" in err[0]
     )
 
-    stage3(run, "--k", "2")
-    out = _stage4(run)
+    stage3(run, "--k", "2", "--languages", ",".join(langs))
+    out = _stage4(run, languages=langs)
     assert out["computed"] > 0
     rows = read_csv(run / "cluster_synergy.csv")
     n_pairs = 2 * 10  # layers x pairs of 5 languages
     assert len(rows) == 2 * n_pairs
     same = [r for r in rows if r["same_feature"] == "True"]
-    assert {(r["lang_a"], r["lang_b"]) for r in same} >= {
-        ("eng_Latn", "spa_Latn")
-    }  # they share a top-1 on the toy
+    top1 = {  # the nu stage's own top-1 per layer and language
+        L: {
+            lang: top[0]["feature"]
+            for lang, top in json.loads((run / f"layer_{L}_top20.json").read_text()).items()
+        }
+        for L in (0, 1)
+    }
+    shared = {
+        (a, b)
+        for L in (0, 1)
+        for i, a in enumerate(langs)
+        for b in langs[i + 1 :]
+        if top1[L][a] == top1[L][b]
+    }
+    assert shared and {(r["lang_a"], r["lang_b"]) for r in same} == shared
     for r in same:
         assert (
             r["feature_a"] == r["feature_b"] and float(r["cosine"]) > 0.999999 and r["degenerate"] == "True"
@@ -175,6 +189,8 @@ def test_stage4_on_toy(small_toy_nu, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(sweep, "ablated_ce", fail)
     monkeypatch.setattr(sweep, "baseline_ce", fail)
-    assert _stage4(run)["computed"] == 0
+    assert _stage4(run, languages=langs)["computed"] == 0
     with pytest.raises(Exception, match=re.escape("python cross_linguistic_interactions.py")):
-        _stage4(run, "--mode", "feature")  # clusters were made from directional ablations: stale
+        _stage4(
+            run, "--mode", "feature", languages=langs
+        )  # clusters were made from directional ablations: stale
