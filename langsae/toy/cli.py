@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         "--scale",
         choices=list(SCALES),
         default="full",
-        help="full: the toy model (a few minutes on 2 cores); small: a build of seconds, for tests; "
-        "small-tasks: small with task lines (langsae.toy.task_text) in its training text; "
-        "full-tasks: the full toy with task lines (a candidate recipe, docs/toy_model.md)",
+        help="full: the toy model, trained on text and task lines (langsae.toy.task_text; about 10 "
+        "minutes on 2 cores); small: the same recipe at a build of about a minute, for tests; "
+        "full-plain: the toy before issue 18 (text only, no task lines; can run --split devtest)",
     )
     p.add_argument(
         "--root",
