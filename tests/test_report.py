@@ -436,6 +436,19 @@ def test_task_claims_at_chance_for_classification_and_another_layer(run):
     assert downstream_stage.arabic_robust(run).numbers.endswith("no Arabic task results")
 
 
+def test_arabic_robustness_is_judged_on_the_tasks_above_chance(run):
+    at_chance = task_entry("qa", "arb_Arab", (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    robust = task_entry("topic", "arb_Arab", (0.5, 0.45, 0.55), (-0.01, -0.03, 0.01), (-0.01, -0.02, 0.0))
+    hurt = task_entry("topic", "arb_Arab", (0.5, 0.45, 0.55), (-0.1, -0.12, -0.08), (-0.01, -0.02, 0.0))
+    for entries, verdict in (([at_chance, robust], SUPPORTED), ([at_chance, hurt], NOT_SUPPORTED)):
+        save_json(
+            {"mode": "directional", "rule": "r", "entries": entries},
+            run.features_dir / "downstream_summary.json",
+        )
+        ev = downstream_stage.arabic_robust(run)
+        assert ev.verdict == verdict and "baseline at chance: qa" in ev.control
+
+
 def test_code_switching_claim(run):
     rows = [
         {

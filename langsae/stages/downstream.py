@@ -396,7 +396,8 @@ def arabic_robust(a: Artifacts) -> Evidence | None:
     own = sorted((ivl(e["own_delta"]).value, _task_label(e)) for e in others)
     if own:
         control += f"; others' own Δ from {own[0][0]:+.3f} ({own[0][1]}) to {own[-1][0]:+.3f} ({own[-1][1]})"
-    verdict = combine([_robust_verdict(e) for e in arb], "every")
+    # judged on the tasks whose baseline clears chance (one at chance has nothing to lose); none: inconclusive
+    verdict = combine([_robust_verdict(e) for e in arb if math.isfinite(_margin(e))], "every")
     return Evidence(numbers, control, _task_figure(a, arb, layer), verdict)
 
 
