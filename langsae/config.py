@@ -76,7 +76,9 @@ PRESETS: dict[str, Preset] = {
         sae_hub_cache=TOY_ROOT / "hub",
         # CPU-sized: the whole toy pipeline runs in minutes (n_eval_texts: Section 5's --n-texts)
         # steer_*: steer_language.py's defaults, one pair, four alphas on enough texts for intervals that
-        # can exclude zero; downstream_*: downstream_ablation.py's --n-items (qa), --n-topic-items (all)
+        # can exclude zero; alphas in steps that resolve the 0.25-nat collateral budget (on the toy,
+        # gated alpha 2 already costs 0.38 nats, so 1,2,4,8 left one alpha within it: docs/toy_model.md);
+        # downstream_*: downstream_ablation.py's --n-items (qa), --n-topic-items (all)
         # and --topic-shots (0: the toy's topic lines are the zero-shot prompt, langsae.toy.task_text)
         defaults={
             "device": "cpu",
@@ -86,7 +88,7 @@ PRESETS: dict[str, Preset] = {
             "steer_layer": 1,
             "steer_source": "spa_Latn",
             "steer_target": "eng_Latn",
-            "steer_alphas": "1,2,4,8",
+            "steer_alphas": "1,1.25,1.5,2",
             "steer_n_texts": 40,
             "steer_random_draws": 1,
             "downstream_n_items": 40,
