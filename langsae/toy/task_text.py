@@ -39,14 +39,16 @@ EXCLUDED_TOPIC_IDS = frozenset({"sib:1028"})
 
 TASK_RULE = """\
 Task lines (issue 18): per language, in a seeded order (numpy default_rng([seed, 18, task, language
-index]) over the candidates), the first N of each task. lid: NTREX-128 sentences (never measured) as
-steer_eval.LID_PROMPT followed by " <English name of the language>". topic: SIB-200 rows of SIB's train
+index]) over the candidates), the first N of each task; every line is its task's prompt, then the
+answer, then a newline (where generation stops). lid: NTREX-128 sentences (never measured) in
+steer_eval.LID_PROMPT, answered " <English name of the language>". topic: SIB-200 rows of SIB's train
 split whose FLORES sentence is in devtest (index_id >= 997: 328 per language), minus sib:1028 in every
-language (its English text holds all of sib:1029, a SIB dev row), so 327, as tasks.TOPIC_EXAMPLE
-followed by " <category>". No line holds a sentence of a measured set on the dev split: the selection
-and evaluation sets (Deng et al.'s files, dev sentences only), SIB-200's dev and test rows (the topic
-task's items), XQuAD's contexts and questions; checked by sentence id and by text. A toy trained on
-them refuses --split devtest, whose sets are made of devtest sentences."""
+language (its English text holds all of sib:1029, a SIB dev row), so 327, in the topic task's zero-shot
+prompt (tasks.TOPIC_INSTRUCTION + tasks.TOPIC_EXAMPLE), answered " <category>". No line holds a
+sentence of a measured set on the dev split: the selection and evaluation sets (Deng et al.'s files,
+dev sentences only), SIB-200's dev and test rows (the topic task's items), XQuAD's contexts and
+questions; checked by sentence id and by text. A toy trained on them refuses --split devtest, whose
+sets are made of devtest sentences."""
 
 
 @dataclass(frozen=True)
