@@ -1,5 +1,6 @@
 """Which of the toy's findings hold across seeds: build the toy with several seeds and run
-stages 1-4 and code switching on each, then say, finding by finding, where all seeds agree.
+stages 1-5, code switching and steering on each, then say, finding by finding and claim by
+claim, where all seeds agree.
 
 A finding on the toy counts only if every seed shows it. Seed 0 is the default toy
 (toy_model/, results in sae_features/toy/, the run the README quotes); other seeds build
@@ -18,8 +19,9 @@ the table. A finding per language, at the language's held-out peak layer (top-1+
   code_switch its top feature is more active on other languages' nouns after its prefix than on
               the same nouns alone (CI above zero), at the seed's most common held-out peak
               layer (the report's claim 12)
-and the held-out peak layer itself; then, per seed, stages 3-4: the k=5 clusters and their
-bootstrap stability (mean ARI), how often Vietnamese shares a cluster with en/es/fr/pt and
+and the held-out peak layer itself; then every claim of the report with its verdict per seed
+(claims 10, 11 and 13 are the downstream and steering ones); then, per seed, stages 3-4: the k=5
+clusters and their bootstrap stability (mean ARI), how often Vietnamese shares a cluster with en/es/fr/pt and
 with th/ko, whether Arabic is alone, and intra- minus inter-cluster pair synergy with its
 permutation p, with and without the pairs that share (or nearly share) a top-1 feature.
 """
@@ -39,8 +41,11 @@ sys.path.insert(0, str(ROOT))
 from langsae import toy  # noqa: E402
 from langsae.artifacts import load_json, save_json, save_text  # noqa: E402
 from langsae.code_switch import RESULTS_FILE as CODE_SWITCH_RESULTS  # noqa: E402
-from langsae.config import FEATURES_ROOT  # noqa: E402
+from langsae.config import FEATURES_ROOT, figures_dir_for  # noqa: E402
 from langsae.nu import META_FILE as NU_META  # noqa: E402
+from langsae.report import claim_row, claims  # noqa: E402
+from langsae.stages import registry  # noqa: E402
+from langsae.verdicts import Artifacts  # noqa: E402
 
 SEED_ROOT = ROOT / "toy_model_seeds"
 STAGE_SCRIPTS = (
@@ -49,6 +54,8 @@ STAGE_SCRIPTS = (
     "cross_linguistic_interactions.py",
     "cluster_synergy.py",
     "code_switching.py",
+    "downstream_ablation.py",
+    "steer_language.py",
 )
 
 
@@ -156,6 +163,32 @@ def cluster_findings(seed: int) -> dict:
     }
 
 
+def claim_verdicts(seed: int) -> dict[str, dict]:
+    """Every report claim's verdict and evidence on the seed's run, as its REPORT.md states them."""
+    a = Artifacts(run_dir(seed), figures_dir_for(run_dir(seed)))
+    out = {}
+    for stage, claim in claims(registry()):
+        ev, verdict = claim_row(claim, stage, a)
+        out[str(claim.number)] = {"claim": claim.text, "verdict": verdict, "evidence": ev.numbers}
+    return out
+
+
+def claims_markdown(per_seed: dict[int, dict]) -> str:
+    """One row per claim: its verdict in each seed, bold where every seed gives the same one."""
+    seeds = list(per_seed)
+    first = per_seed[seeds[0]]
+    lines = [
+        f"| # | claim | {' | '.join(f'seed {s}' for s in seeds)} | all seeds agree |",
+        "|---" * (len(seeds) + 3) + "|",
+    ]
+    for number, c in first.items():
+        verdicts = [per_seed[s][number]["verdict"] for s in seeds]
+        same = len(set(verdicts)) == 1
+        cells = " | ".join(f"**{v}**" if same else v for v in verdicts)
+        lines.append(f"| {number} | {c['claim']} | {cells} | {'yes' if same else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def short(lang: str) -> str:
     return lang.split("_")[0]
 
@@ -241,13 +274,22 @@ def main(argv=None):
     per_seed = {s: seed_findings(s) for s in seeds}
     agree = agreement(per_seed)
     clusters = {s: cluster_findings(s) for s in seeds}
-    quality = {s: load_json(toy_root(s) / "quality.json")["cross_entropy"] for s in seeds}
+    verdicts = {s: claim_verdicts(s) for s in seeds}
+    quality = {s: load_json(toy_root(s) / "quality.json") for s in seeds}
     out = ROOT / "bench_results"
     save_json(
-        {"seeds": seeds, "per_seed": per_seed, "agreement": agree, "clusters": clusters, "model_ce": quality},
+        {
+            "seeds": seeds,
+            "per_seed": per_seed,
+            "agreement": agree,
+            "clusters": clusters,
+            "claims": verdicts,
+            "model_ce": {s: q["cross_entropy"] for s, q in quality.items()},
+            "tasks": {s: q.get("tasks") for s, q in quality.items()},
+        },
         out / "toy_seeds.json",
     )
-    table = markdown(agree, seeds) + "\n" + cluster_markdown(clusters)
+    table = markdown(agree, seeds) + "\n" + claims_markdown(verdicts) + "\n" + cluster_markdown(clusters)
     save_text(table, out / "toy_seeds.md")
     print(table)
 
