@@ -54,8 +54,8 @@ accuracy): a baseline whose CI reaches chance (F1 0, accuracy 1/5 and 1/7) has n
 and is inconclusive; a **collapse** is a drop beyond the random features' whose CI lies entirely
 past {COLLAPSE_SHARE:.0%} of the baseline's margin over chance (not supported when the drop is
 not beyond random, or its CI lies entirely short of that); **robust** means own − random has a
-CI above −{ROBUST_SHARE:.0%} of that margin (not supported when it lies entirely below zero), in
-every task whose baseline clears chance (inconclusive when none does).
+CI above −{ROBUST_SHARE:.0%} of that margin (not supported when it lies entirely below zero). Both
+claims are judged on the task-languages whose baseline clears chance (inconclusive when none does).
 CIs are 95% percentile intervals of a bootstrap that resamples sentence ids (items) jointly
 across languages (random controls: draws as well); a claim about "some" of ten languages is
 not corrected for multiple comparisons."""

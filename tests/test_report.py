@@ -436,6 +436,24 @@ def test_task_claims_at_chance_for_classification_and_another_layer(run):
     assert downstream_stage.arabic_robust(run).numbers.endswith("no Arabic task results")
 
 
+def test_collapse_is_judged_on_the_task_languages_above_chance(run):
+    # two QA task-languages at the floor and one topic task-language that the ablation does not hurt:
+    # counted over all three, one "not supported" is not "most"; over the one above chance it is
+    floor = [
+        task_entry("qa", lang, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+        for lang in ("eng_Latn", "spa_Latn")
+    ]
+    unhurt = task_entry("topic", "eng_Latn", (0.5, 0.45, 0.55), (-0.01, -0.03, 0.01), (-0.01, -0.02, 0.0))
+    save_json(
+        {"mode": "directional", "rule": "r", "entries": [*floor, unhurt]},
+        run.features_dir / "downstream_summary.json",
+    )
+    ev = downstream_stage.collapse(run)
+    assert (
+        ev.verdict == NOT_SUPPORTED and "0/1 task-languages above chance collapse (2 at chance)" in ev.numbers
+    )
+
+
 def test_arabic_robustness_is_judged_on_the_tasks_above_chance(run):
     at_chance = task_entry("qa", "arb_Arab", (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
     robust = task_entry("topic", "arb_Arab", (0.5, 0.45, 0.55), (-0.01, -0.03, 0.01), (-0.01, -0.02, 0.0))
