@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         "--scale",
         choices=list(SCALES),
         default="full",
-        help="full: the toy model, trained on text and task lines (langsae.toy.task_text; about 10 "
-        "minutes on 2 cores); small: the same recipe at a build of about a minute, for tests; "
+        help="full: the toy model, trained on text and task lines (langsae.toy.task_text; about 8 "
+        "minutes on 2 idle AMD cores); small: the same recipe in under a minute, for tests; "
         "full-plain: the toy before issue 18 (text only, no task lines; can run --split devtest)",
     )
     p.add_argument(
